@@ -1,0 +1,240 @@
+"""`comfyui-flux2`: run workflows headless, try the pack offline, benchmark.
+
+    comfyui-flux2 run WORKFLOW.json [--output-dir DIR] [--input-dir DIR] [--dry-run] [--budget USD]
+    comfyui-flux2 demo [--output-dir DIR]          # offline: loopback Runware server + example workflows
+    comfyui-flux2 models                           # models, limits, prices
+    comfyui-flux2 serve-loopback runware|bfl [--port N]
+    comfyui-flux2 benchmark remote|local [...]
+
+Exit status: 0 success, 1 a clear one-line error, 2 usage, 130 cancelled.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .flux2.errors import Cancelled, Flux2Error, InputError
+from .flux2.pricing import format_usd
+
+PACK_DIR = Path(__file__).resolve().parent
+WORKFLOWS = PACK_DIR / "workflows"
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+class CancelFlag:
+    """First Ctrl-C asks the run to stop at the next check (polling stops at once); a second one kills."""
+
+    def __init__(self):
+        self.set = False
+
+    def install(self):
+        def handler(signum, frame):
+            if self.set:
+                raise KeyboardInterrupt
+            self.set = True
+            print("\ncancelling... (Ctrl-C again to abort at once)", file=sys.stderr)
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:   # not the main thread (embedded use): rely on the caller
+            pass
+        return self
+
+    def __call__(self) -> bool:
+        return self.set
+
+
+def _progress_printer(stream=sys.stderr):
+    last = {}
+
+    def progress(node: str, done: float, total: float, message: str) -> None:
+        key = (node, message)
+        now = time.monotonic()
+        if last.get(node) == key and done < total:
+            return
+        last[node] = key
+        pct = int(100 * done / total) if total else 0
+        print(f"  [node {node}] {pct:3d}% {message}".rstrip(), file=stream, flush=True)
+    return progress
+
+
+def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None, dry_run: bool = False,
+                 budget: float | None = None, quiet: bool = False) -> int:
+    from .flux2.run_context import RunContext
+    from .runner.executor import Executor, save_unsaved_results
+    from .runner.graph import load_workflow
+
+    path = Path(path)
+    workflow = load_workflow(path)
+    out = sys.stderr
+
+    def on_node(node, index, total):
+        if not quiet:
+            print(f"[{index + 1}/{total}] node {node.id} {node.class_type}", file=out, flush=True)
+
+    executor = Executor(workflow, input_dir=input_dir or path.parent, output_dir=output_dir,
+                        on_node=lambda *a: None)
+    if budget is None and os.environ.get("FLUX2_BUDGET_USD"):
+        try:
+            budget = float(os.environ["FLUX2_BUDGET_USD"])
+        except ValueError:
+            raise InputError("FLUX2_BUDGET_USD must be a number of US dollars") from None
+
+    # Pass 1: always a dry run. Real runs make it strict (a missing key is an error, not a warning).
+    plan_ctx = RunContext(dry_run=True, strict=not dry_run, budget_usd=budget)
+    executor.run(plan_ctx)
+    print(f"{path.name}: {len(executor.order)} nodes, {len(plan_ctx.planned)} generation call(s)", file=out)
+    for call, est in plan_ctx.planned:
+        print(f"  {call.target}: {call.summary} - est. {est}", file=out)
+    for warning in plan_ctx.warnings:
+        print(f"  warning: {warning}", file=out)
+    total = plan_ctx.ledger.estimated_total
+    unpriced = plan_ctx.ledger.unpriced
+    print(f"estimated cost: {format_usd(total)}" + (f" (+{unpriced} call(s) without a published price)" if unpriced else ""),
+          file=out)
+    plan_ctx.check_budget()
+    if dry_run:
+        print("dry run: nothing was sent", file=out)
+        return 0
+
+    pending: list = []
+    cancel = CancelFlag().install()
+    ctx = RunContext(budget_usd=budget, progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
+                     result_sink=lambda req, res: pending.append((req, res)))
+    executor.on_node = on_node
+    started = time.monotonic()
+    try:
+        report = executor.run(ctx)
+    except BaseException:
+        kept = save_unsaved_results(pending, output_dir)
+        if kept:
+            print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
+        print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
+        raise
+    for saved in report.saved:
+        print(f"saved {saved}")
+    print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Offline tour: a loopback Runware server stands in for the provider (no key, no network)."""
+    from .loopback.runware_server import RunwareLoopback
+
+    with RunwareLoopback(api_key="demo-key") as server:
+        os.environ["RUNWARE_API_URL"] = server.api_url
+        os.environ["RUNWARE_API_KEY"] = "demo-key"
+        print(f"loopback Runware server on {server.api_url} (the demo never leaves this machine)", file=sys.stderr)
+        for name in ("flux2_text_to_image.json", "flux2_multi_reference_edit.json", "flux2_chain_edit.json"):
+            print(f"\n== {name} (dry run, then run)", file=sys.stderr)
+            run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir), dry_run=True, quiet=True)
+            run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .flux2.models import MODELS
+    from .flux2.pricing import estimate
+    print(f"{'model':26} {'provider':9} {'id':22} {'refs':>4} {'sides':>10} {'1 MP price':>10}")
+    for m in MODELS.values():
+        for provider, pm in m.providers.items():
+            est = estimate(m, provider, 1024, 1024)
+            print(f"{m.name:26} {provider:9} {pm.model_id:22} {pm.max_refs:>4} {pm.min_side:>4}-{m.max_side:<5} "
+                  f"{format_usd(est.usd):>10}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    if args.provider == "runware":
+        from .loopback.runware_server import RunwareLoopback as Server
+        env = "RUNWARE"
+    else:
+        from .loopback.bfl_server import BflLoopback as Server
+        env = "BFL"
+    server = Server(port=args.port, api_key=args.key).start()
+    print(f"export {env}_API_URL={server.api_url} {env}_API_KEY={args.key}")
+    print("serving on 127.0.0.1; Ctrl-C to stop", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def cmd_benchmark(args, rest) -> int:
+    if args.target == "remote":
+        from .bench.remote import main as bench_main
+    else:
+        from .bench.local import main as bench_main
+    return bench_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyui-flux2", description="FLUX.2 workflows without a ComfyUI server.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log HTTP calls (never keys)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an API- or UI-format workflow")
+    run.add_argument("workflow", type=Path)
+    run.add_argument("--output-dir", type=Path, default=Path("output"))
+    run.add_argument("--input-dir", type=Path, default=None,
+                     help="where LoadImage finds its files (default: the workflow's folder)")
+    run.add_argument("--dry-run", action="store_true", help="validate, print planned calls and cost; no network")
+    run.add_argument("--budget", type=float, default=None,
+                     help="refuse to start if the estimate exceeds this many USD (also FLUX2_BUDGET_USD)")
+    run.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
+    demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
+    demo.add_argument("--output-dir", default="output")
+    sub.add_parser("models", help="list models, limits and prices")
+    serve = sub.add_parser("serve-loopback", help="run a loopback provider server for manual tries")
+    serve.add_argument("provider", choices=("runware", "bfl"))
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--key", default="loopback-key")
+    bench = sub.add_parser("benchmark", help="client overhead (remote) or step time/memory (local)")
+    bench.add_argument("target", choices=("remote", "local"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "benchmark":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        if args.command == "run":
+            if args.models_dir:
+                os.environ["FLUX2_MODELS_DIR"] = str(args.models_dir)
+            return run_workflow(args.workflow, output_dir=args.output_dir, input_dir=args.input_dir,
+                                dry_run=args.dry_run, budget=args.budget)
+        if args.command == "demo":
+            return cmd_demo(args)
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "serve-loopback":
+            return cmd_serve(args)
+        if args.command == "benchmark":
+            return cmd_benchmark(args, rest)
+    except Cancelled as exc:
+        _err(str(exc))
+        return 130
+    except KeyboardInterrupt:
+        _err("aborted")
+        return 130
+    except Flux2Error as exc:
+        _err(str(exc))
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What every backend (remote provider or local weights) takes and returns.
+
+A generation node builds a `GenerationRequest`, hands it to `backend.generate(request, ctx)` and gets
+a `GenerationResult`. The same request runs on any backend: that is how one graph runs on
+Runware, on BFL or on local weights by swapping only the backend node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .images import RefImage
+from .pricing import Estimate
+from .sizes import SizeLimits
+from .run_context import RunContext
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    references: tuple[RefImage, ...] = ()
+    batch: int = 1
+    node_id: str = ""                   # for progress/log lines ("node 7")
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """One provider call (or local run) a request will make; printed by --dry-run."""
+
+    backend: str                        # "runware" | "bfl" | "local"
+    target: str                         # e.g. "POST https://api.runware.ai/v1 imageInference bfl:5@1"
+    summary: str                        # human summary: size, seed, refs
+    payload: dict = field(default_factory=dict)  # request body with images elided (never a key)
+
+
+@dataclass
+class GenerationResult:
+    images: list[np.ndarray]            # uint8 [H, W, 3] each
+    seeds: list[int]
+    cost_usd: float | None = None       # billed cost reported by the provider (None: not reported/local)
+    info: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A configured backend. Holds no secret: keys are read from the environment at call time."""
+
+    kind: str                           # "runware" | "bfl" | "local"
+    model_name: str
+
+    def describe(self) -> str: ...
+
+    def limits(self) -> SizeLimits:
+        """Size rules of this model on this backend (Flux2Size and edit defaults use them)."""
+
+    def max_references(self) -> int: ...
+
+    def check_ready(self) -> None:
+        """Raise ConfigError/AuthError if keys, hosts or weights are missing (no network, no loading)."""
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise InputError/ConfigError for anything wrong, before any network call or GPU step."""
+
+    def plan(self, request: GenerationRequest) -> list[PlannedCall]: ...
+
+    def estimate(self, request: GenerationRequest) -> Estimate: ...
+
+    def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult: ...
+
+
+def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = None) -> GenerationResult:
+    """Validate, then either record the plan (dry run) or generate; the ledger records estimate and bill."""
+    from .errors import Flux2Error
+    from .images import placeholder
+    from .run_context import current
+
+    ctx = ctx or current()
+    backend.validate(request)
+    est = backend.estimate(request)
+    if ctx.dry_run:
+        try:
+            backend.check_ready()
+        except Flux2Error as exc:
+            if ctx.strict:
+                raise
+            ctx.warnings.append(f"node {request.node_id or '?'}: {exc}")
+        for call in backend.plan(request):
+            ctx.record_plan(call, est)
+        ctx.ledger.add_estimate(request.node_id, est)
+        img = placeholder(request.width, request.height)
+        return GenerationResult(images=[img] * request.batch, seeds=[request.seed + i for i in range(request.batch)],
+                                cost_usd=None, info={"dry_run": True})
+    backend.check_ready()
+    ctx.ledger.add_estimate(request.node_id, est)
+    ctx.check_budget()
+    result = backend.generate(request, ctx)
+    ctx.ledger.add_billed(request.node_id, result.cost_usd)
+    ctx.on_result(request, result)
+    return result

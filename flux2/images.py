@@ -1,0 +1,107 @@
+"""Image conversions: IMAGE tensors [B, H, W, C] 0..1 <-> uint8 arrays <-> PNG/JPEG/WebP bytes <-> data URIs."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError, ProviderError
+
+# Decompression-bomb guard: FLUX.2 never needs more than 4 MP; allow generous headroom for inputs.
+MAX_DECODE_PIXELS = 64 * 1024 * 1024
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, with a clear error
+
+_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+@dataclass(frozen=True)
+class RefImage:
+    """One reference image, encoded once (lossless PNG) and identified by its content hash."""
+
+    png: bytes
+    width: int
+    height: int
+    sha256: str
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+def tensor_to_arrays(image: torch.Tensor) -> list[np.ndarray]:
+    """IMAGE [B, H, W, C] float 0..1 -> list of uint8 [H, W, 3]."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InputError(f"expected an IMAGE tensor [B, H, W, C], got {shape}")
+    if image.shape[0] == 0:
+        raise InputError("IMAGE batch is empty")
+    rgb = image[..., :3] if image.shape[-1] != 1 else image.expand(-1, -1, -1, 3)
+    arr = (rgb.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    return [arr[i] for i in range(arr.shape[0])]
+
+
+def arrays_to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    """list of uint8 [H, W, 3] (same size) -> IMAGE [B, H, W, 3] float32 0..1."""
+    stacked = np.stack(arrays).astype(np.float32) / 255.0
+    return torch.from_numpy(stacked)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", quality: int = 95, pnginfo=None) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(array, "RGB")
+    if fmt == "PNG":
+        img.save(buf, "PNG", pnginfo=pnginfo, compress_level=4)
+    else:
+        img.save(buf, fmt, quality=quality)
+    return buf.getvalue()
+
+
+def ref_from_array(array: np.ndarray) -> RefImage:
+    png = encode(array, "PNG")
+    return RefImage(png=png, width=array.shape[1], height=array.shape[0],
+                    sha256=hashlib.sha256(png).hexdigest())
+
+
+def decode(data: bytes, what: str = "image", error: type = InputError) -> np.ndarray:
+    """Bytes of PNG/JPEG/WebP -> uint8 [H, W, 3]; a corrupt or truncated file raises `error`."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_DECODE_PIXELS:
+                raise error(f"{what} is {img.width}x{img.height}, larger than this pack decodes")
+            img.load()  # forces a full decode: a truncated file fails here, not later
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise error(f"{what} is not a readable PNG/JPEG/WebP image ({type(exc).__name__})") from None
+
+
+def decode_provider_image(data: bytes, what: str) -> np.ndarray:
+    return decode(data, what, error=ProviderError)
+
+
+def decode_data_uri(uri: str, what: str = "image") -> np.ndarray:
+    try:
+        _, b64 = uri.split(",", 1) if uri.startswith("data:") else ("", uri)
+        raw = base64.b64decode(b64, validate=True)
+    except (ValueError, base64.binascii.Error):
+        raise ProviderError(f"{what} is not valid base64") from None
+    return decode(raw, what, error=ProviderError)
+
+
+def load_image_file(path, what: str | None = None) -> np.ndarray:
+    label = what or f"image file {getattr(path, 'name', path)}"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {label}: {exc.strerror}") from None
+    return decode(data, label)
+
+
+def placeholder(width: int, height: int, shade: int = 128) -> np.ndarray:
+    """A flat grey image, used for dry runs and for moderated results when the user asks for one."""
+    return np.full((height, width, 3), shade, dtype=np.uint8)

@@ -1,0 +1,44 @@
+"""Cost estimates from one price table (models.py), and the ledger of billed costs in a run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import ModelSpec
+from .sizes import billed_megapixels
+
+
+@dataclass(frozen=True)
+class Estimate:
+    usd: float | None          # None: the provider publishes no price for this model
+    detail: str
+
+    def __str__(self) -> str:
+        return format_usd(self.usd) if self.usd is not None else "unknown (no published price)"
+
+
+def format_usd(usd: float | None) -> str:
+    if usd is None:
+        return "n/a"
+    return f"${usd:.4f}".rstrip("0").rstrip(".") if usd < 0.01 else f"${usd:.3f}".rstrip("0").rstrip(".")
+
+
+def estimate(model: ModelSpec, provider: str, width: int, height: int,
+             reference_sizes: list[tuple[int, int]] = (), batch: int = 1) -> Estimate:
+    """USD for `batch` images of width x height with the given references.
+
+    Rule (BFL's published per-MP pricing, also what Runware bills for BFL-hosted models): the first
+    output megapixel at the model's base price, every further output MP and every reference MP at
+    the extra price; MP rounded up per image. Each image of a batch is its own task, so references
+    are billed once per image.
+    """
+    price = model.on(provider).price
+    if price is None:
+        return Estimate(None, f"{model.name} on {provider}: no published price; the billed cost is shown after the run")
+    out_mp = billed_megapixels(width, height)
+    ref_mp = sum(billed_megapixels(w, h) for w, h in reference_sizes)
+    one = price.first_output_mp + price.extra_output_mp * (out_mp - 1) + price.reference_mp * ref_mp
+    one = round(one, 6)
+    detail = (f"{model.name} on {provider}: {out_mp} output MP"
+              + (f" + {ref_mp} reference MP" if reference_sizes else "")
+              + (f" x {batch} images" if batch > 1 else ""))
+    return Estimate(round(one * batch, 6), detail)

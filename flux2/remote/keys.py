@@ -1,0 +1,43 @@
+"""API keys and provider hosts, from the environment only (never from workflow content)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import AuthError, ConfigError
+
+
+def read_key(env_name: str) -> str:
+    """The key from `ENV_NAME`, or from the file named by `ENV_NAME_FILE` (e.g. a mounted secret)."""
+    key = os.environ.get(env_name, "").strip()
+    if not key:
+        path = os.environ.get(env_name + "_FILE", "").strip()
+        if path:
+            try:
+                key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise AuthError(f"cannot read {env_name}_FILE ({exc.strerror})") from None
+    if not key:
+        raise AuthError(f"no API key: set {env_name} in the environment of ComfyUI or the CLI "
+                        f"(or {env_name}_FILE to a file holding it)")
+    if any(c.isspace() for c in key) or not key.isprintable():
+        raise AuthError(f"{env_name} contains whitespace or control characters")
+    return key
+
+
+def base_url(env_name: str, default: str) -> str:
+    url = os.environ.get(env_name, "").strip() or default
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigError(f"{env_name} must be an http(s) URL, got {url!r}")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        # A key must never travel in clear text; plain http is only for loopback test servers.
+        raise ConfigError(f"{env_name} must use https (plain http is allowed for loopback only)")
+    return url.rstrip("/")
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port

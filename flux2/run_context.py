@@ -1,0 +1,125 @@
+"""Per-run state shared by every node of one graph run: dry-run flag, progress and cancel hooks,
+the cost ledger, the budget cap and the reference-upload cache.
+
+The ComfyUI node layer and the CLI runner each install their own hooks; the engine only calls them.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import BudgetError, Cancelled
+from .pricing import Estimate, format_usd
+
+log = logging.getLogger("comfyui_flux2")
+
+
+@dataclass
+class Ledger:
+    """Estimated and billed USD per node; one running total per run."""
+
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    billed: dict[str, float | None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_estimate(self, node: str, est: Estimate) -> None:
+        with self._lock:
+            key = node or f"#{len(self.estimates)}"
+            self.estimates[key] = est
+
+    def add_billed(self, node: str, usd: float | None) -> None:
+        with self._lock:
+            key = node or f"#{len(self.billed)}"
+            prev = self.billed.get(key)
+            self.billed[key] = usd if prev is None else prev + (usd or 0.0)
+
+    @property
+    def estimated_total(self) -> float:
+        return round(sum(e.usd for e in self.estimates.values() if e.usd is not None), 6)
+
+    @property
+    def unpriced(self) -> int:
+        return sum(1 for e in self.estimates.values() if e.usd is None)
+
+    @property
+    def billed_total(self) -> float:
+        return round(sum(v for v in self.billed.values() if v is not None), 6)
+
+    def summary(self) -> str:
+        est = format_usd(self.estimated_total) + (f" (+{self.unpriced} unpriced)" if self.unpriced else "")
+        return f"estimated {est}, billed {format_usd(self.billed_total)}"
+
+
+@dataclass
+class RunContext:
+    dry_run: bool = False
+    strict: bool = False                 # dry run as a pre-flight check: missing keys are errors, not warnings
+    budget_usd: float | None = None
+    progress: Callable[[str, float, float, str], None] | None = None   # (node, done, total, message)
+    is_cancelled: Callable[[], bool] | None = None
+    result_sink: Callable[[object, object], None] | None = None        # saves paid results at once
+    ledger: Ledger = field(default_factory=Ledger)
+    planned: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    # provider -> content sha256 -> (provider image id, expiry epoch seconds)
+    uploads: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_plan(self, call, est: Estimate) -> None:
+        self.planned.append((call, est))
+
+    def report(self, node: str, done: float, total: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(node, done, total, message)
+
+    def check_cancelled(self) -> None:
+        if self.is_cancelled is not None and self.is_cancelled():
+            raise Cancelled("cancelled by the user")
+
+    def check_budget(self) -> None:
+        if self.budget_usd is not None and self.ledger.estimated_total > self.budget_usd + 1e-9:
+            raise BudgetError(f"estimated cost {format_usd(self.ledger.estimated_total)} is over the "
+                              f"budget cap {format_usd(self.budget_usd)} (FLUX2_BUDGET_USD / --budget)")
+
+    def on_result(self, request, result) -> None:
+        if self.result_sink is not None:
+            self.result_sink(request, result)
+
+    def cached_upload(self, provider: str, sha256: str) -> str | None:
+        with self._lock:
+            hit = self.uploads.get(provider, {}).get(sha256)
+            if hit and hit[1] > time.time():
+                return hit[0]
+            return None
+
+    def remember_upload(self, provider: str, sha256: str, image_id: str, ttl_s: float) -> None:
+        with self._lock:
+            self.uploads.setdefault(provider, {})[sha256] = (image_id, time.time() + ttl_s)
+
+
+# Inside ComfyUI there is no per-run object we can hang state on, so a process-wide default context
+# serves (its upload cache then lives across queue runs, bounded by the provider's expiry).
+_default = RunContext()
+_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("flux2_run_context", default=_default)
+
+
+def current() -> RunContext:
+    return _current.get()
+
+
+class using:
+    """`with using(ctx): ...` makes ctx the current run context (CLI runner, tests)."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    def __enter__(self) -> RunContext:
+        self._token = _current.set(self.ctx)
+        return self.ctx
+
+    def __exit__(self, *exc) -> None:
+        _current.reset(self._token)

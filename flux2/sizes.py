@@ -1,0 +1,94 @@
+"""Output sizes: aspect/megapixel presets snapped to the model's grid, and validation."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import InputError
+
+MEGAPIXEL = 1024 * 1024
+
+ASPECT_RATIOS = ("1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9", "9:21", "5:4", "4:5")
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    multiple: int = 16
+    min_side: int = 64
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+
+
+def megapixels(width: int, height: int) -> float:
+    return width * height / MEGAPIXEL
+
+
+def billed_megapixels(width: int, height: int) -> int:
+    """Providers bill whole megapixels, rounded up (1536x1024 -> 2)."""
+    return max(1, math.ceil(width * height / MEGAPIXEL - 1e-9))
+
+
+def parse_aspect(aspect: str) -> tuple[int, int]:
+    try:
+        a, b = (int(part) for part in aspect.split(":"))
+        if a <= 0 or b <= 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"aspect ratio must look like '3:2', got {aspect!r}") from None
+    return a, b
+
+
+def snap(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def size_from_aspect(aspect: str, mp: float, limits: SizeLimits = SizeLimits()) -> tuple[int, int]:
+    """(w, h) with w/h ~ aspect, w*h ~ mp megapixels, both multiples of the grid, within limits."""
+    if not (mp > 0):
+        raise InputError(f"megapixels must be > 0, got {mp}")
+    a, b = parse_aspect(aspect)
+    area = min(mp * MEGAPIXEL, limits.max_pixels)
+    width = snap(math.sqrt(area * a / b), limits.multiple)
+    height = snap(math.sqrt(area * b / a), limits.multiple)
+    # Clamp each side, then shrink along the aspect until the area fits (rounding can overshoot).
+    width = min(max(width, limits.min_side), limits.max_side)
+    height = min(max(height, limits.min_side), limits.max_side)
+    while width * height > limits.max_pixels:
+        if width >= height:
+            width -= limits.multiple
+        else:
+            height -= limits.multiple
+    return width, height
+
+
+def validate_size(width: int, height: int, limits: SizeLimits, what: str = "size") -> None:
+    """Raise InputError naming the rule a size breaks."""
+    m = limits.multiple
+    for side_name, side in (("width", width), ("height", height)):
+        if not isinstance(side, int) or isinstance(side, bool):
+            raise InputError(f"{what}: {side_name} must be an integer, got {side!r}")
+        if side % m:
+            lo, hi = side // m * m, (side // m + 1) * m
+            raise InputError(f"{what}: {side_name} {side} is not a multiple of {m} (try {lo} or {hi})")
+        if side < limits.min_side or side > limits.max_side:
+            raise InputError(f"{what}: {side_name} {side} is outside {limits.min_side}..{limits.max_side}")
+    if width * height > limits.max_pixels:
+        raise InputError(f"{what}: {width}x{height} is {megapixels(width, height):.2f} MP, "
+                         f"over the limit of {limits.max_pixels / MEGAPIXEL:.2f} MP")
+
+
+def describe(width: int, height: int) -> str:
+    return f"{width}x{height} ({megapixels(width, height):.2f} MP)"
+
+
+def fit_size(width: int, height: int, limits: SizeLimits = SizeLimits()) -> tuple[int, int]:
+    """The largest grid-aligned size with the same aspect that fits the limits (edit output follows its
+    first reference this way: a 1000x750 photo gives 992x736, a 4000x3000 one is scaled to <= 4 MP)."""
+    m = limits.multiple
+    scale = 1.0
+    if width * height > limits.max_pixels:
+        scale = math.sqrt(limits.max_pixels / (width * height))
+    scale = min(scale, limits.max_side / width, limits.max_side / height)
+    w = max(limits.min_side, int(width * scale) // m * m)
+    h = max(limits.min_side, int(height * scale) // m * m)
+    return min(w, limits.max_side), min(h, limits.max_side)

@@ -1,0 +1,171 @@
+"""Shared machinery of the loopback provider servers: threaded HTTP server, fault queue, images."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+
+def render(prompt: str, seed: int, width: int, height: int, refs: list[np.ndarray] = ()) -> np.ndarray:
+    """A deterministic picture for (prompt, seed, size, refs): a colour field plus the references' mean.
+
+    Different prompts/seeds give visibly different images; a reference visibly tints the result, so a
+    chained edit shows that its references arrived.
+    """
+    digest = hashlib.sha256(f"{prompt}\x00{seed}".encode()).digest()
+    c0 = np.frombuffer(digest[0:3], dtype=np.uint8).astype(np.float32)
+    c1 = np.frombuffer(digest[3:6], dtype=np.uint8).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = ((xx / max(width - 1, 1)) + (yy / max(height - 1, 1))) / 2.0            # [H, W]
+    img = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]  # [H, W, 3]
+    rings = (np.sin((xx + yy * (1 + digest[6] / 255)) / (8 + digest[7] % 24)) * 24)[..., None]
+    img = img + rings
+    if len(refs):
+        mixed = np.zeros((height, width, 3), np.float32)
+        for ref in refs:
+            mixed += np.asarray(Image.fromarray(ref).resize((width, height)), dtype=np.float32)
+        img = 0.5 * img + 0.5 * mixed / len(refs)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    fmt = {"JPG": "JPEG"}.get(fmt.upper(), fmt.upper())
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt)
+    return buf.getvalue(), {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[fmt]
+
+
+class Faults:
+    """A queue of faults for the next requests to a route: tests push, handlers pop."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue: list[dict] = []
+
+    def push(self, **fault) -> None:
+        """fault: route ('submit'|'poll'|'download'|'upload'|'any'), status, body, retry_after,
+        drop (close without answering, after doing the work), delay_s, truncate, error_code."""
+        with self._lock:
+            self._queue.append(fault)
+
+    def pop(self, route: str) -> dict | None:
+        with self._lock:
+            for i, fault in enumerate(self._queue):
+                if fault.get("route", "any") in (route, "any"):
+                    return self._queue.pop(i)
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+
+
+class LoopbackServer:
+    """Owns a ThreadingHTTPServer on 127.0.0.1 in a daemon thread. Subclasses set `handler_class`."""
+
+    handler_class: type[BaseHTTPRequestHandler]
+
+    def __init__(self, port: int = 0, api_key: str = "loopback-key"):
+        self.api_key = api_key
+        self.faults = Faults()
+        self.requests: list[dict] = []        # what arrived: path, headers of interest, body
+        self.images: dict[str, tuple[bytes, str]] = {}
+        self.lock = threading.Lock()
+        handler = type("Handler", (self.handler_class,), {"app": self})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "LoopbackServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def record(self, entry: dict) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    def store_image(self, image_id: str, data: bytes, mime: str) -> None:
+        with self.lock:
+            self.images[image_id] = (data, mime)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    app: LoopbackServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet: tests read app.requests instead
+        pass
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def send_json(self, status: int, body, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def drop(self) -> None:
+        """Close the connection without an answer (the work is already done: a lost response)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(2)
+        except OSError:
+            pass
+
+    def apply_fault(self, route: str) -> tuple[bool, dict | None]:
+        """Returns (handled, fault). A fault with `drop` is returned for the handler to act on later."""
+        fault = self.app.faults.pop(route)
+        if not fault:
+            return False, None
+        if fault.get("delay_s"):
+            time.sleep(fault["delay_s"])
+        if fault.get("status"):
+            headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else None
+            self.send_json(fault["status"], fault.get("body", {}), headers)
+            return True, fault
+        return False, fault
+
+    def serve_image(self, image_id: str, truncate: bool = False) -> None:
+        found = self.app.images.get(image_id)
+        if not found:
+            self.send_json(404, {"detail": "Not Found"})
+            return
+        data, mime = found
+        self.send_response(200)
+        self.send_header("content-type", mime)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2] if truncate else data)
+        if truncate:
+            self.drop()

@@ -1,0 +1,298 @@
+"""A loopback server speaking Runware's HTTP task API as documented.
+
+- `POST /v1` with a JSON array of tasks; auth by `Authorization: Bearer <key>` or a leading
+  `{"taskType": "authentication", "apiKey": ...}` task.
+- `imageInference`, `imageUpload`, `getResponse`; results matched by `taskUUID`.
+- Answers `{"data": [...]}` and/or `{"errors": [{code, message, parameter, taskType, taskUUID}]}`
+  with the documented HTTP statuses (400 bad parameter, 401 key, 402 balance, 429/503 capacity).
+- Result images are served from this server (`imageURL`) and expire after `url_ttl_s`.
+Prices and limits here are this server's own table (Runware's published ones), deliberately not
+imported from the pack, so the client's estimate is checked against an independent source.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import re
+import time
+import uuid
+
+import numpy as np
+from PIL import Image
+
+from .base import JsonHandler, LoopbackServer, encode, render
+
+# AIR -> (min side, max side, max refs, (first MP, extra MP, reference MP) or None)
+MODELS = {
+    "bfl:5@1": (256, 2048, 8, (0.03, 0.015, 0.015)),
+    "bfl:6@1": (256, 2048, 8, (0.06, 0.06, 0.06)),
+    "bfl:7@1": (256, 2048, 8, (0.07, 0.03, 0.03)),
+    "runware:400@1": (512, 2048, 4, None),
+    "runware:400@2": (128, 2048, 4, None),
+    "runware:400@3": (128, 2048, 4, None),
+    "runware:400@4": (128, 2048, 4, None),
+    "runware:400@5": (128, 2048, 4, None),
+}
+UNPRICED_COST = 0.0038
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
+NSFW_WORD = "forbidden-content"       # a prompt containing this is refused, like a real safety filter
+
+
+def _err(code: str, message: str, task: dict | None = None, parameter: str | None = None, **extra) -> dict:
+    e = {"code": code, "message": message}
+    if parameter:
+        e["parameter"] = parameter
+    if task:
+        e["taskType"] = task.get("taskType")
+        e["taskUUID"] = task.get("taskUUID")
+    e.update(extra)
+    return e
+
+
+def _mp(w: int, h: int) -> int:
+    return max(1, math.ceil(w * h / (1024 * 1024) - 1e-9))
+
+
+class RunwareHandler(JsonHandler):
+    def do_GET(self):
+        m = re.match(r"^/image/([0-9a-f-]+)\.\w+$", self.path)
+        if not m:
+            self.send_json(404, {"errors": [_err("notFound", "Not found")]})
+            return
+        handled, fault = self.apply_fault("download")
+        if handled:
+            return
+        with self.app.lock:
+            born = self.app.image_born.get(m.group(1), 0)
+        if time.time() - born > self.app.url_ttl_s:
+            self.send_json(404, {"errors": [_err("notFound", "Image expired")]})
+            return
+        self.serve_image(m.group(1), truncate=bool(fault and fault.get("truncate")))
+
+    def do_POST(self):
+        try:
+            self.handle_post()
+        except Exception as exc:  # a bug here must look like a provider 500, not a dropped connection
+            self.send_json(500, {"errors": [_err("internalServerError", f"{type(exc).__name__}")]})
+
+    def handle_post(self):
+        if self.path.rstrip("/") != "/v1":
+            self.send_json(404, {"errors": [_err("notFound", f"Unknown path {self.path}")]})
+            return
+        raw = self.read_body()
+        try:
+            tasks = json.loads(raw or b"null")
+        except ValueError:
+            self.send_json(400, {"errors": [_err("invalidJSON", "Request body is not valid JSON")]})
+            return
+        auth = self.headers.get("authorization", "")
+        self.app.record({"path": self.path, "auth_header": bool(auth),
+                         "auth_ok": auth == f"Bearer {self.app.api_key}", "body": tasks})
+        if not isinstance(tasks, list) or not tasks:
+            self.send_json(400, {"errors": [_err("invalidRequestBody", "The request body must be a non-empty array of tasks")]})
+            return
+        if isinstance(tasks[0], dict) and tasks[0].get("taskType") == "authentication":
+            api_key = tasks.pop(0).get("apiKey")
+            authed = api_key == self.app.api_key
+        else:
+            authed = auth == f"Bearer {self.app.api_key}"
+        if not authed:
+            self.send_json(401, {"errors": [_err("invalidApiKey", "Invalid API key. Get one at https://my.runware.ai",
+                                                  {"taskType": "authentication"})]})
+            return
+        route = "upload" if all(t.get("taskType") == "imageUpload" for t in tasks if isinstance(t, dict)) else (
+            "poll" if all(t.get("taskType") == "getResponse" for t in tasks if isinstance(t, dict)) else "submit")
+        handled, fault = self.apply_fault(route)
+        if handled:
+            return
+        if fault and fault.get("error_code") == "insufficientCredits":
+            self.send_json(402, {"errors": [_err("insufficientCredits", "Insufficient credits to run this task",
+                                                  tasks[0])]})
+            return
+        data, errors = [], []
+        for task in tasks:
+            try:
+                data.extend(self.run_task(task, fault))
+            except TaskError as exc:
+                errors.append(exc.error)
+        if fault and fault.get("drop"):
+            self.drop()          # the work is done (and billed) but the answer never arrives
+            return
+        body = {}
+        if data:
+            body["data"] = data
+        if errors:
+            body["errors"] = errors
+        status = 200 if data or not errors else errors[0].pop("_status", 400)
+        for e in errors:
+            e.pop("_status", None)
+        self.send_json(status, body)
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def run_task(self, task, fault) -> list[dict]:
+        if not isinstance(task, dict):
+            raise TaskError(_err("invalidTask", "Each task must be an object"))
+        kind = task.get("taskType")
+        if not isinstance(task.get("taskUUID"), str) or not UUID4.match(task["taskUUID"]):
+            raise TaskError(_err("invalidTaskUUID", "taskUUID must be a UUID v4", task, "taskUUID"))
+        if kind == "imageInference":
+            return self.image_inference(task, fault)
+        if kind == "imageUpload":
+            return [self.image_upload(task)]
+        if kind == "getResponse":
+            return self.get_response(task)
+        raise TaskError(_err("invalidTaskType", f"Unknown taskType {kind!r}", task, "taskType"))
+
+    def image_upload(self, task) -> dict:
+        arr = self.decode_image(task.get("image"), task, "image")
+        image_uuid = str(uuid.uuid4())
+        arr = _limit_long_side(arr, 2048)
+        with self.app.lock:
+            self.app.uploads[image_uuid] = arr
+        return {"taskType": "imageUpload", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,
+                "imageURL": f"{self.app.origin}/image/{image_uuid}.png"}
+
+    def get_response(self, task) -> list[dict]:
+        with self.app.lock:
+            done = self.app.results.get(task["taskUUID"])
+        if done is None:
+            raise TaskError(_err("taskNotFound", "No task with this taskUUID", task, "taskUUID"))
+        return [dict(done, status="success")]
+
+    def decode_image(self, value, task, parameter) -> np.ndarray:
+        if not isinstance(value, str) or not value:
+            raise TaskError(_err("invalidImage", "Image must be a string: UUID, URL, data URI or base64", task, parameter))
+        if UUID4.match(value):
+            with self.app.lock:
+                arr = self.app.uploads.get(value)
+            if arr is None:
+                raise TaskError(_err("invalidImageUUID", f"Unknown imageUUID {value}", task, parameter))
+            return arr
+        if value.startswith(("http://", "https://")):
+            raise TaskError(_err("invalidImageURL", "This loopback server cannot fetch remote URLs", task, parameter))
+        b64 = value.split(",", 1)[1] if value.startswith("data:") else value
+        try:
+            raw = base64.b64decode(b64, validate=True)
+            with Image.open(io.BytesIO(raw)) as img:
+                if img.format not in ("PNG", "JPEG", "WEBP"):
+                    raise ValueError(img.format)
+                return np.asarray(img.convert("RGB"))
+        except (ValueError, binascii.Error, OSError):
+            raise TaskError(_err("invalidImage", "Image could not be decoded (PNG, JPG or WEBP expected)",
+                                 task, parameter)) from None
+
+    def image_inference(self, task, fault) -> list[dict]:
+        model = task.get("model")
+        if model not in MODELS:
+            raise TaskError(_err("invalidModel", f"Model {model!r} does not exist", task, "model"))
+        lo, hi, max_refs, price = MODELS[model]
+        prompt = task.get("positivePrompt")
+        if not isinstance(prompt, str) or not 1 <= len(prompt) <= 32000:
+            raise TaskError(_err("invalidPositivePrompt", "positivePrompt must be 1-32000 characters", task, "positivePrompt"))
+        for side in ("width", "height"):
+            v = task.get(side)
+            if not isinstance(v, int) or v % 16 or not lo <= v <= hi:
+                raise TaskError(_err(f"invalid{side.capitalize()}", f"{side} must be a multiple of 16 in {lo}-{hi}",
+                                     task, side))
+        w, h = task["width"], task["height"]
+        if w * h > 2048 * 2048:
+            raise TaskError(_err("invalidDimensions", "width x height must be at most 4194304 pixels", task, "width"))
+        seed = task.get("seed", 42)
+        if not isinstance(seed, int) or not 0 <= seed <= 4294967295:
+            raise TaskError(_err("invalidSeed", "seed must be an integer in 0-4294967295", task, "seed"))
+        n = task.get("numberResults", 1)
+        if not isinstance(n, int) or not 1 <= n <= 20:
+            raise TaskError(_err("invalidNumberResults", "numberResults must be 1-20", task, "numberResults"))
+        fmt = task.get("outputFormat", "JPG")
+        if fmt not in ("JPG", "JPEG", "PNG", "WEBP"):
+            raise TaskError(_err("invalidOutputFormat", "outputFormat must be JPG, PNG or WEBP", task, "outputFormat"))
+        out_type = task.get("outputType", "URL")
+        if out_type not in ("URL", "base64Data", "dataURI"):
+            raise TaskError(_err("invalidOutputType", "outputType must be URL, base64Data or dataURI", task, "outputType"))
+        settings = task.get("providerSettings")
+        if settings is not None:
+            bfl = settings.get("bfl") if isinstance(settings, dict) else None
+            if not model.startswith("bfl:") or not isinstance(bfl, dict):
+                raise TaskError(_err("invalidProviderSettings", "providerSettings.bfl is only for bfl: models", task,
+                                     "providerSettings"))
+            tol = bfl.get("safetyTolerance", 2)
+            if not isinstance(tol, int) or not 0 <= tol <= 5:
+                raise TaskError(_err("invalidSafetyTolerance", "safetyTolerance must be 0-5", task,
+                                     "providerSettings.bfl.safetyTolerance"))
+        refs_in = (task.get("inputs") or {}).get("referenceImages", [])
+        if not isinstance(refs_in, list) or len(refs_in) > max_refs:
+            raise TaskError(_err("invalidReferenceImages", f"At most {max_refs} reference images for {model}", task,
+                                 "inputs.referenceImages"))
+        refs = [self.decode_image(r, task, "inputs.referenceImages") for r in refs_in]
+        if NSFW_WORD in prompt:
+            raise TaskError(_err("contentPolicyViolation", "The prompt was flagged by the content policy", task,
+                                 "positivePrompt", _status=400))
+        cost = UNPRICED_COST
+        if price:
+            first, extra, ref = price
+            cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 6)
+        results = []
+        for i in range(n):
+            image_seed = seed + i
+            arr = render(prompt, image_seed, w, h, refs)
+            data, mime = encode(arr, fmt)
+            image_uuid = str(uuid.uuid4())
+            item = {"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,
+                    "seed": image_seed, "NSFWContent": False}
+            if out_type == "URL":
+                self.app.store_image(image_uuid, data, mime)
+                with self.app.lock:
+                    self.app.image_born[image_uuid] = time.time()
+                item["imageURL"] = f"{self.app.origin}/image/{image_uuid}.{fmt.lower()}"
+            elif out_type == "base64Data":
+                item["imageBase64Data"] = base64.b64encode(data).decode()
+            else:
+                item["imageDataURI"] = f"data:{mime};base64," + base64.b64encode(data).decode()
+            if task.get("includeCost"):
+                item["cost"] = cost
+            with self.app.lock:
+                self.app.billed += cost
+                self.app.results[task["taskUUID"]] = item
+            results.append(item)
+        return results
+
+
+class TaskError(Exception):
+    def __init__(self, error: dict):
+        super().__init__(error.get("message"))
+        self.error = error
+
+
+def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    if max(h, w) <= limit:
+        return arr
+    s = limit / max(h, w)
+    return np.asarray(Image.fromarray(arr).resize((round(w * s), round(h * s)), Image.LANCZOS))
+
+
+class RunwareLoopback(LoopbackServer):
+    handler_class = RunwareHandler
+
+    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0):
+        super().__init__(port, api_key)
+        self.url_ttl_s = url_ttl_s
+        self.uploads: dict[str, np.ndarray] = {}
+        self.results: dict[str, dict] = {}
+        self.image_born: dict[str, float] = {}
+        self.billed = 0.0
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    def tasks(self, task_type: str | None = None) -> list[dict]:
+        """Every task received so far (optionally of one type), in arrival order."""
+        out = []
+        for req in self.requests:
+            if isinstance(req["body"], list):
+                out += [t for t in req["body"] if isinstance(t, dict) and (task_type is None or t.get("taskType") == task_type)]
+        return out

@@ -1,0 +1,105 @@
+"""Flux2TextToImage and Flux2Edit: build a GenerationRequest, run it on the connected backend."""
+from __future__ import annotations
+
+from ..flux2.backend import Backend, GenerationRequest, run
+from ..flux2.errors import InputError
+from ..flux2.images import arrays_to_tensor, ref_from_array, tensor_to_arrays
+from ..flux2.models import MAX_REFS_ANY
+from ..flux2.pricing import format_usd
+from ..flux2.sizes import fit_size
+from .comfy_hooks import node_context
+from .common import BACKEND_TYPE, CATEGORY, seed_input, side_input
+
+RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
+RETURN_NAMES = ("image", "seed", "cost_usd")
+PROMPT_TOOLTIP = "What to make (text-to-image) or what to change (edit)."
+BATCH_TOOLTIP = "Images to make; image i uses seed + i, so each one can be reproduced on its own."
+
+
+def _backend(value) -> Backend:
+    if not isinstance(value, Backend):
+        raise InputError("the backend input must come from Flux2RemoteBackend or Flux2LocalBackend")
+    return value
+
+
+def _execute(backend, prompt, width, height, seed, batch_size, unique_id, references=()):
+    backend = _backend(backend)
+    request = GenerationRequest(prompt=prompt, width=int(width), height=int(height), seed=int(seed),
+                                references=tuple(references), batch=int(batch_size),
+                                node_id=str(unique_id or ""))
+    result = run(backend, request, node_context())
+    images = arrays_to_tensor(result.images)                   # [B, H, W, 3] float 0..1
+    cost = float(result.cost_usd or 0.0)
+    ui = {"flux2": [{"backend": backend.describe(), "size": [request.width, request.height],
+                     "seeds": result.seeds, "billed": format_usd(result.cost_usd),
+                     "dry_run": bool(result.info.get("dry_run"))}]}
+    return {"ui": ui, "result": (images, int(result.seeds[0]), cost)}
+
+
+class Flux2TextToImage:
+    DESCRIPTION = "FLUX.2 text-to-image on the connected backend (remote or local)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = RETURN_TYPES
+    RETURN_NAMES = RETURN_NAMES
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend or Flux2LocalBackend."}),
+                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
+                "width": side_input(1024, "Output width; a multiple of 16 within the model's limits."),
+                "height": side_input(1024, "Output height; a multiple of 16 within the model's limits."),
+                "seed": seed_input("Same seed, prompt and settings give the same image."),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": BATCH_TOOLTIP}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def generate(self, backend, prompt, width, height, seed, batch_size=1, unique_id=None):
+        return _execute(backend, prompt, width, height, seed, batch_size, unique_id)
+
+
+class Flux2Edit:
+    DESCRIPTION = ("FLUX.2 multi-reference edit: the prompt says what to change, the reference images "
+                   "(1 up to the model's limit; a batch counts as several) guide it. Chain its output into "
+                   "another Flux2Edit.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = RETURN_TYPES
+    RETURN_NAMES = RETURN_NAMES
+    FUNCTION = "edit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        optional = {f"reference_{i}": ("IMAGE", {"tooltip": f"Reference image {i} (optional)."})
+                    for i in range(2, MAX_REFS_ANY + 1)}
+        return {
+            "required": {
+                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend or Flux2LocalBackend."}),
+                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
+                "reference_1": ("IMAGE", {"tooltip": "First reference image; the output size follows it "
+                                                     "when width and height are 0."}),
+                "width": side_input(0, "0 = follow the first reference (snapped to the model's grid).", 0),
+                "height": side_input(0, "0 = follow the first reference (snapped to the model's grid).", 0),
+                "seed": seed_input("Same seed, prompt, references and settings give the same image."),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": BATCH_TOOLTIP}),
+            },
+            "optional": optional,
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def edit(self, backend, prompt, reference_1, width, height, seed, batch_size=1, unique_id=None, **more):
+        backend = _backend(backend)
+        tensors = [reference_1] + [more[f"reference_{i}"] for i in range(2, MAX_REFS_ANY + 1)
+                                   if more.get(f"reference_{i}") is not None]
+        refs = [ref_from_array(a) for t in tensors for a in tensor_to_arrays(t)]
+        if len(refs) > backend.max_references():
+            # Checked here too so a batch plugged into one socket gets the same clear message.
+            raise InputError(f"{len(refs)} reference images; {backend.describe()} takes at most "
+                             f"{backend.max_references()}")
+        if (width == 0) != (height == 0):
+            raise InputError("set both width and height, or both to 0 to follow the first reference")
+        if width == 0:
+            width, height = fit_size(refs[0].width, refs[0].height, backend.limits())
+        return _execute(backend, prompt, width, height, seed, batch_size, unique_id, refs)

@@ -1,0 +1,58 @@
+"""Flux2Seed and Flux2Size: small helpers that feed the generation nodes."""
+from __future__ import annotations
+
+from ..flux2.backend import Backend
+from ..flux2.sizes import ASPECT_RATIOS, SizeLimits, describe, fit_size, size_from_aspect, snap
+from .common import BACKEND_TYPE, CATEGORY, seed_input
+
+CUSTOM = "custom"
+
+
+class Flux2Seed:
+    DESCRIPTION = "One seed for several nodes, with control-after-generate (fixed/increment/randomize)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("INT",)
+    RETURN_NAMES = ("seed",)
+    FUNCTION = "seed"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": seed_input("The seed passed to every connected node.")}}
+
+    def seed(self, seed):
+        return (int(seed),)
+
+
+class Flux2Size:
+    DESCRIPTION = ("Width and height from an aspect ratio and megapixels (or explicit W x H with 'custom'), "
+                   "snapped to a multiple of 16 and kept within the model's limits (FLUX.2: up to 4 MP).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("INT", "INT")
+    RETURN_NAMES = ("width", "height")
+    FUNCTION = "size"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "aspect_ratio": (list(ASPECT_RATIOS) + [CUSTOM], {"default": "1:1",
+                                 "tooltip": "Width:height. 'custom' uses the width and height below."}),
+                "megapixels": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 4.0, "step": 0.05,
+                               "tooltip": "Output area in megapixels (1 MP = 1024x1024)."}),
+                "width": ("INT", {"default": 1024, "min": 16, "max": 8192, "step": 16,
+                          "tooltip": "Used with aspect_ratio 'custom'; snapped to 16 and fitted to the limits."}),
+                "height": ("INT", {"default": 1024, "min": 16, "max": 8192, "step": 16,
+                           "tooltip": "Used with aspect_ratio 'custom'; snapped to 16 and fitted to the limits."}),
+            },
+            "optional": {
+                "backend": (BACKEND_TYPE, {"tooltip": "Optional: apply this model's own size limits."}),
+            },
+        }
+
+    def size(self, aspect_ratio, megapixels, width, height, backend=None):
+        limits = backend.limits() if isinstance(backend, Backend) else SizeLimits()
+        if aspect_ratio == CUSTOM:
+            w, h = fit_size(snap(width, limits.multiple), snap(height, limits.multiple), limits)
+        else:
+            w, h = size_from_aspect(aspect_ratio, float(megapixels), limits)
+        return {"ui": {"text": [describe(w, h)]}, "result": (w, h)}

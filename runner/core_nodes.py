@@ -1,0 +1,119 @@
+"""Stand-ins for ComfyUI core's LoadImage / SaveImage / PreviewImage, for the headless runner.
+
+Same class names, inputs and widget order as core, so a workflow saved in ComfyUI runs unchanged.
+Every path stays inside its folder: names from a workflow cannot climb out with '..' or '/'.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
+
+from ..flux2.errors import InputError
+from ..flux2.images import arrays_to_tensor, encode, load_image_file, tensor_to_arrays
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def safe_join(root: Path, name: str, what: str) -> Path:
+    """root/name, refusing anything that would resolve outside root (absolute paths, '..', symlinks)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise InputError(f"{what}: invalid file name {name!r}")
+    root = root.resolve()
+    candidate = Path(name)
+    if candidate.is_absolute() or candidate.drive:
+        raise InputError(f"{what}: {name!r} must be a name inside the folder, not an absolute path")
+    path = (root / candidate).resolve()
+    if path != root and root not in path.parents:
+        raise InputError(f"{what}: {name!r} points outside its folder")
+    return path
+
+
+class RunnerFolders:
+    """Where LoadImage reads and SaveImage writes; set by the runner for one run."""
+
+    input_dir = Path(".")
+    output_dir = Path("output")
+    save = True               # False in dry runs
+    prompt_json: dict | None = None
+    workflow_json: dict | None = None
+    saved: list[Path] = []
+
+
+class LoadImage:
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        # Core offers a list of the input folder's files; headless, a name is checked when it is loaded.
+        return {"required": {"image": ("STRING", {"image_upload": True})}}
+
+    def load_image(self, image, upload=None):
+        path = safe_join(RunnerFolders.input_dir, image, "LoadImage")
+        if not path.is_file():
+            raise InputError(f"LoadImage: {image!r} not found in {RunnerFolders.input_dir}")
+        array = load_image_file(path, f"LoadImage {image!r}")
+        tensor = arrays_to_tensor([array])                      # [1, H, W, 3]
+        mask = tensor.new_zeros(tensor.shape[:3])               # [1, H, W]
+        return (tensor, mask)
+
+
+class SaveImage:
+    CATEGORY = "image"
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
+
+    def save_images(self, images, filename_prefix="ComfyUI"):
+        arrays = tensor_to_arrays(images)
+        if not RunnerFolders.save:
+            return {"ui": {"images": []}}
+        target = safe_join(RunnerFolders.output_dir, filename_prefix, "SaveImage filename_prefix")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        counter = _next_counter(target)
+        meta = PngInfo()
+        # Like ComfyUI: the graph travels in the PNG so it can be dragged back in. Both come from the
+        # workflow file, which by construction holds no key.
+        if RunnerFolders.prompt_json is not None:
+            meta.add_text("prompt", json.dumps(RunnerFolders.prompt_json))
+        if RunnerFolders.workflow_json is not None:
+            meta.add_text("workflow", json.dumps(RunnerFolders.workflow_json))
+        results = []
+        for i, array in enumerate(arrays):
+            path = target.parent / f"{target.name}_{counter + i:05}_.png"
+            path.write_bytes(encode(array, "PNG", pnginfo=meta))
+            RunnerFolders.saved.append(path)
+            results.append({"filename": path.name, "subfolder": str(path.parent), "type": "output"})
+        return {"ui": {"images": results}}
+
+
+class PreviewImage(SaveImage):
+    """Headless there is no preview pane: the images are checked, not written."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    def save_images(self, images, filename_prefix=None):
+        tensor_to_arrays(images)
+        return {"ui": {"images": []}}
+
+
+def _next_counter(target: Path) -> int:
+    highest = 0
+    if target.parent.is_dir():
+        for p in target.parent.glob(f"{target.name}_*_.png"):
+            digits = p.name[len(target.name) + 1:-5]
+            if digits.isdigit():
+                highest = max(highest, int(digits))
+    return highest + 1
+
+
+CORE_NODES = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}

@@ -1,0 +1,102 @@
+"""Runs a parsed workflow headless: the pack's own node classes plus core image stand-ins.
+
+Two passes. The first is always a dry run (validate every node, plan every provider call, sum the
+estimate) so bad input anywhere in the graph fails before any money or GPU time is spent. The second
+executes for real, unless --dry-run.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..flux2.errors import Flux2Error, InputError
+from ..flux2.images import encode
+from ..flux2.run_context import RunContext, using
+from .core_nodes import CORE_NODES, RunnerFolders
+from .graph import Link, Node, execution_order, parse
+from .validate import check_graph
+
+log = logging.getLogger("comfyui_flux2.runner")
+
+
+def registry() -> dict:
+    from ..nodes import NODE_CLASS_MAPPINGS
+    return {**CORE_NODES, **NODE_CLASS_MAPPINGS}
+
+
+@dataclass
+class RunReport:
+    order: list[str]
+    ctx: RunContext
+    saved: list[Path] = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+
+
+class Executor:
+    def __init__(self, workflow: dict, *, input_dir: Path, output_dir: Path, on_node=None):
+        self.workflow = workflow
+        self.registry = registry()
+        self.nodes: dict[str, Node] = parse(workflow, self.registry)
+        self.order = execution_order(self.nodes, self.registry)
+        check_graph(self.nodes, self.order, self.registry)
+        self.input_dir = Path(input_dir)
+        self.output_dir = Path(output_dir)
+        self.on_node = on_node or (lambda node, index, total: None)
+        self.api_prompt = {n.id: {"class_type": n.class_type,
+                                  "inputs": {k: ([v.node, v.slot] if isinstance(v, Link) else v)
+                                             for k, v in n.inputs.items()}} for n in self.nodes.values()}
+
+    def run(self, ctx: RunContext) -> RunReport:
+        RunnerFolders.input_dir = self.input_dir
+        RunnerFolders.output_dir = self.output_dir
+        RunnerFolders.save = not ctx.dry_run
+        RunnerFolders.prompt_json = self.api_prompt
+        RunnerFolders.workflow_json = self.workflow if isinstance(self.workflow.get("nodes"), list) else None
+        RunnerFolders.saved = []
+        outputs: dict[str, tuple] = {}
+        with using(ctx):
+            for index, node_id in enumerate(self.order):
+                ctx.check_cancelled()
+                node = self.nodes[node_id]
+                self.on_node(node, index, len(self.order))
+                outputs[node_id] = self._call(node, outputs)
+        return RunReport(self.order, ctx, list(RunnerFolders.saved), outputs)
+
+    def _call(self, node: Node, outputs: dict) -> tuple:
+        cls = self.registry[node.class_type]
+        kwargs = {}
+        for name, value in node.inputs.items():
+            kwargs[name] = outputs[value.node][value.slot] if isinstance(value, Link) else value
+        hidden = (cls.INPUT_TYPES().get("hidden") or {})
+        if "unique_id" in hidden:
+            kwargs["unique_id"] = node.id
+        declared = set((cls.INPUT_TYPES().get("required") or {})) | set((cls.INPUT_TYPES().get("optional") or {})) \
+            | set(hidden)
+        kwargs = {k: v for k, v in kwargs.items() if k in declared}
+        fn = getattr(cls(), cls.FUNCTION)
+        try:
+            result = fn(**kwargs)
+        except Flux2Error as exc:
+            raise type(exc)(f"node {node.id} ({node.class_type}): {exc}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, TypeError) and "argument" in str(exc) and inspect.isfunction(fn):
+                raise InputError(f"node {node.id} ({node.class_type}): {exc}") from None
+            raise
+        if isinstance(result, dict):
+            result = result.get("result", ())
+        return tuple(result)
+
+
+def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
+    """Paid images that the graph did not get to save (a later node failed): keep them anyway."""
+    paths = []
+    folder = Path(output_dir) / "flux2-unsaved"
+    for request, result in results:
+        folder.mkdir(parents=True, exist_ok=True)
+        for image, seed in zip(result.images, result.seeds):
+            path = folder / f"node{request.node_id or 'x'}_seed{seed}.png"
+            path.write_bytes(encode(image, "PNG"))
+            paths.append(path)
+    return paths

@@ -1,0 +1,78 @@
+"""Static checks of a parsed graph against each node's INPUT_TYPES, as ComfyUI does before running."""
+from __future__ import annotations
+
+from ..flux2.errors import InputError
+from .graph import Link, Node
+
+
+def _label(node: Node) -> str:
+    return f"node {node.id} ({node.class_type})"
+
+
+def check_graph(nodes: dict[str, Node], order: list[str], registry: dict) -> None:
+    for node_id in order:
+        node = nodes[node_id]
+        cls = registry[node.class_type]
+        types = cls.INPUT_TYPES()
+        required = types.get("required") or {}
+        optional = types.get("optional") or {}
+        for name, spec in {**required, **optional}.items():
+            present = name in node.inputs and node.inputs[name] is not None
+            if not present:
+                if name in required:
+                    raise InputError(f"{_label(node)}: required input {name!r} is missing")
+                continue
+            value = node.inputs[name]
+            if isinstance(value, Link):
+                _check_link(nodes, registry, node, name, spec, value)
+            else:
+                _check_value(node, name, spec, value)
+
+
+def _check_link(nodes, registry, node, name, spec, link: Link) -> None:
+    source = nodes.get(link.node)
+    if source is None:
+        raise InputError(f"{_label(node)}: input {name!r} is linked to node {link.node}, which does not exist")
+    out_types = registry[source.class_type].RETURN_TYPES
+    if not 0 <= link.slot < len(out_types):
+        raise InputError(f"{_label(node)}: input {name!r} is linked to output {link.slot} of {_label(source)}, "
+                         "which has no such output")
+    want = spec[0]
+    got = out_types[link.slot]
+    if isinstance(want, (list, tuple)):
+        want = "COMBO"
+    if want != got and "*" not in (want, got) and not (want == "COMBO" and got in ("COMBO", "STRING")):
+        raise InputError(f"{_label(node)}: input {name!r} expects {want}, but {_label(source)} gives {got}")
+
+
+def _check_value(node, name, spec, value) -> None:
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    where = f"{_label(node)}: {name}"
+    if isinstance(kind, (list, tuple)):
+        if value not in kind:
+            raise InputError(f"{where} = {value!r} is not one of: {', '.join(map(str, kind))}")
+        return
+    if kind == "INT":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise InputError(f"{where} must be an integer, got {value!r}")
+    elif kind == "FLOAT":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where} must be a number, got {value!r}")
+    elif kind == "BOOLEAN":
+        if not isinstance(value, bool):
+            raise InputError(f"{where} must be true or false, got {value!r}")
+        return
+    elif kind == "STRING":
+        if not isinstance(value, str):
+            raise InputError(f"{where} must be text, got {type(value).__name__}")
+        return
+    else:
+        raise InputError(f"{where}: a {kind} input must be linked to another node's output")
+    if "min" in opts and value < opts["min"]:
+        raise InputError(f"{where} = {value} is below the minimum {opts['min']}")
+    if "max" in opts and value > opts["max"]:
+        raise InputError(f"{where} = {value} is above the maximum {opts['max']}")

@@ -1,0 +1,176 @@
+"""Writes the example workflows in workflows/ (UI format for ComfyUI, API format for the CLI).
+
+Both formats come from one description here, with widget order taken from the node classes
+themselves, so the UI file opens in ComfyUI and the API file runs in `comfyui-flux2 run`.
+Run: python scripts/make_workflows.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT.parent))
+PACKAGE = ROOT.name
+
+import importlib  # noqa: E402
+
+pack = importlib.import_module(PACKAGE) if PACKAGE == "comfyui_flux2" else None
+if pack is None:
+    import comfyui_flux2 as pack  # noqa: E402  (installed with pip install -e .)
+from comfyui_flux2.loopback.base import render  # noqa: E402
+from comfyui_flux2.runner.core_nodes import CORE_NODES  # noqa: E402
+from comfyui_flux2.runner.graph import has_control_widget, widget_inputs  # noqa: E402
+
+REGISTRY = {**CORE_NODES, **pack.NODE_CLASS_MAPPINGS}
+OUT = ROOT / "workflows"
+
+SALT_PROMPT = ("Wind-Carved Salt Cathedral: a vast cathedral carved by wind out of a white salt flat, "
+               "translucent salt columns glowing amber in low evening sun, ripples of crystal on the floor, "
+               "a lone figure in a red coat for scale, wide-angle, photographic, crisp detail")
+EDIT_PROMPT = ("Combine the three references into one scene: the building from image 1, the colour palette "
+               "of image 2 and the texture of image 3, golden hour, photographic")
+
+
+class Graph:
+    def __init__(self):
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, kind: str, widgets: dict, pos, links: dict | None = None, title: str | None = None) -> int:
+        """widgets: name -> value (control-after-generate stored after seeds); links: input -> (node, slot)."""
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "kind": kind, "widgets": widgets, "links": links or {}, "pos": pos,
+                           "title": title})
+        return node_id
+
+    def api(self) -> dict:
+        prompt = {}
+        for n in self.nodes:
+            inputs = dict(n["widgets"])
+            inputs.pop("_control", None)
+            for name, (src, slot) in n["links"].items():
+                inputs[name] = [str(src), slot]
+            prompt[str(n["id"])] = {"class_type": n["kind"], "inputs": inputs, "_meta": {"title": n["title"] or n["kind"]}}
+        return prompt
+
+    def ui(self) -> dict:
+        links, nodes = [], []
+        out_links: dict[tuple[int, int], list[int]] = {}
+        for n in self.nodes:
+            for name, (src, slot) in n["links"].items():
+                link_id = len(links) + 1
+                kind = REGISTRY[self.nodes[src - 1]["kind"]].RETURN_TYPES[slot]
+                links.append([link_id, src, slot, n["id"], name, kind])
+                out_links.setdefault((src, slot), []).append(link_id)
+        for order, n in enumerate(self.nodes):
+            cls = REGISTRY[n["kind"]]
+            types = cls.INPUT_TYPES()
+            all_inputs = {**(types.get("required") or {}), **(types.get("optional") or {})}
+            widget_names = [name for name, _ in widget_inputs(cls)]
+            inputs = []
+            for name, spec in all_inputs.items():
+                link = next((l for l in links if l[3] == n["id"] and l[4] == name), None)
+                if name in widget_names:
+                    if link:   # a widget fed by a link ("converted to input")
+                        inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
+                                       "widget": {"name": name}, "link": link[0]})
+                    continue
+                if link or name in (types.get("required") or {}):
+                    inputs.append({"name": name, "type": spec[0], "link": link[0] if link else None})
+            values = []
+            for name, spec in widget_inputs(cls):
+                if name not in n["widgets"]:
+                    break
+                values.append(n["widgets"][name])
+                if has_control_widget(name, spec):
+                    values.append(n["widgets"].get("_control", "fixed"))
+            if n["kind"] == "LoadImage":
+                values.append(n["widgets"].get("upload", "image"))   # core's upload button widget
+            names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+            outputs = [{"name": names[i], "type": t, "links": out_links.get((n["id"], i), []), "slot_index": i}
+                       for i, t in enumerate(cls.RETURN_TYPES)]
+            node = {"id": n["id"], "type": n["kind"], "pos": list(n["pos"]), "size": [340, 120 + 26 * len(values)],
+                    "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                    "properties": {"Node name for S&R": n["kind"]}, "widgets_values": values}
+            if n["title"]:
+                node["title"] = n["title"]
+            nodes.append(node)
+        for link in links:  # UI links store the target slot index, not the name
+            target = nodes[link[3] - 1]
+            link[4] = next(i for i, inp in enumerate(target["inputs"]) if inp.get("link") == link[0])
+        return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
+                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def backend(g: Graph, pos, upsampling: bool) -> int:
+    return g.add("Flux2RemoteBackend", {"provider": "runware", "model": "FLUX.2 [pro]", "prompt_upsampling": upsampling,
+                                        "safety_tolerance": 2, "output_format": "PNG", "output_quality": 95,
+                                        "steps": 0, "guidance": 0.0, "on_moderation": "error"}, pos)
+
+
+def text_to_image() -> Graph:
+    g = Graph()
+    b = backend(g, (40, 60), True)
+    size = g.add("Flux2Size", {"aspect_ratio": "3:2", "megapixels": 1.5, "width": 1536, "height": 1024}, (40, 420))
+    t2i = g.add("Flux2TextToImage", {"prompt": SALT_PROMPT, "width": 1536, "height": 1024, "seed": 73410,
+                                     "_control": "fixed", "batch_size": 1},
+                (420, 60), {"backend": (b, 0), "width": (size, 0), "height": (size, 1)})
+    g.add("SaveImage", {"filename_prefix": "flux2/salt_cathedral"}, (860, 60), {"images": (t2i, 0)})
+    return g
+
+
+def multi_reference_edit() -> Graph:
+    g = Graph()
+    b = backend(g, (40, 60), False)
+    refs = [g.add("LoadImage", {"image": f"images/flux2_ref_{i}.png", "upload": "image"}, (40, 420 + 330 * (i - 1)))
+            for i in (1, 2, 3)]
+    edit = g.add("Flux2Edit", {"prompt": EDIT_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
+                               "_control": "fixed", "batch_size": 1},
+                 (420, 60), {"backend": (b, 0), "reference_1": (refs[0], 0), "reference_2": (refs[1], 0),
+                             "reference_3": (refs[2], 0)})
+    g.add("SaveImage", {"filename_prefix": "flux2/multi_reference_edit"}, (860, 60), {"images": (edit, 0)})
+    return g
+
+
+def chain() -> Graph:
+    g = Graph()
+    b = backend(g, (40, 60), False)
+    seed = g.add("Flux2Seed", {"seed": 5150, "_control": "fixed"}, (40, 420))
+    t2i = g.add("Flux2TextToImage", {"prompt": "a ceramic teapot shaped like a snail, studio photo, white background",
+                                     "width": 1024, "height": 1024, "seed": 5150, "_control": "fixed", "batch_size": 1},
+                (420, 60), {"backend": (b, 0), "seed": (seed, 0)})
+    e1 = g.add("Flux2Edit", {"prompt": "make the teapot glazed in deep cobalt blue", "width": 0, "height": 0,
+                             "seed": 5150, "_control": "fixed", "batch_size": 1},
+               (820, 60), {"backend": (b, 0), "reference_1": (t2i, 0), "seed": (seed, 0)})
+    e2 = g.add("Flux2Edit", {"prompt": "put the teapot on a rustic wooden table by a rainy window", "width": 0,
+                             "height": 0, "seed": 5150, "_control": "fixed", "batch_size": 1},
+               (1220, 60), {"backend": (b, 0), "reference_1": (e1, 0), "seed": (seed, 0)})
+    for i, (node, name) in enumerate(((t2i, "chain_1_teapot"), (e1, "chain_2_cobalt"), (e2, "chain_3_table"))):
+        g.add("SaveImage", {"filename_prefix": f"flux2/{name}"}, (420 + 400 * i, 520), {"images": (node, 0)})
+    return g
+
+
+def reference_images() -> None:
+    from PIL import Image
+    folder = OUT / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = ("salt arches", "amber dusk palette", "crystal ripple texture")
+    for i, text in enumerate(prompts, start=1):
+        Image.fromarray(render(text, i, 512, 512)).save(folder / f"flux2_ref_{i}.png", optimize=True)
+
+
+def main() -> None:
+    (OUT / "api").mkdir(parents=True, exist_ok=True)
+    reference_images()
+    for name, build in (("flux2_text_to_image", text_to_image), ("flux2_multi_reference_edit", multi_reference_edit),
+                        ("flux2_chain_edit", chain)):
+        g = build()
+        (OUT / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
+        (OUT / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+
+
+if __name__ == "__main__":
+    main()

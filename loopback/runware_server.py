@@ -152,6 +152,7 @@ class RunwareHandler(JsonHandler):
         arr = _limit_long_side(arr, 2048)
         with self.app.lock:
             self.app.uploads[image_uuid] = arr
+            self.app.upload_ids[task["taskUUID"]] = image_uuid
         return {"taskType": "imageUpload", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,
                 "imageURL": f"{self.app.origin}/image/{image_uuid}.png"}
 
@@ -281,6 +282,7 @@ class RunwareLoopback(LoopbackServer):
         super().__init__(port, api_key)
         self.url_ttl_s = url_ttl_s
         self.uploads: dict[str, np.ndarray] = {}
+        self.upload_ids: dict[str, str] = {}
         self.results: dict[str, dict] = {}
         self.image_born: dict[str, float] = {}
         self.billed = 0.0
@@ -288,6 +290,17 @@ class RunwareLoopback(LoopbackServer):
     @property
     def api_url(self) -> str:
         return f"{self.origin}/v1"
+
+    def uploads_by_sha(self, sha256: str) -> str | None:
+        """The imageUUID this server gave an upload whose PNG bytes have this sha256."""
+        import hashlib
+        for req in self.requests:
+            for t in req["body"] if isinstance(req["body"], list) else []:
+                if isinstance(t, dict) and t.get("taskType") == "imageUpload":
+                    raw = base64.b64decode(t["image"].split(",", 1)[-1])
+                    if hashlib.sha256(raw).hexdigest() == sha256:
+                        return self.upload_ids.get(t["taskUUID"])
+        return None
 
     def tasks(self, task_type: str | None = None) -> list[dict]:
         """Every task received so far (optionally of one type), in arrival order."""

@@ -108,6 +108,7 @@ class RunwareBackend:
             "outputType": "URL",
             "outputFormat": opts.output_format,
             "includeCost": True,
+            "deliveryMethod": "sync",
         }
         if opts.output_format != "PNG":
             task["outputQuality"] = opts.output_quality
@@ -132,21 +133,41 @@ class RunwareBackend:
         return self._transport, url, key
 
     def _post_tasks(self, tasks: list[dict], ctx: RunContext) -> tuple[dict, list]:
-        """POST a task array; returns ({taskUUID: data item}, errors list). Raises on HTTP errors."""
+        """POST a task array; returns ({taskUUID: data item}, task-level errors).
+
+        Request-level failures (auth, balance, capacity, malformed body) raise here; an error that
+        names one of our tasks is returned so the caller can decide per task (e.g. moderation).
+        """
         transport, url, key = self._client()
         response = transport.submit(url, tasks, is_cancelled=ctx.is_cancelled)
         body = json_body(response, "runware")
         if not isinstance(body, dict):
             raise ProviderError(f"runware: HTTP {response.status_code} with an unexpected body")
-        errors = body.get("errors") or []
+        errors = [e for e in (body.get("errors") or []) if isinstance(e, dict)]
+        if isinstance(body.get("error"), dict):          # the singular form the docs also show
+            errors.append(body["error"])
         data = body.get("data") or []
         if isinstance(data, dict):   # imageUpload has been seen answering a bare object
             data = [data]
-        if response.status_code != 200 and not data:
-            first = errors[0] if errors and isinstance(errors[0], dict) else {}
+        items = {}
+        for d in data:
+            if not isinstance(d, dict):
+                continue
+            if d.get("status") == "error" or isinstance(d.get("error"), dict):
+                # Error items inside `data`: {status: "error", error: {code, message}}.
+                inner = d.get("error") if isinstance(d.get("error"), dict) else d
+                errors.append({**inner, "taskUUID": d.get("taskUUID")})
+                continue
+            items[d.get("taskUUID")] = d
+        ours = {t.get("taskUUID") for t in tasks}
+        request_level = [e for e in errors if e.get("taskUUID") not in ours]
+        # A request-level error with results beside it must not discard the (paid) results.
+        if response.status_code in (401, 402, 403) or (request_level and not items):
+            first = request_level[0] if request_level else (errors[0] if errors else {})
             raise runware_error(response.status_code, first, key)
-        items = {d.get("taskUUID"): d for d in data if isinstance(d, dict)}
-        return items, [e for e in errors if isinstance(e, dict)]
+        for e in errors:
+            e.setdefault("_status", response.status_code)
+        return items, errors
 
     def upload_reference(self, ref, ctx: RunContext) -> str:
         """Upload a reference once per content hash; later uses (any node, this run) reuse the imageUUID."""
@@ -222,7 +243,7 @@ class RunwareBackend:
             try:
                 if item is None:
                     err = errors_by_task.get(u) or (errors[0] if errors else {"message": "no result for the task"})
-                    raise runware_error(200, err, key)
+                    raise runware_error(err.get("_status", 200), err, key)
                 if item.get("status") == "error":
                     raise runware_error(200, item, key)
                 if item.get("cost") is not None:

@@ -1,0 +1,37 @@
+"""Shared fixtures: loopback providers with the environment pointed at them, slow-test switch."""
+from __future__ import annotations
+
+import pytest
+
+from comfyui_flux2.flux2.run_context import RunContext
+from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+RUNWARE_TEST_KEY = "rw-test-key-5f2c9a"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (real ComfyUI server, full parity); CI always does")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def runware(monkeypatch):
+    """A loopback Runware server; RUNWARE_API_URL/KEY point at it for the test's duration."""
+    with RunwareLoopback(api_key=RUNWARE_TEST_KEY) as server:
+        monkeypatch.setenv("RUNWARE_API_URL", server.api_url)
+        monkeypatch.setenv("RUNWARE_API_KEY", RUNWARE_TEST_KEY)
+        yield server
+
+
+@pytest.fixture
+def ctx():
+    return RunContext()

@@ -113,7 +113,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     try:
         report = executor.run(ctx)
     except BaseException:
-        kept = save_unsaved_results(pending, output_dir)
+        kept = save_unsaved_results([(q, r) for q, r in pending if not executor.saved_by_graph(q.node_id)], output_dir)
         if kept:
             print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
         print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)

@@ -48,16 +48,25 @@ def size_from_aspect(aspect: str, mp: float, limits: SizeLimits = SizeLimits()) 
         raise InputError(f"megapixels must be > 0, got {mp}")
     a, b = parse_aspect(aspect)
     area = min(mp * MEGAPIXEL, limits.max_pixels)
-    width = snap(math.sqrt(area * a / b), limits.multiple)
-    height = snap(math.sqrt(area * b / a), limits.multiple)
-    # Clamp each side, then shrink along the aspect until the area fits (rounding can overshoot).
-    width = min(max(width, limits.min_side), limits.max_side)
-    height = min(max(height, limits.min_side), limits.max_side)
-    while width * height > limits.max_pixels:
+    width, height = math.sqrt(area * a / b), math.sqrt(area * b / a)
+    # Scale, never clamp one side alone: clamping would change the aspect ratio.
+    width, height = _scale_into(width, height, limits)
+    width, height = snap(width, limits.multiple), snap(height, limits.multiple)
+    while width * height > limits.max_pixels or max(width, height) > limits.max_side:
         if width >= height:
             width -= limits.multiple
         else:
             height -= limits.multiple
+    return max(width, limits.min_side), max(height, limits.min_side)
+
+
+def _scale_into(width: float, height: float, limits: SizeLimits) -> tuple[float, float]:
+    big = max(width, height)
+    if big > limits.max_side:
+        width, height = width * limits.max_side / big, height * limits.max_side / big
+    small = min(width, height)
+    if small < limits.min_side:
+        width, height = width * limits.min_side / small, height * limits.min_side / small
     return width, height
 
 

@@ -56,13 +56,21 @@ class Executor:
         RunnerFolders.workflow_json = self.workflow if isinstance(self.workflow.get("nodes"), list) else None
         RunnerFolders.saved = []
         outputs: dict[str, tuple] = {}
+        self.executed: set[str] = set()
         with using(ctx):
             for index, node_id in enumerate(self.order):
                 ctx.check_cancelled()
                 node = self.nodes[node_id]
                 self.on_node(node, index, len(self.order))
                 outputs[node_id] = self._call(node, outputs)
+                self.executed.add(node_id)
         return RunReport(self.order, ctx, list(RunnerFolders.saved), outputs)
+
+    def saved_by_graph(self, node_id: str) -> bool:
+        """Whether a SaveImage that takes this node's image has already run."""
+        return any(n.class_type == "SaveImage" and n.id in self.executed
+                   and isinstance(n.inputs.get("images"), Link) and n.inputs["images"].node == node_id
+                   for n in self.nodes.values())
 
     def _call(self, node: Node, outputs: dict) -> tuple:
         cls = self.registry[node.class_type]

@@ -1,0 +1,345 @@
+"""Weights -> modules, for diffusers folders and BFL / ComfyUI single files (fp8 with scales included).
+
+Every failure is a ModelLoadError naming the file: missing, truncated, not safetensors, or another
+architecture (FLUX.1, an SD VAE, a different text encoder...). Sizes are inferred from the weight shapes
+and checked against the chosen preset.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .autoencoder import AutoencoderFlux2
+from .params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
+from .text_encoder import TextEncoder
+from .transformer import Flux2Transformer
+
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+def read_safetensors(paths: list[Path] | Path, dtype: torch.dtype | None = None, what: str = "weights",
+                     keep=None) -> dict[str, torch.Tensor]:
+    """Read one or several (sharded) safetensors files; fp8 weights with scales are dequantised to `dtype`."""
+    from safetensors import SafetensorError, safe_open
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    raw: dict[str, torch.Tensor] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"{what} file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    if keep is None or keep(key):
+                        raw[key] = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise ModelLoadError(f"{what} file {path.name} is not a readable safetensors file "
+                                 f"(truncated or corrupt: {msg})") from None
+    return dequantize(raw, dtype)
+
+
+def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """fp8 weights: ComfyUI `weight_scale` / `scale_weight` (scalar or per-row) and BFL per-row scales.
+    Scale tensors and quantisation metadata are consumed; other tensors are cast to `dtype`."""
+    out = {}
+    meta = re.compile(r"(\.weight_scale|\.scale_weight|\.input_scale|\.scale_input|\.comfy_quant|^scaled_fp8)$")
+    for key, t in sd.items():
+        if meta.search(key):
+            continue
+        if t.dtype in FP8_DTYPES:
+            base = key[: -len(".weight")] if key.endswith(".weight") else key
+            scale = sd.get(base + ".weight_scale", sd.get(base + ".scale_weight"))
+            w = t.to(torch.float32)
+            if scale is not None:
+                s = scale.to(torch.float32)
+                if s.numel() > 1 and s.ndim == 1 and w.ndim == 2:
+                    s = s[:, None]                         # per output row
+                w = w * s
+            t = w
+        if dtype is not None and t.is_floating_point() and not key.startswith("bn.") and ".bn." not in key:
+            t = t.to(dtype)
+        out[key] = t
+    return out
+
+
+def shard_files(folder: Path, stem: str) -> list[Path]:
+    """`stem.safetensors`, or the shards listed in `stem.safetensors.index.json`, or any *.safetensors."""
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{index} is not a valid shard index ({type(exc).__name__})") from None
+        return [folder / n for n in names]
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        raise ModelLoadError(f"no .safetensors weights in {folder}")
+    return found
+
+
+def read_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        return json.loads(cfg.read_text())
+    except ValueError:
+        raise ModelLoadError(f"{cfg} is not valid JSON") from None
+
+
+def _strip(sd: dict[str, torch.Tensor], prefixes) -> dict[str, torch.Tensor]:
+    for pre in prefixes:
+        if any(k.startswith(pre) for k in sd):
+            return {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+    return sd
+
+
+# ----------------------------------------------------------------------------------------- transformer
+
+def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers Flux2Transformer2DModel keys -> BFL keys (fused qkv, final adaLN as (shift, scale))."""
+    out: dict[str, torch.Tensor] = {}
+    simple = {
+        "x_embedder.weight": "img_in.weight",
+        "context_embedder.weight": "txt_in.weight",
+        "time_guidance_embed.timestep_embedder.linear_1.weight": "time_in.in_layer.weight",
+        "time_guidance_embed.timestep_embedder.linear_2.weight": "time_in.out_layer.weight",
+        "time_guidance_embed.guidance_embedder.linear_1.weight": "guidance_in.in_layer.weight",
+        "time_guidance_embed.guidance_embedder.linear_2.weight": "guidance_in.out_layer.weight",
+        "double_stream_modulation_img.linear.weight": "double_stream_modulation_img.lin.weight",
+        "double_stream_modulation_txt.linear.weight": "double_stream_modulation_txt.lin.weight",
+        "single_stream_modulation.linear.weight": "single_stream_modulation.lin.weight",
+        "proj_out.weight": "final_layer.linear.weight",
+    }
+    double = {
+        "attn.norm_q.weight": "img_attn.norm.query_norm.scale", "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+        "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+        "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale",
+        "attn.to_out.0.weight": "img_attn.proj.weight", "attn.to_add_out.weight": "txt_attn.proj.weight",
+        "ff.linear_in.weight": "img_mlp.0.weight", "ff.linear_out.weight": "img_mlp.2.weight",
+        "ff_context.linear_in.weight": "txt_mlp.0.weight", "ff_context.linear_out.weight": "txt_mlp.2.weight",
+    }
+    single = {
+        "attn.to_qkv_mlp_proj.weight": "linear1.weight", "attn.to_out.weight": "linear2.weight",
+        "attn.norm_q.weight": "norm.query_norm.scale", "attn.norm_k.weight": "norm.key_norm.scale",
+    }
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in sd.items():
+        if key in simple:
+            out[simple[key]] = t
+        elif key == "norm_out.linear.weight":
+            scale, shift = t.chunk(2, dim=0)
+            out["final_layer.adaLN_modulation.1.weight"] = torch.cat((shift, scale), 0)
+        elif m := re.match(r"transformer_blocks\.(\d+)\.(.+)$", key):
+            n, rest = m.groups()
+            if q := re.match(r"attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)\.weight$", rest):
+                name = q.group(1)
+                stream = "txt" if name.startswith("add_") else "img"
+                letter = name[4] if stream == "txt" else name[3]          # add_q_proj -> q, to_q -> q
+                fused.setdefault(f"double_blocks.{n}.{stream}_attn.qkv.weight", {})[letter] = t
+            elif rest in double:
+                out[f"double_blocks.{n}.{double[rest]}"] = t
+            else:
+                out[key] = t          # left for the strict load to report
+        elif m := re.match(r"single_transformer_blocks\.(\d+)\.(.+)$", key):
+            n, rest = m.groups()
+            out[f"single_blocks.{n}.{single.get(rest, rest)}"] = t
+        else:
+            out[key] = t
+    for key, parts in fused.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ModelLoadError(f"diffusers transformer weights lack part of {key} (have {sorted(parts)})")
+        out[key] = torch.cat((parts["q"], parts["k"], parts["v"]), 0)
+    return out
+
+
+def normalise_transformer_keys(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    sd = _strip(sd, _PREFIXES)
+    if "double_blocks.0.img_mod.lin.weight" in sd:
+        raise ModelLoadError(f"{name} is a FLUX.1 transformer (per-block modulation), not FLUX.2")
+    if "transformer_blocks.0.attn.to_q.weight" in sd or "x_embedder.weight" in sd:
+        if "transformer_blocks.0.norm1.linear.weight" in sd:
+            raise ModelLoadError(f"{name} is a FLUX.1 diffusers transformer, not FLUX.2")
+        sd = diffusers_to_bfl(sd)
+    # Some BFL files name RMSNorm parameters `weight` instead of `scale`.
+    sd = {re.sub(r"(query_norm|key_norm)\.weight$", r"\1.scale", k): v for k, v in sd.items()}
+    if "double_blocks.0.img_attn.qkv.weight" not in sd or "single_stream_modulation.lin.weight" not in sd:
+        raise ModelLoadError(f"{name} is not a FLUX.2 transformer (no FLUX.2 double/single-stream keys)")
+    return sd
+
+
+def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:
+    hidden, in_ch = sd["img_in.weight"].shape
+    head_dim = sd["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
+    n_double = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("double_blocks."))
+    singles = [int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")]
+    q = head_dim // 4
+    axes = (32, 32, 32, 32) if head_dim == 128 else (q, q, q, head_dim - 3 * q)
+    return TransformerParams(hidden=hidden, heads=hidden // head_dim, head_dim=head_dim, depth_double=n_double,
+                             depth_single=1 + max(singles) if singles else 0,
+                             context_dim=sd["txt_in.weight"].shape[1], in_channels=in_ch,
+                             mlp_hidden=sd["double_blocks.0.img_mlp.2.weight"].shape[1],
+                             guidance_embed="guidance_in.in_layer.weight" in sd, axes_dim=axes)
+
+
+def _check_against(found, expected, name: str, fields: tuple[str, ...], what: str) -> None:
+    diffs = [f"{f} {getattr(found, f)} (expected {getattr(expected, f)})" for f in fields
+             if getattr(found, f) != getattr(expected, f)]
+    if diffs:
+        raise ModelLoadError(f"{name} does not match {what}: " + ", ".join(diffs))
+
+
+def _into(module_cls, params, sd, name: str, dtype, device):
+    with torch.device("meta"):
+        module = module_cls(params)
+    expected = set(module.state_dict().keys())
+    missing = sorted(expected - set(sd))
+    if missing:
+        raise ModelLoadError(f"{name} lacks {len(missing)} weights (first: {missing[0]}); "
+                             f"truncated export or other architecture")
+    sd = {k: v for k, v in sd.items() if k in expected}
+    for k, v in module.state_dict().items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ModelLoadError(f"{name}: weight {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+    module.load_state_dict(sd, strict=True, assign=True)
+    return module.to(device=device).eval().requires_grad_(False)
+
+
+def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, device="cpu",
+                     name: str | None = None) -> Flux2Transformer:
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    name = name or f"diffusion model {paths[0].name}"
+    sd = normalise_transformer_keys(read_safetensors(paths, dtype, name), name)
+    p = infer_transformer_params(sd)
+    if preset is not None:
+        _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
+                                                     "guidance_embed"), preset.name)
+    return _into(Flux2Transformer, p, sd, name, dtype, device)
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+
+def ldm_vae_to_diffusers(sd: dict[str, torch.Tensor], n_blocks: int) -> dict[str, torch.Tensor]:
+    """BFL / LDM VAE keys (`encoder.down.0.block.0`, `mid.attn_1.q`...) -> diffusers names."""
+    out = {}
+    for k, v in sd.items():
+        nk = k
+        nk = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets.", nk)
+        nk = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", nk)
+        if m := re.match(r"^decoder\.up\.(\d+)\.(block|upsample)\.(.*)$", nk):
+            i = n_blocks - 1 - int(m.group(1))
+            nk = (f"decoder.up_blocks.{i}.resnets.{m.group(3)}" if m.group(2) == "block"
+                  else f"decoder.up_blocks.{i}.upsamplers.0.{m.group(3)}")
+        nk = re.sub(r"\.mid\.block_(\d)\.", lambda m: f".mid_block.resnets.{int(m.group(1)) - 1}.", nk)
+        if ".mid.attn_1." in nk:
+            nk = nk.replace(".mid.attn_1.", ".mid_block.attentions.0.")
+            nk = re.sub(r"\.norm\.", ".group_norm.", nk)
+            nk = re.sub(r"\.(q|k|v)\.", lambda m: f".to_{m.group(1)}.", nk)
+            nk = nk.replace(".proj_out.", ".to_out.0.")
+            if v.ndim == 4:
+                v = v[:, :, 0, 0]
+        nk = nk.replace("nin_shortcut", "conv_shortcut")
+        nk = re.sub(r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out.", nk)
+        out[nk] = v
+    return out
+
+
+def infer_vae_params(sd: dict[str, torch.Tensor], config: dict) -> VAEParams:
+    n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks."))
+    block_out = tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(n))
+    layers = 1 + max(int(k.split(".")[4]) for k in sd if k.startswith("encoder.down_blocks.0.resnets."))
+    latent = sd["post_quant_conv.weight"].shape[0]
+    return VAEParams(block_out=block_out, layers_per_block=layers, latent_channels=latent,
+                     groups=int(config.get("norm_num_groups", 32)),
+                     bn_eps=float(config.get("batch_norm_eps", 1e-4)))
+
+
+def load_vae(paths, dtype: torch.dtype, device="cpu", name: str | None = None, config: dict | None = None,
+             expected: VAEParams | None = None) -> AutoencoderFlux2:
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    name = name or f"vae {paths[0].name}"
+    sd = _strip(read_safetensors(paths, dtype, name), ("vae.", "first_stage_model."))
+    if "encoder.down.0.block.0.conv1.weight" in sd:
+        n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
+        sd = ldm_vae_to_diffusers(sd, n)
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" not in sd or "post_quant_conv.weight" not in sd:
+        raise ModelLoadError(f"{name} is not a VAE in a known layout")
+    if "bn.running_mean" not in sd:
+        raise ModelLoadError(f"{name} is not the FLUX.2 VAE (no BatchNorm latent statistics; FLUX.1/SD VAE?)")
+    p = infer_vae_params(sd, config or {})
+    if p.latent_channels != 32 and expected is not None and expected.latent_channels == 32:
+        raise ModelLoadError(f"{name} has {p.latent_channels} latent channels, FLUX.2 needs 32")
+    sd["bn.running_mean"] = sd["bn.running_mean"].float()
+    sd["bn.running_var"] = sd["bn.running_var"].float()
+    sd.pop("bn.num_batches_tracked", None)
+    return _into(AutoencoderFlux2, p, sd, name, dtype, device)
+
+
+# --------------------------------------------------------------------------------------- text encoder
+
+_TE_PREFIXES = ("model.language_model.", "language_model.model.", "model.text_model.", "text_model.model.",
+                "model.", "")
+
+
+def text_params_from_config(cfg: dict, base: TextEncoderParams) -> TextEncoderParams:
+    cfg = cfg.get("text_config", cfg)
+    if not cfg:
+        return base
+    rope = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") or base.rope_theta
+    heads = cfg.get("num_attention_heads", base.heads)
+    hidden = cfg.get("hidden_size", base.hidden)
+    return replace(base, vocab=cfg.get("vocab_size", base.vocab), hidden=hidden,
+                   layers=cfg.get("num_hidden_layers", base.layers), heads=heads,
+                   kv_heads=cfg.get("num_key_value_heads", base.kv_heads),
+                   head_dim=cfg.get("head_dim") or hidden // heads,
+                   intermediate=cfg.get("intermediate_size", base.intermediate), rope_theta=float(rope),
+                   rms_eps=float(cfg.get("rms_norm_eps", base.rms_eps)))
+
+
+def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device="cpu", name: str | None = None,
+                      config: dict | None = None) -> TextEncoder:
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    name = name or f"text encoder {paths[0].name}"
+    wanted = max(base.out_layers)
+
+    def keep(key: str) -> bool:   # skip vision tower, LM head and layers FLUX.2 never reads
+        if "vision" in key or "multi_modal_projector" in key or key.startswith("lm_head") or key == "tekken_model":
+            return False
+        m = re.search(r"layers\.(\d+)\.", key)
+        return m is None or int(m.group(1)) < wanted
+
+    sd = read_safetensors(paths, dtype, name, keep=keep)
+    for pre in _TE_PREFIXES:
+        if f"{pre}embed_tokens.weight" in sd:
+            sd = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
+            break
+    else:
+        raise ModelLoadError(f"{name} is not a Hugging Face causal-LM text encoder (no embed_tokens)")
+    p = text_params_from_config(config or {}, base)
+    vocab, hidden = sd["embed_tokens.weight"].shape
+    has_qk_norm = "layers.0.self_attn.q_norm.weight" in sd
+    if has_qk_norm != base.qk_norm:
+        want = "Qwen3 (klein)" if base.qk_norm else "Mistral (dev)"
+        raise ModelLoadError(f"{name} is not the {want} text encoder this model needs")
+    if has_qk_norm:
+        p = replace(p, head_dim=sd["layers.0.self_attn.q_norm.weight"].shape[0])
+    kv = sd["layers.0.self_attn.k_proj.weight"].shape[0] // p.head_dim
+    p = replace(p, vocab=vocab, hidden=hidden, heads=sd["layers.0.self_attn.q_proj.weight"].shape[0] // p.head_dim,
+                kv_heads=kv, intermediate=sd["layers.0.mlp.gate_proj.weight"].shape[0])
+    if p.hidden * len(p.out_layers) != base.hidden * len(base.out_layers):
+        raise ModelLoadError(f"{name} has hidden size {p.hidden}, expected {base.hidden} for this model "
+                             f"(wrong text encoder for the chosen model family?)")
+    return _into(TextEncoder, p, sd, name, dtype, device)

@@ -1,0 +1,136 @@
+"""Text-to-image and multi-reference edit with loaded FLUX.2 modules (no file handling here)."""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .autoencoder import AutoencoderFlux2
+from .params import ModelPreset
+from .sampling import euler_step, image_ids, initial_noise, model_timestep, pack, sigmas, text_ids, unpack
+from .text_encoder import TextEncoder
+from .tokenizer import PromptTokenizer
+from .transformer import Flux2Transformer
+
+REF_MAX_PIXELS = 1024 * 1024
+
+
+def prepare_reference(img: Image.Image) -> np.ndarray:
+    """RGB; > 1 MP is LANCZOS-resized to ~1 MP; floor to multiples of 16 and centre-crop. -> uint8 [H, W, 3]."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if w * h > REF_MAX_PIXELS:
+        scale = math.sqrt(REF_MAX_PIXELS / (w * h))
+        img = img.resize((int(w * scale), int(h * scale)), Image.Resampling.LANCZOS)
+        w, h = img.size
+    cw, ch = w // 16 * 16, h // 16 * 16
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.uint8)
+
+
+def reference_size(width: int, height: int) -> tuple[int, int]:
+    """Size a reference has after prepare_reference (no pixels needed)."""
+    if width * height > REF_MAX_PIXELS:
+        scale = math.sqrt(REF_MAX_PIXELS / (width * height))
+        width, height = int(width * scale), int(height * scale)
+    return width // 16 * 16, height // 16 * 16
+
+
+def png_to_pil(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.copy()
+
+
+@dataclass
+class Flux2Modules:
+    preset: ModelPreset
+    transformer: Flux2Transformer
+    text_encoder: TextEncoder
+    tokenizer: PromptTokenizer
+    vae: AutoencoderFlux2
+    device: torch.device
+    dtype: torch.dtype
+
+
+class Flux2Engine:
+    def __init__(self, m: Flux2Modules):
+        self.m = m
+
+    @property
+    def device(self) -> torch.device:
+        return self.m.device
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """-> [1, 512, 3*hidden] in the text encoder dtype."""
+        te = self.m.text_encoder
+        ids, mask = self.m.tokenizer([prompt])
+        dev = te.embed_tokens.weight.device
+        return te(ids.to(dev), mask.to(dev)).to(self.device)
+
+    @torch.no_grad()
+    def encode_references(self, refs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [H, W, 3] each (already prepared) -> tokens [1, sum Li, 128], ids [sum Li, 4]."""
+        vae = self.m.vae
+        toks, ids = [], []
+        for k, arr in enumerate(refs):
+            x = torch.from_numpy(np.ascontiguousarray(arr)).float().div(255.0).permute(2, 0, 1)[None]
+            x = (2.0 * x - 1.0).to(self.device, vae.dtype)
+            z = vae.encode(x)                                           # [1, 128, h, w]
+            toks.append(pack(z))
+            ids.append(image_ids(z.shape[2], z.shape[3], t=10 * (k + 1), device=self.device))
+        return torch.cat(toks, 1), torch.cat(ids, 0)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, width: int, height: int, seeds: list[int], steps: int, guidance: float,
+                 references: list[np.ndarray] = (), on_step: Callable[[int, int], None] | None = None
+                 ) -> list[np.ndarray]:
+        m = self.m
+        preset, tr, dev = m.preset, m.transformer, self.device
+        B = len(seeds)
+        emb = self.encode_prompt(prompt)                                  # [1, Lt, C]
+        dtype = emb.dtype                                                 # diffusers: latents in the text dtype
+        neg = self.encode_prompt("") if preset.uses_cfg and guidance > 1.0 else None
+        # One generator per image (seed, seed+1, ...): image i equals diffusers' single image with seed+i.
+        x = torch.cat([initial_noise(s, 1, width, height, dtype) for s in seeds], 0).to(dev)   # [B, L, 128]
+        h, w = height // 16, width // 16
+        img_ids = image_ids(h, w, device=dev)
+        L = x.shape[1]
+        ref_tok = None
+        all_ids = img_ids
+        if references:
+            ref_tok, ref_ids = self.encode_references(list(references))
+            ref_tok = ref_tok.expand(B, -1, -1).to(tr.dtype)
+            all_ids = torch.cat((img_ids, ref_ids), 0)
+        cond = emb.expand(B, -1, -1).to(tr.dtype)
+        uncond = neg.expand(B, -1, -1).to(tr.dtype) if neg is not None else None
+        t_ids = text_ids(cond.shape[1], device=dev)
+        sig = sigmas(steps, L).to(dev)
+        g = torch.full((B,), float(guidance), dtype=torch.float32, device=dev) if tr.params.guidance_embed else None
+        for i in range(steps):
+            t = model_timestep(sig[i], B, x.dtype)
+            inp = x.to(tr.dtype) if ref_tok is None else torch.cat((x.to(tr.dtype), ref_tok), 1)
+            v = tr(inp, all_ids, cond, t_ids, t, g)[:, :L]
+            if uncond is not None:
+                v_u = tr(inp, all_ids, uncond, t_ids, t, g)[:, :L]
+                v = v_u + guidance * (v - v_u)
+            x = euler_step(x, v, sig[i], sig[i + 1])
+            if on_step is not None:
+                on_step(i + 1, steps)
+        return self.decode(x, h, w)
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, h: int, w: int) -> list[np.ndarray]:
+        vae = self.m.vae
+        out = []
+        for i in range(x.shape[0]):       # one at a time: the VAE decoder is the memory peak
+            img = vae.decode(unpack(x[i:i + 1], h, w).to(vae.dtype))       # [1, 3, H, W]
+            img = (img.float() / 2 + 0.5).clamp(0, 1)
+            out.append((img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+        return out

@@ -1,0 +1,183 @@
+"""The headless runner and CLI: both workflow formats, dry runs, bad graphs, saved outputs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comfyui_flux2.cli import main
+from comfyui_flux2.runner.executor import Executor
+from comfyui_flux2.runner.graph import load_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+NAMES = ["flux2_text_to_image", "flux2_multi_reference_edit", "flux2_chain_edit"]
+
+
+def copy_workflows(tmp_path: Path) -> Path:
+    dest = tmp_path / "wf"
+    shutil.copytree(WORKFLOWS, dest)
+    return dest
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_and_api_format_give_the_same_graph(name):
+    ui = Executor(load_workflow(WORKFLOWS / f"{name}.json"), input_dir=WORKFLOWS, output_dir=Path("unused"))
+    api = Executor(load_workflow(WORKFLOWS / "api" / f"{name}.json"), input_dir=WORKFLOWS, output_dir=Path("unused"))
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": {n: x for n, x in v["inputs"].items() if n != "upload"}}
+                       for k, v in p.items()}
+    assert strip(ui.api_prompt) == strip(api.api_prompt)
+    assert ui.order == api.order
+
+
+def test_dry_run_prints_plan_and_cost_without_network(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RUNWARE_API_KEY", raising=False)
+    monkeypatch.setenv("RUNWARE_API_URL", "http://127.0.0.1:9/v1")   # nothing listens: any call would fail
+    wf = copy_workflows(tmp_path)
+    code = main(["run", str(wf / "flux2_multi_reference_edit.json"), "--dry-run", "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "imageInference bfl:5@1: 1536x1024 seed 27270, 3 reference(s) - est. $0.09" in err
+    assert "estimated cost: $0.09" in err
+    assert "RUNWARE_API_KEY" in err          # warned, since a real run would need it
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fmt", ["", "api/"])
+def test_seed_example_runs_end_to_end(runware, tmp_path, capsys, fmt):
+    wf = copy_workflows(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(wf / f"{fmt}flux2_text_to_image.json"), "--output-dir", str(out)]) == 0
+    (png,) = list(out.rglob("*.png"))
+    assert png.name == "salt_cathedral_00001_.png"
+    with Image.open(png) as img:
+        assert img.size == (1536, 1024)
+        assert "prompt" in img.text
+    (task,) = runware.tasks("imageInference")
+    assert (task["seed"], task["width"], task["height"]) == (73410, 1536, 1024)
+    assert task["providerSettings"] == {"bfl": {"promptUpsampling": True, "safetyTolerance": 2}}
+    assert "billed $0.045" in capsys.readouterr().err
+
+
+def test_chain_uploads_each_intermediate_once(runware, tmp_path):
+    wf = copy_workflows(tmp_path)
+    assert main(["run", str(wf / "flux2_chain_edit.json"), "--output-dir", str(tmp_path / "o")]) == 0
+    assert len(list((tmp_path / "o").rglob("*.png"))) == 3
+    inference = runware.tasks("imageInference")
+    assert len(inference) == 3 and len(runware.tasks("imageUpload")) == 2
+    # Edit 2's reference is edit 1's output: what the chain promises.
+    assert inference[2]["inputs"]["referenceImages"] != inference[1]["inputs"]["referenceImages"]
+
+
+def test_missing_key_fails_before_any_call(runware, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RUNWARE_API_KEY")
+    wf = copy_workflows(tmp_path)
+    assert main(["run", str(wf / "flux2_chain_edit.json"), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "error: node" in capsys.readouterr().err
+    assert runware.requests == []
+
+
+def test_budget_cap_refuses_before_the_first_call(runware, tmp_path, capsys):
+    wf = copy_workflows(tmp_path)
+    code = main(["run", str(wf / "flux2_chain_edit.json"), "--budget", "0.1", "--output-dir", str(tmp_path / "o")])
+    assert code == 1
+    assert "over the budget cap $0.1" in capsys.readouterr().err
+    assert runware.requests == []
+
+
+def test_bad_size_anywhere_fails_before_any_call(runware, tmp_path, capsys):
+    wf = copy_workflows(tmp_path)
+    path = wf / "api" / "flux2_chain_edit.json"
+    data = json.loads(path.read_text())
+    data["3"]["inputs"]["width"] = 1000
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "not a multiple of 16" in err and err.count("\n") == 1 + err.count("wf/api")  # one error line
+    assert runware.requests == []
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "w.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{not json", "not valid JSON"),
+    ({"1": {"class_type": "NoSuchNode", "inputs": {}}}, "unknown node type 'NoSuchNode'"),
+    ({"1": {"class_type": "Flux2Seed", "inputs": {"seed": 1}}}, "no output node"),
+    ({"1": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}},
+     "linked to node 2, which does not exist"),
+    ({"1": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+      "2": {"class_type": "Flux2Seed", "inputs": {"seed": 1}}}, "expects IMAGE, but node 2 (Flux2Seed) gives INT"),
+    ({"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}, "required input 'images' is missing"),
+    ({"1": {"class_type": "Flux2RemoteBackend", "inputs": {"provider": "runware", "model": "FLUX.3", "prompt_upsampling": False,
+      "safety_tolerance": 2, "output_format": "PNG", "output_quality": 95, "steps": 0, "guidance": 0, "on_moderation": "error"}},
+      "2": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+      "3": {"class_type": "Flux2TextToImage", "inputs": {"backend": ["1", 0], "prompt": "x", "width": 1024, "height": 1024,
+                                                         "seed": 1, "batch_size": 1}}}, "model = 'FLUX.3' is not one of"),
+])
+def test_malformed_workflows_get_one_clear_line(tmp_path, capsys, data, message):
+    assert main(["run", str(write(tmp_path, data)), "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error: ") and "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd", "images/../../x.png"])
+def test_load_image_cannot_leave_the_input_folder(tmp_path, capsys, name):
+    (tmp_path / "secret.png").write_bytes(b"")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+          "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    assert main(["run", str(write(inner, wf)), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "outside its folder" in err or "absolute path" in err
+
+
+def test_save_prefix_cannot_leave_the_output_folder(tmp_path, capsys):
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "images/flux2_ref_1.png"}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../escape"}}}
+    shutil.copytree(WORKFLOWS / "images", tmp_path / "images")
+    assert main(["run", str(write(tmp_path, wf)), "--output-dir", str(tmp_path / "out")]) == 1
+    assert "outside its folder" in capsys.readouterr().err
+    assert not list(tmp_path.parent.glob("escape*"))
+
+
+def test_corrupt_reference_image_is_named(tmp_path, capsys, runware):
+    wf = copy_workflows(tmp_path)
+    (wf / "images" / "flux2_ref_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    assert main(["run", str(wf / "flux2_multi_reference_edit.json"), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "LoadImage 'images/flux2_ref_2.png' is not a readable PNG/JPEG/WebP image" in capsys.readouterr().err
+    assert runware.requests == []
+
+
+def test_failure_after_a_paid_result_keeps_the_image(runware, tmp_path, capsys):
+    wf = copy_workflows(tmp_path)
+    path = wf / "api" / "flux2_chain_edit.json"
+    data = json.loads(path.read_text())
+    # Make the second edit fail at the provider (after the first two were paid for).
+    data["5"]["inputs"]["prompt"] = "forbidden-content"
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "contentPolicyViolation" in err and "billed $0.075" in err
+    # Both paid images exist once: SaveImage saved them, so nothing lands in flux2-unsaved.
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*.png")) == ["chain_1_teapot_00001_.png",
+                                                                       "chain_2_cobalt_00001_.png"]
+
+
+def test_paid_result_whose_save_never_ran_is_kept(runware, tmp_path, capsys):
+    wf = copy_workflows(tmp_path)
+    path = wf / "api" / "flux2_chain_edit.json"
+    data = json.loads(path.read_text())
+    data["5"]["inputs"]["prompt"] = "forbidden-content"
+    data["7"]["inputs"]["images"] = ["3", 0]      # edit 1 is only consumed by edit 2, which fails
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "kept 1 paid image(s)" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "o" / "flux2-unsaved").iterdir()] == ["node4_seed5150.png"]

@@ -66,7 +66,8 @@ def _progress_printer(stream=sys.stderr):
 
 
 def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None, dry_run: bool = False,
-                 budget: float | None = None, quiet: bool = False) -> int:
+                 budget: float | None = None, quiet: bool = False, use_cache: bool = True) -> int:
+    from .flux2.result_cache import ResultCache, enabled_by_env
     from .flux2.run_context import RunContext
     from .runner.executor import Executor, save_unsaved_results
     from .runner.graph import load_workflow
@@ -88,7 +89,8 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
             raise InputError("FLUX2_BUDGET_USD must be a number of US dollars") from None
 
     # Pass 1: always a dry run. Real runs make it strict (a missing key is an error, not a warning).
-    plan_ctx = RunContext(dry_run=True, strict=not dry_run, budget_usd=budget)
+    cache = ResultCache() if use_cache and enabled_by_env() else None
+    plan_ctx = RunContext(dry_run=True, strict=not dry_run, budget_usd=budget, cache=cache)
     executor.run(plan_ctx)
     print(f"{path.name}: {len(executor.order)} nodes, {len(plan_ctx.planned)} generation call(s)", file=out)
     for call, est in plan_ctx.planned:
@@ -106,7 +108,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
 
     pending: list = []
     cancel = CancelFlag().install()
-    ctx = RunContext(budget_usd=budget, progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
+    ctx = RunContext(budget_usd=budget, cache=cache, progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
                      result_sink=lambda req, res: pending.append((req, res)))
     executor.on_node = on_node
     started = time.monotonic()
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate, print planned calls and cost; no network")
     run.add_argument("--budget", type=float, default=None,
                      help="refuse to start if the estimate exceeds this many USD (also FLUX2_BUDGET_USD)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="always call the provider, even for a request identical to an earlier one")
     run.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
     demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
     demo.add_argument("--output-dir", default="output")
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.models_dir:
                 os.environ["FLUX2_MODELS_DIR"] = str(args.models_dir)
             return run_workflow(args.workflow, output_dir=args.output_dir, input_dir=args.input_dir,
-                                dry_run=args.dry_run, budget=args.budget)
+                                dry_run=args.dry_run, budget=args.budget, use_cache=not args.no_cache)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "models":

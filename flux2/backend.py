@@ -73,15 +73,40 @@ class Backend(Protocol):
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult: ...
 
 
+def cache_identity(backend: Backend, request: GenerationRequest) -> dict | None:
+    """Everything that decides the output; None where the backend does not cache (e.g. local)."""
+    fn = getattr(backend, "cache_identity", None)
+    if fn is None:
+        return None
+    return {**fn(), "prompt": request.prompt, "width": request.width, "height": request.height,
+            "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+
+
 def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = None) -> GenerationResult:
-    """Validate, then either record the plan (dry run) or generate; the ledger records estimate and bill."""
+    """Validate; then plan (dry run), serve from the result cache, or generate and store at once."""
     from .errors import Flux2Error
     from .images import placeholder
+    from .pricing import Estimate
+    from .result_cache import key_of
     from .run_context import current
 
     ctx = ctx or current()
     backend.validate(request)
     est = backend.estimate(request)
+    identity = cache_identity(backend, request) if ctx.cache is not None else None
+    key = key_of(identity) if identity is not None else None
+    hit = ctx.cache.get(key) if key else None
+    if hit is not None:
+        images, seeds, _, _ = hit
+        free = Estimate(0.0, f"cached result of an identical earlier request ({est.detail})")
+        ctx.ledger.add_estimate(request.node_id, free)
+        if ctx.dry_run:
+            for call in backend.plan(request):
+                ctx.record_plan(call, free)
+        else:
+            ctx.ledger.add_billed(request.node_id, 0.0)
+            ctx.report(request.node_id, 1, 1, "cached: nothing billed")
+        return GenerationResult(images=images, seeds=seeds, cost_usd=0.0, info={"cached": True})
     if ctx.dry_run:
         try:
             backend.check_ready()
@@ -100,5 +125,7 @@ def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = N
     ctx.check_budget()
     result = backend.generate(request, ctx)
     ctx.ledger.add_billed(request.node_id, result.cost_usd)
+    if key and len(result.images) == request.batch and not result.info.get("placeholders"):
+        ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe())
     ctx.on_result(request, result)
     return result

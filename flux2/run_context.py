@@ -62,6 +62,7 @@ class RunContext:
     progress: Callable[[str, float, float, str], None] | None = None   # (node, done, total, message)
     is_cancelled: Callable[[], bool] | None = None
     result_sink: Callable[[object, object], None] | None = None        # saves paid results at once
+    cache: object | None = None          # a ResultCache, or None for no result cache
     ledger: Ledger = field(default_factory=Ledger)
     planned: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
@@ -103,7 +104,12 @@ class RunContext:
 
 # Inside ComfyUI there is no per-run object we can hang state on, so a process-wide default context
 # serves (its upload cache then lives across queue runs, bounded by the provider's expiry).
-_default = RunContext()
+def _default_context() -> RunContext:
+    from .result_cache import ResultCache, enabled_by_env
+    return RunContext(cache=ResultCache() if enabled_by_env() else None)
+
+
+_default = _default_context()
 _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("flux2_run_context", default=_default)
 
 

@@ -9,6 +9,12 @@ from comfyui_flux2.loopback.runware_server import RunwareLoopback
 RUNWARE_TEST_KEY = "rw-test-key-5f2c9a"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_result_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty result cache, so no test is served by another's results."""
+    monkeypatch.setenv("FLUX2_CACHE_DIR", str(tmp_path_factory.mktemp("result-cache")))
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run tests marked slow (real ComfyUI server, full parity); CI always does")

@@ -208,3 +208,32 @@ def test_dry_run_plans_without_network(runware):
     assert est.usd == pytest.approx(0.09)
     assert "imageInference bfl:5@1" in call.target
     assert result.info["dry_run"]
+
+
+def test_identical_rerun_is_served_from_the_result_cache(runware, tmp_path):
+    from comfyui_flux2.flux2.result_cache import ResultCache
+    cache = ResultCache(tmp_path / "cache")
+    request = GenerationRequest("x", 512, 512, 1, references=refs(1))
+    first = run(pro(), request, RunContext(cache=cache))
+    assert first.cost_usd == pytest.approx(0.045)
+    # A new process would build a new context and cache object over the same folder.
+    again_ctx = RunContext(cache=ResultCache(tmp_path / "cache"))
+    again = run(pro(), request, again_ctx)
+    assert again.info["cached"] and again.cost_usd == 0 and again_ctx.ledger.billed_total == 0
+    assert (again.images[0] == first.images[0]).all()
+    assert len(runware.tasks("imageInference")) == 1
+    # Any change of the request is a miss: seed, option, reference content.
+    run(pro(), GenerationRequest("x", 512, 512, 2, references=refs(1)), RunContext(cache=cache))
+    run(pro(safety_tolerance=3), request, RunContext(cache=cache))
+    assert len(runware.tasks("imageInference")) == 3
+
+
+def test_damaged_cache_entry_is_a_miss(runware, tmp_path):
+    from comfyui_flux2.flux2.result_cache import ResultCache
+    cache = ResultCache(tmp_path / "cache")
+    request = GenerationRequest("x", 256, 256, 1)
+    run(pro(), request, RunContext(cache=cache))
+    for png in (tmp_path / "cache").rglob("*.png"):
+        png.write_bytes(b"broken")
+    assert not run(pro(), request, RunContext(cache=cache)).info.get("cached")
+    assert len(runware.tasks("imageInference")) == 2

@@ -13,7 +13,7 @@ from comfyui_flux2.flux2.errors import ConfigError, Flux2Error
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
 from comfyui_flux2.flux2.remote.transport import Transport
 from comfyui_flux2.flux2.run_context import RunContext
-from tests.conftest import RUNWARE_TEST_KEY
+from conftest import RUNWARE_TEST_KEY
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -66,9 +66,9 @@ def test_key_never_in_logs_errors_outputs_or_metadata(runware, tmp_path, caplog,
     wf = ROOT / "workflows" / "flux2_chain_edit.json"
     assert main(["-v", "run", str(wf), "--output-dir", str(tmp_path / "ok")]) == 0
     runware.faults.push(route="submit", status=500, body={"errors": [{"code": "x", "message": f"echo {RUNWARE_TEST_KEY}"}]})
-    assert main(["-v", "run", str(wf), "--output-dir", str(tmp_path / "fail")]) == 1
+    assert main(["-v", "run", str(wf), "--no-cache", "--output-dir", str(tmp_path / "fail")]) == 1
     monkeypatch.setenv("RUNWARE_API_KEY", "wrong-" + RUNWARE_TEST_KEY)
-    assert main(["run", str(wf), "--output-dir", str(tmp_path / "fail2")]) == 1
+    assert main(["run", str(wf), "--no-cache", "--output-dir", str(tmp_path / "fail2")]) == 1
     out = capsys.readouterr()
     text = out.out + out.err + caplog.text
     assert "echo ***" in text                    # the provider's message is shown, the key is not

@@ -343,3 +343,63 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
         raise ModelLoadError(f"{name} has hidden size {p.hidden}, expected {base.hidden} for this model "
                              f"(wrong text encoder for the chosen model family?)")
     return _into(TextEncoder, p, sd, name, dtype, device)
+
+
+# ------------------------------------------------------------------------------------------- bundles
+
+def find_tokenizer(text_encoder_file: Path) -> Path | None:
+    """tokenizer.json for a single text-encoder file: `<stem>.tokenizer.json`, `<stem>/tokenizer.json` or
+    `tokenizer.json` beside it."""
+    f = Path(text_encoder_file)
+    for cand in (f.with_name(f.stem + ".tokenizer.json"), f.with_suffix("") / "tokenizer.json",
+                 f.parent / "tokenizer.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, transformer: Path | None = None,
+                 text_encoder: Path | None = None, vae: Path | None = None, tokenizer: Path | None = None,
+                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+    """Load the four parts; single files override the matching part of a diffusers folder."""
+    from .pipeline import Flux2Modules
+    from .tokenizer import PromptTokenizer
+
+    device = torch.device(device)
+    d = Path(diffusers_dir) if diffusers_dir else None
+    te_cfg: dict = {}
+    vae_cfg: dict = {}
+    if d is not None:
+        if not (d / "transformer").is_dir() and transformer is None:
+            raise ModelLoadError(f"{d} is not a diffusers FLUX.2 folder (no transformer/ subfolder)")
+        transformer = transformer or shard_files(d / "transformer", "diffusion_pytorch_model")
+        if text_encoder is None and (d / "text_encoder").is_dir():
+            text_encoder = shard_files(d / "text_encoder", "model")
+            te_cfg = read_config(d / "text_encoder")
+        if vae is None and (d / "vae").is_dir():
+            vae = shard_files(d / "vae", "diffusion_pytorch_model")
+            vae_cfg = read_config(d / "vae")
+        if tokenizer is None and (d / "tokenizer" / "tokenizer.json").is_file():
+            tokenizer = d / "tokenizer" / "tokenizer.json"
+    if transformer is None:
+        raise ModelLoadError("no diffusion model file given")
+    if text_encoder is None:
+        raise ModelLoadError(f"no text encoder given for {preset.name} "
+                             f"({'Qwen3' if preset.text_encoder.kind == 'qwen3' else 'Mistral Small 3.2'} file needed)")
+    if vae is None:
+        raise ModelLoadError("no VAE file given (the FLUX.2 VAE, 32 latent channels)")
+    te_first = text_encoder[0] if isinstance(text_encoder, list) else Path(text_encoder)
+    if tokenizer is None:
+        tokenizer = find_tokenizer(te_first)
+        if tokenizer is None:
+            raise ModelLoadError(f"no tokenizer for text encoder {te_first.name}: put its tokenizer.json next to it "
+                                 f"as {te_first.stem}.tokenizer.json")
+    tr = load_transformer(transformer, preset, dtype, device)
+    te = load_text_encoder(text_encoder, preset.text_encoder, dtype, device, config=te_cfg)
+    tok = PromptTokenizer.from_file(tokenizer, te.p)
+    ae = load_vae(vae, dtype, device, config=vae_cfg, expected=preset.vae)
+    if te.p.out_dim != tr.params.context_dim:
+        raise ModelLoadError(f"text encoder {te_first.name} gives {te.p.out_dim} features, the diffusion model "
+                             f"expects {tr.params.context_dim} (text encoder of another model size?)")
+    return Flux2Modules(preset=preset, transformer=tr, text_encoder=te, tokenizer=tok, vae=ae, device=device,
+                        dtype=dtype)

@@ -102,7 +102,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
 
 def tiny_preset(family: str = "klein", distilled: bool = True, *, hidden: int = 64, heads: int = 2,
                 depth_double: int = 2, depth_single: int = 2, text_hidden: int = 32, text_layers: int = 28,
-                vae_block_out: tuple[int, ...] = (32, 32), out_layers: tuple[int, ...] | None = None) -> ModelPreset:
+                vae_block_out: tuple[int, ...] = (32, 32, 32, 32), out_layers: tuple[int, ...] | None = None) -> ModelPreset:
     """A CPU-second config of the same architecture (tests and the benchmark's small rows)."""
     if family == "dev":
         te = replace(MISTRAL_SMALL, vocab=131072, hidden=text_hidden, layers=text_layers, heads=4, kv_heads=2,

@@ -71,7 +71,7 @@ class Flux2Engine:
         """-> [1, 512, 3*hidden] in the text encoder dtype."""
         te = self.m.text_encoder
         ids, mask = self.m.tokenizer([prompt])
-        dev = te.embed_tokens.weight.device
+        dev = te.__dict__.get("device") or te.embed_tokens.weight.device     # offload wrapper has .device
         return te(ids.to(dev), mask.to(dev)).to(self.device)
 
     @torch.no_grad()

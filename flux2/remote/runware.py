@@ -64,6 +64,10 @@ class RunwareBackend:
     def __repr__(self) -> str:  # shown in ComfyUI / logs; holds no key by construction
         return f"RunwareBackend({self.model_name!r})"
 
+    def cache_identity(self) -> dict:
+        return {"provider": RUNWARE, "host": base_url(URL_ENV, DEFAULT_URL), "model": self.pm.model_id,
+                "options": vars(self.options)}
+
     def limits(self):
         return size_limits(self.model, self.pm)
 
@@ -236,7 +240,7 @@ class RunwareBackend:
     def _collect(self, request, tasks, items, errors, ctx: RunContext) -> GenerationResult:
         transport, _, key = self._client()
         errors_by_task = {e.get("taskUUID"): e for e in errors}
-        images, seeds, cost, failure = [], [], 0.0, None
+        images, seeds, cost, failure, placeholders = [], [], 0.0, None, False
         for i, task in enumerate(tasks):
             u = task["taskUUID"]
             item = items.get(u)
@@ -256,12 +260,14 @@ class RunwareBackend:
                     continue
                 log.warning("%s; returning a placeholder image", exc)
                 images.append(placeholder(request.width, request.height))
+                placeholders = True
                 seeds.append(task["seed"])
             except Flux2Error as exc:
                 failure = failure or exc
             ctx.report(request.node_id, 1 + (i + 1) / len(tasks) * (request.batch), request.batch + 1, "")
         result = GenerationResult(images=images, seeds=seeds, cost_usd=round(cost, 6),
-                                  info={"tasks": [t["taskUUID"] for t in tasks], "provider": "runware"})
+                                  info={"tasks": [t["taskUUID"] for t in tasks], "provider": "runware",
+                                        "placeholders": placeholders})
         if failure is not None:
             # What was paid for is handed over before the error surfaces, so it is saved, not lost.
             if images:

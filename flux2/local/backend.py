@@ -1,0 +1,213 @@
+"""LocalBackend: FLUX.2 [klein] / [dev] on local weights, behind the same Backend protocol as the providers.
+
+Weights load lazily on the first generate and stay in a process-wide cache keyed by files, dtype, device
+and offload mode, so a graph with several generation nodes loads them once. A batch of N gives the
+images of seeds seed, seed+1, ..., seed+N-1, each identical to diffusers' single image with that seed.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..backend import GenerationRequest, GenerationResult, PlannedCall
+from ..errors import ConfigError, InputError, ModelLoadError
+from ..pricing import Estimate
+from ..run_context import RunContext
+from ..sizes import SizeLimits, validate_size
+from .params import ModelPreset, get_preset
+from .pipeline import reference_size
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OFFLOAD = ("none", "blocks")
+LIMITS = SizeLimits(multiple=16, min_side=64, max_side=2048, max_pixels=2048 * 2048)
+REF_MIN_SIDE, REF_MAX_ASPECT = 64, 8.0
+
+_cache: dict[tuple, object] = {}
+_cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def pick_device(device: str) -> torch.device:
+    if device in ("", "auto", None):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but this torch build sees no CUDA GPU")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """Resolved paths (the node / CLI resolve names through folder_paths or models_dir.resolve)."""
+
+    diffusers_dir: Path | None = None
+    transformer: Path | None = None
+    text_encoder: Path | None = None
+    vae: Path | None = None
+    tokenizer: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.diffusers_dir, self.transformer, self.text_encoder, self.vae, self.tokenizer) if p]
+
+
+@dataclass
+class LocalBackend:
+    model_name: str
+    files: LocalFiles
+    dtype: str = "bf16"
+    device: str = "auto"
+    steps: int = 0                      # 0 = model default
+    guidance: float = 0.0               # 0 = model default
+    offload: str = "none"
+    preset: ModelPreset | None = None   # tests pass tiny presets; otherwise from model_name
+    kind: str = field(default="local", init=False)
+
+    def __post_init__(self):
+        if self.preset is None:
+            self.preset = get_preset(self.model_name)
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.offload not in OFFLOAD:
+            raise InputError(f"offload must be one of {', '.join(OFFLOAD)}, got {self.offload!r}")
+        if self.steps < 0 or self.steps > 200:
+            raise InputError(f"steps must be 0 (model default) .. 200, got {self.steps}")
+        if self.guidance < 0:
+            raise InputError(f"guidance must be >= 0, got {self.guidance}")
+
+    # ------------------------------------------------------------------ protocol
+    def describe(self) -> str:
+        src = self.files.diffusers_dir or self.files.transformer
+        return (f"local {self.model_name} ({Path(src).name if src else 'no weights'}, {self.dtype}, "
+                f"{self.device}, {self.effective_steps} steps)")
+
+    @property
+    def effective_steps(self) -> int:
+        return self.steps or self.preset.default_steps
+
+    @property
+    def effective_guidance(self) -> float:
+        return self.guidance or self.preset.default_guidance
+
+    def limits(self) -> SizeLimits:
+        return LIMITS
+
+    def max_references(self) -> int:
+        return self.preset.max_refs
+
+    def check_ready(self) -> None:
+        f = self.files
+        if f.diffusers_dir is None and f.transformer is None:
+            raise ConfigError(f"{self.model_name}: no diffusion model file or diffusers folder selected")
+        for p in f.paths():
+            if not Path(p).exists():
+                raise ModelLoadError(f"{self.model_name}: file not found: {p}")
+        if f.diffusers_dir is None:
+            if f.text_encoder is None:
+                raise ConfigError(f"{self.model_name}: no text encoder file selected")
+            if f.vae is None:
+                raise ConfigError(f"{self.model_name}: no VAE file selected")
+        if self.device not in ("auto", "cpu"):
+            pick_device(self.device)
+
+    def validate(self, request: GenerationRequest) -> None:
+        if not isinstance(request.prompt, str):
+            raise InputError("prompt must be text")
+        validate_size(request.width, request.height, LIMITS, what=f"{self.model_name} output size")
+        if request.batch < 1 or request.batch > 16:
+            raise InputError(f"batch must be 1..16, got {request.batch}")
+        n = len(request.references)
+        if n > self.preset.max_refs:
+            raise InputError(f"{self.model_name} takes at most {self.preset.max_refs} reference images, got {n}")
+        for i, ref in enumerate(request.references, 1):
+            if min(ref.width, ref.height) < REF_MIN_SIDE:
+                raise InputError(f"reference {i} is {ref.width}x{ref.height}; both sides must be >= {REF_MIN_SIDE}")
+            if max(ref.width / ref.height, ref.height / ref.width) > REF_MAX_ASPECT:
+                raise InputError(f"reference {i} is {ref.width}x{ref.height}; aspect ratio over {REF_MAX_ASPECT:g}:1")
+
+    def plan(self, request: GenerationRequest) -> list[PlannedCall]:
+        refs = [reference_size(r.width, r.height) for r in request.references]
+        summary = (f"{request.width}x{request.height}, seed {request.seed}"
+                   + (f"..{request.seed + request.batch - 1}" if request.batch > 1 else "")
+                   + f", {self.effective_steps} steps"
+                   + (f", guidance {self.effective_guidance:g}" if self.effective_guidance else "")
+                   + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))
+        return [PlannedCall("local", f"local {self.model_name} on {self.device} ({self.dtype})", summary,
+                            {"model": self.model_name, "width": request.width, "height": request.height,
+                             "seed": request.seed, "batch": request.batch, "steps": self.effective_steps,
+                             "guidance": self.effective_guidance, "references": len(refs)})]
+
+    def estimate(self, request: GenerationRequest) -> Estimate:
+        return Estimate(0.0, f"{self.model_name} on local weights: no charge")
+
+    def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
+        from PIL import Image
+
+        from ..images import decode
+        from .pipeline import prepare_reference
+
+        self.validate(request)
+        node = request.node_id or "?"
+        refs = [prepare_reference(Image.fromarray(decode(r.png, f"reference {i}")))
+                for i, r in enumerate(request.references, 1)]
+        ctx.check_cancelled()
+        ctx.report(node, 0, self.effective_steps, f"loading {self.model_name}")
+        engine = self.engine()
+        seeds = [request.seed + i for i in range(request.batch)]
+        steps = self.effective_steps
+
+        def on_step(done: int, total: int) -> None:
+            ctx.report(node, done, total, f"step {done}/{total}")
+            if done < total:
+                ctx.check_cancelled()
+
+        ctx.check_cancelled()
+        images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
+                                 self.effective_guidance, refs, on_step=on_step)
+        return GenerationResult(images=images, seeds=seeds, cost_usd=0.0,
+                                info={"model": self.model_name, "steps": steps,
+                                      "guidance": self.effective_guidance, "device": str(engine.device)})
+
+    # ------------------------------------------------------------------ loading
+    def cache_key(self) -> tuple:
+        stamp = []
+        for p in self.files.paths():
+            try:
+                st = Path(p).stat()
+                stamp.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
+            except OSError:
+                stamp.append((str(p), None, None))
+        return (self.preset.name, tuple(stamp), self.dtype, str(pick_device(self.device)), self.offload)
+
+    def engine(self):
+        from .loading import load_modules
+        from .offload import apply_offload
+        from .pipeline import Flux2Engine
+
+        self.check_ready()
+        key = self.cache_key()
+        with _cache_lock:
+            hit = _cache.get(key)
+            if hit is not None:
+                return hit
+            _cache.clear()          # one model set at a time: two would rarely fit in memory
+            device = pick_device(self.device)
+            load_device = torch.device("cpu") if self.offload == "blocks" else device
+            f = self.files
+            modules = load_modules(self.preset, diffusers_dir=f.diffusers_dir, transformer=f.transformer,
+                                   text_encoder=f.text_encoder, vae=f.vae, tokenizer=f.tokenizer,
+                                   dtype=DTYPES[self.dtype], device=load_device)
+            modules.device = device
+            if self.offload == "blocks":
+                apply_offload(modules, device)
+            engine = Flux2Engine(modules)
+            _cache[key] = engine
+            return engine

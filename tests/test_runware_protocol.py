@@ -237,3 +237,28 @@ def test_damaged_cache_entry_is_a_miss(runware, tmp_path):
         png.write_bytes(b"broken")
     assert not run(pro(), request, RunContext(cache=cache)).info.get("cached")
     assert len(runware.tasks("imageInference")) == 2
+
+
+def test_batch_tasks_run_concurrently_within_the_limit(runware, monkeypatch):
+    import threading
+    import time as _time
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    handler = runware.httpd.RequestHandlerClass
+    orig_inference = handler.image_inference
+
+    def tracked(self, task, fault):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        _time.sleep(0.2)
+        try:
+            return orig_inference(self, task, fault)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(handler, "image_inference", tracked)
+    monkeypatch.setenv("FLUX2_CONCURRENCY", "3")
+    result = run(pro(), GenerationRequest("x", 256, 256, 1, batch=6), RunContext())
+    assert result.seeds == [1, 2, 3, 4, 5, 6]          # order kept whatever finished first
+    assert peak[0] == 3

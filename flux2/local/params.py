@@ -101,14 +101,14 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
 
 
 def tiny_preset(family: str = "klein", distilled: bool = True, *, hidden: int = 64, heads: int = 2,
-                depth_double: int = 2, depth_single: int = 2, text_hidden: int = 32, text_layers: int = 28,
+                depth_double: int = 2, depth_single: int = 2, text_hidden: int = 32, text_layers: int | None = None,
                 vae_block_out: tuple[int, ...] = (32, 32, 32, 32), out_layers: tuple[int, ...] | None = None) -> ModelPreset:
     """A CPU-second config of the same architecture (tests and the benchmark's small rows)."""
     if family == "dev":
-        te = replace(MISTRAL_SMALL, vocab=131072, hidden=text_hidden, layers=text_layers, heads=4, kv_heads=2,
+        te = replace(MISTRAL_SMALL, vocab=131072, hidden=text_hidden, layers=text_layers or 31, heads=4, kv_heads=2,
                      head_dim=16, intermediate=64, out_layers=out_layers or (10, 20, 30))
     else:
-        te = replace(QWEN3_4B, vocab=151936, hidden=text_hidden, layers=text_layers, heads=4, kv_heads=2,
+        te = replace(QWEN3_4B, vocab=151936, hidden=text_hidden, layers=text_layers or 28, heads=4, kv_heads=2,
                      head_dim=16, intermediate=64, out_layers=out_layers or (9, 18, 27))
     head_dim = hidden // heads
     tp = TransformerParams(hidden=hidden, heads=heads, head_dim=head_dim, depth_double=depth_double,

@@ -31,11 +31,12 @@ _BUDGET_HINTS = ("credit", "balance", "quota", "payment")
 
 
 def concurrency() -> int:
-    """Tasks in flight per node (FLUX2_CONCURRENCY, default 4: Runware advises steady 2-4)."""
+    """Tasks in flight per node (FLUX2_CONCURRENCY, default 8 = the largest batch, so a batch goes out at
+    once; a 429 backs off only the request it hit. Lower it for accounts with small queue limits)."""
     try:
-        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", "4")))
+        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", "8")))
     except ValueError:
-        return 4
+        return 8
 
 
 def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:

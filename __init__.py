@@ -6,4 +6,13 @@ from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./web"
 
+try:  # editor routes for web/flux2.js (size/cost preview); registers only inside a ComfyUI server
+    from .nodes import web_routes as _web_routes
+
+    _web_routes.register()
+except Exception as _exc:  # pragma: no cover - the editor loses its preview, the nodes still load
+    import logging
+
+    logging.getLogger("comfyui_flux2").warning("FLUX.2 editor routes unavailable: %s", _exc)
+
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

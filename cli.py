@@ -175,7 +175,7 @@ def cmd_benchmark(args, rest) -> int:
     if args.target == "remote":
         from .bench.remote import main as bench_main
     else:
-        from .bench.local import main as bench_main
+        from .flux2.local.bench import main as bench_main
     return bench_main(rest)
 
 

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-from .base import JsonHandler, LoopbackServer, encode, render
+from .base import JsonHandler, LoopbackServer, render
 
 # endpoint -> (max references, (first MP, each extra output MP, each reference MP) in credits,
 #              fields beyond the common ones)
@@ -49,6 +50,16 @@ COMMON_FIELDS = {"prompt", "seed", "width", "height", "safety_tolerance", "outpu
 MAX_PIXELS = 4 * 1024 * 1024
 NSFW_WORD = "forbidden-content"       # a prompt containing this ends "Content Moderated"
 MODERATED = ("Request Moderated", "Content Moderated")
+
+
+def _encode(array: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    """PNG at low compression: the server answers fast and the pixels are the same."""
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        Image.fromarray(array).save(buf, "PNG", compress_level=1)
+        return buf.getvalue(), "image/png"
+    Image.fromarray(array).save(buf, "JPEG", quality=92)
+    return buf.getvalue(), "image/jpeg"
 
 
 def _mp(w: int, h: int) -> int:
@@ -323,6 +334,13 @@ class BflLoopback(LoopbackServer):
         self.max_in_flight = 0
         self.billed_credits = 0.0
 
+    def start(self) -> "BflLoopback":
+        # A short poll interval makes stop() quick (the default 0.5 s adds up over a test suite).
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
     @property
     def api_url(self) -> str:
         """The base URL (BFL_API_URL); endpoints are `{api_url}/v1/flux-2-...`."""
@@ -364,7 +382,7 @@ class BflLoopback(LoopbackServer):
             seed = task.body.get("seed")
             seed = seed if seed is not None else 0
             fmt = "PNG" if task.body.get("output_format") == "png" else "JPEG"
-            data, mime = encode(render(task.body["prompt"], seed, task.width, task.height, task.refs), fmt)
+            data, mime = _encode(render(task.body["prompt"], seed, task.width, task.height, task.refs), fmt)
             self.store_image(task.id, data, mime)
             answer["result"] = {"sample": f"{self.origin}/results/{task.id}/sample.{fmt.lower()}",
                                 "prompt": task.body["prompt"], "seed": seed}

@@ -13,9 +13,10 @@ from comfyui_flux2.flux2.errors import ConfigError, Flux2Error
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
 from comfyui_flux2.flux2.remote.transport import Transport
 from comfyui_flux2.flux2.run_context import RunContext
-from conftest import RUNWARE_TEST_KEY
+
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+RUNWARE_TEST_KEY = "rw-test-key-5f2c9a"   # what the `runware` fixture (conftest.py) serves
 
 
 def test_key_header_only_goes_to_the_configured_origin():

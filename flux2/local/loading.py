@@ -68,6 +68,10 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[s
             t = w
         if dtype is not None and t.is_floating_point() and not key.startswith("bn.") and ".bn." not in key:
             t = t.to(dtype)
+        if t.data_ptr() % 64:
+            # safetensors can hand out tensors at any byte offset; BLAS kernels then take other code paths and
+            # round differently, so the same weights from two files would not give bit-identical images.
+            t = t.clone()
         out[key] = t
     return out
 

@@ -80,7 +80,7 @@ class Flux2Engine:
         vae = self.m.vae
         toks, ids = [], []
         for k, arr in enumerate(refs):
-            x = torch.from_numpy(np.ascontiguousarray(arr)).float().div(255.0).permute(2, 0, 1)[None]
+            x = torch.from_numpy(np.array(arr, dtype=np.uint8)).float().div(255.0).permute(2, 0, 1)[None]
             x = (2.0 * x - 1.0).to(self.device, vae.dtype)
             z = vae.encode(x)                                           # [1, 128, h, w]
             toks.append(pack(z))

@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import numpy as np
@@ -37,16 +37,17 @@ from ..run_context import RunContext
 from .common import redact, size_limits, validate_common
 from .keys import base_url, origin, read_key
 from .options import RemoteOptions
-from .transport import Deadlines, LostResponse, Transport, json_body, sleep_with_cancel
+from .transport import GET_RETRY_STATUSES, Deadlines, LostResponse, Transport, json_body, sleep_with_cancel
 
 log = logging.getLogger("comfyui_flux2.bfl")
 
 DEFAULT_URL = "https://api.bfl.ai"
 REGIONS = {"global": "https://api.bfl.ai", "eu": "https://api.eu.bfl.ai", "us": "https://api.us.bfl.ai"}
 KEY_ENV, URL_ENV, REGION_ENV = "BFL_API_KEY", "BFL_API_URL", "BFL_REGION"
-CONCURRENCY_ENV = "FLUX2_BFL_CONCURRENCY"
+CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV = "FLUX2_BFL_CONCURRENCY", "FLUX2_CONCURRENCY"
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 24            # BFL's default limit of active tasks per account
+POLL_TRANSIENT_ROUNDS = 2       # polls whose transport retries all failed (5xx, connection) before giving up
 NOT_FOUND_TOLERANCE = 5         # a just-submitted task may answer 404 / "Task not found" for a moment
 OUTPUT_FORMATS = {"PNG": "png", "JPEG": "jpeg"}   # FLUX.2 endpoints document jpeg|png only
 MODERATED = ("Request Moderated", "Content Moderated")
@@ -214,16 +215,19 @@ class BflBackend:
     def concurrency(self) -> int:
         if self._concurrency is not None:
             return max(1, min(int(self._concurrency), MAX_CONCURRENCY))
-        raw = os.environ.get(CONCURRENCY_ENV, "").strip()
-        if not raw:
-            return DEFAULT_CONCURRENCY
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if not 1 <= n <= MAX_CONCURRENCY:
-            raise ConfigError(f"{CONCURRENCY_ENV} must be an integer 1..{MAX_CONCURRENCY}, got {raw!r}")
-        return n
+        # FLUX2_BFL_CONCURRENCY, else the pack-wide FLUX2_CONCURRENCY (capped at BFL's account limit).
+        for env in (CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV):
+            raw = os.environ.get(env, "").strip()
+            if not raw:
+                continue
+            try:
+                n = int(raw)
+            except ValueError:
+                n = 0
+            if n < 1 or (env == CONCURRENCY_ENV and n > MAX_CONCURRENCY):
+                raise ConfigError(f"{env} must be an integer 1..{MAX_CONCURRENCY}, got {raw!r}")
+            return min(n, MAX_CONCURRENCY)
+        return DEFAULT_CONCURRENCY
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         return estimate(self.model, BFL, request.width, request.height,
@@ -292,7 +296,7 @@ class BflBackend:
         try:
             # Progress is reported from this (the caller's) thread only; workers just update numbers.
             while pending:
-                _, pending = wait(pending, timeout=0.1)
+                _, pending = wait(pending, timeout=0.05)
                 done = round(sum(t.progress for t in tasks), 3)
                 if done != last:
                     ready = sum(1 for t in tasks if t.image is not None)
@@ -365,6 +369,7 @@ class BflBackend:
         polling_url = body.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
             polling_url = f"{resolve_base_url()}/v1/get_result?id={t.task_id}"   # BFL's documented generic form
+        polling_url = urljoin(url, polling_url)          # absolute URLs pass unchanged
         if not transport.may_authenticate(polling_url):
             try:
                 scheme, host, port = origin(polling_url)
@@ -384,19 +389,31 @@ class BflBackend:
         d = self.deadlines
         started = time.monotonic()
         delay = d.backoff_s
-        not_found = 0
+        not_found = transient = 0
         while True:
             sleep_with_cancel(delay, ctx.is_cancelled)
             delay = min(delay * 1.5, d.backoff_cap_s)
             if time.monotonic() - started > d.total_s:
-                raise ProviderTimeout(f"bfl: task {t.task_id} did not finish within {d.total_s:.0f}s; it may "
+                raise ProviderTimeout(f"bfl: task {t.task_id} did not finish within {d.total_s:g}s; it may "
                                       "still finish and be billed")
             try:
                 response = transport.get(t.polling_url, keyed=True, is_cancelled=ctx.is_cancelled)
             except ProviderError as exc:
-                raise _reworded(exc, f"{exc} while polling task {t.task_id}; it may still finish and be "
-                                     "billed") from None
+                # The transport already retried; a paid task deserves a few more rounds at poll pace.
+                transient += 1
+                if transient > POLL_TRANSIENT_ROUNDS:
+                    raise _reworded(exc, f"{exc} while polling task {t.task_id}; it may still finish and be "
+                                         "billed") from None
+                continue
             body = _json_or_text(response)
+            if response.status_code in GET_RETRY_STATUSES:
+                transient += 1
+                if transient > POLL_TRANSIENT_ROUNDS:
+                    err = http_error(response.status_code, body, key, f"polling task {t.task_id}")
+                    raise _reworded(err, f"{err} (still failing after {transient} rounds of retries); the task "
+                                         "may still finish and be billed") from None
+                continue
+            transient = 0
             status = body.get("status") if isinstance(body, dict) else None
             if response.status_code == 404 or status == "Task not found":
                 not_found += 1

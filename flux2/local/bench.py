@@ -1,0 +1,137 @@
+"""Transformer step time and peak memory: this engine vs diffusers' Flux2Transformer2DModel.
+
+`main(argv) -> int` (wired as `comfyui-flux2 benchmark local`). Each (implementation, config) runs in its own
+subprocess so peak memory is measured cleanly: CUDA peak allocated on GPU, peak RSS growth on CPU.
+Same config, dtype, device and inputs for both; diffusers must be installed (test extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # name: (hidden, heads, double, single, text_dim, width, height, text_tokens)
+    "tiny": (64, 2, 2, 2, 96, 128, 128, 512),
+    "mid": (1024, 8, 2, 4, 3072, 256, 256, 512),
+    "klein4b-1blk": (3072, 24, 1, 1, 7680, 1024, 1024, 512),
+}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    hidden, heads, nd, ns, tdim, w, h, lt = CONFIGS[cfg]
+    hd = hidden // heads
+    q = hd // 4
+    axes = (q, q, q, hd - 3 * q)
+    from .sampling import image_ids, text_ids
+
+    li = (w // 16) * (h // 16)
+    img = torch.randn(1, li, 128).to(device, dtype)
+    txt = torch.randn(1, lt, tdim).to(device, dtype)
+    iid, tid = image_ids(h // 16, w // 16).to(device), text_ids(lt).to(device)
+    t = torch.tensor([0.5], device=device)
+    if impl == "diffusers":
+        from diffusers import Flux2Transformer2DModel
+
+        model = Flux2Transformer2DModel(in_channels=128, num_layers=nd, num_single_layers=ns, attention_head_dim=hd,
+                                        num_attention_heads=heads, joint_attention_dim=tdim, axes_dims_rope=axes,
+                                        guidance_embeds=False)
+
+        def step():
+            return model(hidden_states=img, encoder_hidden_states=txt, timestep=t, img_ids=iid, txt_ids=tid,
+                         guidance=None, return_dict=False)[0]
+    else:
+        from .params import TransformerParams
+        from .transformer import Flux2Transformer
+
+        model = Flux2Transformer(TransformerParams(hidden=hidden, heads=heads, head_dim=hd, depth_double=nd,
+                                                   depth_single=ns, context_dim=tdim, mlp_hidden=3 * hidden,
+                                                   axes_dim=axes))
+
+        def step():
+            return model(img, iid, txt, tid, t)
+    model = model.to(device, dtype).eval().requires_grad_(False)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with torch.no_grad():
+        step()
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = _peak_rss_mb()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mb()
+    times.sort()
+    return {"impl": impl, "config": cfg, "step_s": times[len(times) // 2], "peak_mb": peak,
+            "peak_kind": "CUDA peak allocated above weights" if cuda else "process peak RSS"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="comfyui-flux2 benchmark local", description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="tiny,mid", help=f"comma list of {', '.join(CONFIGS)}")
+    ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.worker:
+        print(json.dumps(_worker(args.worker[0], args.worker[1], args.dtype, args.device, args.reps)))
+        return 0
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        print("benchmark needs diffusers (pip install 'comfyui-flux2[test]')", file=sys.stderr)
+        return 2
+    rows = []
+    for cfg in args.configs.split(","):
+        if cfg not in CONFIGS:
+            print(f"unknown config {cfg!r}; known: {', '.join(CONFIGS)}", file=sys.stderr)
+            return 2
+        pair = {}
+        for impl in ("diffusers", "ours"):
+            cmd = [sys.executable, "-m", __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench",
+                   "--worker", impl, cfg, "--dtype", args.dtype, "--device", args.device, "--reps", str(args.reps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if out.returncode != 0:
+                print(f"{impl} {cfg} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}",
+                      file=sys.stderr)
+                return 1
+            pair[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((cfg, pair["diffusers"], pair["ours"]))
+    kind = rows[0][1]["peak_kind"]
+    print(f"device {args.device}, dtype {args.dtype}, median of {args.reps} steps; memory = {kind}")
+    print(f"{'config':<14}{'diffusers s':>12}{'ours s':>10}{'time ratio':>11}{'diffusers MB':>14}{'ours MB':>10}"
+          f"{'mem ratio':>10}")
+    for cfg, d, o in rows:
+        print(f"{cfg:<14}{d['step_s']:>12.4f}{o['step_s']:>10.4f}{o['step_s'] / d['step_s']:>11.2f}"
+              f"{d['peak_mb']:>14.1f}{o['peak_mb']:>10.1f}{o['peak_mb'] / max(d['peak_mb'], 1e-9):>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Flux2LocalBackend: FLUX.2 [klein] / [dev] on local weights; outputs a backend for the generation nodes.
+
+No ComfyUI import at module level: inside ComfyUI the file lists come from `folder_paths` (imported lazily),
+outside (headless runner, tests) from FLUX2_MODELS_DIR.
+"""
+from __future__ import annotations
+
+from ..flux2.errors import ConfigError, InputError
+from ..flux2.local.params import PRESETS
+from .common import BACKEND_TYPE, CATEGORY
+
+NONE = "(none)"
+FROM_DIFFUSERS = "(from diffusers folder)"
+_COMFY_KINDS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
+                "vae": ("vae",)}
+
+
+def _folder_paths():
+    try:
+        import folder_paths  # type: ignore  # ComfyUI only
+        return folder_paths
+    except ImportError:
+        return None
+
+
+def _models_root():
+    from ..flux2.local.models_dir import models_root
+    try:
+        return models_root()
+    except ConfigError:
+        return None
+
+
+def _list(kind: str) -> list[str]:
+    fp = _folder_paths()
+    names: list[str] = []
+    if fp is not None and kind != "diffusers":
+        for folder in _COMFY_KINDS[kind]:
+            try:
+                names += fp.get_filename_list(folder)
+            except Exception:   # folder not registered on this ComfyUI version
+                pass
+    root = _models_root() if fp is None or kind == "diffusers" else None
+    if fp is not None and kind == "diffusers":
+        try:
+            base = fp.models_dir if hasattr(fp, "models_dir") else None
+            if base:
+                from pathlib import Path
+                root = Path(base)
+        except Exception:
+            root = None
+    if root is not None:
+        from ..flux2.local.models_dir import list_files
+        names += list_files(kind, root)
+    return sorted(set(names))
+
+
+def _resolve(name: str, kind: str):
+    """Widget value -> full path; names never leave the models directory."""
+    from pathlib import Path
+
+    from ..flux2.local.models_dir import resolve
+
+    fp = _folder_paths()
+    if fp is not None and kind != "diffusers":
+        for folder in _COMFY_KINDS[kind]:
+            try:
+                full = fp.get_full_path(folder, name)   # ComfyUI refuses traversal itself
+            except Exception:
+                full = None
+            if full:
+                return Path(full)
+    if fp is not None and kind == "diffusers" and hasattr(fp, "models_dir"):
+        return resolve(name, kind, Path(fp.models_dir).resolve())
+    from ..flux2.local.models_dir import models_root
+    return resolve(name, kind, models_root())
+
+
+class Flux2LocalBackend:
+    DESCRIPTION = ("FLUX.2 on local weights ([klein] 4B/9B, Base, [dev]). Same-seed images match diffusers' FLUX.2 "
+                   "pipelines. Swap this node for Flux2RemoteBackend to run the same graph on a provider.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (BACKEND_TYPE,)
+    RETURN_NAMES = ("backend",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        diffusion = [NONE] + _list("diffusion_models")
+        te = [FROM_DIFFUSERS] + _list("text_encoders")
+        vae = [FROM_DIFFUSERS] + _list("vae")
+        diffusers = [NONE] + _list("diffusers")
+        return {"required": {
+            "model": (list(PRESETS), {"default": "FLUX.2 [klein] 4B",
+                      "tooltip": "Model family. [klein] 4B/9B: 4 steps, no guidance. Base: ~50 steps with real CFG. "
+                                 "[dev]: 32B, embedded guidance, ~28-50 steps."}),
+            "diffusion_model": (diffusion, {"default": diffusion[0],
+                                "tooltip": "Transformer weights in models/diffusion_models (BFL/ComfyUI single file, "
+                                           "bf16 or fp8). (none): take it from the diffusers folder."}),
+            "text_encoder": (te, {"default": te[0],
+                             "tooltip": "Qwen3 (klein) or Mistral Small 3.2 (dev) in models/text_encoders; its "
+                                        "tokenizer.json must sit beside it as <name>.tokenizer.json."}),
+            "vae": (vae, {"default": vae[0], "tooltip": "The FLUX.2 VAE (32 latent channels) in models/vae."}),
+            "diffusers_folder": (diffusers, {"default": diffusers[0],
+                                 "tooltip": "A diffusers FLUX.2 folder (with model_index.json) under models/diffusers; "
+                                            "single files chosen above override its parts."}),
+            "dtype": (["bf16", "fp16", "fp32"], {"default": "bf16",
+                      "tooltip": "Compute dtype. bf16 on recent GPUs; fp32 on CPU for exact parity tests."}),
+            "device": (["auto", "cpu", "cuda"], {"default": "auto",
+                       "tooltip": "auto: CUDA if available, else Apple MPS, else CPU."}),
+            "steps": ("INT", {"default": 0, "min": 0, "max": 200,
+                      "tooltip": "0 = the model's default (klein 4, Base 50, dev 28)."}),
+            "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                         "tooltip": "0 = the model's default (Base and dev 4.0). Ignored by distilled klein."}),
+            "offload": (["none", "blocks"], {"default": "none",
+                        "tooltip": "blocks: keep weights in RAM and stream transformer blocks to the GPU "
+                                   "(slower, for [dev] on 24 GB cards)."}),
+        }}
+
+    def build(self, model, diffusion_model, text_encoder, vae, diffusers_folder, dtype, device, steps, guidance,
+              offload):
+        from ..flux2.local.backend import LocalBackend, LocalFiles
+
+        d = None if diffusers_folder in (NONE, "", None) else _resolve(diffusers_folder, "diffusers")
+        tr = None if diffusion_model in (NONE, "", None) else _resolve(diffusion_model, "diffusion_models")
+        te = None if text_encoder in (FROM_DIFFUSERS, NONE, "", None) else _resolve(text_encoder, "text_encoders")
+        ae = None if vae in (FROM_DIFFUSERS, NONE, "", None) else _resolve(vae, "vae")
+        if d is None and tr is None:
+            raise InputError("Flux2LocalBackend: choose a diffusion model file or a diffusers folder")
+        files = LocalFiles(diffusers_dir=d, transformer=tr, text_encoder=te, vae=ae)
+        backend = LocalBackend(model, files, dtype=dtype, device=device, steps=int(steps), guidance=float(guidance),
+                               offload=offload)
+        backend.check_ready()
+        return (backend,)
+
+
+NODE_CLASS_MAPPINGS = {"Flux2LocalBackend": Flux2LocalBackend}
+NODE_DISPLAY_NAME_MAPPINGS = {"Flux2LocalBackend": "FLUX.2 Local Backend (klein / dev weights)"}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "Flux2LocalBackend"]

@@ -1,0 +1,126 @@
+"""A real ComfyUI 0.3.75 server loads this pack; the /prompt -> /history path works.
+
+Slow (provisioning ~1 min the first time, cached in .cache/comfyui; server start ~10 s):
+run with ``pytest --run-slow tests/test_comfyui_server.py``.
+"""
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from comfy_server import (  # noqa: F401  (fixtures are used by name)
+    PACK_DIR_NAME,
+    PromptError,
+    ServerStartError,
+    comfyui_server,
+    comfyui_server_factory,
+    object_info,
+    queue_prompt,
+    run_workflow,
+)
+
+pytestmark = pytest.mark.slow
+
+EXPECTED_NODES = {"Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size"}
+
+
+def test_server_lists_the_pack_nodes(comfyui_server):
+    info = object_info(comfyui_server)
+    ours = {name for name, node in info.items() if node.get("python_module") == f"custom_nodes.{PACK_DIR_NAME}"}
+    flux2 = {name for name in info if name.startswith("Flux2")}  # core has Flux2Scheduler too
+    assert EXPECTED_NODES <= ours, f"missing: {sorted(EXPECTED_NODES - ours)}\nlog:\n{comfyui_server.log_text()[-4000:]}"
+    assert EXPECTED_NODES <= flux2
+    assert all(name.startswith("Flux2") for name in ours), sorted(ours)
+    # a single class, too, and core nodes are there beside ours
+    assert set(object_info(comfyui_server, "Flux2Seed")) == {"Flux2Seed"}
+    assert {"EmptyImage", "SaveImage"} <= set(info)
+    assert "(IMPORT FAILED)" not in comfyui_server.log_text()
+
+
+def test_core_workflow_through_prompt(comfyui_server):
+    from PIL import Image
+
+    prompt = {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0xFF8000}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "flux2_smoke"}},
+    }
+    entry = run_workflow(comfyui_server, prompt, timeout=120)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = entry["outputs"]["2"]["images"]
+    assert len(images) == 1 and images[0]["type"] == "output"
+    path = comfyui_server.output_dir / images[0]["subfolder"] / images[0]["filename"]
+    assert path.is_file()
+    with Image.open(path) as im:
+        assert im.size == (64, 48)
+        assert im.convert("RGB").getpixel((10, 10)) == (255, 128, 0)
+    # the frontend's way to the same file
+    view = f"{comfyui_server.url}/view?filename={images[0]['filename']}&type=output&subfolder={images[0]['subfolder']}"
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(view, timeout=30) as resp:
+        assert resp.read() == path.read_bytes()
+
+
+def test_invalid_prompt_is_refused_with_node_errors(comfyui_server):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 48, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bad"}},
+    }
+    with pytest.raises(PromptError) as info:
+        queue_prompt(comfyui_server, prompt)
+    assert "1" in info.value.payload["node_errors"]
+
+
+def test_pack_import_failure_fails_loudly(comfyui_server_factory, tmp_path):
+    broken = tmp_path / "broken_pack"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('flux2-broken-pack-marker')\n")
+    with pytest.raises(ServerStartError) as info:
+        comfyui_server_factory(custom_nodes={"broken_pack": broken})
+    assert "IMPORT FAILED" in str(info.value) and "flux2-broken-pack-marker" in str(info.value)
+
+
+def test_pack_workflows_run_through_prompt_on_loopback_runware(comfyui_server_factory, tmp_path):
+    """The shipped API-format workflows, queued on a real ComfyUI, reach the loopback Runware server."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from PIL import Image
+
+    from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+    workflows = Path(__file__).resolve().parents[1] / "workflows"
+    key = "comfy-e2e-key-77"
+    with RunwareLoopback(api_key=key) as runware:
+        server = comfyui_server_factory(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": key,
+                                             "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
+        shutil.copytree(workflows / "images", server.input_dir / "images")
+        for name, expect in (("flux2_text_to_image", ["salt_cathedral"]),
+                             ("flux2_multi_reference_edit", ["multi_reference_edit"]),
+                             ("flux2_chain_edit", ["chain_1_teapot", "chain_2_cobalt", "chain_3_table"])):
+            prompt = json.loads((workflows / "api" / f"{name}.json").read_text())
+            run_workflow(server, prompt, timeout=120)
+            for prefix in expect:
+                (png,) = (server.output_dir / "flux2").glob(f"{prefix}_*.png")
+                with Image.open(png) as img:
+                    assert img.size[0] % 16 == 0 and img.getextrema()[0][1] > 0
+        seed_task = runware.tasks("imageInference")[0]
+        assert (seed_task["model"], seed_task["width"], seed_task["height"], seed_task["seed"]) == (
+            "bfl:5@1", 1536, 1024, 73410)
+        assert seed_task["providerSettings"] == {"bfl": {"promptUpsampling": True, "safetyTolerance": 2}}
+        assert len(runware.tasks("imageInference")) == 5
+        assert len(runware.tasks("imageUpload")) == 3 + 2          # three LoadImage refs, two chain steps
+        assert all(r["auth_ok"] for r in runware.requests)
+        assert key not in server.log_text()
+
+
+def test_missing_key_is_one_clear_error_in_comfyui(comfyui_server_factory):
+    import json
+    from pathlib import Path
+
+    prompt = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "flux2_text_to_image.json").read_text())
+    server = comfyui_server_factory(env={"RUNWARE_API_KEY": None, "RUNWARE_API_URL": "http://127.0.0.1:9/v1"})
+    with pytest.raises(PromptError) as err:
+        run_workflow(server, prompt, timeout=60)
+    assert "RUNWARE_API_KEY" in str(err.value.payload) or "RUNWARE_API_KEY" in str(err.value)

@@ -1,0 +1,445 @@
+"""The editor extension (web/flux2.js) and its routes (nodes/web_routes.py).
+
+Fast tests: the JSON the browser gets is generated from flux2/models.py and the preview answers with
+the engine's own size and price functions.
+
+Slow tests (``--run-slow``): a real ComfyUI 0.3.75 (tests/comfy_server.py) with this pack, driven by
+Debian's chromium through playwright: the example workflows load without errors from the extension,
+the readout and the cost badge show what the engine computes and follow edits, Flux2Edit's reference
+sockets grow within the model's limit, and the billed cost appears after a run (Runware loopback).
+Screenshots go to ``test-artifacts/web/`` (and to ``docs/screenshots/`` when
+``FLUX2_UPDATE_SCREENSHOTS=1`` or the file is missing, so a test run does not dirty the repo).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from comfyui_flux2.flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
+from comfyui_flux2.flux2.pricing import estimate, format_usd
+from comfyui_flux2.flux2.remote.common import size_limits
+from comfyui_flux2.flux2.sizes import ASPECT_RATIOS, SizeLimits, megapixels, size_from_aspect
+from comfyui_flux2.nodes import web_routes
+
+REPO = Path(__file__).resolve().parents[1]
+EXT_NAME = "comfyui-flux2.editor"
+PACK_URL = "/extensions/comfyui-flux2/"        # ComfyUI serves WEB_DIRECTORY under the pack's folder name
+ARTIFACTS = REPO / "test-artifacts" / "web"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+MAX_SCREENSHOT_BYTES = 300_000
+RUNWARE_KEY = "rw-web-test-key-7d1e"
+
+
+# --------------------------------------------------------------------------------------------
+# fast: route JSON == models.py; preview == engine
+# --------------------------------------------------------------------------------------------
+
+def test_models_json_is_models_py():
+    data = json.loads(json.dumps(web_routes.models_json()))   # what goes over the wire
+    assert data["providers"] == list(PROVIDERS)
+    assert data["max_refs_any"] == MAX_REFS_ANY
+    assert data["megapixel"] == 1024 * 1024
+    assert data["aspect_ratios"] == list(ASPECT_RATIOS)
+    assert data["default_limits"] == asdict(SizeLimits())
+    assert list(data["models"]) == list(MODELS)
+    for name, spec in MODELS.items():
+        m = data["models"][name]
+        assert (m["family"], m["multiple"], m["max_side"], m["max_pixels"]) == \
+            (spec.family, spec.multiple, spec.max_side, spec.max_pixels)
+        assert (m["default_steps"], m["default_guidance"]) == (spec.default_steps, spec.default_guidance)
+        assert set(m["providers"]) == set(spec.providers)
+        for prov, pm in spec.providers.items():
+            p = m["providers"][prov]
+            assert p["model_id"] == pm.model_id
+            assert p["max_refs"] == pm.max_refs
+            assert p["min_side"] == pm.min_side
+            assert p["price"] == (asdict(pm.price) if pm.price else None)
+            assert p["limits"] == asdict(size_limits(spec, pm))
+
+
+def _backend(model="FLUX.2 [pro]", provider="runware"):
+    return {"type": "Flux2RemoteBackend", "provider": provider, "model": model}
+
+
+def test_preview_of_the_seed_example_is_1536x1024_and_0_045():
+    body = {"items": [
+        {"id": "size", "kind": "size",
+         "size": {"flux2_size": {"aspect_ratio": "3:2", "megapixels": 1.5, "width": 1536, "height": 1024}}},
+        {"id": "t2i", "kind": "generate", "backend": _backend(), "batch": 1, "references": [],
+         "size": {"flux2_size": {"aspect_ratio": "3:2", "megapixels": 1.5, "width": 1536, "height": 1024}}},
+    ]}
+    size, t2i = web_routes.preview(body)["items"]
+    assert (size["width"], size["height"], size["megapixels"]) == (1536, 1024, 1.5)
+    assert (t2i["width"], t2i["height"], t2i["cost"], t2i["usd"]) == (1536, 1024, "$0.045", 0.045)
+    assert t2i["problems"] == [] and t2i["output_assumed"] is False
+
+
+@pytest.mark.parametrize("model,provider", [(m, p) for m, s in MODELS.items() for p in s.providers])
+@pytest.mark.parametrize("aspect,mp,refs,batch", [("3:2", 1.5, [], 1), ("16:9", 4.0, [[512, 512], None], 2),
+                                                  ("1:1", 0.25, [None] * 3, 3), ("9:21", 2.2, [[2000, 3000]], 1)])
+def test_preview_uses_the_engine_for_every_model(model, provider, aspect, mp, refs, batch):
+    spec = get_model(model)
+    limits = size_limits(spec, spec.on(provider))
+    item = {"id": 1, "kind": "generate", "backend": _backend(model, provider), "batch": batch,
+            "references": refs, "size": {"flux2_size": {"aspect_ratio": aspect, "megapixels": mp,
+                                                        "width": 1024, "height": 1024,
+                                                        "backend": _backend(model, provider)}}}
+    [res] = web_routes.preview({"items": [item]})["items"]
+    w, h = size_from_aspect(aspect, mp, limits)
+    ref_sizes = [tuple(r) if r else web_routes.ASSUMED_REF_SIZE for r in refs]
+    est = estimate(spec, provider, w, h, ref_sizes, batch)
+    assert (res["width"], res["height"]) == (w, h)
+    assert res["megapixels"] == round(megapixels(w, h), 4)
+    assert res["usd"] == est.usd
+    assert res["cost"] == (format_usd(est.usd) if est.usd is not None else None)
+    assert res["references_assumed"] == sum(1 for r in refs if not r)
+    assert res["max_refs"] == spec.on(provider).max_refs
+
+
+def test_preview_reports_broken_rules_and_bad_items():
+    items = [
+        {"id": "a", "kind": "generate", "backend": _backend(), "size": {"width": 1000, "height": 1024}},
+        {"id": "b", "kind": "generate", "backend": _backend("FLUX.2 [dev]"), "size": {"width": 1024, "height": 1024},
+         "references": [None] * 5},
+        {"id": "c", "kind": "generate", "backend": _backend("nope"), "size": {"width": 1024, "height": 1024}},
+        {"id": "d", "kind": "generate", "backend": None, "size": {"follow": None}, "references": [None]},
+        {"id": "e", "kind": "generate", "backend": _backend(), "size": {"follow": [4000, 3000]}, "references": [None]},
+        {"id": "f", "kind": "generate", "backend": {"type": "Flux2LocalBackend"}, "size": {"width": 512, "height": 512}},
+        {"id": "g", "kind": "generate", "backend": _backend(), "size": {"unknown": "linked"}},
+        "junk",
+    ]
+    a, b, c, d, e, f, g, junk = web_routes.preview({"items": items})["items"]
+    assert a["problems"] == ["width 1000 is not a multiple of 16 (try 992 or 1008)"]
+    assert b["problems"] == ["5 references; this model takes at most 4"] and b["cost"] is None
+    assert "unknown model" in c["error"]
+    assert d["width"] is None and d["cost"] is None and "follows reference 1" in d["note"]
+    assert (e["width"], e["height"]) == (2048, 1536) and e["references_assumed"] == 1   # fit_size: 2048 max side
+    assert f["cost"] == "$0" and f["detail"].startswith("local")
+    assert g["width"] is None and g["output_assumed"] is True and g["cost"] == "$0.03"
+    assert junk["error"]
+    with pytest.raises(ValueError):
+        web_routes.preview({"nope": []})
+
+
+def test_register_is_a_no_op_outside_comfyui():
+    assert web_routes.register() is False
+
+
+def test_web_extension_guards_its_frontend_apis():
+    """Static checks on web/flux2.js: one extension, imported the way every frontend serves it."""
+    js = (REPO / "web" / "flux2.js").read_text()
+    assert 'import { app } from "../../scripts/app.js";' in js
+    assert js.count("app.registerExtension(") == 1 and f'name: EXT' in js and f'"{EXT_NAME}"' in js
+    assert "/flux2/preview" in js and "/flux2/models" in js
+    assert "serialize: false" in js   # the readout never lands in widgets_values or the prompt
+
+
+# --------------------------------------------------------------------------------------------
+# slow: a real ComfyUI + chromium
+# --------------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+READY = ("() => !!(window.app?.graph && window.app.canvas && "
+         "window.app.extensionManager?.workflow?.activeWorkflow)")
+
+
+def _need_browser():
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("python package playwright")
+    if not os.path.exists(CHROMIUM):
+        missing.append(CHROMIUM)
+    if missing:
+        msg = f"browser test needs {', '.join(missing)} (apt-get install -y chromium; pip install playwright)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def _post_json(url, body):
+    import urllib.request
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=30) as resp:
+        resp.read()
+
+
+@pytest.fixture(scope="module")
+def web_server():
+    _need_browser()
+    from comfy_server import start_server  # tests/comfy_server.py: provisions ComfyUI 0.3.75 once
+
+    from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+    with RunwareLoopback(api_key=RUNWARE_KEY) as runware:
+        server = start_server(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": RUNWARE_KEY,
+                                   "BFL_API_KEY": None, "BFL_API_URL": None})
+        try:
+            shutil.copytree(REPO / "workflows" / "images", server.input_dir / "images", dirs_exist_ok=True)
+            _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
+                                                         "Comfy.Minimap.Visible": False})
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(web_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Page:
+    """One editor tab, with the console messages that concern this extension."""
+
+    def __init__(self, browser, server):
+        self.page = browser.new_page(viewport={"width": 1280, "height": 800})
+        # the frontend's "try Nodes 2.0" banner would cover the top of every screenshot
+        self.page.add_init_script("try { localStorage.setItem('vueNodesBannerDismissed', 'true') } catch (e) {}")
+        self.ours: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self._note("pageerror", str(exc) + " " + (exc.stack or "")))
+        self.page.goto(server.url)
+        self.page.wait_for_function(READY, timeout=60_000)
+
+    def _console(self, msg):
+        if msg.type in ("error", "warning"):
+            loc = (msg.location or {}).get("url", "")
+            self._note(msg.type, f"{msg.text} @ {loc}")
+
+    def _note(self, kind, text):
+        if PACK_URL in text or EXT_NAME in text or "flux2.js" in text:
+            self.ours.append(f"{kind}: {text}")
+
+    def js(self, code, arg=None):
+        return self.page.evaluate(code, arg)
+
+    def load(self, name):
+        wf = json.loads((REPO / "workflows" / name).read_text())
+        self.js("async (wf) => { await window.app.loadGraphData(wf); }", wf)
+        # every readout has an answer from the server
+        self.page.wait_for_function("""() => window.app.graph.nodes
+            .filter(n => ['Flux2Size', 'Flux2TextToImage', 'Flux2Edit'].includes(n.type))
+            .every(n => n.flux2Readout && n.flux2Readout.lines.length && n.flux2Readout.lines[0] !== '…')""",
+                                    timeout=15_000)
+        return wf
+
+    def readout(self, node_id):
+        return self.js("(id) => window.app.graph.getNodeById(id).flux2Readout", node_id)
+
+    def wait_readout(self, node_id, key, value, timeout=10_000):
+        self.page.wait_for_function(
+            "([id, key, value]) => window.app.graph.getNodeById(id).flux2Readout?.[key] === value",
+            arg=[node_id, key, value], timeout=timeout)
+        return self.readout(node_id)
+
+    def set_widget(self, node_id, name, value):
+        """What a user's edit does: set the value, run the widget's callback."""
+        self.js("""([id, name, value]) => {
+            const node = window.app.graph.getNodeById(id);
+            const w = node.widgets.find(w => w.name === name);
+            w.value = value;
+            w.callback?.(value, window.app.canvas, node);
+            window.app.graph.setDirtyCanvas(true, true);
+        }""", [node_id, name, value])
+
+    def input_names(self, node_id):
+        return self.js("(id) => window.app.graph.getNodeById(id).inputs.map(i => i.name)", node_id)
+
+    def ref_inputs(self, node_id):
+        return [n for n in self.input_names(node_id) if n.startswith("reference_")]
+
+    def screenshot(self, name):
+        try:   # frame the graph; the command exists in 1.32.x, a missing one only costs framing
+            self.js("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
+        except Exception:
+            pass
+        self.js("() => window.app.graph.setDirtyCanvas(true, true)")
+        self.page.wait_for_timeout(300)
+        png = _small_png(self.page.screenshot())
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / name).write_bytes(png)
+        doc = SCREENSHOTS / name
+        if os.environ.get("FLUX2_UPDATE_SCREENSHOTS") == "1" or not doc.exists():
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            doc.write_bytes(png)
+        assert len(png) < MAX_SCREENSHOT_BYTES, f"{name}: {len(png)} bytes"
+
+    def close(self):
+        self.page.close()
+
+
+def _small_png(raw: bytes) -> bytes:
+    if len(raw) < MAX_SCREENSHOT_BYTES * 0.9:
+        return raw
+    from PIL import Image
+    img = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=128)
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def page(browser, web_server):
+    p = Page(browser, web_server)
+    try:
+        yield p
+        assert p.ours == [], "console errors from the extension:\n" + "\n".join(p.ours)
+    finally:
+        p.close()
+
+
+def _nodes_of(wf, type_):
+    return [n["id"] for n in wf["nodes"] if n["type"] == type_]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows").glob("*.json")))
+def test_example_workflow_loads_with_readouts(page, name):
+    wf = page.load(name)
+    # the readout widget is not serialised: widgets_values and the API prompt are what they were
+    saved = page.js("""() => Object.fromEntries(window.app.graph.serialize().nodes
+                         .map(n => [n.id, n.widgets_values]))""")
+    for node in wf["nodes"]:
+        if node["type"].startswith("Flux2"):
+            assert saved[str(node["id"])] == node["widgets_values"], node["type"]
+    prompt = page.js("async () => (await window.app.graphToPrompt()).output")
+    assert not any("flux2_readout" in n["inputs"] for n in prompt.values())
+    for node_id in _nodes_of(wf, "Flux2TextToImage") + _nodes_of(wf, "Flux2Edit"):
+        r = page.readout(node_id)
+        assert r["badge"] and r["badge"].lstrip("≈ ").startswith("$"), r
+        assert r["problems"] == [], r
+    colours = page.js("""() => window.app.graph.nodes.filter(n => n.type.startsWith('Flux2'))
+                          .map(n => n.bgcolor)""")
+    assert colours and all(colours), colours
+    page.screenshot(name.replace(".json", ".png"))
+
+
+@pytest.mark.slow
+def test_text_to_image_readout_and_badge_follow_the_size(page):
+    wf = page.load("flux2_text_to_image.json")
+    [size_id] = _nodes_of(wf, "Flux2Size")
+    [t2i_id] = _nodes_of(wf, "Flux2TextToImage")
+    [backend_id] = _nodes_of(wf, "Flux2RemoteBackend")
+
+    size = page.readout(size_id)
+    assert (size["size"], size["megapixels"]) == ("1536×1024", "1.50 MP")   # 1 MP = 1024², as the widget
+    t2i = page.readout(t2i_id)
+    assert (t2i["size"], t2i["megapixels"], t2i["badge"]) == ("1536×1024", "1.50 MP", "$0.045")
+    assert t2i["lines"][0] == "1536×1024 · 1.50 MP | $0.045"
+    page.screenshot("text_to_image_readout.png")
+
+    pro = get_model("FLUX.2 [pro]")
+    page.set_widget(size_id, "megapixels", 1.0)
+    w, h = size_from_aspect("3:2", 1.0)
+    t2i = page.wait_readout(t2i_id, "size", f"{w}×{h}")
+    assert t2i["badge"] == str(estimate(pro, "runware", w, h)) == "$0.03"
+    assert page.readout(size_id)["size"] == f"{w}×{h}"
+
+    page.set_widget(size_id, "aspect_ratio", "16:9")
+    page.set_widget(size_id, "megapixels", 4.0)
+    w, h = size_from_aspect("16:9", 4.0)
+    t2i = page.wait_readout(t2i_id, "size", f"{w}×{h}")
+    assert t2i["badge"] == str(estimate(pro, "runware", w, h))
+    assert t2i["megapixels"] == f"{megapixels(w, h):.2f} MP"
+
+    page.set_widget(backend_id, "model", "FLUX.2 [max]")
+    t2i = page.wait_readout(t2i_id, "badge", str(estimate(get_model("FLUX.2 [max]"), "runware", w, h)))
+    page.set_widget(t2i_id, "batch_size", 3)
+    page.wait_readout(t2i_id, "badge", str(estimate(get_model("FLUX.2 [max]"), "runware", w, h, batch=3)))
+
+    # unlinked width under the model's minimum (the widget allows 64; [pro] on Runware needs 256)
+    page.js("""(id) => { const n = window.app.graph.getNodeById(id);
+                         n.disconnectInput(n.inputs.findIndex(i => i.name === 'width')); }""", t2i_id)
+    page.set_widget(t2i_id, "width", 128)
+    page.page.wait_for_function(
+        "(id) => window.app.graph.getNodeById(id).flux2Readout?.problems?.length > 0", arg=t2i_id, timeout=10_000)
+    t2i = page.readout(t2i_id)
+    assert t2i["size"] == f"128×{h}"
+    assert any(re.search(r"width 128 is outside 256\.\.2048", line) for line in t2i["lines"]), t2i
+    assert t2i["tones"][0] == "warn", t2i       # the size line itself turns to the warning colour
+    page.screenshot("text_to_image_warning.png")
+
+
+@pytest.mark.slow
+def test_edit_reference_sockets_grow_within_the_model_limit(page):
+    wf = page.load("flux2_multi_reference_edit.json")
+    [edit_id] = _nodes_of(wf, "Flux2Edit")
+    [backend_id] = _nodes_of(wf, "Flux2RemoteBackend")
+    loaders = _nodes_of(wf, "LoadImage")
+    # three connected references + one empty socket
+    assert page.ref_inputs(edit_id) == ["reference_1", "reference_2", "reference_3", "reference_4"]
+    # the LoadImage previews tell the real reference sizes (512² each, billed as 1 MP): no "≈", no assumption
+    pro = get_model("FLUX.2 [pro]")
+    three = str(estimate(pro, "runware", 1536, 1024, [(512, 512)] * 3))
+    r = page.wait_readout(edit_id, "badge", three, timeout=15_000)
+    assert not any("assumed" in line for line in r["lines"]), r
+    page.screenshot("edit_references.png")
+
+    def connect(src_id, name):
+        page.js("""([src, dst, name]) => { const g = window.app.graph;
+            const d = g.getNodeById(dst); g.getNodeById(src).connect(0, d, d.inputs.findIndex(i => i.name === name)); }""",
+                [src_id, edit_id, name])
+
+    def refs_become(names):
+        page.page.wait_for_function(
+            "([id, names]) => JSON.stringify(window.app.graph.getNodeById(id).inputs.map(i => i.name)"
+            ".filter(n => n.startsWith('reference_'))) === JSON.stringify(names)", arg=[edit_id, names], timeout=10_000)
+
+    connect(loaders[0], "reference_4")
+    refs_become([f"reference_{i}" for i in range(1, 6)])
+    page.wait_readout(edit_id, "badge", str(estimate(pro, "runware", 1536, 1024, [(512, 512)] * 4)))
+    page.js("""(id) => { const n = window.app.graph.getNodeById(id);
+                         n.disconnectInput(n.inputs.findIndex(i => i.name === 'reference_4')); }""", edit_id)
+    refs_become([f"reference_{i}" for i in range(1, 5)])
+    connect(loaders[0], "reference_4")
+    refs_become([f"reference_{i}" for i in range(1, 6)])
+    # FLUX.2 [dev] on Runware takes 4 references: no fifth socket, no published price
+    page.set_widget(backend_id, "model", "FLUX.2 [dev]")
+    refs_become([f"reference_{i}" for i in range(1, 5)])
+    r = page.wait_readout(edit_id, "badge", "price n/a")
+    assert r["problems"] == []
+    # a prompt made now carries the four connected references, nothing else
+    prompt = page.js("async () => (await window.app.graphToPrompt()).output")
+    refs = sorted(k for k in prompt[str(edit_id)]["inputs"] if k.startswith("reference_"))
+    assert refs == ["reference_1", "reference_2", "reference_3", "reference_4"]
+
+
+@pytest.mark.slow
+def test_billed_cost_shows_after_a_run(page, web_server):
+    wf = page.load("flux2_text_to_image.json")
+    [t2i_id] = _nodes_of(wf, "Flux2TextToImage")
+    assert page.readout(t2i_id)["billed"] is None
+    page.js("""async () => {
+        if (typeof window.app.queuePrompt === 'function') return await window.app.queuePrompt(0, 1);
+        return await window.app.extensionManager.command.execute('Comfy.QueuePrompt');
+    }""")
+    page.page.wait_for_function("(id) => window.app.graph.getNodeById(id).flux2Readout?.billed != null",
+                                arg=t2i_id, timeout=120_000)
+    r = page.readout(t2i_id)
+    assert r["billed"] == "$0.045", r
+    assert "last run: billed $0.045 · 1536×1024" in r["lines"]
+    assert web_server.output_dir.is_dir() and any(web_server.output_dir.rglob("*.png"))
+    try:   # let the queue finish so the screenshot shows the saved image
+        page.page.wait_for_function("() => window.app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs?.length)",
+                                    timeout=15_000)
+    except Exception:
+        pass
+    page.screenshot("text_to_image_billed.png")

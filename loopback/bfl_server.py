@@ -25,7 +25,6 @@ import io
 import json
 import math
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -333,13 +332,6 @@ class BflLoopback(LoopbackServer):
         self.active: set[str] = set()
         self.max_in_flight = 0
         self.billed_credits = 0.0
-
-    def start(self) -> "BflLoopback":
-        # A short poll interval makes stop() quick (the default 0.5 s adds up over a test suite).
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=type(self).__name__, daemon=True)
-        self._thread.start()
-        return self
 
     @property
     def api_url(self) -> str:

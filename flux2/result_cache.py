@@ -39,7 +39,12 @@ def key_of(identity: dict) -> str:
 
 class ResultCache:
     def __init__(self, folder: Path | None = None):
-        self.folder = Path(folder) if folder else default_dir()
+        self._folder = Path(folder) if folder else None
+
+    @property
+    def folder(self) -> Path:
+        # Resolved at use, not at import: the process-wide cache must follow FLUX2_CACHE_DIR as set now.
+        return self._folder or default_dir()
 
     def _entry(self, key: str) -> Path:
         return self.folder / key[:2] / key

@@ -31,10 +31,10 @@ from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import (AuthError, BudgetError, Cancelled, ConfigError, Flux2Error, InputError, ModerationError,
                       ProviderError, ProviderTimeout)
 from ..images import decode_provider_image, placeholder
-from ..models import BFL, get_model
+from ..models import BFL
 from ..pricing import Estimate, estimate
 from ..run_context import RunContext
-from .common import redact, size_limits, validate_common
+from .common import RemoteBackend, redact
 from .keys import base_url, origin, read_key
 from .options import RemoteOptions
 from .transport import GET_RETRY_STATUSES, Deadlines, LostResponse, Transport, json_body, sleep_with_cancel
@@ -169,43 +169,28 @@ class _Task:
     error: Flux2Error | None = None
 
 
-class BflBackend:
+class BflBackend(RemoteBackend):
     kind = BFL
+    label = "BFL"
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport: httpx.BaseTransport | None = None,
                  concurrency: int | None = None):
-        self.model = get_model(model_name)
-        self.model_name = model_name
-        self.pm = self.model.on(BFL)
-        self.options = options
-        self.deadlines = deadlines
-        self._http_transport = http_transport
+        super().__init__(model_name, options, deadlines, http_transport)
         self._concurrency = concurrency
         self._transport: BflTransport | None = None
         self._transport_base: str | None = None
         self._lock = threading.Lock()
 
     # -- Backend protocol ---------------------------------------------------------------------
-    def describe(self) -> str:
-        return f"{self.model_name} on BFL ({self.pm.model_id})"
+    def host(self) -> str:
+        return resolve_base_url()
 
-    def __repr__(self) -> str:  # shown in ComfyUI / logs; holds no key by construction
-        return f"BflBackend({self.model_name!r})"
-
-    def limits(self):
-        return size_limits(self.model, self.pm)
-
-    def max_references(self) -> int:
-        return self.pm.max_refs
-
-    def validate(self, request: GenerationRequest) -> None:
-        self.options.validate()
+    def validate_options(self) -> None:
         if self.options.output_format not in OUTPUT_FORMATS:
             # Refused rather than silently turned into PNG: the user asked for a format BFL does not make.
             raise InputError(f"output_format {self.options.output_format} is not offered by BFL's FLUX.2 API; "
                              "choose PNG or JPEG")
-        validate_common(request, self.model, self.pm, "BFL")
 
     def check_ready(self) -> None:
         resolve_base_url()

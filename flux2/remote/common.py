@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from ..backend import GenerationRequest
 from ..errors import InputError
-from ..models import ModelSpec, ProviderModel
+from ..models import ModelSpec, ProviderModel, get_model
+from .options import RemoteOptions
+from .transport import Deadlines
 from ..sizes import SizeLimits, validate_size
 
 MAX_PROMPT_CHARS = 32000
@@ -38,3 +40,49 @@ def redact(text: str, secret: str | None) -> str:
     if secret and len(secret) >= 8 and secret in text:
         text = text.replace(secret, "***")
     return text
+
+
+class RemoteBackend:
+    """What Runware and BFL backends share: model lookup, limits, validation, cache identity.
+
+    Subclasses set `kind` and `label` and implement `host()`, `check_ready()`, `plan()`,
+    `estimate()` and `generate()`. No key is ever stored on the object.
+    """
+
+    kind = ""
+    label = ""
+
+    def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
+                 deadlines: Deadlines = Deadlines(), http_transport=None):
+        self.model = get_model(model_name)
+        self.model_name = model_name
+        self.pm = self.model.on(self.kind)
+        self.options = options
+        self.deadlines = deadlines
+        self._http_transport = http_transport
+
+    def describe(self) -> str:
+        return f"{self.model_name} on {self.label} ({self.pm.model_id})"
+
+    def __repr__(self) -> str:  # shown in ComfyUI / logs; holds no key by construction
+        return f"{type(self).__name__}({self.model_name!r})"
+
+    def host(self) -> str:
+        raise NotImplementedError
+
+    def cache_identity(self) -> dict:
+        return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": vars(self.options)}
+
+    def limits(self) -> SizeLimits:
+        return size_limits(self.model, self.pm)
+
+    def max_references(self) -> int:
+        return self.pm.max_refs
+
+    def validate_options(self) -> None:
+        """Provider-specific option rules, on top of RemoteOptions.validate()."""
+
+    def validate(self, request: GenerationRequest) -> None:
+        self.options.validate()
+        self.validate_options()
+        validate_common(request, self.model, self.pm, self.label)

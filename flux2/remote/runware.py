@@ -12,10 +12,10 @@ import httpx
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import AuthError, BudgetError, Flux2Error, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, placeholder
-from ..models import RUNWARE, get_model
+from ..models import RUNWARE
 from ..pricing import Estimate, estimate
 from ..run_context import RunContext
-from .common import redact, size_limits, validate_common
+from .common import RemoteBackend, redact
 from .keys import base_url, read_key
 from .options import RemoteOptions
 from .transport import Deadlines, LostResponse, Transport, json_body, sleep_with_cancel
@@ -55,39 +55,18 @@ def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
     return ProviderError(text, status=status, code=code, retryable=status in (429, 500, 502, 503, 504))
 
 
-class RunwareBackend:
+class RunwareBackend(RemoteBackend):
     kind = RUNWARE
+    label = "Runware"
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport: httpx.BaseTransport | None = None):
-        self.model = get_model(model_name)
-        self.model_name = model_name
-        self.pm = self.model.on(RUNWARE)
-        self.options = options
-        self.deadlines = deadlines
-        self._http_transport = http_transport
+        super().__init__(model_name, options, deadlines, http_transport)
         self._transport: Transport | None = None
 
     # -- Backend protocol ---------------------------------------------------------------------
-    def describe(self) -> str:
-        return f"{self.model_name} on Runware ({self.pm.model_id})"
-
-    def __repr__(self) -> str:  # shown in ComfyUI / logs; holds no key by construction
-        return f"RunwareBackend({self.model_name!r})"
-
-    def cache_identity(self) -> dict:
-        return {"provider": RUNWARE, "host": base_url(URL_ENV, DEFAULT_URL), "model": self.pm.model_id,
-                "options": vars(self.options)}
-
-    def limits(self):
-        return size_limits(self.model, self.pm)
-
-    def max_references(self) -> int:
-        return self.pm.max_refs
-
-    def validate(self, request: GenerationRequest) -> None:
-        self.options.validate()
-        validate_common(request, self.model, self.pm, "Runware")
+    def host(self) -> str:
+        return base_url(URL_ENV, DEFAULT_URL)
 
     def check_ready(self) -> None:
         base_url(URL_ENV, DEFAULT_URL)

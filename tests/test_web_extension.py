@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def _post_json(url, body):
 
 
 @pytest.fixture(scope="module")
-def web_server():
+def web_server(tmp_path_factory):
     _need_browser()
     from comfy_server import start_server  # tests/comfy_server.py: provisions ComfyUI 0.3.75 once
 
@@ -184,7 +185,9 @@ def web_server():
 
     with RunwareLoopback(api_key=RUNWARE_KEY) as runware:
         server = start_server(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": RUNWARE_KEY,
-                                   "BFL_API_KEY": None, "BFL_API_URL": None})
+                                   "BFL_API_KEY": None, "BFL_API_URL": None,
+                                   # a fresh result cache: a hit from an earlier run would bill $0
+                                   "FLUX2_CACHE_DIR": str(tmp_path_factory.mktemp("web-result-cache"))})
         try:
             shutil.copytree(REPO / "workflows" / "images", server.input_dir / "images", dirs_exist_ok=True)
             _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
@@ -436,7 +439,11 @@ def test_billed_cost_shows_after_a_run(page, web_server):
     r = page.readout(t2i_id)
     assert r["billed"] == "$0.045", r
     assert "last run: billed $0.045 · 1536×1024" in r["lines"]
-    assert web_server.output_dir.is_dir() and any(web_server.output_dir.rglob("*.png"))
+    # The billed readout arrives when the generation node finishes; SaveImage runs just after it.
+    deadline = time.monotonic() + 30
+    while not any(web_server.output_dir.rglob("*.png")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(web_server.output_dir.rglob("*.png"))
     try:   # let the queue finish so the screenshot shows the saved image
         page.page.wait_for_function("() => window.app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs?.length)",
                                     timeout=15_000)

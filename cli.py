@@ -40,7 +40,8 @@ class CancelFlag:
             if self.set:
                 raise KeyboardInterrupt
             self.set = True
-            print("\ncancelling... (Ctrl-C again to abort at once)", file=sys.stderr)
+            print("\ncancelling: no new task starts; a task in flight finishes so its paid image is kept "
+                  "(Ctrl-C again to abort at once)", file=sys.stderr)
         try:
             signal.signal(signal.SIGINT, handler)
         except ValueError:   # not the main thread (embedded use): rely on the caller

@@ -124,3 +124,13 @@ def test_missing_key_is_one_clear_error_in_comfyui(comfyui_server_factory):
     with pytest.raises(PromptError) as err:
         run_workflow(server, prompt, timeout=60)
     assert "RUNWARE_API_KEY" in str(err.value.payload) or "RUNWARE_API_KEY" in str(err.value)
+
+
+def test_examples_appear_in_the_template_browser(comfyui_server):
+    import json as _json
+    with urllib.request.urlopen(comfyui_server.url + "/workflow_templates", timeout=30) as response:
+        templates = _json.load(response)
+    assert sorted(templates[PACK_DIR_NAME]) == ["flux2_chain_edit", "flux2_multi_reference_edit", "flux2_text_to_image"]
+    url = f"{comfyui_server.url}/api/workflow_templates/{PACK_DIR_NAME}/flux2_text_to_image.json"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert _json.load(response)["nodes"]

@@ -181,3 +181,29 @@ def test_paid_result_whose_save_never_ran_is_kept(runware, tmp_path, capsys):
     assert main(["run", str(path), "--output-dir", str(tmp_path / "o")]) == 1
     assert "kept 1 paid image(s)" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "o" / "flux2-unsaved").iterdir()] == ["node4_seed5150.png"]
+
+
+def test_ctrl_c_stops_the_run_and_keeps_the_paid_image(runware, tmp_path):
+    """SIGINT while a task is in flight: the run stops before the next node, the paid image is kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    wf = copy_workflows(tmp_path)
+    runware.faults.push(route="submit", delay_s=4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "comfyui_flux2", "run", str(wf / "flux2_chain_edit.json"),
+                             "--output-dir", str(tmp_path / "o")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not runware.tasks("imageInference") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "cancelled by the user" in err
+    assert len(runware.tasks("imageInference")) == 1          # nothing submitted after the interrupt
+    kept = list((tmp_path / "o").rglob("*.png"))
+    assert [p.name for p in kept] == ["node3_seed5150.png"]

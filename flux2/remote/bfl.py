@@ -300,7 +300,10 @@ class BflBackend(RemoteBackend):
         if pending:
             for t in tasks:
                 if t.image is None and t.error is None:
-                    t.error = Cancelled("cancelled by the user")
+                    # A submitted task goes on at BFL: say which, so the user can find it there.
+                    t.error = Cancelled("cancelled by the user" + (
+                        f"; BFL task {t.task_id} was already submitted and may still finish and be billed"
+                        if t.task_id else ""))
         return self._collect(request, tasks, ctx)
 
     def _run_task(self, t: _Task, transport: BflTransport, url: str, key: str, request: GenerationRequest,
@@ -440,7 +443,7 @@ class BflBackend(RemoteBackend):
         what = f"result of task {t.task_id}"
         t.progress = max(t.progress, 0.9)
         try:
-            data = transport.download(result["sample"], what, ctx.is_cancelled)
+            data = transport.download(result["sample"], what)
         except ProviderError as exc:
             raise _reworded(exc, f"{exc} (downloading the {what}, which was billed)") from None
         seed = result.get("seed")

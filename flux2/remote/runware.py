@@ -278,7 +278,7 @@ class RunwareBackend(RemoteBackend):
     def _image_of(self, item: dict, transport: Transport, ctx: RunContext):
         what = f"Runware result {item.get('imageUUID') or item.get('taskUUID')}"
         if item.get("imageURL"):
-            return decode_provider_image(transport.download(item["imageURL"], what, ctx.is_cancelled), what)
+            return decode_provider_image(transport.download(item["imageURL"], what), what)
         if item.get("imageBase64Data"):
             return decode_data_uri(item["imageBase64Data"], what)
         if item.get("imageDataURI"):

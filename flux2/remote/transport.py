@@ -149,12 +149,15 @@ class Transport:
         raise ProviderError(f"{self.provider}: GET {origin(url)[1]} failed after "
                             f"{self.deadlines.retries + 1} tries ({last})", retryable=True)
 
-    def download(self, url: str, what: str, is_cancelled=None) -> bytes:
-        """Fetch a result file at once (provider URLs expire). No key is sent; size is bounded."""
+    def download(self, url: str, what: str) -> bytes:
+        """Fetch a result file at once (provider URLs expire). No key is sent; size is bounded.
+
+        Not cancellable: the image is already paid for, and fetching it takes a moment, while a
+        cancelled download would lose it (its URL expires within minutes)."""
         scheme = origin(url)[0]
         if scheme not in ("https", "http"):
             raise ProviderError(f"{self.provider}: {what} has an unsupported URL scheme {scheme!r}")
-        response = self.get(url, keyed=False, is_cancelled=is_cancelled, timeout_s=self.deadlines.download_s)
+        response = self.get(url, keyed=False, timeout_s=self.deadlines.download_s)
         if response.status_code in (403, 404, 410):
             raise ProviderError(f"{self.provider}: {what} URL answered HTTP {response.status_code} "
                                 "(expired or removed)", status=response.status_code)

@@ -4,9 +4,20 @@ from __future__ import annotations
 import pytest
 
 from comfyui_flux2.flux2.run_context import RunContext
+from comfyui_flux2.loopback.bfl_server import BflLoopback
 from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
 RUNWARE_TEST_KEY = "rw-test-key-5f2c9a"
+BFL_TEST_KEY = "bfl-test-key-8d41e7c2"
+PROVIDER_ENV = ("RUNWARE_API_URL", "RUNWARE_API_KEY", "RUNWARE_API_KEY_FILE", "BFL_API_URL", "BFL_API_KEY",
+                "BFL_API_KEY_FILE", "BFL_REGION", "FLUX2_BFL_CONCURRENCY", "FLUX2_CONCURRENCY", "FLUX2_BUDGET_USD")
+
+
+@pytest.fixture(autouse=True)
+def _clean_provider_env(monkeypatch):
+    """The developer's own keys, hosts and limits must not leak into the tests."""
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +47,29 @@ def runware(monkeypatch):
         monkeypatch.setenv("RUNWARE_API_URL", server.api_url)
         monkeypatch.setenv("RUNWARE_API_KEY", RUNWARE_TEST_KEY)
         yield server
+
+
+@pytest.fixture
+def serve_bfl(monkeypatch):
+    """`serve_bfl(**settings)` starts a loopback BFL server and points BFL_API_URL/KEY at it."""
+    servers = []
+
+    def start(**kwargs) -> BflLoopback:
+        server = BflLoopback(api_key=BFL_TEST_KEY, **kwargs).start()
+        servers.append(server)
+        monkeypatch.setenv("BFL_API_URL", server.api_url)
+        monkeypatch.setenv("BFL_API_KEY", BFL_TEST_KEY)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def bfl(serve_bfl):
+    """A loopback BFL server with default settings."""
+    return serve_bfl()
 
 
 @pytest.fixture

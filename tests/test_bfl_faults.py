@@ -15,41 +15,15 @@ from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.transport import Deadlines, LostResponse
 from comfyui_flux2.flux2.run_context import RunContext
-from comfyui_flux2.loopback.bfl_server import BflLoopback
 
-BFL_TEST_KEY = "bfl-test-key-3a9f0b71"
+BFL_TEST_KEY = "bfl-test-key-8d41e7c2"   # the key conftest's `serve_bfl` servers expect
 FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=10)
 REQ = GenerationRequest("x", 256, 256, 1)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """The developer's own BFL settings must not leak into the tests."""
-    for name in ("BFL_API_URL", "BFL_API_KEY", "BFL_API_KEY_FILE", "BFL_REGION", "FLUX2_BFL_CONCURRENCY",
-                 "FLUX2_CONCURRENCY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
-def serve(monkeypatch):
-    """Start a loopback BFL server with the given settings and point BFL_API_URL/KEY at it."""
-    servers = []
-
-    def start(**kwargs) -> BflLoopback:
-        server = BflLoopback(api_key=BFL_TEST_KEY, **kwargs).start()
-        servers.append(server)
-        monkeypatch.setenv("BFL_API_URL", server.api_url)
-        monkeypatch.setenv("BFL_API_KEY", BFL_TEST_KEY)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def bfl(serve):
-    return serve()
+def bfl(serve_bfl):
+    return serve_bfl()
 
 
 def pro(deadlines=FAST, **opts) -> BflBackend:
@@ -79,15 +53,15 @@ def test_401_is_an_auth_error(bfl, ctx):
         run(pro(), REQ, ctx)
 
 
-def test_402_insufficient_credits(serve, ctx):
-    server = serve(credits=1.0)
+def test_402_insufficient_credits(serve_bfl, ctx):
+    server = serve_bfl(credits=1.0)
     with pytest.raises(BudgetError, match="HTTP 402.*insufficient BFL credits"):
         run(pro(), REQ, ctx)
     assert server.tasks() == [] and ctx.ledger.billed_total == 0
 
 
-def test_refused_submit_stops_the_rest_of_the_batch(serve, ctx, monkeypatch):
-    server = serve(credits=0.0)
+def test_refused_submit_stops_the_rest_of_the_batch(serve_bfl, ctx, monkeypatch):
+    server = serve_bfl(credits=0.0)
     monkeypatch.setenv("FLUX2_BFL_CONCURRENCY", "1")
     with pytest.raises(BudgetError):
         run(pro(), GenerationRequest("x", 256, 256, 1, batch=4), ctx)
@@ -129,8 +103,8 @@ def test_429_every_time_is_a_clear_error(bfl, ctx):
     assert bfl.tasks() == []
 
 
-def test_over_the_account_limit_is_waited_out(serve, ctx):
-    server = serve(max_active=2, task_delay_s=0.1)
+def test_over_the_account_limit_is_waited_out(serve_bfl, ctx):
+    server = serve_bfl(max_active=2, task_delay_s=0.1)
     backend = pro(Deadlines(retries=8, backoff_s=0.01, backoff_cap_s=0.05, total_s=10))
     result = run(backend, GenerationRequest("x", 256, 256, 30, batch=4), ctx)
     assert result.seeds == [30, 31, 32, 33]
@@ -198,14 +172,14 @@ def test_poll_connection_failures_name_the_task(bfl, ctx):
     assert len(bfl.submits()) == 1
 
 
-def test_polling_deadline(serve, ctx):
-    serve(polls_until_ready=10_000)
+def test_polling_deadline(serve_bfl, ctx):
+    serve_bfl(polls_until_ready=10_000)
     with pytest.raises(ProviderTimeout, match=r"task [0-9a-f-]+ did not finish within 0.3s"):
         run(pro(Deadlines(retries=1, backoff_s=0.01, backoff_cap_s=0.02, total_s=0.3)), REQ, ctx)
 
 
-def test_cancel_during_polling_stops_at_once(serve):
-    server = serve(polls_until_ready=10_000)
+def test_cancel_during_polling_stops_at_once(serve_bfl):
+    server = serve_bfl(polls_until_ready=10_000)
     set_at = []
     flag = threading.Event()
 
@@ -225,9 +199,9 @@ def test_cancel_during_polling_stops_at_once(serve):
     assert len(server.polls()) == polls_before           # nothing keeps polling in the background
 
 
-def test_foreign_polling_url_never_gets_the_key(serve, ctx):
-    foreign = serve()
-    home = serve(polling_origin=foreign.origin)       # hands out polling URLs on another port
+def test_foreign_polling_url_never_gets_the_key(serve_bfl, ctx):
+    foreign = serve_bfl()
+    home = serve_bfl(polling_origin=foreign.origin)       # hands out polling URLs on another port
     assert home.origin != foreign.origin
     with pytest.raises(ConfigError, match=r"polling URL on http://127.0.0.1:\d+, which is neither .* "
                                           r"refusing to send BFL_API_KEY there"):
@@ -254,8 +228,8 @@ def test_truncated_download_every_time_is_a_clear_error(bfl, ctx):
     assert ctx.ledger.billed_total == pytest.approx(0.03)    # Ready was billed even though the file was lost
 
 
-def test_expired_result_url(serve, ctx):
-    serve(url_ttl_s=-1)
+def test_expired_result_url(serve_bfl, ctx):
+    serve_bfl(url_ttl_s=-1)
     with pytest.raises(ProviderError, match=r"HTTP 403 \(expired or removed\)"):
         run(pro(), REQ, ctx)
 

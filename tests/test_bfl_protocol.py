@@ -17,28 +17,10 @@ from comfyui_flux2.flux2.remote.factory import make_remote_backend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.transport import Deadlines
 from comfyui_flux2.flux2.run_context import RunContext
-from comfyui_flux2.loopback.bfl_server import BflLoopback
 
-BFL_TEST_KEY = "bfl-test-key-8d41e7c2"
+BFL_TEST_KEY = "bfl-test-key-8d41e7c2"   # the key conftest's `bfl` / `serve_bfl` servers expect
 SALT = "Wind-Carved Salt Cathedral"
 FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=10)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """The developer's own BFL settings must not leak into the tests."""
-    for name in ("BFL_API_URL", "BFL_API_KEY", "BFL_API_KEY_FILE", "BFL_REGION", "FLUX2_BFL_CONCURRENCY",
-                 "FLUX2_CONCURRENCY"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def bfl(monkeypatch):
-    """A loopback BFL server; BFL_API_URL/KEY point at it for the test's duration."""
-    with BflLoopback(api_key=BFL_TEST_KEY) as server:
-        monkeypatch.setenv("BFL_API_URL", server.api_url)
-        monkeypatch.setenv("BFL_API_KEY", BFL_TEST_KEY)
-        yield server
 
 
 def backend(model="FLUX.2 [pro]", **opts) -> BflBackend:
@@ -146,13 +128,11 @@ def test_estimate_matches_billed_cost_per_model(bfl, ctx, model, size, n_refs):
 
 
 # -- statuses -----------------------------------------------------------------------------------
-def test_pending_then_ready_reports_progress(monkeypatch, ctx):
-    with BflLoopback(api_key=BFL_TEST_KEY, polls_until_ready=6) as server:
-        monkeypatch.setenv("BFL_API_URL", server.api_url)
-        monkeypatch.setenv("BFL_API_KEY", BFL_TEST_KEY)
-        seen = []
-        ctx.progress = lambda node, done, total, msg: seen.append((done, total))
-        result = run(backend(), GenerationRequest("x", 256, 256, 1, node_id="7"), ctx)
+def test_pending_then_ready_reports_progress(monkeypatch, ctx, serve_bfl):
+    server = serve_bfl(polls_until_ready=6)
+    seen = []
+    ctx.progress = lambda node, done, total, msg: seen.append((done, total))
+    result = run(backend(), GenerationRequest("x", 256, 256, 1, node_id="7"), ctx)
     assert len(result.images) == 1
     assert len(server.polls()) == 6
     dones = [d for d, _ in seen]
@@ -199,13 +179,11 @@ def test_poll_404_just_after_submit_then_ready(bfl, ctx):
 
 
 # -- batch ----------------------------------------------------------------------------------------
-def test_batch_runs_concurrently_in_order(monkeypatch, ctx):
-    with BflLoopback(api_key=BFL_TEST_KEY, task_delay_s=0.4) as server:
-        monkeypatch.setenv("BFL_API_URL", server.api_url)
-        monkeypatch.setenv("BFL_API_KEY", BFL_TEST_KEY)
-        started = time.monotonic()
-        result = run(backend(), GenerationRequest("x", 256, 256, 10, batch=4), ctx)
-        wall = time.monotonic() - started
+def test_batch_runs_concurrently_in_order(monkeypatch, ctx, serve_bfl):
+    server = serve_bfl(task_delay_s=0.4)
+    started = time.monotonic()
+    result = run(backend(), GenerationRequest("x", 256, 256, 10, batch=4), ctx)
+    wall = time.monotonic() - started
     assert result.seeds == [10, 11, 12, 13]
     # In order: image i is the one the server rendered for seed 10 + i.
     by_seed = {t.body["seed"]: t for t in server.tasks()}
@@ -217,12 +195,10 @@ def test_batch_runs_concurrently_in_order(monkeypatch, ctx):
     print(f"batch of 4 x 0.4 s tasks: {wall:.2f} s wall, {server.max_in_flight} in flight at most")
 
 
-def test_concurrency_is_bounded_by_env(monkeypatch, ctx):
-    with BflLoopback(api_key=BFL_TEST_KEY, task_delay_s=0.05) as server:
-        monkeypatch.setenv("BFL_API_URL", server.api_url)
-        monkeypatch.setenv("BFL_API_KEY", BFL_TEST_KEY)
-        monkeypatch.setenv("FLUX2_BFL_CONCURRENCY", "1")
-        result = run(backend(), GenerationRequest("x", 256, 256, 1, batch=3), ctx)
+def test_concurrency_is_bounded_by_env(monkeypatch, ctx, serve_bfl):
+    server = serve_bfl(task_delay_s=0.05)
+    monkeypatch.setenv("FLUX2_BFL_CONCURRENCY", "1")
+    result = run(backend(), GenerationRequest("x", 256, 256, 1, batch=3), ctx)
     assert result.seeds == [1, 2, 3] and server.max_in_flight == 1
 
 

@@ -7,6 +7,7 @@ from ..flux2.images import arrays_to_tensor, ref_from_array, tensor_to_arrays
 from ..flux2.models import MAX_REFS_ANY
 from ..flux2.pricing import format_usd
 from ..flux2.sizes import fit_size
+from .budget import check_graph_budget
 from .comfy_hooks import node_context
 from .common import BACKEND_TYPE, CATEGORY, seed_input, side_input
 
@@ -22,8 +23,9 @@ def _backend(value) -> Backend:
     return value
 
 
-def _execute(backend, prompt, width, height, seed, batch_size, unique_id, references=()):
+def _execute(backend, prompt, width, height, seed, batch_size, unique_id, references=(), graph=None):
     backend = _backend(backend)
+    check_graph_budget(graph)
     request = GenerationRequest(prompt=prompt, width=int(width), height=int(height), seed=int(seed),
                                 references=tuple(references), batch=int(batch_size),
                                 node_id=str(unique_id or ""))
@@ -54,11 +56,12 @@ class Flux2TextToImage:
                 "seed": seed_input("Same seed, prompt and settings give the same image."),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": BATCH_TOOLTIP}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            # The whole graph (for FLUX2_BUDGET_USD); named so it cannot clash with the text "prompt".
+            "hidden": {"unique_id": "UNIQUE_ID", "graph_prompt": "PROMPT"},
         }
 
-    def generate(self, backend, prompt, width, height, seed, batch_size=1, unique_id=None):
-        return _execute(backend, prompt, width, height, seed, batch_size, unique_id)
+    def generate(self, backend, prompt, width, height, seed, batch_size=1, unique_id=None, graph_prompt=None):
+        return _execute(backend, prompt, width, height, seed, batch_size, unique_id, graph=graph_prompt)
 
 
 class Flux2Edit:
@@ -86,10 +89,12 @@ class Flux2Edit:
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": BATCH_TOOLTIP}),
             },
             "optional": optional,
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            # The whole graph (for FLUX2_BUDGET_USD); named so it cannot clash with the text "prompt".
+            "hidden": {"unique_id": "UNIQUE_ID", "graph_prompt": "PROMPT"},
         }
 
-    def edit(self, backend, prompt, reference_1, width, height, seed, batch_size=1, unique_id=None, **more):
+    def edit(self, backend, prompt, reference_1, width, height, seed, batch_size=1, unique_id=None,
+             graph_prompt=None, **more):
         backend = _backend(backend)
         tensors = [reference_1] + [more[f"reference_{i}"] for i in range(2, MAX_REFS_ANY + 1)
                                    if more.get(f"reference_{i}") is not None]
@@ -102,4 +107,4 @@ class Flux2Edit:
             raise InputError("set both width and height, or both to 0 to follow the first reference")
         if width == 0:
             width, height = fit_size(refs[0].width, refs[0].height, backend.limits())
-        return _execute(backend, prompt, width, height, seed, batch_size, unique_id, refs)
+        return _execute(backend, prompt, width, height, seed, batch_size, unique_id, refs, graph=graph_prompt)

@@ -134,3 +134,19 @@ def test_examples_appear_in_the_template_browser(comfyui_server):
     url = f"{comfyui_server.url}/api/workflow_templates/{PACK_DIR_NAME}/flux2_text_to_image.json"
     with urllib.request.urlopen(url, timeout=30) as response:
         assert _json.load(response)["nodes"]
+
+
+def test_budget_cap_refuses_a_queued_graph_before_any_call(comfyui_server_factory, tmp_path):
+    import json
+    from pathlib import Path
+
+    from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+    prompt = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "flux2_chain_edit.json").read_text())
+    with RunwareLoopback(api_key="budget-key-1234") as runware:
+        server = comfyui_server_factory(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": "budget-key-1234",
+                                             "FLUX2_BUDGET_USD": "0.1", "FLUX2_CACHE_DIR": str(tmp_path)})
+        with pytest.raises(PromptError) as err:
+            run_workflow(server, prompt, timeout=120)
+        assert "over FLUX2_BUDGET_USD" in str(err.value.payload) + str(err.value)
+        assert runware.requests == []

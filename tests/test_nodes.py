@@ -109,3 +109,19 @@ def test_text_to_image_node_returns_comfy_image(runware):
 def test_generation_node_rejects_a_non_backend():
     with pytest.raises(InputError, match="backend input"):
         Flux2TextToImage().generate("not a backend", "a", 512, 512, 1, 1)
+
+
+def test_budget_cap_refuses_the_whole_graph_before_its_first_call(runware, monkeypatch):
+    """Inside ComfyUI each generation node sees the whole graph (hidden PROMPT) and prices it first."""
+    import json
+    from pathlib import Path
+
+    from comfyui_flux2.flux2.errors import BudgetError
+    chain = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "flux2_chain_edit.json").read_text())
+    monkeypatch.setenv("FLUX2_BUDGET_USD", "0.1")             # the chain is estimated at $0.12
+    with pytest.raises(BudgetError, match=r"estimated at \$0.12, over FLUX2_BUDGET_USD \$0.1"):
+        Flux2TextToImage().generate(backend(), "a teapot", 1024, 1024, 5150, 1, unique_id="3", graph_prompt=chain)
+    assert runware.requests == []
+    monkeypatch.setenv("FLUX2_BUDGET_USD", "0.12")
+    out = Flux2TextToImage().generate(backend(), "a teapot", 1024, 1024, 5150, 1, unique_id="3", graph_prompt=chain)
+    assert out["result"][2] == pytest.approx(0.03)

@@ -59,11 +59,16 @@ def graph_estimate(prompt: dict) -> float | None:
     return _estimates[key]
 
 
-def check_graph_budget(prompt: dict | None) -> None:
+def check_graph_budget(prompt: dict | None, node_estimate) -> None:
+    """Raise BudgetError if the graph (or, where it cannot be priced, this node) is over the cap."""
     cap = budget_cap()
-    if cap is None or not isinstance(prompt, dict):
+    if cap is None:
         return
-    total = graph_estimate(prompt)
-    if total is not None and total > cap + 1e-9:
-        raise BudgetError(f"this graph is estimated at {format_usd(total)}, over FLUX2_BUDGET_USD "
+    total = graph_estimate(prompt) if isinstance(prompt, dict) else None
+    if total is not None:
+        if total > cap + 1e-9:
+            raise BudgetError(f"this graph is estimated at {format_usd(total)}, over FLUX2_BUDGET_USD "
+                              f"{format_usd(cap)}; nothing was sent")
+    elif node_estimate.usd is not None and node_estimate.usd > cap + 1e-9:
+        raise BudgetError(f"this node is estimated at {format_usd(node_estimate.usd)}, over FLUX2_BUDGET_USD "
                           f"{format_usd(cap)}; nothing was sent")

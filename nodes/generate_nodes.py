@@ -25,10 +25,12 @@ def _backend(value) -> Backend:
 
 def _execute(backend, prompt, width, height, seed, batch_size, unique_id, references=(), graph=None):
     backend = _backend(backend)
-    check_graph_budget(graph)
     request = GenerationRequest(prompt=prompt, width=int(width), height=int(height), seed=int(seed),
                                 references=tuple(references), batch=int(batch_size),
                                 node_id=str(unique_id or ""))
+    if graph is not None:
+        backend.validate(request)       # bad input reports as such, not as a budget question
+        check_graph_budget(graph, backend.estimate(request))
     result = run(backend, request, node_context())
     images = arrays_to_tensor(result.images)                   # [B, H, W, 3] float 0..1
     cost = float(result.cost_usd or 0.0)

@@ -125,3 +125,15 @@ def test_budget_cap_refuses_the_whole_graph_before_its_first_call(runware, monke
     monkeypatch.setenv("FLUX2_BUDGET_USD", "0.12")
     out = Flux2TextToImage().generate(backend(), "a teapot", 1024, 1024, 5150, 1, unique_id="3", graph_prompt=chain)
     assert out["result"][2] == pytest.approx(0.03)
+
+
+def test_budget_cap_falls_back_to_the_node_when_the_graph_cannot_be_priced(runware, monkeypatch):
+    from comfyui_flux2.flux2.errors import BudgetError
+    foreign = {"1": {"class_type": "SomeOtherPackNode", "inputs": {}},
+               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    monkeypatch.setenv("FLUX2_BUDGET_USD", "0.04")
+    with pytest.raises(BudgetError, match=r"this node is estimated at \$0.045"):
+        Flux2TextToImage().generate(backend(), "a", 1536, 1024, 1, 1, unique_id="3", graph_prompt=foreign)
+    assert Flux2TextToImage().generate(backend(), "a", 1024, 1024, 1, 1, unique_id="3",
+                                       graph_prompt=foreign)["result"][2] == pytest.approx(0.03)
+    assert len(runware.tasks("imageInference")) == 1

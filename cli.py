@@ -128,7 +128,16 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
 
 
 def cmd_demo(args) -> int:
-    """Offline tour: a loopback Runware server stands in for the provider (no key, no network)."""
+    """Offline tour: a loopback Runware server stands in for the provider (no key, no network);
+    with --local, a tiny random FLUX.2 [klein] runs through the local engine on the CPU instead."""
+    if args.local:
+        from .flux2.local.demo import run_local_demo
+        models = Path(args.models_dir) if args.models_dir else Path(args.output_dir) / "flux2-tiny-models"
+        print(f"tiny random FLUX.2 [klein] weights in {models} (random weights: the pictures are noise; "
+              "the point is the local path end to end)", file=sys.stderr)
+        for path in run_local_demo(Path(args.output_dir), models):
+            print(f"saved {path}")
+        return 0
     from .loopback.runware_server import RunwareLoopback
 
     with RunwareLoopback(api_key="demo-key") as server:
@@ -197,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
     demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
     demo.add_argument("--output-dir", default="output")
+    demo.add_argument("--local", action="store_true",
+                      help="run a tiny random local model instead of the loopback provider (CPU, seconds)")
+    demo.add_argument("--models-dir", default=None,
+                      help="with --local: where to write the tiny weights (default OUTPUT/flux2-tiny-models)")
     sub.add_parser("models", help="list models, limits and prices")
     serve = sub.add_parser("serve-loopback", help="run a loopback provider server for manual tries")
     serve.add_argument("provider", choices=("runware", "bfl"))

@@ -16,18 +16,19 @@ import torch
 from ..errors import ModelLoadError
 from .autoencoder import AutoencoderFlux2
 from .params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
+from .quant import FP8_DTYPES, dequantize_weight, swap_fp8_linears
 from .text_encoder import TextEncoder
 from .transformer import Flux2Transformer
 
-FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 
 
 # ----------------------------------------------------------------------------------------------- files
 
 def read_safetensors(paths: list[Path] | Path, dtype: torch.dtype | None = None, what: str = "weights",
-                     keep=None) -> dict[str, torch.Tensor]:
-    """Read one or several (sharded) safetensors files; fp8 weights with scales are dequantised to `dtype`."""
+                     keep=None, keep_fp8: bool = False) -> dict[str, torch.Tensor]:
+    """Read one or several (sharded) safetensors files; fp8 weights with scales are dequantised to `dtype`,
+    or with keep_fp8 kept as float8 matrices plus `<name>.weight_scale` (see dequantize)."""
     from safetensors import SafetensorError, safe_open
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -45,12 +46,15 @@ def read_safetensors(paths: list[Path] | Path, dtype: torch.dtype | None = None,
             msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise ModelLoadError(f"{what} file {path.name} is not a readable safetensors file "
                                  f"(truncated or corrupt: {msg})") from None
-    return dequantize(raw, dtype)
+    return dequantize(raw, dtype, keep_fp8)
 
 
-def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
+               keep_fp8: bool = False) -> dict[str, torch.Tensor]:
     """fp8 weights: ComfyUI `weight_scale` / `scale_weight` (scalar or per-row) and BFL per-row scales.
-    Scale tensors and quantisation metadata are consumed; other tensors are cast to `dtype`."""
+    Scale tensors and quantisation metadata are consumed; other tensors are cast to `dtype`.
+    keep_fp8: float8 matrices `X.weight` stay float8, their scale (if any) as float32 `X.weight_scale`;
+    `_into` turns them into ScaledFP8Linear layers (or up-casts them there, with the same numbers)."""
     out = {}
     meta = re.compile(r"(\.weight_scale|\.scale_weight|\.input_scale|\.scale_input|\.comfy_quant|^scaled_fp8)$")
     for key, t in sd.items():
@@ -59,6 +63,11 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[s
         if t.dtype in FP8_DTYPES:
             base = key[: -len(".weight")] if key.endswith(".weight") else key
             scale = sd.get(base + ".weight_scale", sd.get(base + ".scale_weight"))
+            if keep_fp8 and key.endswith(".weight") and t.ndim == 2:
+                out[key] = t.clone() if t.data_ptr() % 64 else t
+                if scale is not None:
+                    out[base + ".weight_scale"] = scale.to(torch.float32)
+                continue
             w = t.to(torch.float32)
             if scale is not None:
                 s = scale.to(torch.float32)
@@ -170,14 +179,16 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def normalise_transformer_keys(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+def normalise_transformer_keys(sd: dict[str, torch.Tensor], name: str,
+                               dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     sd = _strip(sd, _PREFIXES)
     if "double_blocks.0.img_mod.lin.weight" in sd:
         raise ModelLoadError(f"{name} is a FLUX.1 transformer (per-block modulation), not FLUX.2")
     if "transformer_blocks.0.attn.to_q.weight" in sd or "x_embedder.weight" in sd:
         if "transformer_blocks.0.norm1.linear.weight" in sd:
             raise ModelLoadError(f"{name} is a FLUX.1 diffusers transformer, not FLUX.2")
-        sd = diffusers_to_bfl(sd)
+        # diffusers layout fuses / reorders weights: kept fp8 matrices are up-cast first (same numbers)
+        sd = diffusers_to_bfl(_upcast_kept_fp8(sd, dtype))
     # Some BFL files name RMSNorm parameters `weight` instead of `scale`.
     sd = {re.sub(r"(query_norm|key_norm)\.weight$", r"\1.scale", k): v for k, v in sd.items()}
     if "double_blocks.0.img_attn.qkv.weight" not in sd or "single_stream_modulation.lin.weight" not in sd:
@@ -206,9 +217,28 @@ def _check_against(found, expected, name: str, fields: tuple[str, ...], what: st
         raise ModelLoadError(f"{name} does not match {what}: " + ", ".join(diffs))
 
 
+def _upcast_kept_fp8(sd: dict[str, torch.Tensor], dtype, keep=lambda key: False) -> dict[str, torch.Tensor]:
+    """Float8 matrices kept by dequantize(keep_fp8=True) -> `dtype` (as dequantize would have done at read time),
+    except those `keep(key)` says stay float8. Their consumed scales are dropped."""
+    out = {}
+    for key, t in sd.items():
+        if key.endswith(".weight_scale") and key[: -len("_scale")] in sd:
+            if keep(key[: -len("_scale")]):
+                out[key] = t
+            continue
+        if t.dtype in FP8_DTYPES and not keep(key):
+            t = dequantize_weight(t, sd.get(key + "_scale"), dtype or torch.float32)
+        out[key] = t
+    return out
+
+
 def _into(module_cls, params, sd, name: str, dtype, device):
     with torch.device("meta"):
         module = module_cls(params)
+    if any(t.dtype in FP8_DTYPES for t in sd.values()):
+        swap_fp8_linears(module, sd, dtype)          # fp8 Linear weights stay float8 (ScaledFP8Linear)
+        kept = {k for k, v in module.state_dict().items() if v.dtype in FP8_DTYPES}
+        sd = _upcast_kept_fp8(sd, dtype, keep=lambda key: key in kept)
     expected = set(module.state_dict().keys())
     missing = sorted(expected - set(sd))
     if missing:
@@ -223,10 +253,12 @@ def _into(module_cls, params, sd, name: str, dtype, device):
 
 
 def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, device="cpu",
-                     name: str | None = None) -> Flux2Transformer:
+                     name: str | None = None, keep_fp8: bool = True) -> Flux2Transformer:
+    """keep_fp8: float8 Linear weights of the file stay float8 in memory (ScaledFP8Linear), up-cast per layer
+    at run time with exactly the numbers of up-casting at load (keep_fp8=False)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"diffusion model {paths[0].name}"
-    sd = normalise_transformer_keys(read_safetensors(paths, dtype, name), name)
+    sd = normalise_transformer_keys(read_safetensors(paths, dtype, name, keep_fp8=keep_fp8), name, dtype)
     p = infer_transformer_params(sd)
     if preset is not None:
         _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
@@ -314,7 +346,7 @@ def text_params_from_config(cfg: dict, base: TextEncoderParams) -> TextEncoderPa
 
 
 def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device="cpu", name: str | None = None,
-                      config: dict | None = None) -> TextEncoder:
+                      config: dict | None = None, keep_fp8: bool = True) -> TextEncoder:
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"text encoder {paths[0].name}"
     wanted = max(base.out_layers)
@@ -325,7 +357,7 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
         m = re.search(r"layers\.(\d+)\.", key)
         return m is None or int(m.group(1)) < wanted
 
-    sd = read_safetensors(paths, dtype, name, keep=keep)
+    sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8)
     for pre in _TE_PREFIXES:
         if f"{pre}embed_tokens.weight" in sd:
             sd = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
@@ -362,12 +394,31 @@ def find_tokenizer(text_encoder_file: Path) -> Path | None:
     return None
 
 
+def tokenizer_for(text_encoder, params: TextEncoderParams, tokenizer: Path | None = None):
+    """The prompt tokenizer for a text encoder, first found of: the given tokenizer.json; one beside the
+    text-encoder file (find_tokenizer); the Tekken tokenizer ComfyUI embeds in [dev] text-encoder files
+    (`tekken_model`); for Qwen3 (klein) the bundled Qwen3 tokenizer."""
+    from .tokenizer import PromptTokenizer, read_tekken
+
+    files = [Path(p) for p in ([text_encoder] if isinstance(text_encoder, (str, Path)) else text_encoder)]
+    tokenizer = tokenizer or find_tokenizer(files[0])
+    if tokenizer is not None:
+        return PromptTokenizer.from_file(tokenizer, params)
+    if params.kind == "mistral":
+        data = read_tekken(files)
+        if data is not None:
+            return PromptTokenizer.from_tekken(data, params, f"Tekken tokenizer in {files[0].name}")
+        raise ModelLoadError(f"no tokenizer for text encoder {files[0].name}: it carries no Tekken tokenizer "
+                             f"(`tekken_model`); put its tokenizer.json next to it as {files[0].stem}.tokenizer.json")
+    return PromptTokenizer.bundled_qwen3(params)
+
+
 def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, transformer: Path | None = None,
                  text_encoder: Path | None = None, vae: Path | None = None, tokenizer: Path | None = None,
-                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
-    """Load the four parts; single files override the matching part of a diffusers folder."""
+                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu", keep_fp8: bool | None = None):
+    """Load the four parts; single files override the matching part of a diffusers folder.
+    keep_fp8 (default: yes, except on MPS which has no float8): fp8 files stay fp8 in memory."""
     from .pipeline import Flux2Modules
-    from .tokenizer import PromptTokenizer
 
     device = torch.device(device)
     d = Path(diffusers_dir) if diffusers_dir else None
@@ -393,14 +444,13 @@ def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, tran
     if vae is None:
         raise ModelLoadError("no VAE file given (the FLUX.2 VAE, 32 latent channels)")
     te_first = text_encoder[0] if isinstance(text_encoder, list) else Path(text_encoder)
-    if tokenizer is None:
-        tokenizer = find_tokenizer(te_first)
-        if tokenizer is None:
-            raise ModelLoadError(f"no tokenizer for text encoder {te_first.name}: put its tokenizer.json next to it "
-                                 f"as {te_first.stem}.tokenizer.json")
-    tr = load_transformer(transformer, preset, dtype, device)
-    te = load_text_encoder(text_encoder, preset.text_encoder, dtype, device, config=te_cfg)
-    tok = PromptTokenizer.from_file(tokenizer, te.p)
+    tok_params = preset.text_encoder
+    tok = tokenizer_for(text_encoder, tok_params, tokenizer)        # before the big loads: fail fast
+    if keep_fp8 is None:
+        keep_fp8 = device.type != "mps"
+    tr = load_transformer(transformer, preset, dtype, device, keep_fp8=keep_fp8)
+    te = load_text_encoder(text_encoder, preset.text_encoder, dtype, device, config=te_cfg, keep_fp8=keep_fp8)
+    tok.p = te.p
     ae = load_vae(vae, dtype, device, config=vae_cfg, expected=preset.vae)
     if te.p.out_dim != tr.params.context_dim:
         raise ModelLoadError(f"text encoder {te_first.name} gives {te.p.out_dim} features, the diffusion model "

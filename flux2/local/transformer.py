@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .params import TransformerParams
+from .quant import compute_dtype
 
 
 class RMSNorm(nn.Module):
@@ -205,7 +206,7 @@ class Flux2Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.img_in.weight.dtype
+        return compute_dtype(self.img_in)
 
     def forward(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
                 timestep: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""fp8 Linear weights kept in float8 in memory and up-cast one layer at a time (half the memory of bf16).
+
+`ScaledFP8Linear` stores the file's float8 weight and its scale (scalar or per output row) and, in forward,
+rebuilds exactly the weight that up-casting at load would have produced: `(w.float() * scale).to(compute dtype)`,
+then runs the same `F.linear`. So the numbers are identical to the up-cast-at-load path; only the peak memory of
+one layer's weight in the compute dtype (plus a bounded float32 chunk) is added while that layer runs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+_CHUNK = 1 << 24          # elements up-cast to float32 at a time (64 MiB)
+
+
+def dequantize_weight(w: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """float8 [out, in] (+ scale [] / [out] / [out, 1]) -> dtype, the same numbers as `(w.float() * s).to(dtype)`."""
+    if scale is not None:
+        scale = scale.to(device=w.device, dtype=torch.float32)
+        if scale.numel() > 1:
+            scale = scale.reshape(-1, 1)
+    if w.numel() <= _CHUNK or w.ndim != 2:
+        wf = w.to(torch.float32)
+        return (wf * scale if scale is not None else wf).to(dtype)
+    out = torch.empty(w.shape, dtype=dtype, device=w.device)
+    step = max(1, _CHUNK // w.shape[1])
+    for i in range(0, w.shape[0], step):
+        wf = w[i:i + step].to(torch.float32)
+        if scale is not None:
+            wf = wf * (scale if scale.numel() == 1 else scale[i:i + step])
+        out[i:i + step] = wf.to(dtype)
+    return out
+
+
+class ScaledFP8Linear(nn.Module):
+    """Drop-in for nn.Linear whose weight stays float8; `compute_dtype` is the model dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype,
+                 fp8_dtype: torch.dtype = FP8_DTYPES[0] if FP8_DTYPES else None, per_row: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=fp8_dtype), requires_grad=False)
+        self.register_buffer("weight_scale", torch.ones(out_features if per_row else (), dtype=torch.float32))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype), requires_grad=False) if bias else None
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weight={self.weight.dtype}, scale={'per-row' if self.weight_scale.numel() > 1 else 'scalar'}")
+
+
+def swap_fp8_linears(module: nn.Module, sd: dict[str, torch.Tensor], compute_dtype: torch.dtype) -> int:
+    """Replace every nn.Linear whose weight in `sd` is float8 by a ScaledFP8Linear (module may be on meta).
+    `sd` gets a `<name>.weight_scale` for each (1.0 where the file had no scale). Returns how many were swapped."""
+    n = 0
+    for name, child in list(module.named_modules()):
+        if type(child) is not nn.Linear:
+            continue
+        w = sd.get(f"{name}.weight")
+        if w is None or w.dtype not in FP8_DTYPES:
+            continue
+        key = f"{name}.weight_scale"
+        scale = sd.get(key)
+        scale = torch.ones((), dtype=torch.float32) if scale is None else scale.to(torch.float32)
+        if scale.numel() > 1:
+            scale = scale.reshape(-1)
+            if scale.numel() != child.out_features:
+                continue            # unusual scale layout: the caller up-casts this weight at load instead
+        elif scale.ndim:
+            scale = scale.reshape(())
+        sd[key] = scale
+        with torch.device("meta"):
+            new = ScaledFP8Linear(child.in_features, child.out_features, child.bias is not None, compute_dtype,
+                                  w.dtype, per_row=scale.numel() > 1)
+        parent, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, attr, new)
+        n += 1
+    return n
+
+
+def compute_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a Linear (plain or fp8) computes in."""
+    return getattr(linear, "compute_dtype", None) or linear.weight.dtype

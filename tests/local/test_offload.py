@@ -1,0 +1,81 @@
+"""offload="blocks" on a CPU-only machine: `Module.to` is instrumented so that moves to a (fake) CUDA device are
+recorded and skipped while the maths runs on the CPU. Checks: at most one transformer block is "on the device" at
+any time (exactly the one running), small parts stay resident, everything returns home after a call, and the
+outputs equal the non-offloaded modules bit for bit."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from comfyui_flux2.flux2.local import params, sampling
+from comfyui_flux2.flux2.local.autoencoder import AutoencoderFlux2
+from comfyui_flux2.flux2.local.offload import apply_offload
+from comfyui_flux2.flux2.local.text_encoder import TextEncoder
+from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+
+TINY = params.tiny_preset("klein", True, depth_double=3, depth_single=4)
+CUDA = torch.device("cuda")
+
+
+def _target(args, kwargs):
+    t = args[0] if args else kwargs.get("device")
+    return torch.device(t) if isinstance(t, (str, torch.device)) else None
+
+
+def test_block_offload_keeps_one_block_on_device(monkeypatch):
+    torch.manual_seed(0)
+    tr = Flux2Transformer(TINY.transformer).eval().requires_grad_(False)
+    te = TextEncoder(TINY.text_encoder).eval().requires_grad_(False)
+    modules = SimpleNamespace(transformer=tr, text_encoder=te, vae=AutoencoderFlux2(TINY.vae))
+    g = torch.Generator().manual_seed(1)
+    inputs = (torch.randn(1, 16, 128, generator=g), sampling.image_ids(4, 4), torch.randn(1, 8, TINY.transformer.context_dim,
+              generator=g), sampling.text_ids(8), torch.tensor([0.7]))
+    ids = torch.randint(0, 1000, (1, 512), generator=g)
+    mask = torch.ones(1, 512, dtype=torch.long)
+    with torch.no_grad():
+        ref, ref_te = tr(*inputs), te(ids, mask)
+
+    on_device: set[int] = set()
+    moves: list[tuple[str, nn.Module]] = []
+    real_to = nn.Module.to
+
+    def fake_to(self, *args, **kwargs):
+        dev = _target(args, kwargs)
+        if dev is not None and dev.type == "cuda":
+            on_device.add(id(self))
+            moves.append(("in", self))
+            return self                       # no CUDA here: stay on the CPU, but remember where it "is"
+        if dev is not None and dev.type == "cpu":
+            on_device.discard(id(self))
+            moves.append(("out", self))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "to", fake_to)
+    apply_offload(modules, CUDA)
+    blocks = list(tr.double_blocks) + list(tr.single_blocks)
+    resident_small = [c for n, c in tr.named_children() if n not in ("double_blocks", "single_blocks")]
+    assert all(id(c) in on_device for c in resident_small)
+    seen = []
+
+    def check(block, _args):
+        here = [b for b in blocks if id(b) in on_device]
+        assert here == [block], f"{len(here)} blocks on the device while block {blocks.index(block)} runs"
+        seen.append(blocks.index(block))
+
+    for b in blocks:
+        b.register_forward_pre_hook(check)
+    for _ in range(2):                        # two steps: blocks stream in again each step
+        moves.clear()
+        with torch.no_grad():
+            out = tr(*inputs)
+        assert torch.equal(out, ref)
+        assert not any(id(b) in on_device for b in blocks)                  # released after the call
+        ins = [m for d, m in moves if d == "in"]
+        assert ins == blocks                                                # each block in once, in order
+    assert seen == list(range(len(blocks))) * 2
+    # the text encoder visits the device for its call only
+    with torch.no_grad():
+        assert torch.equal(modules.text_encoder(ids, mask), ref_te)
+    assert id(te) not in on_device and ("in", te) in moves and moves[-1] == ("out", te)

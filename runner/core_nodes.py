@@ -5,7 +5,9 @@ Every path stays inside its folder: names from a workflow cannot climb out with 
 """
 from __future__ import annotations
 
+import contextvars
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
@@ -30,15 +32,33 @@ def safe_join(root: Path, name: str, what: str) -> Path:
     return path
 
 
-class RunnerFolders:
-    """Where LoadImage reads and SaveImage writes; set by the runner for one run."""
+@dataclass
+class RunFolders:
+    """Where LoadImage reads and SaveImage writes during one run, and what it wrote."""
 
-    input_dir = Path(".")
-    output_dir = Path("output")
-    save = True               # False in dry runs
-    prompt_json: dict | None = None
+    input_dir: Path = Path(".")
+    output_dir: Path = Path("output")
+    save: bool = True                  # False in dry runs
+    prompt_json: dict | None = None    # the graph, embedded in saved PNGs as ComfyUI does
     workflow_json: dict | None = None
-    saved: list[Path] = []
+    saved: list[Path] = field(default_factory=list)
+
+
+# Node classes are instantiated without arguments (as ComfyUI does), so the run's folders reach them
+# through a context variable that the executor sets for the duration of a run.
+_folders: contextvars.ContextVar[RunFolders] = contextvars.ContextVar("flux2_run_folders", default=RunFolders())
+
+
+def current_folders() -> RunFolders:
+    return _folders.get()
+
+
+def using_folders(folders: RunFolders):
+    return _folders.set(folders)
+
+
+def reset_folders(token) -> None:
+    _folders.reset(token)
 
 
 class LoadImage:
@@ -52,9 +72,10 @@ class LoadImage:
         return {"required": {"image": ("STRING", {"image_upload": True})}}
 
     def load_image(self, image, upload=None):
-        path = safe_join(RunnerFolders.input_dir, image, "LoadImage")
+        folders = current_folders()
+        path = safe_join(folders.input_dir, image, "LoadImage")
         if not path.is_file():
-            raise InputError(f"LoadImage: {image!r} not found in {RunnerFolders.input_dir}")
+            raise InputError(f"LoadImage: {image!r} not found in {folders.input_dir}")
         array = load_image_file(path, f"LoadImage {image!r}")
         tensor = arrays_to_tensor([array])                      # [1, H, W, 3]
         mask = tensor.new_zeros(tensor.shape[:3])               # [1, H, W]
@@ -73,23 +94,24 @@ class SaveImage:
 
     def save_images(self, images, filename_prefix="ComfyUI"):
         arrays = tensor_to_arrays(images)
-        if not RunnerFolders.save:
+        folders = current_folders()
+        if not folders.save:
             return {"ui": {"images": []}}
-        target = safe_join(RunnerFolders.output_dir, filename_prefix, "SaveImage filename_prefix")
+        target = safe_join(folders.output_dir, filename_prefix, "SaveImage filename_prefix")
         target.parent.mkdir(parents=True, exist_ok=True)
         counter = _next_counter(target)
         meta = PngInfo()
         # Like ComfyUI: the graph travels in the PNG so it can be dragged back in. Both come from the
         # workflow file, which by construction holds no key.
-        if RunnerFolders.prompt_json is not None:
-            meta.add_text("prompt", json.dumps(RunnerFolders.prompt_json))
-        if RunnerFolders.workflow_json is not None:
-            meta.add_text("workflow", json.dumps(RunnerFolders.workflow_json))
+        if folders.prompt_json is not None:
+            meta.add_text("prompt", json.dumps(folders.prompt_json))
+        if folders.workflow_json is not None:
+            meta.add_text("workflow", json.dumps(folders.workflow_json))
         results = []
         for i, array in enumerate(arrays):
             path = target.parent / f"{target.name}_{counter + i:05}_.png"
             path.write_bytes(encode(array, "PNG", pnginfo=meta))
-            RunnerFolders.saved.append(path)
+            folders.saved.append(path)
             results.append({"filename": path.name, "subfolder": str(path.parent), "type": "output"})
         return {"ui": {"images": results}}
 

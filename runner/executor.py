@@ -14,7 +14,7 @@ from pathlib import Path
 from ..flux2.errors import Flux2Error, InputError
 from ..flux2.images import encode
 from ..flux2.run_context import RunContext, using
-from .core_nodes import CORE_NODES, RunnerFolders
+from .core_nodes import CORE_NODES, RunFolders, reset_folders, using_folders
 from .graph import Link, Node, execution_order, parse
 from .validate import check_graph
 
@@ -49,22 +49,23 @@ class Executor:
                                              for k, v in n.inputs.items()}} for n in self.nodes.values()}
 
     def run(self, ctx: RunContext) -> RunReport:
-        RunnerFolders.input_dir = self.input_dir
-        RunnerFolders.output_dir = self.output_dir
-        RunnerFolders.save = not ctx.dry_run
-        RunnerFolders.prompt_json = self.api_prompt
-        RunnerFolders.workflow_json = self.workflow if isinstance(self.workflow.get("nodes"), list) else None
-        RunnerFolders.saved = []
+        folders = RunFolders(input_dir=self.input_dir, output_dir=self.output_dir, save=not ctx.dry_run,
+                             prompt_json=self.api_prompt,
+                             workflow_json=self.workflow if isinstance(self.workflow.get("nodes"), list) else None)
         outputs: dict[str, tuple] = {}
         self.executed: set[str] = set()
-        with using(ctx):
-            for index, node_id in enumerate(self.order):
-                ctx.check_cancelled()
-                node = self.nodes[node_id]
-                self.on_node(node, index, len(self.order))
-                outputs[node_id] = self._call(node, outputs)
-                self.executed.add(node_id)
-        return RunReport(self.order, ctx, list(RunnerFolders.saved), outputs)
+        token = using_folders(folders)
+        try:
+            with using(ctx):
+                for index, node_id in enumerate(self.order):
+                    ctx.check_cancelled()
+                    node = self.nodes[node_id]
+                    self.on_node(node, index, len(self.order))
+                    outputs[node_id] = self._call(node, outputs)
+                    self.executed.add(node_id)
+        finally:
+            reset_folders(token)
+        return RunReport(self.order, ctx, list(folders.saved), outputs)
 
     def saved_by_graph(self, node_id: str) -> bool:
         """Whether a SaveImage that takes this node's image has already run."""

@@ -37,3 +37,12 @@ def node_context() -> RunContext:
         bar.update_absolute(int(done * scale), int(total * scale))
 
     return replace(ctx, progress=progress, is_cancelled=mm.processing_interrupted)
+
+
+def free_comfy_memory() -> None:
+    """Inside ComfyUI, unload its cached models before our weights load (no-op elsewhere)."""
+    if not in_comfyui():
+        return
+    import comfy.model_management as mm
+    mm.unload_all_models()
+    mm.soft_empty_cache()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.local.params import PRESETS
+from .comfy_hooks import free_comfy_memory
 from .common import BACKEND_TYPE, CATEGORY
 
 NONE = "(none)"
@@ -115,10 +116,13 @@ class Flux2LocalBackend:
             "offload": (["none", "blocks"], {"default": "none",
                         "tooltip": "blocks: keep weights in RAM and stream transformer blocks to the GPU "
                                    "(slower, for [dev] on 24 GB cards)."}),
+            "vae_tiling": (["auto", "on", "off"], {"default": "auto",
+                           "tooltip": "Decode the image in overlapping tiles to bound GPU memory. auto: above "
+                                      "2 MP on a GPU (4 MP outputs on small cards)."}),
         }}
 
     def build(self, model, diffusion_model, text_encoder, vae, diffusers_folder, dtype, device, steps, guidance,
-              offload):
+              offload, vae_tiling="auto"):
         from ..flux2.local.backend import LocalBackend, LocalFiles
 
         d = None if diffusers_folder in (NONE, "", None) else _resolve(diffusers_folder, "diffusers")
@@ -129,7 +133,7 @@ class Flux2LocalBackend:
             raise InputError("Flux2LocalBackend: choose a diffusion model file or a diffusers folder")
         files = LocalFiles(diffusers_dir=d, transformer=tr, text_encoder=te, vae=ae)
         backend = LocalBackend(model, files, dtype=dtype, device=device, steps=int(steps), guidance=float(guidance),
-                               offload=offload)
+                               offload=offload, vae_tiling=vae_tiling, before_load=free_comfy_memory)
         backend.check_ready()
         return (backend,)
 

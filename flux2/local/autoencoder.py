@@ -180,11 +180,60 @@ class AutoencoderFlux2(nn.Module):
         mean, std = self._bn_stats(z)
         return (z - mean) / std
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """normalised patchified latents [B, 128, h, w] -> image [B, 3, 16h, 16w] in about [-1, 1]."""
+    def decode(self, z: torch.Tensor, tile: int = 0, overlap: int = 16) -> torch.Tensor:
+        """normalised patchified latents [B, 128, h, w] -> image [B, 3, 16h, 16w] in about [-1, 1].
+
+        tile > 0 decodes in tiles of `tile` x `tile` latent pixels (8 image pixels each) overlapping by
+        `overlap`, blended linearly: the decoder's activation memory then stays that of one tile, which
+        is what lets a 4 MP image decode on a small GPU. Tiles see less context than the whole picture
+        (the decoder's mid-block attention is global), so tiled output differs slightly.
+        """
         mean, std = self._bn_stats(z)
-        z = unpatchify(z * std + mean)
-        return self.decoder(self.post_quant_conv(z))
+        z = self.post_quant_conv(unpatchify(z * std + mean))                 # [B, 32, 2h, 2w]
+        if tile <= 0 or (z.shape[2] <= tile and z.shape[3] <= tile):
+            return self.decoder(z)
+        return decode_tiled(self.decoder, z, tile, min(overlap, tile // 2))
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device, dtype) -> torch.Tensor:
+    """Blend weights along one axis: linear ramps over the overlaps that touch a neighbour tile."""
+    w = torch.ones(n, device=device, dtype=dtype)
+    if overlap > 0:
+        ramp = torch.linspace(0, 1, overlap + 2, device=device, dtype=dtype)[1:-1]
+        if not at_start:
+            w[:overlap] = ramp
+        if not at_end:
+            w[-overlap:] = ramp.flip(0)
+    return w
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return sorted(set(starts))
+
+
+def decode_tiled(decoder: nn.Module, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """z [B, C, H, W] latents -> decoder output [B, 3, 8H, 8W], decoded tile by tile and blended."""
+    B, _, H, W = z.shape
+    f = 8                                                          # latent pixel -> image pixels
+    out = None
+    weight = torch.zeros(1, 1, H * f, W * f, device=z.device, dtype=torch.float32)
+    ys, xs = _starts(H, tile, overlap), _starts(W, tile, overlap)
+    for y in ys:
+        for x in xs:
+            piece = decoder(z[:, :, y:y + tile, x:x + tile]).float()  # [B, 3, th*8, tw*8]
+            th, tw = piece.shape[2], piece.shape[3]
+            wy = _ramp(th, overlap * f, y == ys[0], y == ys[-1], z.device, torch.float32)
+            wx = _ramp(tw, overlap * f, x == xs[0], x == xs[-1], z.device, torch.float32)
+            wt = wy[:, None] * wx[None, :]                          # [th, tw]
+            if out is None:
+                out = torch.zeros(B, piece.shape[1], H * f, W * f, device=z.device, dtype=torch.float32)
+            out[:, :, y * f:y * f + th, x * f:x * f + tw] += piece * wt
+            weight[:, :, y * f:y * f + th, x * f:x * f + tw] += wt
+    return (out / weight).to(z.dtype)
 
 
 def patchify(z: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ images of seeds seed, seed+1, ..., seed+N-1, each identical to diffusers' single
 from __future__ import annotations
 
 import threading
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .pipeline import reference_size
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "blocks")
+VAE_TILING = ("auto", "on", "off")
 LIMITS = SizeLimits(multiple=16, min_side=64, max_side=2048, max_pixels=2048 * 2048)
 REF_MIN_SIDE, REF_MAX_ASPECT = 64, 8.0
 
@@ -69,6 +71,10 @@ class LocalBackend:
     guidance: float = 0.0               # 0 = model default
     offload: str = "none"
     preset: ModelPreset | None = None   # tests pass tiny presets; otherwise from model_name
+    vae_tiling: str = "auto"            # auto: tiled VAE decode above 2 MP on a GPU; on; off
+    # Called before weights are loaded (not on a cache hit); inside ComfyUI the node passes a hook that
+    # unloads ComfyUI's cached models, so a 24 GB card is not already full when ours arrive.
+    before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     kind: str = field(default="local", init=False)
 
     def __post_init__(self):
@@ -82,6 +88,8 @@ class LocalBackend:
             raise InputError(f"steps must be 0 (model default) .. 200, got {self.steps}")
         if self.guidance < 0:
             raise InputError(f"guidance must be >= 0, got {self.guidance}")
+        if self.vae_tiling not in VAE_TILING:
+            raise InputError(f"vae_tiling must be one of {', '.join(VAE_TILING)}, got {self.vae_tiling!r}")
 
     # ------------------------------------------------------------------ protocol
     def describe(self) -> str:
@@ -197,8 +205,11 @@ class LocalBackend:
         with _cache_lock:
             hit = _cache.get(key)
             if hit is not None:
+                hit.vae_tiling = self.vae_tiling
                 return hit
             _cache.clear()          # one model set at a time: two would rarely fit in memory
+            if self.before_load is not None:
+                self.before_load()
             device = pick_device(self.device)
             load_device = torch.device("cpu") if self.offload == "blocks" else device
             f = self.files
@@ -209,5 +220,6 @@ class LocalBackend:
             if self.offload == "blocks":
                 apply_offload(modules, device)
             engine = Flux2Engine(modules)
+            engine.vae_tiling = self.vae_tiling
             _cache[key] = engine
             return engine

@@ -58,7 +58,19 @@ class Flux2Modules:
     dtype: torch.dtype
 
 
+TILED_DECODE_PIXELS = 2 * 1024 * 1024   # "auto" tiles above 2 MP on a GPU (a 4 MP decode needs ~10+ GB)
+VAE_TILE = 128                          # latent pixels per tile side (1024 image pixels)
+
+
 class Flux2Engine:
+    vae_tiling = "auto"                 # "auto" | "on" | "off"; set by LocalBackend
+
+    def vae_tile(self, height: int, width: int) -> int:
+        if self.vae_tiling == "on" or (self.vae_tiling == "auto" and self.device.type == "cuda"
+                                       and height * width > TILED_DECODE_PIXELS):
+            return VAE_TILE
+        return 0
+
     def __init__(self, m: Flux2Modules):
         self.m = m
 
@@ -128,9 +140,10 @@ class Flux2Engine:
     @torch.no_grad()
     def decode(self, x: torch.Tensor, h: int, w: int) -> list[np.ndarray]:
         vae = self.m.vae
+        tile = self.vae_tile(h * 16, w * 16)
         out = []
         for i in range(x.shape[0]):       # one at a time: the VAE decoder is the memory peak
-            img = vae.decode(unpack(x[i:i + 1], h, w).to(vae.dtype))       # [1, 3, H, W]
+            img = vae.decode(unpack(x[i:i + 1], h, w).to(vae.dtype), tile=tile)   # [1, 3, H, W]
             img = (img.float() / 2 + 0.5).clamp(0, 1)
             out.append((img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
         return out

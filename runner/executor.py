@@ -6,12 +6,11 @@ executes for real, unless --dry-run.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flux2.errors import Flux2Error, InputError
+from ..flux2.errors import Flux2Error
 from ..flux2.images import encode
 from ..flux2.run_context import RunContext, using
 from .core_nodes import CORE_NODES, RunFolders, reset_folders, using_folders
@@ -78,21 +77,18 @@ class Executor:
         kwargs = {}
         for name, value in node.inputs.items():
             kwargs[name] = outputs[value.node][value.slot] if isinstance(value, Link) else value
-        hidden = (cls.INPUT_TYPES().get("hidden") or {})
+        types = cls.INPUT_TYPES()
+        hidden = types.get("hidden") or {}
         if "unique_id" in hidden:
             kwargs["unique_id"] = node.id
-        declared = set((cls.INPUT_TYPES().get("required") or {})) | set((cls.INPUT_TYPES().get("optional") or {})) \
-            | set(hidden)
+        declared = set(types.get("required") or {}) | set(types.get("optional") or {}) | set(hidden)
         kwargs = {k: v for k, v in kwargs.items() if k in declared}
-        fn = getattr(cls(), cls.FUNCTION)
         try:
-            result = fn(**kwargs)
+            result = getattr(cls(), cls.FUNCTION)(**kwargs)
         except Flux2Error as exc:
-            raise type(exc)(f"node {node.id} ({node.class_type}): {exc}") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, TypeError) and "argument" in str(exc) and inspect.isfunction(fn):
-                raise InputError(f"node {node.id} ({node.class_type}): {exc}") from None
-            raise
+            # Name the node, keeping the error's type and attributes (status, code) intact.
+            exc.args = (f"node {node.id} ({node.class_type}): {exc}",)
+            raise exc from None
         if isinstance(result, dict):
             result = result.get("result", ())
         return tuple(result)

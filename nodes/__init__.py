@@ -24,8 +24,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 
 try:  # the local engine is optional at import time: a broken extra must not hide the remote nodes
     from .local_backend import NODE_CLASS_MAPPINGS as _LOCAL, NODE_DISPLAY_NAME_MAPPINGS as _LOCAL_NAMES
+    from .comfy_backend import NODE_CLASS_MAPPINGS as _CORE, NODE_DISPLAY_NAME_MAPPINGS as _CORE_NAMES
 except ImportError as exc:  # pragma: no cover - reported, not fatal
     logging.getLogger("comfyui_flux2").warning("local backend nodes unavailable: %s", exc)
 else:
     NODE_CLASS_MAPPINGS.update(_LOCAL)
     NODE_DISPLAY_NAME_MAPPINGS.update(_LOCAL_NAMES)
+    NODE_CLASS_MAPPINGS.update(_CORE)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_CORE_NAMES)

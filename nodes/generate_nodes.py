@@ -19,7 +19,7 @@ BATCH_TOOLTIP = "Images to make; image i uses seed + i, so each one can be repro
 
 def _backend(value) -> Backend:
     if not isinstance(value, Backend):
-        raise InputError("the backend input must come from Flux2RemoteBackend or Flux2LocalBackend")
+        raise InputError("the backend input must come from Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend")
     return value
 
 
@@ -51,7 +51,7 @@ class Flux2TextToImage:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend or Flux2LocalBackend."}),
+                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
                 "width": side_input(1024, "Output width; a multiple of 16 within the model's limits."),
                 "height": side_input(1024, "Output height; a multiple of 16 within the model's limits."),
@@ -81,7 +81,7 @@ class Flux2Edit:
                     for i in range(2, MAX_REFS_ANY + 1)}
         return {
             "required": {
-                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend or Flux2LocalBackend."}),
+                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
                 "reference_1": ("IMAGE", {"tooltip": "First reference image; the output size follows it "
                                                      "when width and height are 0."}),

@@ -34,7 +34,7 @@ API_VERSION = 1
 # output): billed as 1 MP, the minimum a provider bills per image. The badge says so.
 ASSUMED_REF_SIZE = (1024, 1024)
 MAX_ITEMS = 64
-LOCAL_BACKEND_TYPES = ("Flux2LocalBackend",)
+LOCAL_BACKEND_TYPES = ("Flux2LocalBackend", "Flux2ComfyBackend")
 CUSTOM_ASPECT = "custom"   # nodes/util_nodes.py CUSTOM
 
 

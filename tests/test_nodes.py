@@ -9,7 +9,8 @@ from comfyui_flux2.flux2.errors import InputError
 from comfyui_flux2.flux2.sizes import SizeLimits, fit_size, size_from_aspect, validate_size
 from comfyui_flux2.nodes import Flux2Edit, Flux2RemoteBackend, Flux2Seed, Flux2Size, Flux2TextToImage
 
-PERMANENT = ["Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size"]
+PERMANENT = ["Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size", "Flux2LocalBackend",
+             "Flux2ComfyBackend"]
 
 
 def test_permanent_node_names_are_registered():

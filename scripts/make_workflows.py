@@ -23,7 +23,35 @@ from comfyui_flux2.loopback.base import render  # noqa: E402
 from comfyui_flux2.runner.core_nodes import CORE_NODES  # noqa: E402
 from comfyui_flux2.runner.graph import has_control_widget, widget_inputs  # noqa: E402
 
-REGISTRY = {**CORE_NODES, **pack.NODE_CLASS_MAPPINGS}
+
+
+class _CoreLoader:
+    """Input specs of ComfyUI core's FLUX.2 loaders (0.3.75), only to write the example's widget order.
+    tests/test_comfy_backend_server.py checks them against a running ComfyUI's /object_info."""
+    CATEGORY = "loaders"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.INPUT_TYPES = classmethod(lambda c: {"required": dict(c.SPEC)})
+
+
+class UNETLoader(_CoreLoader):
+    SPEC = {"unet_name": ([],), "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],)}
+    RETURN_TYPES = ("MODEL",)
+
+
+class CLIPLoader(_CoreLoader):
+    SPEC = {"clip_name": ([],), "type": (["flux2"],), "device": (["default", "cpu"],)}
+    RETURN_TYPES = ("CLIP",)
+
+
+class VAELoader(_CoreLoader):
+    SPEC = {"vae_name": ([],)}
+    RETURN_TYPES = ("VAE",)
+
+
+COMFY_LOADERS = {c.__name__: c for c in (UNETLoader, CLIPLoader, VAELoader)}
+REGISTRY = {**CORE_NODES, **COMFY_LOADERS, **pack.NODE_CLASS_MAPPINGS}
 OUT = ROOT / "workflows"
 
 SALT_PROMPT = ("Wind-Carved Salt Cathedral: a vast cathedral carved by wind out of a white salt flat, "
@@ -152,6 +180,27 @@ def chain() -> Graph:
     return g
 
 
+def core_models() -> Graph:
+    """FLUX.2 [dev] loaded the core way (ComfyUI's own file names), our nodes on top."""
+    g = Graph()
+    unet = g.add("UNETLoader", {"unet_name": "flux2_dev_fp8mixed.safetensors", "weight_dtype": "default"}, (40, 60))
+    clip = g.add("CLIPLoader", {"clip_name": "mistral_3_small_flux2_fp8.safetensors", "type": "flux2",
+                                 "device": "default"}, (40, 220))
+    vae = g.add("VAELoader", {"vae_name": "flux2-vae.safetensors"}, (40, 380))
+    b = g.add("Flux2ComfyBackend", {"steps": 20, "guidance": 4.0, "cfg": 1.0, "sampler_name": "euler"}, (420, 60),
+              {"model": (unet, 0), "clip": (clip, 0), "vae": (vae, 0)})
+    t2i = g.add("Flux2TextToImage", {"prompt": "a ceramic teapot shaped like a snail, studio photo, white background",
+                                     "width": 1024, "height": 1024, "seed": 5150, "_control": "fixed", "batch_size": 1},
+                (820, 60), {"backend": (b, 0)})
+    ref = g.add("LoadImage", {"image": "images/flux2_ref_2.png", "upload": "image"}, (420, 420))
+    edit = g.add("Flux2Edit", {"prompt": "glaze the teapot in the colours of image 2", "width": 0, "height": 0,
+                               "seed": 5150, "_control": "fixed", "batch_size": 1},
+                 (1220, 60), {"backend": (b, 0), "reference_1": (t2i, 0), "reference_2": (ref, 0)})
+    for i, (node, name) in enumerate(((t2i, "core_1_teapot"), (edit, "core_2_glazed"))):
+        g.add("SaveImage", {"filename_prefix": f"flux2/{name}"}, (820 + 400 * i, 520), {"images": (node, 0)})
+    return g
+
+
 def reference_images() -> None:
     from PIL import Image
     folder = OUT / "images"
@@ -165,7 +214,7 @@ def main() -> None:
     (OUT / "api").mkdir(parents=True, exist_ok=True)
     reference_images()
     for name, build in (("flux2_text_to_image", text_to_image), ("flux2_multi_reference_edit", multi_reference_edit),
-                        ("flux2_chain_edit", chain)):
+                        ("flux2_chain_edit", chain), ("flux2_core_models", core_models)):
         g = build()
         (OUT / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
         (OUT / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")

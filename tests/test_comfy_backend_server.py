@@ -156,3 +156,41 @@ def test_a_patched_model_runs_and_a_bad_size_is_one_clear_error(server):
         run_workflow(server, prompt, timeout=120)
     text = str(err.value.payload or err.value)
     assert "multiple of 16" in text and "\n" not in str(err.value).strip()
+
+
+def test_the_core_models_example_runs_with_its_loaders_swapped_for_tiny_ones(server):
+    """workflows/api/flux2_core_models.json as shipped, but its three loaders fed by the tiny model (and a
+    small size): the graph our users get runs end to end on core objects; the loader widgets it stores are
+    the ones this ComfyUI declares."""
+    import json
+
+    from comfy_server import object_info
+
+    example = json.loads((REPO_ROOT / "workflows" / "api" / "flux2_core_models.json").read_text())
+    info = object_info(server)
+    loaders = {k: v for k, v in example.items() if v["class_type"] in ("UNETLoader", "CLIPLoader", "VAELoader")}
+    assert sorted(v["class_type"] for v in loaders.values()) == ["CLIPLoader", "UNETLoader", "VAELoader"]
+    for node in loaders.values():
+        declared = info[node["class_type"]]["input"]
+        names = set(declared["required"]) | set(declared.get("optional") or {})
+        assert set(node["inputs"]) <= names, node
+        if "type" in node["inputs"]:
+            assert node["inputs"]["type"] in declared["required"]["type"][0]
+    slot = {"UNETLoader": 0, "CLIPLoader": 1, "VAELoader": 2}
+    swapped = {"tiny": {"class_type": "Flux2TestTinyCoreModels", "inputs": {"seed": 3}}}
+    for key, node in example.items():
+        if key in loaders:
+            continue
+        inputs = {name: (["tiny", slot[loaders[v[0]]["class_type"]]] if isinstance(v, list) and v[0] in loaders else v)
+                  for name, v in node["inputs"].items()}
+        if node["class_type"] == "Flux2TextToImage":
+            inputs.update(width=128, height=96)
+        if node["class_type"] == "LoadImage":
+            inputs["image"] = "ref_b.png"
+        if node["class_type"] == "SaveImage":
+            inputs["filename_prefix"] = "example_" + inputs["filename_prefix"].split("/")[-1]
+        swapped[key] = {**node, "inputs": inputs}
+    run_workflow(server, swapped, timeout=300)
+    (first,), (edited,) = _images(server, "example_core_1_teapot"), _images(server, "example_core_2_glazed")
+    assert first.shape == edited.shape == (96, 128, 3)      # the edit follows its first reference's size
+    assert np.abs(first - edited).mean() > 0.4       # the tiny random model moves it 0.85 levels mean

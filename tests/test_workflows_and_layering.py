@@ -15,7 +15,8 @@ from comfyui_flux2 import NODE_CLASS_MAPPINGS
 ROOT = Path(__file__).resolve().parents[1]
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
-CORE_TYPES = {"LoadImage", "SaveImage", "PreviewImage", "Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+CORE_TYPES = {"LoadImage", "SaveImage", "PreviewImage", "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
+              "UNETLoader", "CLIPLoader", "VAELoader"}
 SECRET = re.compile(r'"(api_?key|x-key|authorization|token)"|Bearer [A-Za-z0-9]|sk-[A-Za-z0-9]{8}', re.I)
 
 

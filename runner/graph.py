@@ -16,6 +16,9 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 EDITOR_ONLY = ("Note", "MarkdownNote", "PrimitiveNode", "Reroute")
 MUTED, BYPASSED = 2, 4
+# Nodes a FLUX.2 graph commonly holds that need ComfyUI itself (models, samplers): named in the error.
+COMFY_ONLY = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple",
+              "CLIPTextEncode", "KSampler", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode")
 
 
 @dataclass
@@ -117,7 +120,7 @@ def from_ui(data: dict, registry: dict) -> dict[str, Node]:
                              "mute it or remove it")
         cls = registry.get(kind)
         if cls is None:
-            raise InputError(f"workflow names unknown node type {kind!r} (node {node_id})")
+            raise InputError(unknown_node(kind, node_id, registry))
         inputs: dict = {}
         values = raw.get("widgets_values", [])
         if isinstance(values, dict):
@@ -150,10 +153,20 @@ def parse(data: dict, registry: dict) -> dict[str, Node]:
     return from_api(data, registry)
 
 
+def unknown_node(kind, node_id, registry: dict) -> str:
+    """One line; says where the node does run when the runner cannot run it."""
+    text = f"workflow names unknown node type {kind!r} (node {node_id})"
+    if kind in COMFY_ONLY:
+        headless = ", ".join(sorted(k for k in registry if not k.startswith("Flux2")))
+        text += (f": a ComfyUI node, so this workflow runs inside ComfyUI only (headless runs take our nodes "
+                 f"and {headless}; Flux2LocalBackend reads local weights)")
+    return text
+
+
 def _check_known(nodes: dict[str, Node], registry: dict) -> None:
     for node in nodes.values():
         if node.class_type not in registry:
-            raise InputError(f"workflow names unknown node type {node.class_type!r} (node {node.id})")
+            raise InputError(unknown_node(node.class_type, node.id, registry))
 
 
 def execution_order(nodes: dict[str, Node], registry: dict) -> list[str]:

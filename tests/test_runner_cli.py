@@ -109,6 +109,8 @@ def write(tmp_path, data) -> Path:
 @pytest.mark.parametrize("data, message", [
     ("{not json", "not valid JSON"),
     ({"1": {"class_type": "NoSuchNode", "inputs": {}}}, "unknown node type 'NoSuchNode'"),
+    ((ROOT / "workflows" / "api" / "flux2_core_models.json").read_text(), "ComfyUI node, so this workflow runs inside "
+                                                                         "ComfyUI only"),
     ({"1": {"class_type": "Flux2Seed", "inputs": {"seed": 1}}}, "no output node"),
     ({"1": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}},
      "linked to node 2, which does not exist"),

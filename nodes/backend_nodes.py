@@ -4,17 +4,13 @@ from __future__ import annotations
 from ..flux2.models import MODELS, PROVIDERS
 from ..flux2.remote.factory import make_remote_backend
 from ..flux2.remote.options import ON_MODERATION, OUTPUT_FORMATS, RemoteOptions
-from .common import BACKEND_TYPE, CATEGORY
+from .common import BackendNode
 
 
-class Flux2RemoteBackend:
+class Flux2RemoteBackend(BackendNode):
     DESCRIPTION = ("FLUX.2 on a remote provider with your own key (RUNWARE_API_KEY or BFL_API_KEY in the "
                    "environment; never stored in the workflow). Swap this node for Flux2LocalBackend to run "
                    "the same graph on local weights.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (BACKEND_TYPE,)
-    RETURN_NAMES = ("backend",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls):

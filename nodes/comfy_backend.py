@@ -28,7 +28,7 @@ from ..flux2.pricing import Estimate
 from ..flux2.run_context import RunContext
 from ..flux2.sizes import SizeLimits, validate_size
 from .comfy_hooks import in_comfyui
-from .common import BACKEND_TYPE, CATEGORY
+from .common import BackendNode
 
 LIMITS = SizeLimits(multiple=16, min_side=64, max_side=2048, max_pixels=2048 * 2048)
 LATENT_CHANNELS, LATENT_SCALE = 128, 16      # FLUX.2 latents in ComfyUI: [B, 128, H/16, W/16]
@@ -183,14 +183,10 @@ def prepare_reference_array(png: bytes, index: int):
     return prepare_reference(Image.fromarray(decode(png, f"reference {index}")))
 
 
-class Flux2ComfyBackend:
+class Flux2ComfyBackend(BackendNode):
     DESCRIPTION = ("FLUX.2 on ComfyUI core's own MODEL / CLIP / VAE (UNETLoader, CLIPLoader type flux2, VAELoader), "
                    "with ComfyUI's memory management. One image with seed S equals the core graph's "
                    "SamplerCustomAdvanced result with noise_seed S.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (BACKEND_TYPE,)
-    RETURN_NAMES = ("backend",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls):

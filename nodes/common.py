@@ -13,3 +13,12 @@ def seed_input(tooltip: str) -> tuple:
 
 def side_input(default: int, tooltip: str, minimum: int = 64) -> tuple:
     return ("INT", {"default": default, "min": minimum, "max": 2048, "step": 16, "tooltip": tooltip})
+
+
+class BackendNode:
+    """What every backend node declares: one FLUX2_BACKEND output, built by `build`."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (BACKEND_TYPE,)
+    RETURN_NAMES = ("backend",)
+    FUNCTION = "build"

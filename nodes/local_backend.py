@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.local.params import PRESETS
 from .comfy_hooks import free_comfy_memory
-from .common import BACKEND_TYPE, CATEGORY
+from .common import BackendNode
 
 NONE = "(none)"
 FROM_DIFFUSERS = "(from diffusers folder)"
@@ -77,13 +77,9 @@ def _resolve(name: str, kind: str):
     return resolve(name, kind, models_root())
 
 
-class Flux2LocalBackend:
+class Flux2LocalBackend(BackendNode):
     DESCRIPTION = ("FLUX.2 on local weights ([klein] 4B/9B, Base, [dev]). Same-seed images match diffusers' FLUX.2 "
                    "pipelines. Swap this node for Flux2RemoteBackend to run the same graph on a provider.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (BACKEND_TYPE,)
-    RETURN_NAMES = ("backend",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -131,7 +131,8 @@ def test_examples_appear_in_the_template_browser(comfyui_server):
     import json as _json
     with urllib.request.urlopen(comfyui_server.url + "/workflow_templates", timeout=30) as response:
         templates = _json.load(response)
-    assert sorted(templates[PACK_DIR_NAME]) == ["flux2_chain_edit", "flux2_multi_reference_edit", "flux2_text_to_image"]
+    assert sorted(templates[PACK_DIR_NAME]) == ["flux2_chain_edit", "flux2_core_models", "flux2_multi_reference_edit",
+                                                "flux2_text_to_image"]
     url = f"{comfyui_server.url}/api/workflow_templates/{PACK_DIR_NAME}/flux2_text_to_image.json"
     with urllib.request.urlopen(url, timeout=30) as response:
         assert _json.load(response)["nodes"]

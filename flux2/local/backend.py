@@ -19,7 +19,7 @@ from ..pricing import Estimate
 from ..run_context import RunContext
 from ..sizes import SizeLimits, validate_size
 from .params import ModelPreset, get_preset
-from .pipeline import reference_size
+from .pipeline import decode_tile, reference_size
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "blocks")
@@ -148,10 +148,13 @@ class LocalBackend:
                    + f", {self.effective_steps} steps"
                    + (f", guidance {self.effective_guidance:g}" if self.effective_guidance else "")
                    + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))
+        memory = self.memory_plan(request)
+        summary += f"; device memory {memory.describe()}"
         return [PlannedCall("local", f"local {self.model_name} on {self.device} ({self.dtype})", summary,
                             {"model": self.model_name, "width": request.width, "height": request.height,
                              "seed": request.seed, "batch": request.batch, "steps": self.effective_steps,
-                             "guidance": self.effective_guidance, "references": len(refs)})]
+                             "guidance": self.effective_guidance, "references": len(refs),
+                             "device_memory_gib": round(memory.total / 2**30, 1)})]
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         return Estimate(0.0, f"{self.model_name} on local weights: no charge")
@@ -168,7 +171,7 @@ class LocalBackend:
                 for i, r in enumerate(request.references, 1)]
         ctx.check_cancelled()
         ctx.report(node, 0, self.effective_steps, f"loading {self.model_name}")
-        engine = self.engine()
+        engine = self.engine(request)
         seeds = [request.seed + i for i in range(request.batch)]
         steps = self.effective_steps
 
@@ -195,8 +198,24 @@ class LocalBackend:
                 stamp.append((str(p), None, None))
         return (self.preset.name, tuple(stamp), self.dtype, str(pick_device(self.device)), self.offload)
 
-    def engine(self):
+    def memory_plan(self, request: GenerationRequest, offload: str | None = None):
+        """Device memory this request needs on this backend's device (memory.py), from shapes only."""
+        from .memory import file_is_fp8, plan_memory
+
+        device = pick_device(self.device)
+        keep_fp8 = device.type != "mps"
+        return plan_memory(self.preset, dtype_bytes=DTYPES[self.dtype].itemsize, offload=offload or self.offload,
+                           width=request.width, height=request.height, batch=request.batch,
+                           reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)
+                                                                for r in request.references)],
+                           vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width),
+                           fp8_transformer=keep_fp8 and file_is_fp8(self.files.transformer),
+                           fp8_text=keep_fp8 and file_is_fp8(self.files.text_encoder))
+
+    def engine(self, request: GenerationRequest | None = None):
+        """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
         from .loading import load_modules
+        from .memory import check_fits
         from .offload import apply_offload
         from .pipeline import Flux2Engine
 
@@ -211,6 +230,10 @@ class LocalBackend:
             if self.before_load is not None:
                 self.before_load()
             device = pick_device(self.device)
+            if request is not None:          # after before_load: ComfyUI's models no longer hold memory
+                alternative = self.memory_plan(request, "blocks") if self.offload == "none" else None
+                check_fits(self.memory_plan(request), device, f"{self.model_name} at {request.width}x{request.height}",
+                           alternative)
             load_device = torch.device("cpu") if self.offload == "blocks" else device
             f = self.files
             modules = load_modules(self.preset, diffusers_dir=f.diffusers_dir, transformer=f.transformer,

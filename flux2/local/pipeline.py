@@ -33,6 +33,17 @@ def prepare_reference(img: Image.Image) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.uint8)
 
 
+TILED_DECODE_PIXELS = 2 * 1024 * 1024   # "auto" tiles above 2 MP on a GPU (a 4 MP decode needs ~10+ GB)
+VAE_TILE = 128                          # latent pixels per tile side (1024 image pixels)
+
+
+def decode_tile(setting: str, device: torch.device, height: int, width: int) -> int:
+    """Latent pixels per VAE tile side for this decode; 0 = decode the whole image at once."""
+    if setting == "on" or (setting == "auto" and device.type == "cuda" and height * width > TILED_DECODE_PIXELS):
+        return VAE_TILE
+    return 0
+
+
 def reference_size(width: int, height: int) -> tuple[int, int]:
     """Size a reference has after prepare_reference (no pixels needed)."""
     if width * height > REF_MAX_PIXELS:
@@ -58,18 +69,13 @@ class Flux2Modules:
     dtype: torch.dtype
 
 
-TILED_DECODE_PIXELS = 2 * 1024 * 1024   # "auto" tiles above 2 MP on a GPU (a 4 MP decode needs ~10+ GB)
-VAE_TILE = 128                          # latent pixels per tile side (1024 image pixels)
 
 
 class Flux2Engine:
     vae_tiling = "auto"                 # "auto" | "on" | "off"; set by LocalBackend
 
     def vae_tile(self, height: int, width: int) -> int:
-        if self.vae_tiling == "on" or (self.vae_tiling == "auto" and self.device.type == "cuda"
-                                       and height * width > TILED_DECODE_PIXELS):
-            return VAE_TILE
-        return 0
+        return decode_tile(self.vae_tiling, self.device, height, width)
 
     def __init__(self, m: Flux2Modules):
         self.m = m

@@ -97,6 +97,7 @@ class TextEncoder(nn.Module):
         self.embed_tokens = nn.Embedding(p.vocab, p.hidden)
         # Layers after the last one read are never run, so they are not even built.
         self.layers = nn.ModuleList(DecoderLayer(p) for _ in range(max(p.out_layers)))
+        self.layer_hook = None        # offload.py installs a per-layer callable (weights in/out)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,6 +121,8 @@ class TextEncoder(nn.Module):
         if 0 in wanted:
             outs[0] = x
         for i, layer in enumerate(self.layers, start=1):
+            if self.layer_hook is not None:
+                self.layer_hook(layer)
             x = layer(x, cos, sin, mask)
             if i in wanted:
                 outs[i] = x

@@ -75,7 +75,20 @@ def test_block_offload_keeps_one_block_on_device(monkeypatch):
         ins = [m for d, m in moves if d == "in"]
         assert ins == blocks                                                # each block in once, in order
     assert seen == list(range(len(blocks))) * 2
-    # the text encoder visits the device for its call only
+    # the text encoder streams too: its embedding for the call, then one decoder layer at a time
+    layers = list(te.layers)
+    te_seen = []
+
+    def check_layer(layer, _args):
+        here = [x for x in layers if id(x) in on_device]
+        assert here == [layer] and id(te.embed_tokens) in on_device
+        te_seen.append(layers.index(layer))
+
+    for layer in layers:
+        layer.register_forward_pre_hook(check_layer)
+    moves.clear()
     with torch.no_grad():
         assert torch.equal(modules.text_encoder(ids, mask), ref_te)
-    assert id(te) not in on_device and ("in", te) in moves and moves[-1] == ("out", te)
+    assert te_seen == list(range(len(layers)))
+    assert [m for d, m in moves if d == "in"] == [te.embed_tokens] + layers
+    assert not any(id(x) in on_device for x in layers + [te.embed_tokens, te])

@@ -253,3 +253,41 @@ def test_tekken_from_text_encoder_file(tekken, tmp_path):
         loading.tokenizer_for(g, p)
     with pytest.raises(ModelLoadError, match="not a Tekken tokenizer"):
         T.tekken_tokenizer(b'{"vocab": []}', "x")
+
+
+def test_tekken_reader_equals_mistral_common_on_a_real_rank_table(tmp_path):
+    """mistral-common ships Mistral's real Tekken rank table (tekken_240911.json: 150k ranks cut to 131072 ids,
+    the pattern of Mistral Small 3.x). That file predates the `special_tokens` list, so the list Mistral Small 3.x
+    files carry is added; the 131k learned ranks and the pattern are Mistral's own. Mistral's own Tekkenizer
+    (tiktoken underneath) is the reference."""
+    import re
+    from pathlib import Path
+
+    import mistral_common
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    real = json.loads((Path(mistral_common.__file__).parent / "data" / "tekken_240911.json").read_text())
+    assert len(real["vocab"]) == 150000 and real["config"]["default_vocab_size"] == 131072
+    real["special_tokens"] = [{"rank": i, "token_str": s, "is_control": True} for i, s in enumerate(TEKKEN_SPECIALS)]
+    real["config"]["version"] = "v7"
+    path = tmp_path / "tekken.json"
+    path.write_text(json.dumps(real))
+    ref = Tekkenizer.from_file(str(path))
+    ours = T.tekken_tokenizer(path.read_bytes(), path.name)
+    assert ours.get_vocab_size() == ref.n_words == 131072
+
+    for text in PROMPTS + CORPUS[-2:]:
+        ids = ours.encode(text, add_special_tokens=False).ids
+        assert ids == ref.encode(text, bos=False, eos=False), text
+        assert ours.decode(ids, skip_special_tokens=False) == text
+    # the whole [dev] prompt: control tokens where the template puts them, Mistral's BPE in between
+    specials = "(" + "|".join(re.escape(s) for s in TEKKEN_SPECIALS) + ")"
+    for prompt in PROMPTS[:5]:
+        rendered = T.render(prompt, "mistral")
+        expected = []
+        for part in re.split(specials, rendered):
+            if part in TEKKEN_SPECIALS:
+                expected.append(ref.get_special_token(part))
+            elif part:
+                expected += ref.encode(part, bos=False, eos=False)
+        assert ours.encode(rendered, add_special_tokens=False).ids == expected, prompt

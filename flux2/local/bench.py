@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CONFIGS = {
     # name: (hidden, heads, double, single, text_dim, width, height, text_tokens)
@@ -43,7 +44,9 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int) -> dic
     txt = torch.randn(1, lt, tdim).to(device, dtype)
     iid, tid = image_ids(h // 16, w // 16).to(device), text_ids(lt).to(device)
     t = torch.tensor([0.5], device=device)
-    if impl == "diffusers":
+    if impl == "comfyui":
+        model, step = _comfyui_model(hidden, heads, nd, ns, tdim, axes, device, dtype, w, h, txt, t)
+    elif impl == "diffusers":
         from diffusers import Flux2Transformer2DModel
 
         model = Flux2Transformer2DModel(in_channels=128, num_layers=nd, num_single_layers=ns, attention_head_dim=hd,
@@ -86,12 +89,46 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int) -> dic
             "peak_kind": "CUDA peak allocated above weights" if cuda else "process peak RSS"}
 
 
+def _comfyui_model(hidden, heads, nd, ns, tdim, axes, device, dtype, w, h, txt, t):
+    """ComfyUI core's own FLUX.2 transformer (comfy.ldm.flux.model.Flux, image_model flux2) with the settings
+    its model detection gives FLUX.2, random weights; run as ComfyUI runs it on this device (its attention
+    choice included). Needs ComfyUI on sys.path (--comfyui) and its requirements in this interpreter."""
+    import torch
+
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = device == "cpu"       # before model_management is imported
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    model = Flux(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=tdim,
+                 hidden_size=hidden, mlp_ratio=3.0, num_heads=heads, depth=nd, depth_single_blocks=ns,
+                 axes_dim=list(axes), theta=2000, patch_size=1, qkv_bias=False, guidance_embed=False,
+                 global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+                 ref_index_scale=10.0, operations=comfy.ops.disable_weight_init)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():                           # comfy's ops leave weights uninitialised
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    latent = torch.randn(1, 128, h // 16, w // 16).to(device, dtype)        # [B, 128, H/16, W/16]
+
+    def step():
+        return model(latent, t, context=txt)
+
+    return model, step
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="comfyui-flux2 benchmark local", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="tiny,mid", help=f"comma list of {', '.join(CONFIGS)}")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--comfyui", metavar="DIR", help="also time ComfyUI core's FLUX.2 transformer from this ComfyUI "
+                                                      "folder (the one with main.py)")
+    ap.add_argument("--comfyui-python", metavar="PYTHON", default=None,
+                    help="interpreter with ComfyUI's requirements (and diffusers); every row then runs in it "
+                         "(default: this one)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.device is None:
@@ -100,8 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.worker:
+        if args.comfyui:
+            sys.path.insert(0, str(Path(args.comfyui).resolve()))
         print(json.dumps(_worker(args.worker[0], args.worker[1], args.dtype, args.device, args.reps)))
         return 0
+    if args.comfyui and not (Path(args.comfyui) / "comfy").is_dir():
+        print(f"--comfyui {args.comfyui}: no ComfyUI there (expected a folder holding comfy/ and main.py)",
+              file=sys.stderr)
+        return 2
     try:
         import diffusers  # noqa: F401
     except ImportError:
@@ -113,23 +156,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown config {cfg!r}; known: {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
         pair = {}
-        for impl in ("diffusers", "ours"):
-            cmd = [sys.executable, "-m", __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench",
+        for impl in ("diffusers", "ours") + (("comfyui",) if args.comfyui else ()):
+            # One interpreter for every row, so process memory compares like with like.
+            python = args.comfyui_python or sys.executable
+            cmd = [python, "-m", __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench",
                    "--worker", impl, cfg, "--dtype", args.dtype, "--device", args.device, "--reps", str(args.reps)]
+            if impl == "comfyui":
+                cmd += ["--comfyui", args.comfyui]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             if out.returncode != 0:
                 print(f"{impl} {cfg} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}",
                       file=sys.stderr)
                 return 1
             pair[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append((cfg, pair["diffusers"], pair["ours"]))
-    kind = rows[0][1]["peak_kind"]
-    print(f"device {args.device}, dtype {args.dtype}, median of {args.reps} steps; memory = {kind}")
-    print(f"{'config':<14}{'diffusers s':>12}{'ours s':>10}{'time ratio':>11}{'diffusers MB':>14}{'ours MB':>10}"
-          f"{'mem ratio':>10}")
-    for cfg, d, o in rows:
-        print(f"{cfg:<14}{d['step_s']:>12.4f}{o['step_s']:>10.4f}{o['step_s'] / d['step_s']:>11.2f}"
-              f"{d['peak_mb']:>14.1f}{o['peak_mb']:>10.1f}{o['peak_mb'] / max(d['peak_mb'], 1e-9):>10.2f}")
+        rows.append((cfg, pair))
+    kind = rows[0][1]["ours"]["peak_kind"]
+    print(f"device {args.device}, dtype {args.dtype}, median of {args.reps} steps; memory = {kind}; "
+          f"ratios = ours / peer")
+    peers = [p for p in ("diffusers", "comfyui") if p in rows[0][1]]
+    head = f"{'config':<14}{'ours s':>10}{'ours MB':>10}"
+    for peer in peers:
+        head += f"{peer + ' s':>13}{'time':>7}{peer + ' MB':>14}{'mem':>7}"
+    print(head)
+    for cfg, pair in rows:
+        o = pair["ours"]
+        line = f"{cfg:<14}{o['step_s']:>10.4f}{o['peak_mb']:>10.1f}"
+        for peer in peers:
+            d = pair[peer]
+            line += (f"{d['step_s']:>13.4f}{o['step_s'] / d['step_s']:>6.2f}x{d['peak_mb']:>14.1f}"
+                     f"{o['peak_mb'] / max(d['peak_mb'], 1e-9):>6.2f}x")
+        print(line)
     return 0
 
 

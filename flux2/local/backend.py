@@ -202,7 +202,10 @@ class LocalBackend:
         """Device memory this request needs on this backend's device (memory.py), from shapes only."""
         from .memory import file_is_fp8, plan_memory
 
-        device = pick_device(self.device)
+        try:
+            device = pick_device(self.device)
+        except ConfigError:     # e.g. a dry run planned on a machine without the GPU the graph names
+            device = torch.device(self.device)
         keep_fp8 = device.type != "mps"
         return plan_memory(self.preset, dtype_bytes=DTYPES[self.dtype].itemsize, offload=offload or self.offload,
                            width=request.width, height=request.height, batch=request.batch,

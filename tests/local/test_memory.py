@@ -100,3 +100,11 @@ def test_dry_run_plan_shows_the_device_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(lb, "pick_device", lambda device: torch.device("cuda"))
     (call,) = _dev_backend(tmp_path, "blocks").plan(GenerationRequest("a cat", 1024, 1024, seed=1))
     assert "device memory ≈ " in call.summary and 3 < call.payload["device_memory_gib"] < 12
+
+
+def test_a_dry_run_plans_for_a_gpu_this_machine_lacks(tmp_path):
+    """Planning names the GPU's memory even where torch sees no CUDA; only running needs the device."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (call,) = _dev_backend(tmp_path, "blocks").plan(GenerationRequest("a cat", 1024, 1024, seed=1))
+    assert "device memory ≈ " in call.summary

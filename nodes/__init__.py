@@ -1,6 +1,7 @@
 """ComfyUI node classes (classic style: no ComfyUI import at definition time)."""
 from __future__ import annotations
 
+import importlib
 import logging
 
 from .backend_nodes import Flux2RemoteBackend
@@ -22,13 +23,12 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "Flux2Size": "FLUX.2 Size",
 }
 
-try:  # the local engine is optional at import time: a broken extra must not hide the remote nodes
-    from .local_backend import NODE_CLASS_MAPPINGS as _LOCAL, NODE_DISPLAY_NAME_MAPPINGS as _LOCAL_NAMES
-    from .comfy_backend import NODE_CLASS_MAPPINGS as _CORE, NODE_DISPLAY_NAME_MAPPINGS as _CORE_NAMES
-except ImportError as exc:  # pragma: no cover - reported, not fatal
-    logging.getLogger("comfyui_flux2").warning("local backend nodes unavailable: %s", exc)
-else:
-    NODE_CLASS_MAPPINGS.update(_LOCAL)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_LOCAL_NAMES)
-    NODE_CLASS_MAPPINGS.update(_CORE)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_CORE_NAMES)
+# The local backends are optional at import time: a broken extra must not hide the remote nodes, nor each other.
+for _module in ("local_backend", "comfy_backend"):
+    try:
+        _mod = importlib.import_module(f".{_module}", __name__)
+    except ImportError as exc:  # pragma: no cover - reported, not fatal
+        logging.getLogger("comfyui_flux2").warning("%s nodes unavailable: %s", _module, exc)
+    else:
+        NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
+        NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)

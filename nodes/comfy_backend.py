@@ -55,12 +55,12 @@ def _schedule(steps: int, width: int, height: int) -> torch.Tensor:
 
 
 def _model_family(model) -> str:
-    """'FLUX.2' when the MODEL is ComfyUI's FLUX.2 class; raises for any other architecture."""
+    """'Flux2' when the MODEL is ComfyUI's FLUX.2 class (model_base.Flux2) or a subclass; raises otherwise."""
     inner = getattr(model, "model", None)
-    name = type(inner).__name__ if inner is not None else type(model).__name__
-    if name != "Flux2":
-        raise InputError(f"Flux2ComfyBackend needs a FLUX.2 MODEL (UNETLoader with a FLUX.2 file); got {name}")
-    return name
+    cls = type(inner if inner is not None else model)
+    if not any(c.__name__ == "Flux2" for c in cls.__mro__):
+        raise InputError(f"Flux2ComfyBackend needs a FLUX.2 MODEL (UNETLoader with a FLUX.2 file); got {cls.__name__}")
+    return "Flux2"
 
 
 @dataclass
@@ -143,7 +143,7 @@ class ComfyCoreBackend:
             positive = node_helpers.conditioning_set_values(positive, {"reference_latents": [latent]}, append=True)
             if real_cfg:
                 negative = node_helpers.conditioning_set_values(negative, {"reference_latents": [latent]}, append=True)
-        ctx.check_cancelled()
+        mm.throw_exception_if_processing_interrupted()          # ComfyUI shows it as "interrupted", not an error
 
         zeros = torch.zeros([1, LATENT_CHANNELS, request.height // LATENT_SCALE, request.width // LATENT_SCALE],
                             device=mm.intermediate_device())
@@ -164,7 +164,7 @@ class ComfyCoreBackend:
         samples = guider.sample(noise, latent, comfy.samplers.sampler_object(self.sampler_name), sigmas,
                                 callback=callback, disable_pbar=True, seed=request.seed)
         samples = samples.to(mm.intermediate_device())
-        ctx.check_cancelled()
+        mm.throw_exception_if_processing_interrupted()
         images = self.vae.decode(samples)                        # [B, H, W, 3] float 0..1
         if images.ndim == 5:                                    # video-style VAEs return [B, T, H, W, C]
             images = images.reshape(-1, *images.shape[-3:])

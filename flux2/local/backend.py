@@ -6,6 +6,7 @@ images of seeds seed, seed+1, ..., seed+N-1, each identical to diffusers' single
 """
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Callable
 from dataclasses import dataclass, field
@@ -200,7 +201,7 @@ class LocalBackend:
 
     def memory_plan(self, request: GenerationRequest, offload: str | None = None):
         """Device memory this request needs on this backend's device (memory.py), from shapes only."""
-        from .memory import file_is_fp8, plan_memory
+        from .memory import fp8_share, plan_memory
 
         try:
             device = pick_device(self.device)
@@ -212,8 +213,9 @@ class LocalBackend:
                            reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)
                                                                 for r in request.references)],
                            vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width),
-                           fp8_transformer=keep_fp8 and file_is_fp8(self.files.transformer),
-                           fp8_text=keep_fp8 and file_is_fp8(self.files.text_encoder))
+                           fp8_transformer=fp8_share(self.files.transformer, upcast_marker="transformer_blocks.")
+                           if keep_fp8 else 0.0,
+                           fp8_text=fp8_share(self.files.text_encoder) if keep_fp8 else 0.0)
 
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
@@ -229,7 +231,11 @@ class LocalBackend:
             if hit is not None:
                 hit.vae_tiling = self.vae_tiling
                 return hit
-            _cache.clear()          # one model set at a time: two would rarely fit in memory
+            if _cache:
+                _cache.clear()      # one model set at a time: two would rarely fit in memory
+                gc.collect()        # ...and their memory must be really free before the check below
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             if self.before_load is not None:
                 self.before_load()
             device = pick_device(self.device)

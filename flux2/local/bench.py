@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,30 +23,43 @@ CONFIGS = {
 }
 
 
+ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench"
+PEER_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_peer"   # outside the engine: imports ComfyUI
+
+
+def _reset_peak_rss() -> None:
+    """Linux: restart the process's peak-RSS counter (VmHWM) so later peaks exclude import-time spikes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def _peak_rss_mb() -> float:
-    import resource
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int) -> dict:
+def _build(impl: str, cfg: str, dtype, device: str, comfyui_builder=None):
+    """-> (model, step) for one implementation at one config, inputs made on the device."""
     import torch
 
+    from .sampling import image_ids, text_ids
+
     torch.manual_seed(0)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     hidden, heads, nd, ns, tdim, w, h, lt = CONFIGS[cfg]
     hd = hidden // heads
     q = hd // 4
     axes = (q, q, q, hd - 3 * q)
-    from .sampling import image_ids, text_ids
-
-    li = (w // 16) * (h // 16)
-    img = torch.randn(1, li, 128).to(device, dtype)
-    txt = torch.randn(1, lt, tdim).to(device, dtype)
+    img = torch.randn(1, (w // 16) * (h // 16), 128).to(device, dtype)   # [B, Li, 128]
+    txt = torch.randn(1, lt, tdim).to(device, dtype)                      # [B, Lt, C]
     iid, tid = image_ids(h // 16, w // 16).to(device), text_ids(lt).to(device)
     t = torch.tensor([0.5], device=device)
     if impl == "comfyui":
-        model, step = _comfyui_model(hidden, heads, nd, ns, tdim, axes, device, dtype, w, h, txt, t)
+        model, step = comfyui_builder(hidden, heads, nd, ns, tdim, axes, device, dtype, w, h, txt, t)
     elif impl == "diffusers":
         from diffusers import Flux2Transformer2DModel
 
@@ -66,59 +80,48 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int) -> dic
 
         def step():
             return model(img, iid, txt, tid, t)
-    model = model.to(device, dtype).eval().requires_grad_(False)
+    model.to(device, dtype).eval().requires_grad_(False)
+    return model, step
+
+
+def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int, comfyui_builder=None) -> dict:
+    """comfyui_builder: bench/comfyui_peer.py passes ComfyUI's model (the engine never imports ComfyUI)."""
+    import gc
+
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # Warm-up on the tiny config: imports and kernel libraries load lazily, and differently in each stack;
+    # memory is then counted from the RSS after that (CPU) or above the weights (CUDA).
+    with torch.no_grad():
+        _build(impl, "tiny", dtype, device, comfyui_builder)[1]()
+    gc.collect()
+    if not cuda:
+        _reset_peak_rss()
+    cpu_base = _current_rss_mb()
+    model, step = _build(impl, cfg, dtype, device, comfyui_builder)
     with torch.no_grad():
         step()
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        else:
-            base = _peak_rss_mb()
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
             step()
             sync()
             times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mb()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mb() - cpu_base
     times.sort()
     return {"impl": impl, "config": cfg, "step_s": times[len(times) // 2], "peak_mb": peak,
-            "peak_kind": "CUDA peak allocated above weights" if cuda else "process peak RSS"}
+            "peak_kind": ("CUDA peak allocated above weights" if cuda
+                          else "peak RSS above the RSS before the model is built (weights + activations)")}
 
 
-def _comfyui_model(hidden, heads, nd, ns, tdim, axes, device, dtype, w, h, txt, t):
-    """ComfyUI core's own FLUX.2 transformer (comfy.ldm.flux.model.Flux, image_model flux2) with the settings
-    its model detection gives FLUX.2, random weights; run as ComfyUI runs it on this device (its attention
-    choice included). Needs ComfyUI on sys.path (--comfyui) and its requirements in this interpreter."""
-    import torch
-
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"       # before model_management is imported
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux
-
-    model = Flux(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=tdim,
-                 hidden_size=hidden, mlp_ratio=3.0, num_heads=heads, depth=nd, depth_single_blocks=ns,
-                 axes_dim=list(axes), theta=2000, patch_size=1, qkv_bias=False, guidance_embed=False,
-                 global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
-                 ref_index_scale=10.0, operations=comfy.ops.disable_weight_init)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():                           # comfy's ops leave weights uninitialised
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    latent = torch.randn(1, 128, h // 16, w // 16).to(device, dtype)        # [B, 128, H/16, W/16]
-
-    def step():
-        return model(latent, t, context=txt)
-
-    return model, step
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     ap = argparse.ArgumentParser(prog="comfyui-flux2 benchmark local", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="tiny,mid", help=f"comma list of {', '.join(CONFIGS)}")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
@@ -131,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: this one)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker and args.worker[0] == "comfyui" and comfyui_builder is None:
+        print("the comfyui row runs through bench/comfyui_peer.py", file=sys.stderr)
+        return 2
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.worker:
-        if args.comfyui:
-            sys.path.insert(0, str(Path(args.comfyui).resolve()))
-        print(json.dumps(_worker(args.worker[0], args.worker[1], args.dtype, args.device, args.reps)))
+        print(json.dumps(_worker(args.worker[0], args.worker[1], args.dtype, args.device, args.reps,
+                                 comfyui_builder)))
         return 0
     if args.comfyui and not (Path(args.comfyui) / "comfy").is_dir():
         print(f"--comfyui {args.comfyui}: no ComfyUI there (expected a folder holding comfy/ and main.py)",
@@ -159,10 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         for impl in ("diffusers", "ours") + (("comfyui",) if args.comfyui else ()):
             # One interpreter for every row, so process memory compares like with like.
             python = args.comfyui_python or sys.executable
-            cmd = [python, "-m", __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench",
-                   "--worker", impl, cfg, "--dtype", args.dtype, "--device", args.device, "--reps", str(args.reps)]
-            if impl == "comfyui":
-                cmd += ["--comfyui", args.comfyui]
+            module = PEER_MODULE if impl == "comfyui" else ENGINE_MODULE
+            cmd = [python, "-m", module, "--worker", impl, cfg, "--dtype", args.dtype, "--device", args.device,
+                   "--reps", str(args.reps)] + (["--comfyui", args.comfyui] if impl == "comfyui" else [])
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             if out.returncode != 0:
                 print(f"{impl} {cfg} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}",
@@ -176,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in ("diffusers", "comfyui") if p in rows[0][1]]
     head = f"{'config':<14}{'ours s':>10}{'ours MB':>10}"
     for peer in peers:
-        head += f"{peer + ' s':>13}{'time':>7}{peer + ' MB':>14}{'mem':>7}"
+        head += f"{peer + ' s':>13}{'time':>8}{peer + ' MB':>14}{'mem':>8}"
     print(head)
     for cfg, pair in rows:
         o = pair["ours"]
         line = f"{cfg:<14}{o['step_s']:>10.4f}{o['peak_mb']:>10.1f}"
         for peer in peers:
             d = pair[peer]
-            line += (f"{d['step_s']:>13.4f}{o['step_s'] / d['step_s']:>6.2f}x{d['peak_mb']:>14.1f}"
-                     f"{o['peak_mb'] / max(d['peak_mb'], 1e-9):>6.2f}x")
+            line += (f"{d['step_s']:>13.4f}{o['step_s'] / d['step_s']:>7.2f}x{d['peak_mb']:>14.1f}"
+                     f"{o['peak_mb'] / max(d['peak_mb'], 1e-9):>7.2f}x")
         print(line)
     return 0
 

@@ -1,8 +1,8 @@
 """Device memory a local run needs, worked out before any weight is read.
 
 The modules are built on PyTorch's meta device (shapes only: no memory, no file reads; [dev] in about two
-seconds), so a run that cannot fit is refused with one line before ComfyUI's models are unloaded or a
-single weight crosses to the GPU. What the engine keeps on the device:
+seconds), so a run that cannot fit is refused with one line before a single weight is read (the check runs
+when the weights load, after ComfyUI's cached models are unloaded so that "free" is what we could get). What the engine keeps on the device:
 
 - offload=none: every weight, for as long as the model stays loaded;
 - offload=blocks: the transformer's parts outside its blocks and the VAE, resident; the largest
@@ -27,8 +27,7 @@ from .params import ModelPreset
 GIB = 1024 ** 3
 CUDA_OVERHEAD = 1 * GIB           # CUDA context, cuBLAS workspace, allocator slack
 TEXT_TOKENS = 512
-VAE_LIVE_TENSORS = 5              # full-resolution 128-channel tensors alive at once in a decoder res-block
-VAE_FULL_RES_CHANNELS = 128
+VAE_LIVE_TENSORS = 5              # full-resolution tensors alive at once in an encoder res-block
 
 
 @dataclass(frozen=True)
@@ -61,18 +60,20 @@ class MemoryPlan:
                 f"activations while {self.phase} + {CUDA_OVERHEAD / GIB:.0f} overhead)")
 
 
-def _bytes(module: nn.Module, dtype_bytes: int, fp8: bool) -> int:
-    """Linear weights of an fp8 file stay 1 byte each in memory (quant.py); everything else is in the compute dtype."""
-    total = 0
+def _bytes(module: nn.Module, dtype_bytes: int, fp8: float) -> int:
+    """Bytes in memory. fp8: the share (0..1) of Linear weight elements an fp8 file stores as float8, which stay
+    1 byte each (quant.py); everything else is in the compute dtype."""
+    total = 0.0
     for mod in module.modules():
         for name, p in mod.named_parameters(recurse=False):
-            per = 1 if fp8 and isinstance(mod, nn.Linear) and name == "weight" else dtype_bytes
+            linear = isinstance(mod, nn.Linear) and name == "weight"
+            per = fp8 + (1 - fp8) * dtype_bytes if linear else dtype_bytes
             total += p.numel() * per
-    return total
+    return int(total)
 
 
 @functools.lru_cache(maxsize=16)
-def module_sizes(preset: ModelPreset, dtype_bytes: int, fp8_transformer: bool, fp8_text: bool) -> ModuleSizes:
+def module_sizes(preset: ModelPreset, dtype_bytes: int, fp8_transformer: float, fp8_text: float) -> ModuleSizes:
     from .autoencoder import AutoencoderFlux2
     from .text_encoder import TextEncoder
     from .transformer import Flux2Transformer
@@ -89,30 +90,36 @@ def module_sizes(preset: ModelPreset, dtype_bytes: int, fp8_transformer: bool, f
         transformer_resident=_bytes(tr, dtype_bytes, fp8_transformer) - sum(block_bytes),
         transformer_blocks=sum(block_bytes),
         transformer_largest_block=max(block_bytes, default=0),
-        text_embedding=_bytes(te.embed_tokens, dtype_bytes, False),
+        text_embedding=_bytes(te.embed_tokens, dtype_bytes, 0.0),
         text_layers=sum(layer_bytes),
         text_largest_layer=max(layer_bytes, default=0),
-        vae=_bytes(vae, dtype_bytes, False),
+        vae=_bytes(vae, dtype_bytes, 0.0),
         largest_linear_elements=max(linears, default=0),
     )
 
 
 def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: int, height: int,
                 reference_pixels: list[int] = (), batch: int = 1, vae_tile: int = 0,
-                fp8_transformer: bool = False, fp8_text: bool = False) -> MemoryPlan:
+                fp8_transformer: float = 0.0, fp8_text: float = 0.0) -> MemoryPlan:
     """Peak device bytes of one generate call. reference_pixels: w*h of each prepared reference;
     vae_tile: latent pixels per tile side when the decode is tiled (0: whole image)."""
-    s = module_sizes(preset, dtype_bytes, fp8_transformer, fp8_text)
+    s = module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
     t, te = preset.transformer, preset.text_encoder
     tokens = TEXT_TOKENS + (width // 16) * (height // 16) + sum(p // 256 for p in reference_pixels)
-    dequant = s.largest_linear_elements * dtype_bytes if fp8_transformer else 0
+    dequant = s.largest_linear_elements * dtype_bytes if fp8_transformer or fp8_text else 0
     # Per token in a single-stream block: input, modulated input, the fused qkv+mlp projection, q/k/v after
     # norm and RoPE, attention output, the gated MLP activation, the concatenated input of the output projection.
     denoise_act = batch * tokens * (10 * t.hidden + 4 * t.mlp_hidden) * dtype_bytes + dequant
-    text_act = TEXT_TOKENS * (10 * te.hidden + 3 * te.intermediate) * dtype_bytes + TEXT_TOKENS ** 2 * 4
+    text_act = TEXT_TOKENS * (10 * te.hidden + 3 * te.intermediate) * dtype_bytes + TEXT_TOKENS ** 2 * 4 + dequant
+    # Decoder peak: the last upsample takes the half-resolution stage's channels to full resolution in float32
+    # (nearest interpolation, as diffusers), then a copy in the compute dtype and the conv output beside it, with
+    # its half-resolution input still alive; one more compute-dtype tensor of margin.
+    up_channels = preset.vae.block_out[1] if len(preset.vae.block_out) > 1 else preset.vae.block_out[0]
     decode_pixels = min(width * height, (vae_tile * 8) ** 2) if vae_tile else width * height
-    decode_act = decode_pixels * VAE_FULL_RES_CHANNELS * VAE_LIVE_TENSORS * dtype_bytes
-    encode_act = max(reference_pixels, default=0) * VAE_FULL_RES_CHANNELS * VAE_LIVE_TENSORS * dtype_bytes
+    decode_act = decode_pixels * up_channels * (4 + 3 * dtype_bytes)
+    if vae_tile:                                  # the stitched picture and its blend weights, float32
+        decode_act += width * height * (3 + 1) * 4
+    encode_act = max(reference_pixels, default=0) * preset.vae.block_out[0] * VAE_LIVE_TENSORS * dtype_bytes
 
     if offload == "blocks":
         resident = s.transformer_resident + s.vae
@@ -128,17 +135,29 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     return MemoryPlan(weights=resident + extra_weights, activations=act, phase=phase, offload=offload)
 
 
-def file_is_fp8(path: Path | None) -> bool:
-    """Whether a safetensors file holds float8 weights (reads the header only)."""
+def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
+    """Share (0..1) of the 2-D weight elements a safetensors file stores as float8 (header only, no tensor read).
+    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (loading.py): 0."""
     if path is None or not Path(path).is_file():
-        return False
+        return 0.0
     from safetensors import safe_open
 
+    fp8 = total = 0
     try:
         with safe_open(str(path), framework="pt") as f:
-            return any(f.get_slice(k).get_dtype().startswith("F8") for k in f.keys())
+            for key in f.keys():
+                if upcast_marker and f".{upcast_marker}" in f".{key}":
+                    return 0.0
+                tensor = f.get_slice(key)
+                shape = tensor.get_shape()
+                if len(shape) != 2:
+                    continue
+                n = shape[0] * shape[1]
+                total += n
+                fp8 += n if tensor.get_dtype().startswith("F8") else 0
     except Exception:   # unreadable files are reported by the loader, with the file named
-        return False
+        return 0.0
+    return fp8 / total if total else 0.0
 
 
 def free_device_memory(device: torch.device) -> tuple[int, int] | None:

@@ -1,7 +1,7 @@
 """Block offload: weights live on the CPU and each transformer block visits the GPU only while it runs.
 
 Lets [dev] (64 GB in bf16) run on a 24 GB card at the cost of PCIe traffic per step. The text encoder streams
-the same way, one decoder layer at a time (Mistral Small 3.2 alone is 48 GB in bf16, 24 GB in fp8); the VAE
+the same way, one decoder layer at a time (the 30 Mistral Small 3.2 layers FLUX.2 reads are 31 GiB in bf16); the VAE
 (~170 MB) stays resident. memory.py works out what this leaves on the device.
 """
 from __future__ import annotations
@@ -62,17 +62,7 @@ def apply_offload(modules, device: torch.device) -> None:
     for name, child in tr.named_children():
         if name not in ("double_blocks", "single_blocks"):
             child.to(device)
-    mover = _BlockMover(device)
-    tr.block_hook = mover
-    original = tr.forward
-
-    def forward(*args, **kwargs):
-        try:
-            return original(*args, **kwargs)
-        finally:
-            mover.release()
-
-    tr.forward = forward
+    tr.block_hook = _BlockMover(device)      # the transformer calls it per block and releases after the pass
     for attr in ("encoder", "decoder", "post_quant_conv", "quant_conv"):
         getattr(modules.vae, attr).to(device)   # the VAE is small (~170 MB): keep it resident
     modules.vae.bn.to(device)

@@ -227,15 +227,19 @@ class Flux2Transformer(nn.Module):
         cos, sin = rope_tables(torch.cat((txt_ids, img_ids), 0), p.axes_dim, p.theta)   # [Lt+Li, Dh/2]
 
         hook = self.block_hook
-        for block in self.double_blocks:
-            if hook is not None:
-                hook(block)
-            x, c = block(x, c, mod_img, mod_txt, cos, sin)
-        Lt = c.shape[1]
-        h = torch.cat((c, x), dim=1)                              # [B, Lt+Li, D]
-        del x, c
-        for block in self.single_blocks:
-            if hook is not None:
-                hook(block)
-            h = block(h, mod_single, cos, sin)
+        try:
+            for block in self.double_blocks:
+                if hook is not None:
+                    hook(block)
+                x, c = block(x, c, mod_img, mod_txt, cos, sin)
+            Lt = c.shape[1]
+            h = torch.cat((c, x), dim=1)                          # [B, Lt+Li, D]
+            del x, c
+            for block in self.single_blocks:
+                if hook is not None:
+                    hook(block)
+                h = block(h, mod_single, cos, sin)
+        finally:
+            if hook is not None:                                  # offload: the last block goes home too
+                hook.release()
         return self.final_layer(h[:, Lt:], temb)                 # [B, Li, 128]

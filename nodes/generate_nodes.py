@@ -12,6 +12,7 @@ from .comfy_hooks import node_context
 from .common import BACKEND_TYPE, CATEGORY, seed_input, side_input
 
 RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
+BACKEND_TOOLTIP = "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."
 RETURN_NAMES = ("image", "seed", "cost_usd")
 PROMPT_TOOLTIP = "What to make (text-to-image) or what to change (edit)."
 BATCH_TOOLTIP = "Images to make; image i uses seed + i, so each one can be reproduced on its own."
@@ -51,7 +52,7 @@ class Flux2TextToImage:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."}),
+                "backend": (BACKEND_TYPE, {"tooltip": BACKEND_TOOLTIP}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
                 "width": side_input(1024, "Output width; a multiple of 16 within the model's limits."),
                 "height": side_input(1024, "Output height; a multiple of 16 within the model's limits."),
@@ -81,7 +82,7 @@ class Flux2Edit:
                     for i in range(2, MAX_REFS_ANY + 1)}
         return {
             "required": {
-                "backend": (BACKEND_TYPE, {"tooltip": "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."}),
+                "backend": (BACKEND_TYPE, {"tooltip": BACKEND_TOOLTIP}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
                 "reference_1": ("IMAGE", {"tooltip": "First reference image; the output size follows it "
                                                      "when width and height are 0."}),

@@ -156,14 +156,13 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         print("benchmark needs diffusers (pip install 'comfyui-flux2[test]')", file=sys.stderr)
         return 2
     rows = []
+    python = args.comfyui_python or sys.executable    # one interpreter for every row: like compares with like
     for cfg in args.configs.split(","):
         if cfg not in CONFIGS:
             print(f"unknown config {cfg!r}; known: {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
         pair = {}
         for impl in ("diffusers", "ours") + (("comfyui",) if args.comfyui else ()):
-            # One interpreter for every row, so process memory compares like with like.
-            python = args.comfyui_python or sys.executable
             module = PEER_MODULE if impl == "comfyui" else ENGINE_MODULE
             cmd = [python, "-m", module, "--worker", impl, cfg, "--dtype", args.dtype, "--device", args.device,
                    "--reps", str(args.reps)] + (["--comfyui", args.comfyui] if impl == "comfyui" else [])

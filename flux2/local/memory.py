@@ -2,7 +2,8 @@
 
 The modules are built on PyTorch's meta device (shapes only: no memory, no file reads; [dev] in about two
 seconds), so a run that cannot fit is refused with one line before a single weight is read (the check runs
-when the weights load, after ComfyUI's cached models are unloaded so that "free" is what we could get). What the engine keeps on the device:
+when the weights load, after ComfyUI's cached models are unloaded so that "free" is what we could get).
+What the engine keeps on the device:
 
 - offload=none: every weight, for as long as the model stays loaded;
 - offload=blocks: the transformer's parts outside its blocks and the VAE, resident; the largest
@@ -140,11 +141,17 @@ def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
     A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (loading.py): 0."""
     if path is None or not Path(path).is_file():
         return 0.0
+    st = Path(path).stat()        # planned on every dry run and load: read a header once per file version
+    return _fp8_share(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, upcast_marker)
+
+
+@functools.lru_cache(maxsize=32)
+def _fp8_share(path: str, _size: int, _mtime_ns: int, upcast_marker: str | None) -> float:
     from safetensors import safe_open
 
     fp8 = total = 0
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(path, framework="pt") as f:
             for key in f.keys():
                 if upcast_marker and f".{upcast_marker}" in f".{key}":
                     return 0.0

@@ -1,8 +1,8 @@
 """Block offload: weights live on the CPU and each transformer block visits the GPU only while it runs.
 
 Lets [dev] (64 GB in bf16) run on a 24 GB card at the cost of PCIe traffic per step. The text encoder streams
-the same way, one decoder layer at a time (the 30 Mistral Small 3.2 layers FLUX.2 reads are 31 GiB in bf16); the VAE
-(~170 MB) stays resident. memory.py works out what this leaves on the device.
+the same way, one decoder layer at a time (the 30 Mistral Small 3.2 layers FLUX.2 reads are 31 GiB in bf16);
+the VAE (~170 MB) stays resident. memory.py works out what this leaves on the device.
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ class _BlockMover:
 
 
 class _StreamedTextEncoder(nn.Module):
-    """Wraps the text encoder: its embedding visits the device for the call, its layers one at a time."""
+    """Wraps the text encoder: its embedding visits the device for the call; its layers stream one at a time
+    through the encoder's layer hook, which the encoder releases after the pass (as the transformer does)."""
 
     def __init__(self, inner: nn.Module, device: torch.device):
         super().__init__()
         self.inner = inner
         self.device = device              # pipeline.encode_prompt puts the token ids here
-        self.mover = _BlockMover(device)
-        inner.layer_hook = self.mover
+        inner.layer_hook = _BlockMover(device)
 
     def __getattr__(self, name):
         try:
@@ -49,7 +49,6 @@ class _StreamedTextEncoder(nn.Module):
         try:
             return self.inner(*args, **kwargs)
         finally:
-            self.mover.release()
             embed.to("cpu")
 
 

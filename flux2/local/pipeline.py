@@ -69,8 +69,6 @@ class Flux2Modules:
     dtype: torch.dtype
 
 
-
-
 class Flux2Engine:
     vae_tiling = "auto"                 # "auto" | "on" | "off"; set by LocalBackend
 

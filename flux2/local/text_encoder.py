@@ -120,11 +120,16 @@ class TextEncoder(nn.Module):
         wanted = set(p.out_layers)
         if 0 in wanted:
             outs[0] = x
-        for i, layer in enumerate(self.layers, start=1):
-            if self.layer_hook is not None:
-                self.layer_hook(layer)
-            x = layer(x, cos, sin, mask)
-            if i in wanted:
-                outs[i] = x
+        hook = self.layer_hook
+        try:
+            for i, layer in enumerate(self.layers, start=1):
+                if hook is not None:
+                    hook(layer)
+                x = layer(x, cos, sin, mask)
+                if i in wanted:
+                    outs[i] = x
+        finally:
+            if hook is not None:                                      # offload: the last layer goes home too
+                hook.release()
         out = torch.stack([outs[k] for k in p.out_layers], dim=2)          # [B, L, n, Dm]
         return out.reshape(B, L, -1)

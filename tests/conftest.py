@@ -1,4 +1,5 @@
-"""Shared fixtures: loopback providers with the environment pointed at them, slow-test switch."""
+"""Shared fixtures: loopback providers with the environment pointed at them, slow-test switch;
+the repository root collected as a plain folder."""
 from __future__ import annotations
 
 import pytest
@@ -24,6 +25,31 @@ def _clean_provider_env(monkeypatch):
 def _isolated_result_cache(tmp_path_factory, monkeypatch):
     """Each test gets an empty result cache, so no test is served by another's results."""
     monkeypatch.setenv("FLUX2_CACHE_DIR", str(tmp_path_factory.mktemp("result-cache")))
+
+
+class _PackRootIsAFolder:
+    """Collect the repository root as a plain folder (``pytest.Dir``), not as a ``pytest.Package``.
+
+    The root holds the pack's ``__init__.py`` (ComfyUI imports the folder as a package), so pytest
+    (8+) would collect it as a Package and import that ``__init__.py`` before every test. In a folder
+    whose name is not a Python identifier -- the usual ``comfyui-flux2``, also in
+    ``custom_nodes/`` -- pytest imports it as a top-level module and its relative imports fail, so
+    every test errors. The tests import the pack as ``comfyui_flux2`` (installed or on PYTHONPATH)
+    and need nothing from the root package. Documented hook: "Using a custom directory collector"
+    (pytest_collect_directory). It has to be a global plugin: a conftest's own hooks only see
+    paths at or below its folder, and the root is collected through its parent's hooks.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if path == parent.config.rootpath and (path / "__init__.py").is_file():
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("comfyui-flux2-pack-root"):
+        config.pluginmanager.register(_PackRootIsAFolder(), "comfyui-flux2-pack-root")
 
 
 def pytest_addoption(parser):

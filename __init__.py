@@ -15,4 +15,13 @@ except Exception as _exc:  # pragma: no cover - the editor loses its preview, th
 
     logging.getLogger("comfyui_flux2").warning("FLUX.2 editor routes unavailable: %s", _exc)
 
+try:  # the example workflows' reference images in ComfyUI's input folder (never replacing a file)
+    from .nodes.example_inputs import provide_example_images as _provide_example_images
+
+    _provide_example_images()
+except Exception as _exc:  # pragma: no cover - the examples then need their images copied by hand
+    import logging
+
+    logging.getLogger("comfyui_flux2").warning("FLUX.2 example images not provided: %s", _exc)
+
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

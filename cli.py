@@ -81,8 +81,10 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
         if not quiet:
             print(f"[{index + 1}/{total}] node {node.id} {node.class_type}", file=out, flush=True)
 
+    # The examples keep API-format files in api/ beside the UI files and their images: either finds them.
+    more = (path.parent.parent,) if input_dir is None and path.parent.name == "api" else ()
     executor = Executor(workflow, input_dir=input_dir or path.parent, output_dir=output_dir,
-                        on_node=lambda *a: None)
+                        on_node=lambda *a: None, more_input_dirs=more)
     if budget is None and os.environ.get("FLUX2_BUDGET_USD"):
         try:
             budget = float(os.environ["FLUX2_BUDGET_USD"])
@@ -95,12 +97,13 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     executor.run(plan_ctx)
     print(f"{path.name}: {len(executor.order)} nodes, {len(plan_ctx.planned)} generation call(s)", file=out)
     for call, est in plan_ctx.planned:
-        print(f"  {call.target}: {call.summary} - est. {est}", file=out)
+        print(f"  {call.target}: {call.summary} - est. {est}" + (" (approximate)" if est.approximate else ""), file=out)
     for warning in plan_ctx.warnings:
         print(f"  warning: {warning}", file=out)
     total = plan_ctx.ledger.estimated_total
     unpriced = plan_ctx.ledger.unpriced
-    print(f"estimated cost: {format_usd(total)}" + (f" (+{unpriced} call(s) without a published price)" if unpriced else ""),
+    print(f"estimated cost: {format_usd(total)}" + (f" (+{unpriced} call(s) without a published price)" if unpriced else "")
+          + (" (approximate: URL references of unknown size priced as <= 1 MP each)" if plan_ctx.ledger.approximate else ""),
           file=out)
     plan_ctx.check_budget()
     if dry_run:
@@ -197,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("workflow", type=Path)
     run.add_argument("--output-dir", type=Path, default=Path("output"))
     run.add_argument("--input-dir", type=Path, default=None,
-                     help="where LoadImage finds its files (default: the workflow's folder)")
+                     help="where LoadImage finds its files (default: the workflow's folder, and for a "
+                          "workflow in a folder named api/, the folder above it too)")
     run.add_argument("--dry-run", action="store_true", help="validate, print planned calls and cost; no network")
     run.add_argument("--budget", type=float, default=None,
                      help="refuse to start if the estimate exceeds this many USD (also FLUX2_BUDGET_USD)")

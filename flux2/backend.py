@@ -23,7 +23,7 @@ class GenerationRequest:
     width: int
     height: int
     seed: int
-    references: tuple[RefImage, ...] = ()
+    references: tuple[RefImage, ...] = ()  # or UrlReference (reference_urls.py) where given by URL
     batch: int = 1
     node_id: str = ""                   # for progress/log lines ("node 7")
 
@@ -87,10 +87,12 @@ def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = N
     from .errors import Flux2Error
     from .images import placeholder
     from .pricing import Estimate
+    from .reference_urls import prepare_references
     from .result_cache import key_of
     from .run_context import current
 
     ctx = ctx or current()
+    request = prepare_references(backend, request, ctx)      # URL references: checked, or fetched for local
     backend.validate(request)
     est = backend.estimate(request)
     identity = cache_identity(backend, request) if ctx.cache is not None else None

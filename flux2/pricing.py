@@ -11,6 +11,7 @@ from .sizes import billed_megapixels
 class Estimate:
     usd: float | None          # None: the provider publishes no price for this model
     detail: str
+    approximate: bool = False  # True: priced on an assumption (a URL reference of unknown size as 1 MP)
 
     def __str__(self) -> str:
         return format_usd(self.usd) if self.usd is not None else "unknown (no published price)"
@@ -23,13 +24,14 @@ def format_usd(usd: float | None) -> str:
 
 
 def estimate(model: ModelSpec, provider: str, width: int, height: int,
-             reference_sizes: list[tuple[int, int]] = (), batch: int = 1) -> Estimate:
+             reference_sizes: list[tuple[int, int]] = (), batch: int = 1, assumed_references: int = 0) -> Estimate:
     """USD for `batch` images of width x height with the given references.
 
     Rule (BFL's published per-MP pricing, also what Runware bills for BFL-hosted models): the first
     output megapixel at the model's base price, every further output MP and every reference MP at
     the extra price; MP rounded up per image. Each image of a batch is its own task, so references
-    are billed once per image.
+    are billed once per image. `assumed_references` of the sizes are assumptions (URL references the
+    provider fetches itself, priced as <= 1 MP): the estimate is then marked approximate.
     """
     price = model.on(provider).price
     if price is None:
@@ -40,5 +42,13 @@ def estimate(model: ModelSpec, provider: str, width: int, height: int,
     one = round(one, 6)
     detail = (f"{model.name} on {provider}: {out_mp} output MP"
               + (f" + {ref_mp} reference MP" if reference_sizes else "")
-              + (f" x {batch} images" if batch > 1 else ""))
-    return Estimate(round(one * batch, 6), detail)
+              + (f" x {batch} images" if batch > 1 else "")
+              + (f" ({assumed_references} URL reference(s) of unknown size priced as <= 1 MP each)"
+                 if assumed_references else ""))
+    return Estimate(round(one * batch, 6), detail, approximate=assumed_references > 0)
+
+
+def reference_sizes(references) -> tuple[list[tuple[int, int]], int]:
+    """(sizes, how many are assumed) of a request's references, for `estimate`."""
+    sizes = [(r.width, r.height) for r in references]
+    return sizes, sum(1 for r in references if getattr(r, "size_known", True) is False)

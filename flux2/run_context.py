@@ -46,6 +46,11 @@ class Ledger:
         return sum(1 for e in self.estimates.values() if e.usd is None)
 
     @property
+    def approximate(self) -> bool:
+        """Some estimate rests on an assumption (e.g. a URL reference of unknown size priced as 1 MP)."""
+        return any(e.approximate for e in self.estimates.values())
+
+    @property
     def billed_total(self) -> float:
         return round(sum(v for v in self.billed.values() if v is not None), 6)
 

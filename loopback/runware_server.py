@@ -5,7 +5,11 @@
 - `imageInference`, `imageUpload`, `getResponse`; results matched by `taskUUID`.
 - Answers `{"data": [...]}` and/or `{"errors": [{code, message, parameter, taskType, taskUUID}]}`
   with the documented HTTP statuses (400 bad parameter, 401 key, 402 balance, 429/503 capacity).
-- Result images are served from this server (`imageURL`) and expire after `url_ttl_s`.
+- Result images are served from this server (`imageURL`) and expire after `url_ttl_s`; their
+  imageUUIDs, like uploads', work as references.
+- An https reference URL is taken as Runware takes it, but not fetched (this server is offline): a
+  stand-in picture, billed as one reference MP, as Runware billed the documented example (our guess for
+  larger files).
 Prices and limits here are this server's own table (Runware's published ones), deliberately not
 imported from the pack, so the client's estimate is checked against an independent source.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import math
@@ -185,6 +190,17 @@ class RunwareHandler(JsonHandler):
             raise TaskError(_err("invalidImage", "Image could not be decoded (PNG, JPG or WEBP expected)",
                                  task, parameter)) from None
 
+    def fetch_loopback(self, url: str, task) -> np.ndarray:
+        import urllib.request
+        try:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(url, timeout=10) as response:
+                raw = response.read(64 * 2**20)
+            return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        except (OSError, ValueError):
+            raise TaskError(_err("invalidImageURL", f"Could not fetch an image from {url}", task,
+                                 "inputs.referenceImages")) from None
+
     def image_inference(self, task, fault) -> list[dict]:
         model = task.get("model")
         if model not in MODELS:
@@ -227,14 +243,28 @@ class RunwareHandler(JsonHandler):
         if not isinstance(refs_in, list) or len(refs_in) > max_refs:
             raise TaskError(_err("invalidReferenceImages", f"At most {max_refs} reference images for {model}", task,
                                  "inputs.referenceImages"))
-        refs = [self.decode_image(r, task, "inputs.referenceImages") for r in refs_in]
+        refs, ref_mp = [], []
+        for r in refs_in:
+            if isinstance(r, str) and r.startswith(("http://127.0.0.1:", "https://127.0.0.1:")):
+                arr = self.fetch_loopback(r, task)     # a test's asset server: fetched, as Runware would
+                refs.append(arr)
+                ref_mp.append(_mp(arr.shape[1], arr.shape[0]))
+            elif isinstance(r, str) and r.startswith("https://"):
+                # Runware fetches public URLs itself; offline, this server cannot. It bills such a reference
+                # as its documented example does ($0.09 = 1.5 MP output + three references of <= 1 MP).
+                refs.append(_url_stand_in(r))
+                ref_mp.append(1)
+            else:
+                arr = self.decode_image(r, task, "inputs.referenceImages")
+                refs.append(arr)
+                ref_mp.append(_mp(arr.shape[1], arr.shape[0]))
         if NSFW_WORD in prompt:
             raise TaskError(_err("contentPolicyViolation", "The prompt was flagged by the content policy", task,
                                  "positivePrompt", _status=400))
         cost = UNPRICED_COST
         if price:
             first, extra, ref = price
-            cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 6)
+            cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(ref_mp), 6)
         results = []
         for i in range(n):
             image_seed = seed + i
@@ -255,6 +285,7 @@ class RunwareHandler(JsonHandler):
             if task.get("includeCost"):
                 item["cost"] = cost
             with self.app.lock:
+                self.app.uploads[image_uuid] = arr      # a generated image's imageUUID works as a reference too
                 self.app.billed += cost
                 self.app.results[task["taskUUID"]] = item
             results.append(item)
@@ -265,6 +296,12 @@ class TaskError(Exception):
     def __init__(self, error: dict):
         super().__init__(error.get("message"))
         self.error = error
+
+
+def _url_stand_in(url: str) -> np.ndarray:
+    """A small flat picture standing in for a URL this offline server cannot fetch (same URL, same colour)."""
+    digest = hashlib.sha256(url.encode()).digest()
+    return np.broadcast_to(np.frombuffer(digest[:3], dtype=np.uint8), (64, 64, 3)).copy()
 
 
 def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:

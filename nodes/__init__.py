@@ -6,6 +6,7 @@ import logging
 
 from .backend_nodes import Flux2RemoteBackend
 from .generate_nodes import Flux2Edit, Flux2TextToImage
+from .reference_nodes import Flux2ReferenceURL
 from .util_nodes import Flux2Seed, Flux2Size
 
 NODE_CLASS_MAPPINGS = {
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "Flux2Edit": Flux2Edit,
     "Flux2Seed": Flux2Seed,
     "Flux2Size": Flux2Size,
+    "Flux2ReferenceURL": Flux2ReferenceURL,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "Flux2RemoteBackend": "FLUX.2 Remote Backend (Runware / BFL)",
@@ -21,6 +23,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "Flux2Edit": "FLUX.2 Edit (multi-reference)",
     "Flux2Seed": "FLUX.2 Seed",
     "Flux2Size": "FLUX.2 Size",
+    "Flux2ReferenceURL": "FLUX.2 Reference by URL",
 }
 
 # The local backends are optional at import time: a broken extra must not hide the remote nodes, nor each other.

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 BACKEND_TYPE = "FLUX2_BACKEND"
+# A reference given by URL travels as its own type; Flux2Edit's reference sockets take either it or an
+# IMAGE (ComfyUI and its frontend both accept a link whose type is one of a comma-separated union).
+REFERENCE_TYPE = "FLUX2_REFERENCE"
+REFERENCE_SOCKET = f"IMAGE,{REFERENCE_TYPE}"
 CATEGORY = "FLUX.2"
 MAX_SEED = 0xFFFFFFFF   # what both providers accept; ComfyUI's default seed max is larger
 

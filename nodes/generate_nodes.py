@@ -9,7 +9,8 @@ from ..flux2.pricing import format_usd
 from ..flux2.sizes import fit_size
 from .budget import check_graph_budget
 from .comfy_hooks import node_context
-from .common import BACKEND_TYPE, CATEGORY, seed_input, side_input
+from ..flux2.reference_urls import UrlReference
+from .common import BACKEND_TYPE, CATEGORY, REFERENCE_SOCKET, seed_input, side_input
 
 RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
 BACKEND_TOOLTIP = "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."
@@ -39,6 +40,13 @@ def _execute(backend, prompt, width, height, seed, batch_size, unique_id, refere
                      "seeds": result.seeds, "billed": format_usd(result.cost_usd),
                      "dry_run": bool(result.info.get("dry_run"))}]}
     return {"ui": ui, "result": (images, int(result.seeds[0]), cost)}
+
+
+def _references(value) -> list:
+    """One reference socket's value -> references: each image of an IMAGE batch, or a URL reference."""
+    if isinstance(value, UrlReference):
+        return [value]
+    return [ref_from_array(a) for a in tensor_to_arrays(value)]
 
 
 class Flux2TextToImage:
@@ -78,14 +86,15 @@ class Flux2Edit:
 
     @classmethod
     def INPUT_TYPES(cls):
-        optional = {f"reference_{i}": ("IMAGE", {"tooltip": f"Reference image {i} (optional)."})
+        optional = {f"reference_{i}": (REFERENCE_SOCKET, {"tooltip": f"Reference image {i} (optional)."})
                     for i in range(2, MAX_REFS_ANY + 1)}
         return {
             "required": {
                 "backend": (BACKEND_TYPE, {"tooltip": BACKEND_TOOLTIP}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": PROMPT_TOOLTIP}),
-                "reference_1": ("IMAGE", {"tooltip": "First reference image; the output size follows it "
-                                                     "when width and height are 0."}),
+                "reference_1": (REFERENCE_SOCKET, {"tooltip": "First reference image (an IMAGE or a "
+                                                              "Flux2ReferenceURL); the output size follows it "
+                                                              "when width and height are 0."}),
                 "width": side_input(0, "0 = follow the first reference (snapped to the model's grid).", 0),
                 "height": side_input(0, "0 = follow the first reference (snapped to the model's grid).", 0),
                 "seed": seed_input("Same seed, prompt, references and settings give the same image."),
@@ -101,13 +110,16 @@ class Flux2Edit:
         backend = _backend(backend)
         tensors = [reference_1] + [more[f"reference_{i}"] for i in range(2, MAX_REFS_ANY + 1)
                                    if more.get(f"reference_{i}") is not None]
-        refs = [ref_from_array(a) for t in tensors for a in tensor_to_arrays(t)]
+        refs = [r for t in tensors for r in _references(t)]
         if len(refs) > backend.max_references():
             # Checked here too so a batch plugged into one socket gets the same clear message.
             raise InputError(f"{len(refs)} reference images; {backend.describe()} takes at most "
                              f"{backend.max_references()}")
         if (width == 0) != (height == 0):
             raise InputError("set both width and height, or both to 0 to follow the first reference")
+        if width == 0 and isinstance(refs[0], UrlReference):
+            raise InputError(f"set width and height: reference 1 ({refs[0].value}) is given by URL, so its size "
+                             "is not known before the provider fetches it")
         if width == 0:
             width, height = fit_size(refs[0].width, refs[0].height, backend.limits())
         return _execute(backend, prompt, width, height, seed, batch_size, unique_id, refs, graph=graph_prompt)

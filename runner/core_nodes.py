@@ -37,6 +37,7 @@ class RunFolders:
     """Where LoadImage reads and SaveImage writes during one run, and what it wrote."""
 
     input_dir: Path = Path(".")
+    more_input_dirs: tuple[Path, ...] = ()   # searched after input_dir (the UI files' folder for api/ files)
     output_dir: Path = Path("output")
     save: bool = True                  # False in dry runs
     prompt_json: dict | None = None    # the graph, embedded in saved PNGs as ComfyUI does
@@ -73,9 +74,10 @@ class LoadImage:
 
     def load_image(self, image, upload=None):
         folders = current_folders()
-        path = safe_join(folders.input_dir, image, "LoadImage")
-        if not path.is_file():
-            raise InputError(f"LoadImage: {image!r} not found in {folders.input_dir}")
+        roots = (folders.input_dir, *folders.more_input_dirs)
+        path = next((p for p in (safe_join(r, image, "LoadImage") for r in roots) if p.is_file()), None)
+        if path is None:
+            raise InputError(f"LoadImage: {image!r} not found in {' or '.join(str(r) for r in roots)}")
         array = load_image_file(path, f"LoadImage {image!r}")
         tensor = arrays_to_tensor([array])                      # [1, H, W, 3]
         mask = tensor.new_zeros(tensor.shape[:3])               # [1, H, W]

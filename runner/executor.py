@@ -34,13 +34,15 @@ class RunReport:
 
 
 class Executor:
-    def __init__(self, workflow: dict, *, input_dir: Path, output_dir: Path, on_node=None):
+    def __init__(self, workflow: dict, *, input_dir: Path, output_dir: Path, on_node=None,
+                 more_input_dirs: tuple = ()):
         self.workflow = workflow
         self.registry = registry()
         self.nodes: dict[str, Node] = parse(workflow, self.registry)
         self.order = execution_order(self.nodes, self.registry)
         check_graph(self.nodes, self.order, self.registry)
         self.input_dir = Path(input_dir)
+        self.more_input_dirs = tuple(Path(p) for p in more_input_dirs)
         self.output_dir = Path(output_dir)
         self.on_node = on_node or (lambda node, index, total: None)
         self.api_prompt = {n.id: {"class_type": n.class_type,
@@ -48,7 +50,7 @@ class Executor:
                                              for k, v in n.inputs.items()}} for n in self.nodes.values()}
 
     def run(self, ctx: RunContext) -> RunReport:
-        folders = RunFolders(input_dir=self.input_dir, output_dir=self.output_dir, save=not ctx.dry_run,
+        folders = RunFolders(input_dir=self.input_dir, more_input_dirs=self.more_input_dirs, output_dir=self.output_dir, save=not ctx.dry_run,
                              prompt_json=self.api_prompt,
                              workflow_json=self.workflow if isinstance(self.workflow.get("nodes"), list) else None)
         outputs: dict[str, tuple] = {}

@@ -41,7 +41,9 @@ def _check_link(nodes, registry, node, name, spec, link: Link) -> None:
     got = out_types[link.slot]
     if isinstance(want, (list, tuple)):
         want = "COMBO"
-    if want != got and "*" not in (want, got) and not (want == "COMBO" and got in ("COMBO", "STRING")):
+    # "IMAGE,FLUX2_REFERENCE" is a union: any shared type links, as in ComfyUI's validate_node_input.
+    shared = {t.strip() for t in str(want).split(",")} & {t.strip() for t in str(got).split(",")}
+    if not shared and "*" not in (want, got) and not (want == "COMBO" and got in ("COMBO", "STRING")):
         raise InputError(f"{_label(node)}: input {name!r} expects {want}, but {_label(source)} gives {got}")
 
 

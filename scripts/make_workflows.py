@@ -54,11 +54,33 @@ COMFY_LOADERS = {c.__name__: c for c in (UNETLoader, CLIPLoader, VAELoader)}
 REGISTRY = {**CORE_NODES, **COMFY_LOADERS, **pack.NODE_CLASS_MAPPINGS}
 OUT = ROOT / "workflows"
 
-SALT_PROMPT = ("Wind-Carved Salt Cathedral: a vast cathedral carved by wind out of a white salt flat, "
-               "translucent salt columns glowing amber in low evening sun, ripples of crystal on the floor, "
-               "a lone figure in a red coat for scale, wide-angle, photographic, crisp detail")
-EDIT_PROMPT = ("Combine the three references into one scene: the building from image 1, the colour palette "
-               "of image 2 and the texture of image 3, golden hour, photographic")
+# The two FLUX.2 [pro] requests of Runware's documentation the pack was specified from
+# (tests/data/runware_flux2_pro_examples.json, verbatim): the examples send them field for field.
+SALT_PROMPT = ("A monumental cathedral formed entirely from white salt and translucent mineral crystal on a "
+               "vast dried lakebed, soaring ribbed vaults eroded by centuries of wind, delicate buttresses "
+               "shaped like frozen waves, long processional path of cracked geometric salt tiles leading to the "
+               "entrance, tiny robed pilgrims and pack animals for scale, suspended prayer ribbons fluttering "
+               "between carved arches, airborne salt dust catching angled sunrise light, pale apricot and "
+               "silver sky after a storm, distant mirage shimmer on the horizon, hyper-detailed textures of "
+               "crusted salt, carved mineral veins, and weathered surfaces, cinematic wide shot, awe-filled "
+               "atmosphere, grand sense of scale, masterful depth, crisp focal clarity, realistic volumetric "
+               "haze, high dynamic range, richly detailed environmental storytelling")
+HARBOR_PROMPT = ("A grand panoramic harbor city built around colossal tidal clockwork, terraced quays, suspended "
+                 "bridges, and cathedral-scale brass mechanisms turning above the waterline; fishing vessels and "
+                 "cargo barges dwarfed by gigantic engraved gears; airborne manta-like creatures circling through "
+                 "bright maritime air; wet cobblestones, salt spray, oxidized metal, canvas sails, carved stone "
+                 "arches, cranes, pulleys, and intricate mechanical details; cinematic wide composition, "
+                 "believable scale, highly detailed textures, atmospheric depth, natural color harmony, crisp "
+                 "focus, masterful environmental storytelling")
+HARBOR_REFERENCES = (
+    "https://assets.runware.ai/assets/inputs/bdaeb71c-ebf0-49de-b3da-590fae66fb93.jpg",
+    "https://assets.runware.ai/assets/inputs/c1d8b027-b1c2-4a58-b50d-72126cef99b7.jpg",
+    "https://assets.runware.ai/assets/inputs/94cbc938-56de-4405-8d1a-838a112330fd.jpg",
+)
+# Our own multi-reference example: three local images (flux2_examples/), uploaded once each.
+LOCAL_EDIT_PROMPT = ("Combine the three references into one scene: the building from image 1, the colour palette "
+                     "of image 2 and the texture of image 3, golden hour, photographic")
+EXAMPLE_IMAGES = "flux2_examples"   # also the subfolder of ComfyUI's input/ the pack copies them to
 
 
 class Graph:
@@ -151,14 +173,26 @@ def text_to_image() -> Graph:
 
 def multi_reference_edit() -> Graph:
     g = Graph()
-    b = backend(g, (40, 60), False)
-    refs = [g.add("LoadImage", {"image": f"images/flux2_ref_{i}.png", "upload": "image"}, (40, 420 + 330 * (i - 1)))
-            for i in (1, 2, 3)]
-    edit = g.add("Flux2Edit", {"prompt": EDIT_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
+    b = backend(g, (40, 60), True)
+    refs = [g.add("Flux2ReferenceURL", {"url": url}, (40, 420 + 130 * i)) for i, url in enumerate(HARBOR_REFERENCES)]
+    edit = g.add("Flux2Edit", {"prompt": HARBOR_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
                                "_control": "fixed", "batch_size": 1},
                  (420, 60), {"backend": (b, 0), "reference_1": (refs[0], 0), "reference_2": (refs[1], 0),
                              "reference_3": (refs[2], 0)})
-    g.add("SaveImage", {"filename_prefix": "flux2/multi_reference_edit"}, (860, 60), {"images": (edit, 0)})
+    g.add("SaveImage", {"filename_prefix": "flux2/harbor_panorama"}, (860, 60), {"images": (edit, 0)})
+    return g
+
+
+def local_references_edit() -> Graph:
+    g = Graph()
+    b = backend(g, (40, 60), False)
+    refs = [g.add("LoadImage", {"image": f"{EXAMPLE_IMAGES}/flux2_ref_{i}.png", "upload": "image"},
+                  (40, 420 + 330 * (i - 1))) for i in (1, 2, 3)]
+    edit = g.add("Flux2Edit", {"prompt": LOCAL_EDIT_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
+                               "_control": "fixed", "batch_size": 1},
+                 (420, 60), {"backend": (b, 0), "reference_1": (refs[0], 0), "reference_2": (refs[1], 0),
+                             "reference_3": (refs[2], 0)})
+    g.add("SaveImage", {"filename_prefix": "flux2/local_references_edit"}, (860, 60), {"images": (edit, 0)})
     return g
 
 
@@ -192,7 +226,7 @@ def core_models() -> Graph:
     t2i = g.add("Flux2TextToImage", {"prompt": "a ceramic teapot shaped like a snail, studio photo, white background",
                                      "width": 1024, "height": 1024, "seed": 5150, "_control": "fixed", "batch_size": 1},
                 (820, 60), {"backend": (b, 0)})
-    ref = g.add("LoadImage", {"image": "images/flux2_ref_2.png", "upload": "image"}, (420, 420))
+    ref = g.add("LoadImage", {"image": f"{EXAMPLE_IMAGES}/flux2_ref_2.png", "upload": "image"}, (420, 420))
     edit = g.add("Flux2Edit", {"prompt": "glaze the teapot in the colours of image 2", "width": 0, "height": 0,
                                "seed": 5150, "_control": "fixed", "batch_size": 1},
                  (1220, 60), {"backend": (b, 0), "reference_1": (t2i, 0), "reference_2": (ref, 0)})
@@ -203,7 +237,7 @@ def core_models() -> Graph:
 
 def reference_images() -> None:
     from PIL import Image
-    folder = OUT / "images"
+    folder = OUT / EXAMPLE_IMAGES
     folder.mkdir(parents=True, exist_ok=True)
     prompts = ("salt arches", "amber dusk palette", "crystal ripple texture")
     for i, text in enumerate(prompts, start=1):
@@ -214,6 +248,7 @@ def main() -> None:
     (OUT / "api").mkdir(parents=True, exist_ok=True)
     reference_images()
     for name, build in (("flux2_text_to_image", text_to_image), ("flux2_multi_reference_edit", multi_reference_edit),
+                        ("flux2_local_references_edit", local_references_edit),
                         ("flux2_chain_edit", chain), ("flux2_core_models", core_models)):
         g = build()
         (OUT / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")

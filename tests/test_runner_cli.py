@@ -14,7 +14,7 @@ from comfyui_flux2.runner.graph import load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
-NAMES = ["flux2_text_to_image", "flux2_multi_reference_edit", "flux2_chain_edit"]
+NAMES = ["flux2_text_to_image", "flux2_multi_reference_edit", "flux2_local_references_edit", "flux2_chain_edit"]
 
 
 def copy_workflows(tmp_path: Path) -> Path:
@@ -60,6 +60,25 @@ def test_seed_example_runs_end_to_end(runware, tmp_path, capsys, fmt):
     assert (task["seed"], task["width"], task["height"]) == (73410, 1536, 1024)
     assert task["providerSettings"] == {"bfl": {"promptUpsampling": True, "safetyTolerance": 2}}
     assert "billed $0.045" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["", "api/"])
+def test_local_reference_images_are_found_from_either_folder(runware, tmp_path, fmt):
+    """The API-format file in workflows/api/ finds the images that sit beside the UI files."""
+    wf = copy_workflows(tmp_path)
+    assert main(["run", str(wf / f"{fmt}flux2_local_references_edit.json"), "--output-dir", str(tmp_path / "o")]) == 0
+    (task,) = runware.tasks("imageInference")
+    assert len(task["inputs"]["referenceImages"]) == 3 and len(runware.tasks("imageUpload")) == 3
+    assert [p.name for p in (tmp_path / "o").rglob("*.png")] == ["local_references_edit_00001_.png"]
+
+
+def test_only_a_folder_named_api_looks_one_folder_up(tmp_path, capsys):
+    wf = copy_workflows(tmp_path)
+    elsewhere = wf / "other"
+    elsewhere.mkdir()
+    shutil.copy(wf / "api" / "flux2_local_references_edit.json", elsewhere)
+    assert main(["run", str(elsewhere / "flux2_local_references_edit.json"), "--dry-run"]) == 1
+    assert f"'flux2_examples/flux2_ref_1.png' not found in {elsewhere}" in capsys.readouterr().err
 
 
 def test_chain_uploads_each_intermediate_once(runware, tmp_path):
@@ -142,9 +161,9 @@ def test_load_image_cannot_leave_the_input_folder(tmp_path, capsys, name):
 
 
 def test_save_prefix_cannot_leave_the_output_folder(tmp_path, capsys):
-    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "images/flux2_ref_1.png"}},
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "flux2_examples/flux2_ref_1.png"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../escape"}}}
-    shutil.copytree(WORKFLOWS / "images", tmp_path / "images")
+    shutil.copytree(WORKFLOWS / "flux2_examples", tmp_path / "flux2_examples")
     assert main(["run", str(write(tmp_path, wf)), "--output-dir", str(tmp_path / "out")]) == 1
     assert "outside its folder" in capsys.readouterr().err
     assert not list(tmp_path.parent.glob("escape*"))
@@ -152,9 +171,10 @@ def test_save_prefix_cannot_leave_the_output_folder(tmp_path, capsys):
 
 def test_corrupt_reference_image_is_named(tmp_path, capsys, runware):
     wf = copy_workflows(tmp_path)
-    (wf / "images" / "flux2_ref_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    assert main(["run", str(wf / "flux2_multi_reference_edit.json"), "--output-dir", str(tmp_path / "o")]) == 1
-    assert "LoadImage 'images/flux2_ref_2.png' is not a readable PNG/JPEG/WebP image" in capsys.readouterr().err
+    (wf / "flux2_examples" / "flux2_ref_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    assert main(["run", str(wf / "flux2_local_references_edit.json"), "--output-dir", str(tmp_path / "o")]) == 1
+    assert ("LoadImage 'flux2_examples/flux2_ref_2.png' is not a readable PNG/JPEG/WebP image"
+            in capsys.readouterr().err)
     assert runware.requests == []
 
 

@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 
 from comfyui_flux2 import NODE_CLASS_MAPPINGS
+from comfyui_flux2.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
 CORE_TYPES = {"LoadImage", "SaveImage", "PreviewImage", "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
               "UNETLoader", "CLIPLoader", "VAELoader"}
+# Runware's documentation of FLUX.2 [pro], its two example requests and answers, verbatim.
+DOCUMENTED = json.loads((ROOT / "tests" / "data" / "runware_flux2_pro_examples.json").read_text())["examples"]
+# What the pack sends beyond the documented request, and why (listed in the README).
+PACK_ADDED = {"numberResults": 1, "outputType": "URL", "outputFormat": "PNG", "includeCost": True,
+              "deliveryMethod": "sync"}
 SECRET = re.compile(r'"(api_?key|x-key|authorization|token)"|Bearer [A-Za-z0-9]|sk-[A-Za-z0-9]{8}', re.I)
 
 
@@ -34,7 +40,8 @@ def test_ui_workflow_links_are_consistent(path):
         out = nodes[src]["outputs"][src_slot]
         assert link_id in out["links"] and out["type"] == kind
         inp = nodes[dst]["inputs"][dst_slot]
-        assert inp["link"] == link_id and inp["type"] == kind
+        # an input may take a union of types ("IMAGE,FLUX2_REFERENCE"): the link's type is one of them
+        assert inp["link"] == link_id and kind in inp["type"].split(",")
     assert data["last_link_id"] == max(l[0] for l in data["links"])
     assert data["last_node_id"] == max(nodes)
 
@@ -72,3 +79,33 @@ def test_engine_imports_without_comfyui_or_optional_extras():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'diffusers', 'transformers')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["", "api/"], ids=["ui", "api"])
+@pytest.mark.parametrize("name, index, approximate", [("flux2_text_to_image", 0, False),
+                                                      ("flux2_multi_reference_edit", 1, True)])
+def test_examples_send_the_documented_requests(runware, tmp_path, capsys, fmt, name, index, approximate):
+    """Each example, run as shipped through the runner, sends Runware's documented request field for field."""
+    documented = DOCUMENTED[index]
+    cost = f"${documented['response']['cost']:g}"               # $0.045, $0.09
+    path = ROOT / "workflows" / f"{fmt}{name}.json"
+    assert main(["run", str(path), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"estimated cost: {cost}" in err and ("(approximate" in err) == approximate, err
+    assert runware.requests == []
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out")]) == 0
+    assert f"billed {cost}" in capsys.readouterr().err
+    (task,) = runware.tasks("imageInference")
+    assert runware.tasks("imageUpload") == []                  # URL references are sent, not uploaded
+    sent = {k: v for k, v in task.items() if k != "taskUUID"}
+    doc = {k: v for k, v in documented["request"].items() if k != "taskUUID"}
+    diff = {k: (doc.get(k), sent.get(k)) for k in doc.keys() | sent.keys() if doc.get(k) != sent.get(k)}
+    assert diff == {k: (None, v) for k, v in PACK_ADDED.items()}, diff
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", task["taskUUID"])
+
+
+def test_readme_lists_the_fields_the_pack_adds():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("Fields the pack adds to the documented requests", 1)[1].split("\n\n", 2)[1]
+    for field, value in PACK_ADDED.items():
+        assert f"`{field}`" in section and f"`{json.dumps(value).strip(chr(34))}`" in section, field

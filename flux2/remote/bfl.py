@@ -32,7 +32,8 @@ from ..errors import (AuthError, BudgetError, Cancelled, ConfigError, Flux2Error
                       ProviderError, ProviderTimeout)
 from ..images import decode_provider_image, placeholder
 from ..models import BFL
-from ..pricing import Estimate, estimate
+from ..pricing import Estimate, estimate, reference_sizes
+from ..reference_urls import as_sent
 from ..run_context import RunContext
 from .common import RemoteBackend, redact
 from .keys import base_url, origin, read_key
@@ -172,6 +173,7 @@ class _Task:
 class BflBackend(RemoteBackend):
     kind = BFL
     label = "BFL"
+    takes_reference_urls = ("url",)             # input_image* take a URL (or base64)
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport: httpx.BaseTransport | None = None,
@@ -215,12 +217,12 @@ class BflBackend(RemoteBackend):
         return DEFAULT_CONCURRENCY
 
     def estimate(self, request: GenerationRequest) -> Estimate:
-        return estimate(self.model, BFL, request.width, request.height,
-                        [(r.width, r.height) for r in request.references], request.batch)
+        sizes, assumed = reference_sizes(request.references)
+        return estimate(self.model, BFL, request.width, request.height, sizes, request.batch, assumed)
 
     def plan(self, request: GenerationRequest) -> list[PlannedCall]:
         url = resolve_base_url() + self.pm.model_id
-        refs = [f"<png {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
+        refs = [as_sent(r) or f"<png {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
         bodies = [self.request_body(request, i, refs) for i in range(request.batch)]
         summary = (f"{request.width}x{request.height} seed {request.seed}"
                    + (f" x{request.batch} (one task each, seeds +i)" if request.batch > 1 else "")
@@ -268,7 +270,7 @@ class BflBackend(RemoteBackend):
         self.validate(request)
         transport, base, key = self._client()
         url = base + self.pm.model_id
-        refs = [base64.b64encode(r.png).decode("ascii") for r in request.references]
+        refs = [as_sent(r) or base64.b64encode(r.png).decode("ascii") for r in request.references]
         tasks = [_Task(i, request.seed + i, self.request_body(request, i, refs)) for i in range(request.batch)]
         node, total = request.node_id, float(request.batch)
         stop = threading.Event()        # set when a submit is refused: the others would be refused too

@@ -13,7 +13,8 @@ from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import AuthError, BudgetError, Flux2Error, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, placeholder
 from ..models import RUNWARE
-from ..pricing import Estimate, estimate
+from ..pricing import Estimate, estimate, reference_sizes
+from ..reference_urls import as_sent
 from ..run_context import RunContext
 from .common import RemoteBackend, redact
 from .keys import base_url, read_key
@@ -58,6 +59,7 @@ def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
 class RunwareBackend(RemoteBackend):
     kind = RUNWARE
     label = "Runware"
+    takes_reference_urls = ("url", "uuid")     # sent as is in inputs.referenceImages
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport: httpx.BaseTransport | None = None):
@@ -73,12 +75,12 @@ class RunwareBackend(RemoteBackend):
         read_key(KEY_ENV)
 
     def estimate(self, request: GenerationRequest) -> Estimate:
-        return estimate(self.model, RUNWARE, request.width, request.height,
-                        [(r.width, r.height) for r in request.references], request.batch)
+        sizes, assumed = reference_sizes(request.references)
+        return estimate(self.model, RUNWARE, request.width, request.height, sizes, request.batch, assumed)
 
     def plan(self, request: GenerationRequest) -> list[PlannedCall]:
         url = base_url(URL_ENV, DEFAULT_URL)
-        refs = [f"<upload {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
+        refs = [as_sent(r) or f"<upload {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
         tasks = [self.inference_task(request, i, refs, task_uuid="<uuid4>") for i in range(request.batch)]
         summary = (f"{request.width}x{request.height} seed {request.seed}"
                    + (f" x{request.batch}" if request.batch > 1 else "")
@@ -214,7 +216,7 @@ class RunwareBackend(RemoteBackend):
         node = request.node_id
         total = request.batch + 1
         ctx.report(node, 0, total, "uploading references" if request.references else "submitting")
-        refs = [self.upload_reference(r, ctx) for r in request.references]
+        refs = [as_sent(r) or self.upload_reference(r, ctx) for r in request.references]
         tasks = [self.inference_task(request, i, refs) for i in range(request.batch)]
         ctx.report(node, 0.5, total, f"generating {self.describe()}")
         items: dict = {}

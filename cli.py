@@ -147,7 +147,8 @@ def cmd_demo(args) -> int:
         os.environ["RUNWARE_API_URL"] = server.api_url
         os.environ["RUNWARE_API_KEY"] = "demo-key"
         print(f"loopback Runware server on {server.api_url} (the demo never leaves this machine)", file=sys.stderr)
-        for name in ("flux2_text_to_image.json", "flux2_multi_reference_edit.json", "flux2_chain_edit.json"):
+        for name in ("flux2_text_to_image.json", "flux2_multi_reference_edit.json", "flux2_local_references_edit.json",
+                     "flux2_chain_edit.json"):
             print(f"\n== {name} (dry run, then run)", file=sys.stderr)
             run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir), dry_run=True, quiet=True)
             run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir))

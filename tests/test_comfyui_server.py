@@ -5,7 +5,9 @@ run with ``pytest --run-slow tests/test_comfyui_server.py``.
 """
 from __future__ import annotations
 
+import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,7 @@ from comfy_server import (  # noqa: F401  (fixtures are used by name)
 pytestmark = pytest.mark.slow
 
 EXPECTED_NODES = {"Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size", "Flux2LocalBackend",
-                  "Flux2ComfyBackend"}
+                  "Flux2ComfyBackend", "Flux2ReferenceURL"}
 
 
 def test_server_lists_the_pack_nodes(comfyui_server):
@@ -81,39 +83,80 @@ def test_pack_import_failure_fails_loudly(comfyui_server_factory, tmp_path):
     assert "IMPORT FAILED" in str(info.value) and "flux2-broken-pack-marker" in str(info.value)
 
 
-def test_pack_workflows_run_through_prompt_on_loopback_runware(comfyui_server_factory, tmp_path):
-    """The shipped API-format workflows, queued on a real ComfyUI, reach the loopback Runware server."""
-    import json
-    import shutil
-    from pathlib import Path
+def _template_prompt(server, name: str) -> dict:
+    """A template as the template browser serves it, turned into the API prompt the editor would queue."""
+    import json as _json
+
+    from comfyui_flux2.runner.executor import Executor
+
+    url = f"{server.url}/api/workflow_templates/{PACK_DIR_NAME}/{name}.json"
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=30) as response:
+        workflow = _json.load(response)
+    return Executor(workflow, input_dir=server.input_dir, output_dir=server.output_dir).api_prompt
+
+
+def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, tmp_path):
+    """Each template, loaded from the template browser and queued on a real ComfyUI, runs against the
+    loopback Runware server with nothing copied by hand: the pack provided the examples' images in
+    input/flux2_examples/ when it loaded, keeping a file a user already had there."""
+    import io
 
     from PIL import Image
 
     from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
     workflows = Path(__file__).resolve().parents[1] / "workflows"
+    base = tmp_path / "comfy"
+    users = base / "input" / "flux2_examples" / "flux2_ref_3.png"       # the user's own file, same name
+    users.parent.mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (10, 200, 30)).save(buf, "PNG")
+    users.write_bytes(buf.getvalue())
     key = "comfy-e2e-key-77"
     with RunwareLoopback(api_key=key) as runware:
-        server = comfyui_server_factory(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": key,
-                                             "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
-        shutil.copytree(workflows / "images", server.input_dir / "images")
+        server = comfyui_server_factory(base_dir=base, env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": key,
+                                                            "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
+        provided = sorted(p.name for p in (server.input_dir / "flux2_examples").iterdir())
+        assert provided == ["flux2_ref_1.png", "flux2_ref_2.png", "flux2_ref_3.png"]
+        assert users.read_bytes() == buf.getvalue()                          # never replaced
+        assert (server.input_dir / "flux2_examples" / "flux2_ref_1.png").read_bytes() == \
+            (workflows / "flux2_examples" / "flux2_ref_1.png").read_bytes()
         for name, expect in (("flux2_text_to_image", ["salt_cathedral"]),
-                             ("flux2_multi_reference_edit", ["multi_reference_edit"]),
+                             ("flux2_multi_reference_edit", ["harbor_panorama"]),
+                             ("flux2_local_references_edit", ["local_references_edit"]),
                              ("flux2_chain_edit", ["chain_1_teapot", "chain_2_cobalt", "chain_3_table"])):
-            prompt = json.loads((workflows / "api" / f"{name}.json").read_text())
-            run_workflow(server, prompt, timeout=120)
+            entry = run_workflow(server, _template_prompt(server, name), timeout=120)
+            assert entry["status"]["status_str"] == "success", (name, entry["status"])
             for prefix in expect:
                 (png,) = (server.output_dir / "flux2").glob(f"{prefix}_*.png")
                 with Image.open(png) as img:
                     assert img.size[0] % 16 == 0 and img.getextrema()[0][1] > 0
-        seed_task = runware.tasks("imageInference")[0]
+        seed_task, harbor = runware.tasks("imageInference")[:2]
         assert (seed_task["model"], seed_task["width"], seed_task["height"], seed_task["seed"]) == (
             "bfl:5@1", 1536, 1024, 73410)
         assert seed_task["providerSettings"] == {"bfl": {"promptUpsampling": True, "safetyTolerance": 2}}
-        assert len(runware.tasks("imageInference")) == 5
+        assert harbor["inputs"]["referenceImages"][0].startswith("https://assets.runware.ai/")
+        assert len(runware.tasks("imageInference")) == 6
         assert len(runware.tasks("imageUpload")) == 3 + 2          # three LoadImage refs, two chain steps
         assert all(r["auth_ok"] for r in runware.requests)
         assert key not in server.log_text()
+
+
+def test_bad_reference_url_is_refused_when_the_queue_is_validated(comfyui_server_factory, tmp_path):
+    """ComfyUI asks VALIDATE_INPUTS of every node before running any: nothing is sent."""
+    from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+    prompt = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" /
+                         "flux2_multi_reference_edit.json").read_text())
+    prompt["3"]["inputs"]["url"] = "http://assets.example.com/not-https.jpg"
+    with RunwareLoopback(api_key="url-key-12345678") as runware:
+        server = comfyui_server_factory(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": "url-key-12345678",
+                                             "FLUX2_CACHE_DIR": str(tmp_path)})
+        with pytest.raises(PromptError) as err:
+            queue_prompt(server, prompt)
+        assert "3" in err.value.payload["node_errors"]
+        assert "only https URLs" in json.dumps(err.value.payload)
+        assert runware.requests == []
 
 
 def test_missing_key_is_one_clear_error_in_comfyui(comfyui_server_factory):
@@ -131,8 +174,8 @@ def test_examples_appear_in_the_template_browser(comfyui_server):
     import json as _json
     with urllib.request.urlopen(comfyui_server.url + "/workflow_templates", timeout=30) as response:
         templates = _json.load(response)
-    assert sorted(templates[PACK_DIR_NAME]) == ["flux2_chain_edit", "flux2_core_models", "flux2_multi_reference_edit",
-                                                "flux2_text_to_image"]
+    assert sorted(templates[PACK_DIR_NAME]) == ["flux2_chain_edit", "flux2_core_models", "flux2_local_references_edit",
+                                                "flux2_multi_reference_edit", "flux2_text_to_image"]
     url = f"{comfyui_server.url}/api/workflow_templates/{PACK_DIR_NAME}/flux2_text_to_image.json"
     with urllib.request.urlopen(url, timeout=30) as response:
         assert _json.load(response)["nodes"]

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -189,7 +188,7 @@ def web_server(tmp_path_factory):
                                    # a fresh result cache: a hit from an earlier run would bill $0
                                    "FLUX2_CACHE_DIR": str(tmp_path_factory.mktemp("web-result-cache"))})
         try:
-            shutil.copytree(REPO / "workflows" / "images", server.input_dir / "images", dirs_exist_ok=True)
+            # nothing copied by hand: the pack provides the examples' images in input/flux2_examples/
             _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
                                                          "Comfy.Minimap.Visible": False})
             yield server
@@ -383,7 +382,7 @@ def test_text_to_image_readout_and_badge_follow_the_size(page):
 
 @pytest.mark.slow
 def test_edit_reference_sockets_grow_within_the_model_limit(page):
-    wf = page.load("flux2_multi_reference_edit.json")
+    wf = page.load("flux2_local_references_edit.json")
     [edit_id] = _nodes_of(wf, "Flux2Edit")
     [backend_id] = _nodes_of(wf, "Flux2RemoteBackend")
     loaders = _nodes_of(wf, "LoadImage")
@@ -423,6 +422,36 @@ def test_edit_reference_sockets_grow_within_the_model_limit(page):
     prompt = page.js("async () => (await window.app.graphToPrompt()).output")
     refs = sorted(k for k in prompt[str(edit_id)]["inputs"] if k.startswith("reference_"))
     assert refs == ["reference_1", "reference_2", "reference_3", "reference_4"]
+
+
+@pytest.mark.slow
+def test_url_reference_shows_a_thumbnail_and_links_into_edit(page, web_server):
+    wf = page.load("flux2_multi_reference_edit.json")
+    [edit_id] = _nodes_of(wf, "Flux2Edit")
+    url_ids = _nodes_of(wf, "Flux2ReferenceURL")
+    # three URL references linked (the frontend accepted FLUX2_REFERENCE into the sockets) + one empty socket
+    assert page.ref_inputs(edit_id) == ["reference_1", "reference_2", "reference_3", "reference_4"]
+    pro = get_model("FLUX.2 [pro]")
+    # the documented URLs do not load here (offline): no thumbnail, each priced as <= 1 MP, marked "≈"
+    r = page.wait_readout(edit_id, "badge", "≈ " + str(estimate(pro, "runware", 1536, 1024, [(1024, 1024)] * 3)))
+    assert page.js("(id) => window.app.graph.getNodeById(id).imgs?.length ?? 0", url_ids[0]) == 0
+    # an image the browser can load (the pack's example image, served by ComfyUI): a thumbnail
+    view = f"{web_server.url}/api/view?filename=flux2_ref_1.png&subfolder=flux2_examples&type=input"
+    page.set_widget(url_ids[0], "url", view)
+    page.page.wait_for_function("(id) => window.app.graph.getNodeById(id).imgs?.[0]?.naturalWidth === 512",
+                                arg=url_ids[0], timeout=15_000)
+    # a fourth URL reference links into the empty socket, and the sockets grow again
+    linked = page.js("""([src, dst]) => { const g = window.app.graph, d = g.getNodeById(dst);
+        return !!g.getNodeById(src).connect(0, d, d.inputs.findIndex(i => i.name === 'reference_4')); }""",
+                     [url_ids[0], edit_id])
+    assert linked
+    page.page.wait_for_function(
+        "(id) => window.app.graph.getNodeById(id).inputs.some(i => i.name === 'reference_5')", arg=edit_id,
+        timeout=10_000)
+    page.screenshot("reference_url.png")
+    prompt = page.js("async () => (await window.app.graphToPrompt()).output")
+    assert prompt[str(edit_id)]["inputs"]["reference_4"] == [str(url_ids[0]), 0]
+    assert prompt[str(url_ids[0])]["inputs"]["url"] == view
 
 
 @pytest.mark.slow

@@ -109,3 +109,25 @@ def test_readme_lists_the_fields_the_pack_adds():
     section = readme.split("Fields the pack adds to the documented requests", 1)[1].split("\n\n", 2)[1]
     for field, value in PACK_ADDED.items():
         assert f"`{field}`" in section and f"`{json.dumps(value).strip(chr(34))}`" in section, field
+
+
+def test_example_images_are_provided_to_comfyui_input_without_replacing_a_file(tmp_path, monkeypatch):
+    import types
+
+    from comfyui_flux2.nodes.example_inputs import EXAMPLE_IMAGES, provide_example_images
+
+    assert provide_example_images() == []                   # outside ComfyUI: nothing to do
+    monkeypatch.setitem(sys.modules, "folder_paths", types.SimpleNamespace(get_input_directory=lambda: str(tmp_path)))
+    mine = tmp_path / EXAMPLE_IMAGES / "flux2_ref_2.png"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's own picture")
+    written = provide_example_images()
+    assert sorted(p.name for p in written) == ["flux2_ref_1.png", "flux2_ref_3.png"]
+    assert mine.read_bytes() == b"the user's own picture"
+    source = ROOT / "workflows" / EXAMPLE_IMAGES
+    assert (tmp_path / EXAMPLE_IMAGES / "flux2_ref_1.png").read_bytes() == (source / "flux2_ref_1.png").read_bytes()
+    assert provide_example_images() == []                   # the next start finds them there
+    # every image an example names is one the pack provides
+    named = {n["inputs"]["image"] for p in API_WORKFLOWS for n in json.loads(p.read_text()).values()
+             if n["class_type"] == "LoadImage"}
+    assert named and named <= {f"{EXAMPLE_IMAGES}/{p.name}" for p in source.iterdir()}

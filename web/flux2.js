@@ -6,6 +6,8 @@
 // - Flux2TextToImage / Flux2Edit: cost badge from the connected backend, the size (followed through
 //   links from Flux2Size), batch_size and the connected references; the billed cost after a run.
 // - Flux2Edit: reference sockets grow as they are connected, up to the model's limit.
+// - Flux2ReferenceURL: a thumbnail of the URL's image where the browser can load it (and then its
+//   size prices the reference exactly instead of as <= 1 MP).
 // - One colour for every node of the FLUX.2 category.
 //
 // No number is computed here: the graph's values go to POST /flux2/preview, which answers with the
@@ -18,6 +20,7 @@ const SIZE = "Flux2Size";
 const T2I = "Flux2TextToImage";
 const EDIT = "Flux2Edit";
 const REMOTE = "Flux2RemoteBackend";
+const URL_REF = "Flux2ReferenceURL";
 const LOCAL = ["Flux2LocalBackend", "Flux2ComfyBackend"];
 const READOUT_NODES = new Set([SIZE, T2I, EDIT]);
 const CATEGORY = "FLUX.2";
@@ -151,8 +154,9 @@ function flux2SizeSpec(node) {
 }
 
 function imageSize(src) {
-  // a reference's pixel size where the editor already has the image (LoadImage preview), else null
-  if (!src || nodeType(src.node) !== "LoadImage") return null;
+  // a reference's pixel size where the editor already has the image (LoadImage preview, URL
+  // thumbnail), else null
+  if (!src || !["LoadImage", URL_REF].includes(nodeType(src.node))) return null;
   const img = src.node.imgs?.[0];
   const w = img?.naturalWidth, h = img?.naturalHeight;
   return w > 0 && h > 0 ? [w, h] : null;
@@ -219,8 +223,37 @@ function allGraphNodes() {
 // refresh loop: send when what the graph holds changed, show what the server answers
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Flux2ReferenceURL: thumbnail
+// ---------------------------------------------------------------------------------------------
+
+function showUrlThumbnail(node) {
+  const url = String(widgetValue(node, "url") ?? "").trim();
+  const s = flux2(node);
+  if (s.thumbUrl === url) return;
+  s.thumbUrl = url;
+  const drop = () => {
+    if (flux2(node).thumbUrl !== url) return;
+    node.imgs = undefined;
+    markDirty(node);
+    refreshSoon();
+  };
+  if (!/^https?:\/\//i.test(url)) { drop(); return; }   // e.g. a Runware imageUUID: nothing to show
+  const img = new Image();
+  img.referrerPolicy = "no-referrer";
+  img.onload = () => {
+    if (flux2(node).thumbUrl !== url) return;
+    node.imgs = [img];
+    markDirty(node);
+    refreshSoon();   // the reference's size is known now: price it exactly
+  };
+  img.onerror = drop;
+  img.src = url;
+}
+
 async function refresh() {
   if (state.inFlight || document.hidden) return;
+  for (const n of allGraphNodes()) if (nodeType(n) === URL_REF) showUrlThumbnail(n);
   const nodes = allGraphNodes().filter((n) => READOUT_NODES.has(nodeType(n)));
   if (!nodes.length) return;
   for (const n of nodes) if (nodeType(n) === EDIT) syncReferenceInputs(n);
@@ -421,7 +454,8 @@ function syncReferenceInputs(node) {
   const s = flux2(node);
   const refs = node.inputs.map((inp, i) => ({ inp, i, n: Number(REF_RE.exec(inp?.name ?? "")?.[1] ?? 0) }))
     .filter((r) => r.n > 0);
-  const template = refs.find((r) => r.n > 1)?.inp;
+  // new sockets copy an existing one (type "IMAGE,FLUX2_REFERENCE": images and URL references)
+  const template = refs.find((r) => r.n > 1)?.inp ?? refs.find((r) => r.n === 1)?.inp;
   if (template) s.template ??= { type: template.type, shape: template.shape };
   const last = refs.reduce((m, r) => (r.inp.link != null ? Math.max(m, r.n) : m), 0);
   // one empty socket after the last connected, within the model's limit; never hide a connected one
@@ -509,6 +543,7 @@ app.registerExtension({
   nodeCreated(node) {
     colour(node);
     const t = nodeType(node);
+    if (t === URL_REF) setTimeout(() => showUrlThumbnail(node), 0);
     if (!READOUT_NODES.has(t)) return;
     addReadout(node);
     if (t === EDIT) setTimeout(() => syncReferenceInputs(node), 0);

@@ -35,6 +35,13 @@ def render(prompt: str, seed: int, width: int, height: int, refs: list[np.ndarra
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def url_stand_in(url: str) -> np.ndarray:
+    """A small flat picture standing in for a public URL a loopback server cannot fetch offline
+    (same URL, same colour). [64, 64, 3] uint8."""
+    digest = hashlib.sha256(url.encode()).digest()
+    return np.broadcast_to(np.frombuffer(digest[:3], dtype=np.uint8), (64, 64, 3)).copy()
+
+
 def encode(array: np.ndarray, fmt: str) -> tuple[bytes, str]:
     fmt = {"JPG": "JPEG"}.get(fmt.upper(), fmt.upper())
     buf = io.BytesIO()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import json
 import math
@@ -34,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-from .base import JsonHandler, LoopbackServer, render
+from .base import JsonHandler, LoopbackServer, render, url_stand_in
 
 # endpoint -> (max references, (first MP, each extra output MP, each reference MP) in credits,
 #              fields beyond the common ones)
@@ -247,8 +246,7 @@ class BflHandler(JsonHandler):
         if isinstance(value, str) and value.startswith("https://"):
             # BFL fetches an input URL itself; offline, this server cannot: a stand-in picture (same URL,
             # same colour), counted as one reference MP.
-            digest = hashlib.sha256(value.encode()).digest()
-            return np.broadcast_to(np.frombuffer(digest[:3], dtype=np.uint8), (64, 64, 3)).copy()
+            return url_stand_in(value)
         if not isinstance(value, str) or not value or value.startswith("http://"):
             return None
         b64 = value.split(",", 1)[1] if value.startswith("data:") else value

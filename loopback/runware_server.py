@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import json
 import math
@@ -28,7 +27,7 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from .base import JsonHandler, LoopbackServer, encode, render
+from .base import JsonHandler, LoopbackServer, encode, render, url_stand_in
 
 # AIR -> (min side, max side, max refs, (first MP, extra MP, reference MP) or None)
 MODELS = {
@@ -252,7 +251,7 @@ class RunwareHandler(JsonHandler):
             elif isinstance(r, str) and r.startswith("https://"):
                 # Runware fetches public URLs itself; offline, this server cannot. It bills such a reference
                 # as its documented example does ($0.09 = 1.5 MP output + three references of <= 1 MP).
-                refs.append(_url_stand_in(r))
+                refs.append(url_stand_in(r))
                 ref_mp.append(1)
             else:
                 arr = self.decode_image(r, task, "inputs.referenceImages")
@@ -296,12 +295,6 @@ class TaskError(Exception):
     def __init__(self, error: dict):
         super().__init__(error.get("message"))
         self.error = error
-
-
-def _url_stand_in(url: str) -> np.ndarray:
-    """A small flat picture standing in for a URL this offline server cannot fetch (same URL, same colour)."""
-    digest = hashlib.sha256(url.encode()).digest()
-    return np.broadcast_to(np.frombuffer(digest[:3], dtype=np.uint8), (64, 64, 3)).copy()
 
 
 def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:

@@ -22,9 +22,11 @@ class Flux2ReferenceURL:
             "tooltip": "An https URL of a PNG, JPEG or WebP image, or the imageUUID of an image stored at Runware."})}}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, url):
+    def VALIDATE_INPUTS(cls, url=None):
         # ComfyUI calls this for every node before it runs any: a malformed URL stops the queue before a
         # paid call. Reachability and content are checked before the call that uses the reference.
+        if url is None:         # fed by a link: its value exists only at run time, checked then
+            return True
         try:
             parse_reference(url)
         except InputError as exc:

@@ -316,3 +316,11 @@ def test_outside_loopback_mode_a_name_resolving_to_a_private_address_is_not_fetc
         probe("https://internal.example.com/a.png")
     with pytest.raises(InputError, match="127.0.0.1 is a loopback address"):
         fetch("http://127.0.0.1:9/a.png")                 # loopback only in the tests' mode
+
+
+def test_a_linked_url_is_checked_when_it_arrives():
+    """ComfyUI validates a linked input without its value (None); the node checks it when it runs."""
+    node = NODE_CLASS_MAPPINGS["Flux2ReferenceURL"]
+    assert node.VALIDATE_INPUTS(None) is True
+    with pytest.raises(InputError, match="only https"):
+        node().reference("http://example.com/a.png")

@@ -174,7 +174,7 @@ def text_to_image() -> Graph:
 def multi_reference_edit() -> Graph:
     g = Graph()
     b = backend(g, (40, 60), True)
-    refs = [g.add("Flux2ReferenceURL", {"url": url}, (40, 420 + 260 * i)) for i, url in enumerate(HARBOR_REFERENCES)]
+    refs = [g.add("Flux2ReferenceURL", {"url": url}, (40 + 380 * i, 480)) for i, url in enumerate(HARBOR_REFERENCES)]
     edit = g.add("Flux2Edit", {"prompt": HARBOR_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
                                "_control": "fixed", "batch_size": 1},
                  (420, 60), {"backend": (b, 0), "reference_1": (refs[0], 0), "reference_2": (refs[1], 0),

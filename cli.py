@@ -4,7 +4,7 @@
     comfyui-flux2 demo [--output-dir DIR]          # offline: loopback Runware server + example workflows
     comfyui-flux2 models                           # models, limits, prices
     comfyui-flux2 serve-loopback runware|bfl [--port N]
-    comfyui-flux2 benchmark remote|local [...]
+    comfyui-flux2 benchmark remote|local|load [...]
 
 Exit status: 0 success, 1 a clear one-line error, 2 usage, 130 cancelled.
 """
@@ -188,6 +188,8 @@ def cmd_serve(args) -> int:
 def cmd_benchmark(args, rest) -> int:
     if args.target == "remote":
         from .bench.remote import main as bench_main
+    elif args.target == "load":
+        from .bench.load import main as bench_main
     else:
         from .flux2.local.bench import main as bench_main
     return bench_main(rest)
@@ -220,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("provider", choices=("runware", "bfl"))
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--key", default="loopback-key")
-    bench = sub.add_parser("benchmark", help="client overhead (remote) or step time/memory (local)")
-    bench.add_argument("target", choices=("remote", "local"))
+    bench = sub.add_parser("benchmark", help="client overhead (remote), step time/memory (local) or pack load time (load)")
+    bench.add_argument("target", choices=("remote", "local", "load"))
     return parser
 
 

@@ -8,15 +8,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError, ProviderError
 
 # Decompression-bomb guard: FLUX.2 never needs more than 4 MP; allow generous headroom for inputs.
 MAX_DECODE_PIXELS = 64 * 1024 * 1024
-Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, with a clear error
 
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+def _pil_image():
+    """PIL.Image, imported on first use so that loading the pack costs no image library."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit in decode(), with a clear error
+    return Image
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ def arrays_to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
 
 def encode(array: np.ndarray, fmt: str = "PNG", quality: int = 95, pnginfo=None) -> bytes:
     buf = io.BytesIO()
-    img = Image.fromarray(array, "RGB")
+    img = _pil_image().fromarray(array, "RGB")
     if fmt == "PNG":
         img.save(buf, "PNG", pnginfo=pnginfo, compress_level=4)
     else:
@@ -69,6 +75,9 @@ def ref_from_array(array: np.ndarray) -> RefImage:
 
 def decode(data: bytes, what: str = "image", error: type = InputError) -> np.ndarray:
     """Bytes of PNG/JPEG/WebP -> uint8 [H, W, 3]; a corrupt or truncated file raises `error`."""
+    Image = _pil_image()
+    from PIL import UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_DECODE_PIXELS:

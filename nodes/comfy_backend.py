@@ -22,7 +22,6 @@ import torch
 from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.images import decode, tensor_to_arrays
-from ..flux2.local.pipeline import prepare_reference, reference_size
 from ..flux2.models import MAX_REFS_ANY
 from ..flux2.pricing import Estimate
 from ..flux2.run_context import RunContext
@@ -109,11 +108,15 @@ class ComfyCoreBackend:
             raise InputError(f"batch must be 1..16, got {request.batch}")
         if len(request.references) > MAX_REFS_ANY:
             raise InputError(f"at most {MAX_REFS_ANY} reference images, got {len(request.references)}")
+        from ..flux2.local.pipeline import reference_size  # model code: loaded on first use, not with the pack
+
         for i, ref in enumerate(request.references, 1):
             if min(reference_size(ref.width, ref.height)) < LATENT_SCALE:
                 raise InputError(f"reference {i} is {ref.width}x{ref.height}; both sides must be >= 16")
 
     def plan(self, request: GenerationRequest) -> list[PlannedCall]:
+        from ..flux2.local.pipeline import reference_size
+
         refs = [reference_size(r.width, r.height) for r in request.references]
         summary = (f"{request.width}x{request.height}, seed {request.seed}, {self.steps} steps {self.sampler_name}"
                    + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))
@@ -180,6 +183,8 @@ class ComfyCoreBackend:
 def prepare_reference_array(png: bytes, index: int):
     """The same reference preparation as the local engine: <= 1 MP, centre-cropped to multiples of 16."""
     from PIL import Image
+
+    from ..flux2.local.pipeline import prepare_reference
     return prepare_reference(Image.fromarray(decode(png, f"reference {index}")))
 
 

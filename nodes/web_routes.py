@@ -23,11 +23,18 @@ from typing import Any
 from ..flux2.errors import Flux2Error
 from ..flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from ..flux2.pricing import estimate, format_usd
-from ..flux2.remote.common import size_limits
 from ..flux2.sizes import (ASPECT_RATIOS, MEGAPIXEL, SizeLimits, billed_megapixels, fit_size, megapixels,
                            size_from_aspect, snap, validate_size)
 
 log = logging.getLogger("comfyui_flux2")
+
+
+def size_limits(model, pm) -> SizeLimits:
+    """flux2.remote.common's rule, imported on the editor's first request: that module pulls the
+    HTTP client in, which ComfyUI must not pay for when it loads the pack."""
+    from ..flux2.remote.common import size_limits as rule
+
+    return rule(model, pm)
 
 API_VERSION = 1
 # What the editor assumes for a reference whose size it cannot know before a run (an upstream node's

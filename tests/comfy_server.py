@@ -496,6 +496,33 @@ def start_server(
     raise last_error or ServerStartError("server did not start")
 
 
+# what a git clone of the pack does not hold (build outputs, caches, local runs)
+_NOT_IN_A_CLONE = (".git", ".venv", ".cache", "__pycache__", ".pytest_cache", "*.egg-info", "build", "dist",
+                   "output", "test-artifacts")
+
+
+def install_like_manager(install: Installation, custom_nodes_dir: str | os.PathLike[str],
+                         name: str = PACK_DIR_NAME) -> Path:
+    """Install this pack the way ComfyUI-Manager installs one from its git URL; returns its folder.
+
+    The repository's files go to ``custom_nodes/<name>/`` (a real folder, as ``git clone`` makes),
+    then every line of its ``requirements.txt`` is installed with ComfyUI's own interpreter as
+    ``python -m pip install <line>`` -- ComfyUI-Manager's ``execute_install_script`` (older
+    Managers ran ``pip install -r requirements.txt``), then ``install.py`` if the pack has one.
+    """
+    dest = Path(custom_nodes_dir) / name
+    shutil.copytree(REPO_ROOT, dest, ignore=shutil.ignore_patterns(*_NOT_IN_A_CLONE))
+    requirements = dest / "requirements.txt"
+    if requirements.is_file():
+        for line in requirements.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                _run([str(install.python), "-m", "pip", "install", line], cwd=str(dest))
+    if (dest / "install.py").is_file():
+        _run([str(install.python), "install.py"], cwd=str(dest))
+    return dest
+
+
 def _wait_ready(server: ComfyServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:

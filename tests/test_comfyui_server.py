@@ -195,3 +195,115 @@ def test_budget_cap_refuses_a_queued_graph_before_any_call(comfyui_server_factor
             run_workflow(server, prompt, timeout=120)
         assert "over FLUX2_BUDGET_USD" in str(err.value.payload) + str(err.value)
         assert runware.requests == []
+
+
+def test_pack_installed_the_way_comfyui_manager_does_runs_an_example(tmp_path):
+    """A folder named comfyui-flux2 in custom_nodes/ (not a symlink to this checkout), requirements.txt
+    installed line by line with ComfyUI's interpreter, then the text-to-image example on loopback Runware."""
+    import json
+
+    from PIL import Image
+
+    from comfy_server import _import_failures, install_like_manager, provision, start_server
+
+    from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+    install = provision()
+    base = tmp_path / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    pack = install_like_manager(install, base / "custom_nodes")
+    assert pack.name == PACK_DIR_NAME and not pack.is_symlink()
+    assert (pack / "__init__.py").is_file() and (pack / "requirements.txt").is_file()
+    key = "manager-install-key-31"
+    with RunwareLoopback(api_key=key) as runware:
+        server = start_server(install, custom_nodes={}, base_dir=base,
+                              env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": key,
+                                   "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
+        try:
+            assert _import_failures(server.log_text(), [PACK_DIR_NAME]) == [], server.log_text()[-4000:]
+            info = object_info(server)
+            ours = {n for n, v in info.items() if v.get("python_module") == f"custom_nodes.{PACK_DIR_NAME}"}
+            assert EXPECTED_NODES <= ours, sorted(ours)
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"{server.url}/extensions/{PACK_DIR_NAME}/flux2.js", timeout=30) as resp:
+                assert b"registerExtension" in resp.read()
+            with opener.open(f"{server.url}/flux2/models", timeout=30) as resp:
+                assert "FLUX.2 [pro]" in json.load(resp)["models"]
+            prompt = json.loads((pack / "workflows" / "api" / "flux2_text_to_image.json").read_text())
+            entry = run_workflow(server, prompt, timeout=120)
+            assert entry["status"]["status_str"] == "success"
+            (png,) = (server.output_dir / "flux2").glob("salt_cathedral_*.png")
+            with Image.open(png) as img:
+                assert img.size == (1536, 1024)
+            assert len(runware.tasks("imageInference")) == 1
+        finally:
+            server.stop()
+
+
+def test_comfyui_reads_the_registry_metadata():
+    """ComfyUI's own pyproject parser (comfy_config, the Registry's model) on this pack."""
+    import json
+    import subprocess
+
+    from comfy_server import REPO_ROOT, provision
+
+    install = provision()
+    code = ("import json, sys; from comfy_config import config_parser; "
+            "c = config_parser.extract_node_configuration(sys.argv[1]); print(json.dumps(c.model_dump()))")
+    proc = subprocess.run([str(install.python), "-c", code, str(REPO_ROOT)], cwd=install.comfy_dir,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads(proc.stdout.strip().splitlines()[-1])
+    comfy, project = cfg["tool_comfy"], cfg["project"]
+    assert comfy["publisher_id"] == "comfyui-flux2" and comfy["display_name"]
+    assert comfy["icon"].startswith("https://raw.githubusercontent.com/comfyui-flux2/comfyui-flux2/main/")
+    assert (REPO_ROOT / comfy["icon"].split("/main/", 1)[1]).is_file()
+    assert project["name"] == "comfyui-flux2" and project["license"]["text"] == "Apache-2.0"
+    assert project["urls"]["repository"] == "https://github.com/comfyui-flux2/comfyui-flux2"
+    assert project["supported_comfyui_version"] == ">=0.3.75"
+    assert project["supported_os"] == ["OS Independent"]
+
+
+def test_requirements_cover_every_import_comfyui_does_not_provide():
+    """Every third-party module the pack imports at run time (also lazily, inside functions) comes from
+    ComfyUI itself, from ComfyUI's requirements.txt, or from this pack's requirements.txt."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from comfy_server import REPO_ROOT, provision
+
+    install = provision()
+    comfy_modules = {p.stem for p in install.comfy_dir.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    comfy_modules |= {p.name for p in install.comfy_dir.iterdir() if p.is_dir()}
+
+    def names(path):
+        return [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()
+                if line.split("#", 1)[0].strip() and not line.startswith("-")]
+
+    provided = {canonicalize_name(Requirement(r).name) for r in names(install.comfy_dir / "requirements.txt")}
+    ours = {canonicalize_name(Requirement(r).name) for r in names(REPO_ROOT / "requirements.txt")}
+    dists = packages_distributions()
+    runtime = [REPO_ROOT / "__init__.py", REPO_ROOT / "cli.py",
+               *[p for d in ("flux2", "nodes", "runner", "loopback") for p in (REPO_ROOT / d).rglob("*.py")]]
+    missing = {}
+    for path in runtime:
+        if path.name == "bench.py":   # `benchmark local` compares against diffusers: a test extra
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top == "__future__" or top in comfy_modules:
+                    continue
+                owners = {canonicalize_name(d) for d in dists.get(top, [top])}
+                if not owners & (provided | ours):
+                    missing.setdefault(top, str(path.relative_to(REPO_ROOT)))
+    assert not missing, f"imported but neither ComfyUI nor requirements.txt provides: {missing}"

@@ -34,6 +34,8 @@ _cache_lock = threading.Lock()
 
 def clear_cache() -> None:
     with _cache_lock:
+        for engine in _cache.values():
+            engine.cache.clear()
         _cache.clear()
 
 
@@ -183,10 +185,26 @@ class LocalBackend:
 
         ctx.check_cancelled()
         images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
-                                 self.effective_guidance, refs, on_step=on_step)
+                                 self.effective_guidance, refs, on_step=on_step,
+                                 cfg_one_forward=self.cfg_one_forward(request, engine.device))
         return GenerationResult(images=images, seeds=seeds, cost_usd=0.0,
                                 info={"model": self.model_name, "steps": steps,
                                       "guidance": self.effective_guidance, "device": str(engine.device)})
+
+    def cfg_one_forward(self, request: GenerationRequest, device: torch.device) -> bool:
+        """Whether CFG's two halves run as one batch of 2B: not under block offload (memory is what it saves
+        there), and on CUDA only when the activations planned for 2B fit the memory free now (weights loaded)."""
+        if self.offload == "blocks" or not (self.preset.uses_cfg and self.effective_guidance > 1.0):
+            return False
+        from dataclasses import replace
+
+        from .memory import free_device_memory
+
+        info = free_device_memory(device)
+        if info is None:                 # CPU / MPS: no device budget to plan against
+            return True
+        free = info[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return self.memory_plan(replace(request, batch=2 * request.batch)).activations <= free
 
     # ------------------------------------------------------------------ loading
     def cache_key(self) -> tuple:
@@ -232,6 +250,8 @@ class LocalBackend:
                 hit.vae_tiling = self.vae_tiling
                 return hit
             if _cache:
+                for old in _cache.values():
+                    old.cache.clear()   # its prompt/reference caches belong to the model set that goes
                 _cache.clear()      # one model set at a time: two would rarely fit in memory
                 gc.collect()        # ...and their memory must be really free before the check below
                 if torch.cuda.is_available():

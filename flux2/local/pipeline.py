@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .autoencoder import AutoencoderFlux2
+from .caches import DEFAULT_BYTES, TensorLRU, content_hash, module_token
 from .params import ModelPreset
 from .sampling import euler_step, image_ids, initial_noise, model_timestep, pack, sigmas, text_ids, unpack
 from .text_encoder import TextEncoder
@@ -75,8 +76,10 @@ class Flux2Engine:
     def vae_tile(self, height: int, width: int) -> int:
         return decode_tile(self.vae_tiling, self.device, height, width)
 
-    def __init__(self, m: Flux2Modules):
+    def __init__(self, m: Flux2Modules, cache_bytes: int = DEFAULT_BYTES):
         self.m = m
+        # Prompt embeddings and reference latents of this model set (caches.py); 0 bytes = no caching.
+        self.cache = TensorLRU(cache_bytes)
 
     @property
     def device(self) -> torch.device:
@@ -84,7 +87,12 @@ class Flux2Engine:
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """-> [1, 512, 3*hidden] in the text encoder dtype."""
+        """-> [1, 512, 3*hidden] in the text encoder dtype (cached per text encoder, tokenizer and prompt)."""
+        te, tok = self.m.text_encoder, self.m.tokenizer
+        key = ("prompt", module_token(te), module_token(tok), prompt)
+        return self.cache.get_or_compute(key, lambda: self._encode_prompt(prompt), self.device)
+
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
         te = self.m.text_encoder
         ids, mask = self.m.tokenizer([prompt])
         dev = te.__dict__.get("device") or te.embed_tokens.weight.device     # offload wrapper has .device
@@ -92,21 +100,31 @@ class Flux2Engine:
 
     @torch.no_grad()
     def encode_references(self, refs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [H, W, 3] each (already prepared) -> tokens [1, sum Li, 128], ids [sum Li, 4]."""
+        """uint8 [H, W, 3] each (already prepared) -> tokens [1, sum Li, 128], ids [sum Li, 4].
+        Each reference's latent tokens are cached per VAE, content hash and prepared size."""
         vae = self.m.vae
         toks, ids = [], []
         for k, arr in enumerate(refs):
-            x = torch.from_numpy(np.array(arr, dtype=np.uint8)).float().div(255.0).permute(2, 0, 1)[None]
-            x = (2.0 * x - 1.0).to(self.device, vae.dtype)
-            z = vae.encode(x)                                           # [1, 128, h, w]
-            toks.append(pack(z))
-            ids.append(image_ids(z.shape[2], z.shape[3], t=10 * (k + 1), device=self.device))
+            arr = np.asarray(arr, dtype=np.uint8)
+            h, w = arr.shape[0] // 16, arr.shape[1] // 16                # latent grid after the VAE's 16x
+            key = ("reference", module_token(vae), content_hash(arr), arr.shape[:2])
+            toks.append(self.cache.get_or_compute(key, lambda: self._encode_reference(arr), self.device))
+            ids.append(image_ids(h, w, t=10 * (k + 1), device=self.device))
         return torch.cat(toks, 1), torch.cat(ids, 0)
+
+    def _encode_reference(self, arr: np.ndarray) -> torch.Tensor:
+        """uint8 [H, W, 3] -> latent tokens [1, H/16 * W/16, 128]."""
+        vae = self.m.vae
+        x = torch.from_numpy(np.array(arr, dtype=np.uint8)).float().div(255.0).permute(2, 0, 1)[None]
+        x = (2.0 * x - 1.0).to(self.device, vae.dtype)
+        return pack(vae.encode(x))                                       # [1, 128, h, w] -> [1, h*w, 128]
 
     @torch.no_grad()
     def generate(self, prompt: str, width: int, height: int, seeds: list[int], steps: int, guidance: float,
-                 references: list[np.ndarray] = (), on_step: Callable[[int, int], None] | None = None
-                 ) -> list[np.ndarray]:
+                 references: list[np.ndarray] = (), on_step: Callable[[int, int], None] | None = None,
+                 cfg_one_forward: bool = True) -> list[np.ndarray]:
+        """cfg_one_forward: with CFG, run the conditional and unconditional halves as one batch of 2B per step
+        (the backend turns it off under block offload or when its memory plan says 2B will not fit)."""
         m = self.m
         preset, tr, dev = m.preset, m.transformer, self.device
         B = len(seeds)
@@ -129,13 +147,21 @@ class Flux2Engine:
         t_ids = text_ids(cond.shape[1], device=dev)
         sig = sigmas(steps, L).to(dev)
         g = torch.full((B,), float(guidance), dtype=torch.float32, device=dev) if tr.params.guidance_embed else None
+        one_forward = uncond is not None and cfg_one_forward
+        if one_forward:                    # cond and uncond prompts have the same padded length: stack them
+            both = torch.cat((cond, uncond), 0)                           # [2B, Lt, C]
+            g2 = g.repeat(2) if g is not None else None
         for i in range(steps):
             t = model_timestep(sig[i], B, x.dtype)
             inp = x.to(tr.dtype) if ref_tok is None else torch.cat((x.to(tr.dtype), ref_tok), 1)
-            v = tr(inp, all_ids, cond, t_ids, t, g)[:, :L]
-            if uncond is not None:
-                v_u = tr(inp, all_ids, uncond, t_ids, t, g)[:, :L]
+            if one_forward:
+                v, v_u = tr(inp.repeat(2, 1, 1), all_ids, both, t_ids, t.repeat(2), g2)[:, :L].chunk(2)
                 v = v_u + guidance * (v - v_u)
+            else:
+                v = tr(inp, all_ids, cond, t_ids, t, g)[:, :L]
+                if uncond is not None:
+                    v_u = tr(inp, all_ids, uncond, t_ids, t, g)[:, :L]
+                    v = v_u + guidance * (v - v_u)
             x = euler_step(x, v, sig[i], sig[i + 1])
             if on_step is not None:
                 on_step(i + 1, steps)

@@ -7,15 +7,6 @@ first access (PEP 562 module ``__getattr__``), which ComfyUI makes right after t
 WEB_DIRECTORY = "./web"
 _NODE_EXPORTS = ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS")
 
-try:  # the example workflows' reference images in ComfyUI's input folder (never replacing a file)
-    from .nodes.example_inputs import provide_example_images as _provide_example_images
-
-    _provide_example_images()
-except Exception as _exc:  # pragma: no cover - the examples then need their images copied by hand
-    import logging
-
-    logging.getLogger("comfyui_flux2").warning("FLUX.2 example images not provided: %s", _exc)
-
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 
 
@@ -25,6 +16,7 @@ def __getattr__(name: str):
     from . import nodes
 
     _register_web_routes()
+    _provide_example_images()
     globals().update(NODE_CLASS_MAPPINGS=nodes.NODE_CLASS_MAPPINGS,
                      NODE_DISPLAY_NAME_MAPPINGS=nodes.NODE_DISPLAY_NAME_MAPPINGS)
     return globals()[name]
@@ -40,3 +32,15 @@ def _register_web_routes() -> None:
         import logging
 
         logging.getLogger("comfyui_flux2").warning("FLUX.2 editor routes unavailable: %s", exc)
+
+
+def _provide_example_images() -> None:
+    """The example workflows' reference images in ComfyUI's input folder (never replacing a file)."""
+    try:
+        from .nodes.example_inputs import provide_example_images
+
+        provide_example_images()
+    except Exception as exc:  # pragma: no cover - the examples then need their images copied by hand
+        import logging
+
+        logging.getLogger("comfyui_flux2").warning("FLUX.2 example images not provided: %s", exc)

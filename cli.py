@@ -1,6 +1,6 @@
 """`comfyui-flux2`: run workflows headless, try the pack offline, benchmark.
 
-    comfyui-flux2 run WORKFLOW.json [--output-dir DIR] [--input-dir DIR] [--dry-run] [--budget USD]
+    comfyui-flux2 run WORKFLOW.json [--output-dir DIR] [--input-dir DIR] [--dry-run] [--budget USD] [--allow-unpriced]
     comfyui-flux2 demo [--output-dir DIR]          # offline: loopback Runware server + example workflows
     comfyui-flux2 models                           # models, limits, prices
     comfyui-flux2 serve-loopback runware|bfl [--port N]
@@ -15,10 +15,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from .flux2.errors import Cancelled, Flux2Error, InputError
+from .flux2.errors import Cancelled, Flux2Error
 from .flux2.pricing import format_usd
 
 PACK_DIR = Path(__file__).resolve().parent
@@ -29,8 +30,15 @@ def _err(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+# Set when a second Ctrl-C abandoned a run whose worker threads still wait on the network: the
+# process must then exit without joining them (`main` does, when it is the process's entry point).
+_abandoned = threading.Event()
+
+
 class CancelFlag:
-    """First Ctrl-C asks the run to stop at the next check (polling stops at once); a second one kills."""
+    """First Ctrl-C asks the run to stop at the next check (polling stops at once); a second one aborts
+    at once: the main thread stops waiting for the run, keeps the paid images in hand, names the tasks
+    that may still be billed and exits 130."""
 
     def __init__(self):
         self.set = False
@@ -57,7 +65,6 @@ def _progress_printer(stream=sys.stderr):
 
     def progress(node: str, done: float, total: float, message: str) -> None:
         key = (node, message)
-        now = time.monotonic()
         if last.get(node) == key and done < total:
             return
         last[node] = key
@@ -66,14 +73,72 @@ def _progress_printer(stream=sys.stderr):
     return progress
 
 
+def node_registry() -> dict:
+    """What a headless run executes: the pack's node classes plus the core LoadImage/SaveImage stand-ins."""
+    from .nodes import NODE_CLASS_MAPPINGS
+    from .runner.core_nodes import headless_registry
+    return headless_registry(NODE_CLASS_MAPPINGS)
+
+
+def budget_cap(budget, allow_unpriced: bool = False):
+    """--budget wins over FLUX2_BUDGET_USD; both are validated (finite, >= 0) by flux2.budget."""
+    from .flux2.budget import Cap, allow_unpriced_from_env, cap_from_env, parse_usd
+    allow = allow_unpriced or allow_unpriced_from_env()
+    if budget is not None:
+        return Cap(parse_usd(budget, "--budget"), "the budget cap", allow)
+    cap = cap_from_env("the budget cap")
+    return Cap(cap.usd, cap.name, allow) if cap else None
+
+
+def _keep_paid(pending: list, executor, output_dir: Path, out) -> None:
+    from .runner.executor import save_unsaved_results
+    kept = save_unsaved_results([(q, r) for q, r in list(pending) if not executor.saved_by_graph(q.node_id)],
+                                output_dir)
+    if kept:
+        print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
+
+
+def _may_be_billed(ctx, error: BaseException | None = None) -> list[str]:
+    """Provider tasks that were submitted but not answered: the provider may still bill them."""
+    tasks = list(ctx.unsettled_tasks())
+    for task in getattr(error, "task_ids", None) or ():   # set by the provider clients on their errors
+        if not any(str(task) in t for t in tasks):
+            tasks.append(str(task))
+    return tasks
+
+
+def _run_in_worker(executor, ctx):
+    """Run the graph on a worker thread so the main thread can stop waiting at a second Ctrl-C.
+
+    Returns the RunReport; raises the run's own error; raises KeyboardInterrupt on the second Ctrl-C
+    (the worker is left behind, blocked on the network)."""
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["report"] = executor.run(ctx)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread as is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="flux2-run", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)        # interruptible: the SIGINT handler runs in this thread
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["report"]
+
+
 def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None, dry_run: bool = False,
-                 budget: float | None = None, quiet: bool = False, use_cache: bool = True) -> int:
+                 budget=None, allow_unpriced: bool = False, quiet: bool = False, use_cache: bool = True) -> int:
+    from .flux2.budget import check as check_cap
     from .flux2.result_cache import ResultCache, enabled_by_env
     from .flux2.run_context import RunContext
-    from .runner.executor import Executor, save_unsaved_results
     from .runner.graph import load_workflow
+    from .runner.pricing import plan_graph
 
     path = Path(path)
+    cap = budget_cap(budget, allow_unpriced)
     workflow = load_workflow(path)
     out = sys.stderr
 
@@ -83,46 +148,54 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
 
     # The examples keep API-format files in api/ beside the UI files and their images: either finds them.
     more = (path.parent.parent,) if input_dir is None and path.parent.name == "api" else ()
-    executor = Executor(workflow, input_dir=input_dir or path.parent, output_dir=output_dir,
-                        on_node=lambda *a: None, more_input_dirs=more)
-    if budget is None and os.environ.get("FLUX2_BUDGET_USD"):
-        try:
-            budget = float(os.environ["FLUX2_BUDGET_USD"])
-        except ValueError:
-            raise InputError("FLUX2_BUDGET_USD must be a number of US dollars") from None
 
     # Pass 1: always a dry run. Real runs make it strict (a missing key is an error, not a warning).
     cache = ResultCache() if use_cache and enabled_by_env() else None
-    plan_ctx = RunContext(dry_run=True, strict=not dry_run, budget_usd=budget, cache=cache)
-    executor.run(plan_ctx)
+    plan = plan_graph(workflow, node_registry(), input_dir=input_dir or path.parent, output_dir=output_dir,
+                      more_input_dirs=more, strict=not dry_run, cache=cache)
+    executor, plan_ctx = plan.executor, plan.ctx
     print(f"{path.name}: {len(executor.order)} nodes, {len(plan_ctx.planned)} generation call(s)", file=out)
     for call, est in plan_ctx.planned:
         print(f"  {call.target}: {call.summary} - est. {est}" + (" (approximate)" if est.approximate else ""), file=out)
-    for warning in plan_ctx.warnings:
+    for warning in plan_ctx.grouped_warnings():
         print(f"  warning: {warning}", file=out)
-    total = plan_ctx.ledger.estimated_total
-    unpriced = plan_ctx.ledger.unpriced
-    print(f"estimated cost: {format_usd(total)}" + (f" (+{unpriced} call(s) without a published price)" if unpriced else "")
+    unpriced = len(plan.unpriced_nodes)
+    print(f"estimated cost: {format_usd(plan.total_usd)}"
+          + (f" (+{unpriced} call(s) without a published price)" if unpriced else "")
           + (" (approximate: URL references of unknown size priced as <= 1 MP each)" if plan_ctx.ledger.approximate else ""),
           file=out)
-    plan_ctx.check_budget()
+    check_cap(plan.total_usd, plan.unpriced_nodes, cap)
     if dry_run:
         print("dry run: nothing was sent", file=out)
         return 0
 
     pending: list = []
     cancel = CancelFlag().install()
-    ctx = RunContext(budget_usd=budget, cache=cache, progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
+    ctx = RunContext(budget_usd=cap.usd if cap else None, allow_unpriced=bool(cap and cap.allow_unpriced),
+                     cache=cache, progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
                      result_sink=lambda req, res: pending.append((req, res)))
     executor.on_node = on_node
     started = time.monotonic()
     try:
-        report = executor.run(ctx)
-    except BaseException:
-        kept = save_unsaved_results([(q, r) for q, r in pending if not executor.saved_by_graph(q.node_id)], output_dir)
-        if kept:
-            print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
+        report = _run_in_worker(executor, ctx)
+    except KeyboardInterrupt:
+        # Second Ctrl-C: do not wait for the request in flight; keep what was paid and say what may be billed.
+        _abandoned.set()
+        _keep_paid(pending, executor, output_dir, out)
         print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
+        tasks = _may_be_billed(ctx)
+        if tasks:
+            print(f"may still be billed (in flight when aborted): {', '.join(tasks)}", file=out)
+        elif executor.running:
+            print(f"node {executor.running} was still running; a task it submitted may still be billed",
+                  file=out)
+        raise Cancelled("aborted at once (second Ctrl-C)") from None
+    except BaseException as exc:
+        _keep_paid(pending, executor, output_dir, out)
+        print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
+        tasks = _may_be_billed(ctx, exc)
+        if tasks:
+            print(f"may still be billed: {', '.join(tasks)}", file=out)
         raise
     for saved in report.saved:
         print(f"saved {saved}")
@@ -195,39 +268,72 @@ def cmd_benchmark(args, rest) -> int:
     return bench_main(rest)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit status 2), like every other error of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comfyui-flux2", description="FLUX.2 workflows without a ComfyUI server.")
+    parser = _Parser(prog="comfyui-flux2", description="FLUX.2 workflows without a ComfyUI server.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log HTTP calls (never keys)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an API- or UI-format workflow")
-    run.add_argument("workflow", type=Path)
-    run.add_argument("--output-dir", type=Path, default=Path("output"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run an API- or UI-format workflow",
+                         description="Validate and price the whole workflow first (a dry run), then run it. "
+                                     "Exit status: 0 ok, 1 error, 2 usage, 130 cancelled.")
+    run.add_argument("workflow", type=Path,
+                     help="workflow JSON: the UI format ComfyUI saves, or its API format (Export (API))")
+    run.add_argument("--output-dir", type=Path, default=Path("output"),
+                     help="where SaveImage writes (default: ./output); paid images the graph did not get "
+                          "to save go to OUTPUT/flux2-unsaved/")
     run.add_argument("--input-dir", type=Path, default=None,
                      help="where LoadImage finds its files (default: the workflow's folder, and for a "
                           "workflow in a folder named api/, the folder above it too)")
     run.add_argument("--dry-run", action="store_true", help="validate, print planned calls and cost; no network")
-    run.add_argument("--budget", type=float, default=None,
-                     help="refuse to start if the estimate exceeds this many USD (also FLUX2_BUDGET_USD)")
+    run.add_argument("--budget", metavar="USD", default=None,
+                     help="refuse to start if the estimate exceeds this many USD, a number >= 0 "
+                          "(also FLUX2_BUDGET_USD; --budget wins)")
+    run.add_argument("--allow-unpriced", action="store_true",
+                     help="under a budget cap, also run models without a published price (their billed "
+                          "cost then counts against the cap); also FLUX2_ALLOW_UNPRICED=1")
     run.add_argument("--no-cache", action="store_true",
                      help="always call the provider, even for a request identical to an earlier one")
     run.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
     demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
-    demo.add_argument("--output-dir", default="output")
+    demo.add_argument("--output-dir", default="output", help="where the demo's images go (default: ./output)")
     demo.add_argument("--local", action="store_true",
                       help="run a tiny random local model instead of the loopback provider (CPU, seconds)")
     demo.add_argument("--models-dir", default=None,
                       help="with --local: where to write the tiny weights (default OUTPUT/flux2-tiny-models)")
     sub.add_parser("models", help="list models, limits and prices")
     serve = sub.add_parser("serve-loopback", help="run a loopback provider server for manual tries")
-    serve.add_argument("provider", choices=("runware", "bfl"))
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--key", default="loopback-key")
+    serve.add_argument("provider", choices=("runware", "bfl"), help="which provider's protocol to serve")
+    serve.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
+    serve.add_argument("--key", default="loopback-key", help="the API key the server accepts")
     bench = sub.add_parser("benchmark", help="client overhead (remote), step time/memory (local) or pack load time (load)")
-    bench.add_argument("target", choices=("remote", "local", "load"))
+    bench.add_argument("target", choices=("remote", "local", "load"),
+                       help="remote: client overhead on loopback servers; local: transformer step time/memory; "
+                            "load: the pack's import time (more options: comfyui-flux2 benchmark TARGET --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. `argv=None` means this is the process's entry point (console script, python -m)."""
+    try:
+        code = _main(argv)
+    except KeyboardInterrupt:          # e.g. Ctrl-C while the pack is still loading
+        _err("interrupted")
+        code = 130
+    if argv is None and _abandoned.is_set():
+        # Worker threads of an aborted run still wait on the network; exiting normally would join them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "benchmark":
@@ -240,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.models_dir:
                 os.environ["FLUX2_MODELS_DIR"] = str(args.models_dir)
             return run_workflow(args.workflow, output_dir=args.output_dir, input_dir=args.input_dir,
-                                dry_run=args.dry_run, budget=args.budget, use_cache=not args.no_cache)
+                                dry_run=args.dry_run, budget=args.budget, allow_unpriced=args.allow_unpriced,
+                                use_cache=not args.no_cache)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "models":

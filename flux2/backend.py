@@ -115,7 +115,7 @@ def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = N
         except Flux2Error as exc:
             if ctx.strict:
                 raise
-            ctx.warnings.append(f"node {request.node_id or '?'}: {exc}")
+            ctx.warn(request.node_id, str(exc))
         for call in backend.plan(request):
             ctx.record_plan(call, est)
         ctx.ledger.add_estimate(request.node_id, est)

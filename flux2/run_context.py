@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import BudgetError, Cancelled
+from .errors import Cancelled
 from .pricing import Estimate, format_usd
 
 log = logging.getLogger("comfyui_flux2")
@@ -45,6 +45,20 @@ class Ledger:
     def unpriced(self) -> int:
         return sum(1 for e in self.estimates.values() if e.usd is None)
 
+    def unpriced_nodes(self) -> list[str]:
+        """Nodes whose estimate is unknown and whose billed cost is not known yet either."""
+        return [n for n, e in self.estimates.items() if e.usd is None and self.billed.get(n) is None]
+
+    @property
+    def committed_total(self) -> float:
+        """What the run has spent or is about to: billed where the provider said, else the estimate."""
+        with self._lock:
+            total = 0.0
+            for node, est in self.estimates.items():
+                billed = self.billed.get(node)
+                total += billed if billed is not None else (est.usd or 0.0)
+            return round(total, 6)
+
     @property
     def approximate(self) -> bool:
         """Some estimate rests on an assumption (e.g. a URL reference of unknown size priced as 1 MP)."""
@@ -63,14 +77,17 @@ class Ledger:
 class RunContext:
     dry_run: bool = False
     strict: bool = False                 # dry run as a pre-flight check: missing keys are errors, not warnings
-    budget_usd: float | None = None
+    budget_usd: float | None = None      # validated by flux2.budget.parse_usd
+    allow_unpriced: bool = False         # under a cap, run calls without a published price (opt-in)
     progress: Callable[[str, float, float, str], None] | None = None   # (node, done, total, message)
     is_cancelled: Callable[[], bool] | None = None
     result_sink: Callable[[object, object], None] | None = None        # saves paid results at once
     cache: object | None = None          # a ResultCache, or None for no result cache
     ledger: Ledger = field(default_factory=Ledger)
     planned: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)          # "node N: message", one per node
+    # Provider tasks submitted and not yet answered: (provider, task id, node). Ctrl-C names them.
+    in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
     # provider -> content sha256 -> (provider image id, expiry epoch seconds)
     uploads: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -86,10 +103,37 @@ class RunContext:
         if self.is_cancelled is not None and self.is_cancelled():
             raise Cancelled("cancelled by the user")
 
+    def warn(self, node: str, message: str) -> None:
+        self.warnings.append(f"node {node or '?'}: {message}")
+
+    def grouped_warnings(self) -> list[str]:
+        """The same warning for many nodes (e.g. no API key) once, naming the nodes."""
+        nodes_by_text: dict[str, list[str]] = {}
+        for line in self.warnings:
+            head, _, text = line.partition(": ")
+            nodes_by_text.setdefault(text, []).append(head.removeprefix("node "))
+        return [f"{text} (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)})" for text, nodes in nodes_by_text.items()]
+
     def check_budget(self) -> None:
-        if self.budget_usd is not None and self.ledger.estimated_total > self.budget_usd + 1e-9:
-            raise BudgetError(f"estimated cost {format_usd(self.ledger.estimated_total)} is over the "
-                              f"budget cap {format_usd(self.budget_usd)} (FLUX2_BUDGET_USD / --budget)")
+        """Before each paid call: what is billed or estimated so far must stay under the cap."""
+        from .budget import Cap, check
+        if self.budget_usd is not None:
+            check(self.ledger.committed_total, self.ledger.unpriced_nodes(),
+                  Cap(self.budget_usd, "the budget cap", self.allow_unpriced), subject="the run so far")
+
+    def task_submitted(self, provider: str, task_id: str, node: str = "") -> None:
+        """Provider clients call this once a paid task may exist, and `task_settled` once answered."""
+        with self._lock:
+            self.in_flight[task_id] = (provider, node)
+
+    def task_settled(self, task_id: str) -> None:
+        with self._lock:
+            self.in_flight.pop(task_id, None)
+
+    def unsettled_tasks(self) -> list[str]:
+        """'provider task-id (node N)' for every task that may still be billed."""
+        with self._lock:
+            return [f"{p} {t}" + (f" (node {n})" if n else "") for t, (p, n) in self.in_flight.items()]
 
     def on_result(self, request, result) -> None:
         if self.result_sink is not None:

@@ -5,26 +5,27 @@ import importlib
 import logging
 
 from .backend_nodes import Flux2RemoteBackend
+from .catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from .generate_nodes import Flux2Edit, Flux2TextToImage
 from .reference_nodes import Flux2ReferenceURL
 from .util_nodes import Flux2Seed, Flux2Size
 
-NODE_CLASS_MAPPINGS = {
+NODE_CLASS_MAPPINGS.update({
     "Flux2RemoteBackend": Flux2RemoteBackend,
     "Flux2TextToImage": Flux2TextToImage,
     "Flux2Edit": Flux2Edit,
     "Flux2Seed": Flux2Seed,
     "Flux2Size": Flux2Size,
     "Flux2ReferenceURL": Flux2ReferenceURL,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
+})
+NODE_DISPLAY_NAME_MAPPINGS.update({
     "Flux2RemoteBackend": "FLUX.2 Remote Backend (Runware / BFL)",
     "Flux2TextToImage": "FLUX.2 Text to Image",
     "Flux2Edit": "FLUX.2 Edit (multi-reference)",
     "Flux2Seed": "FLUX.2 Seed",
     "Flux2Size": "FLUX.2 Size",
     "Flux2ReferenceURL": "FLUX.2 Reference by URL",
-}
+})
 
 # The local backends are optional at import time: a broken extra must not hide the remote nodes, nor each other.
 for _module in ("local_backend", "comfy_backend"):

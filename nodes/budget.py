@@ -2,34 +2,27 @@
 first paid call.
 
 ComfyUI gives each node the whole API-format prompt (hidden input PROMPT). The first FLUX.2
-generation node of a run prices the whole graph with the headless runner's dry run (no network, no
-GPU) and remembers the answer for that prompt, so every later node of the same run agrees. A graph
-the dry run cannot follow (another pack's nodes upstream of ours) is priced node by node instead.
+generation node of a run prices the whole graph with the runner's `plan_graph` (the same dry run the
+CLI prices with: no network, no GPU) and remembers the answer for that prompt, so every later node of
+the same run agrees. A graph the dry run cannot follow (another pack's nodes upstream of ours) is
+priced node by node instead. The cap rule itself (unknown prices refused unless
+FLUX2_ALLOW_UNPRICED=1) is flux2/budget.py's.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 
-from ..flux2.errors import BudgetError, Flux2Error, InputError
-from ..flux2.pricing import format_usd
+from ..flux2.budget import cap_from_env, check
+from ..flux2.errors import Flux2Error
+from .catalog import NODE_CLASS_MAPPINGS
 
 log = logging.getLogger("comfyui_flux2.budget")
-_estimates: OrderedDict[str, float | None] = OrderedDict()
-
-
-def budget_cap() -> float | None:
-    raw = os.environ.get("FLUX2_BUDGET_USD", "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise InputError("FLUX2_BUDGET_USD must be a number of US dollars") from None
+# prompt hash -> (estimated USD, nodes without a published price), or None: the dry run cannot price it
+_estimates: OrderedDict[str, tuple[float, list[str]] | None] = OrderedDict()
 
 
 def _input_dir() -> Path:
@@ -40,18 +33,17 @@ def _input_dir() -> Path:
         return Path(".")
 
 
-def graph_estimate(prompt: dict) -> float | None:
-    """USD for the whole prompt, or None when the dry run cannot price it."""
-    from ..flux2.run_context import RunContext
-    from ..runner.executor import Executor
+def graph_estimate(prompt: dict) -> tuple[float, list[str]] | None:
+    """(USD, unpriced node ids) for the whole prompt, or None when the dry run cannot price it."""
+    from ..runner.core_nodes import headless_registry
+    from ..runner.pricing import plan_graph
 
     key = hashlib.sha256(json.dumps(prompt, sort_keys=True, default=str).encode()).hexdigest()
     if key not in _estimates:
         try:
-            plan = RunContext(dry_run=True)
-            Executor(prompt, input_dir=_input_dir(), output_dir=Path(".")).run(plan)   # a dry run saves nothing
-            _estimates[key] = plan.ledger.estimated_total
-        except Flux2Error as exc:
+            plan = plan_graph(prompt, headless_registry(NODE_CLASS_MAPPINGS), input_dir=_input_dir())
+            _estimates[key] = (plan.total_usd, plan.unpriced_nodes)
+        except (Flux2Error, RecursionError) as exc:
             log.warning("FLUX2_BUDGET_USD: cannot price the whole graph (%s); checking node by node", exc)
             _estimates[key] = None
         while len(_estimates) > 64:
@@ -59,16 +51,14 @@ def graph_estimate(prompt: dict) -> float | None:
     return _estimates[key]
 
 
-def check_graph_budget(prompt: dict | None, node_estimate) -> None:
+def check_graph_budget(prompt: dict | None, node_estimate, node_id: str = "") -> None:
     """Raise BudgetError if the graph (or, where it cannot be priced, this node) is over the cap."""
-    cap = budget_cap()
+    cap = cap_from_env()
     if cap is None:
         return
-    total = graph_estimate(prompt) if isinstance(prompt, dict) else None
-    if total is not None:
-        if total > cap + 1e-9:
-            raise BudgetError(f"this graph is estimated at {format_usd(total)}, over FLUX2_BUDGET_USD "
-                              f"{format_usd(cap)}; nothing was sent")
-    elif node_estimate.usd is not None and node_estimate.usd > cap + 1e-9:
-        raise BudgetError(f"this node is estimated at {format_usd(node_estimate.usd)}, over FLUX2_BUDGET_USD "
-                          f"{format_usd(cap)}; nothing was sent")
+    priced = graph_estimate(prompt) if isinstance(prompt, dict) else None
+    if priced is not None:
+        check(priced[0], priced[1], cap, subject="this graph")
+    else:
+        unpriced = [node_id or "?"] if node_estimate.usd is None else []
+        check(node_estimate.usd or 0.0, unpriced, cap, subject="this node")

@@ -32,7 +32,7 @@ def _execute(backend, prompt, width, height, seed, batch_size, unique_id, refere
                                 node_id=str(unique_id or ""))
     if graph is not None:
         backend.validate(request)       # bad input reports as such, not as a budget question
-        check_graph_budget(graph, backend.estimate(request))
+        check_graph_budget(graph, backend.estimate(request), request.node_id)
     result = run(backend, request, node_context())
     images = arrays_to_tensor(result.images)                   # [B, H, W, 3] float 0..1
     cost = float(result.cost_usd or 0.0)

@@ -6,6 +6,7 @@ Every path stays inside its folder: names from a workflow cannot climb out with 
 from __future__ import annotations
 
 import contextvars
+import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +19,56 @@ from ..flux2.images import arrays_to_tensor, encode, load_image_file, tensor_to_
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+MAX_NAME_BYTES = 200        # per path part; leaves room for "_00001_.png" within a 255-byte file name
+
+
+def _check_name_text(name, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{what}: a file name is required, got {str(name)[:40]!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InputError(f"{what}: {name[:40]!r} contains control characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what}: {name[:40]!r} cannot be encoded as a file name") from None
+    return name
+
+
 def safe_join(root: Path, name: str, what: str) -> Path:
     """root/name, refusing anything that would resolve outside root (absolute paths, '..', symlinks)."""
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise InputError(f"{what}: invalid file name {name!r}")
+    _check_name_text(name, what)
     root = root.resolve()
     candidate = Path(name)
-    if candidate.is_absolute() or candidate.drive:
+    if candidate.is_absolute() or candidate.drive or name.startswith(("/", "\\")):
         raise InputError(f"{what}: {name!r} must be a name inside the folder, not an absolute path")
     path = (root / candidate).resolve()
     if path != root and root not in path.parents:
         raise InputError(f"{what}: {name!r} points outside its folder")
     return path
+
+
+def save_target(root: Path, prefix: str, what: str = "SaveImage filename_prefix") -> Path:
+    """Where SaveImage writes `<prefix>_00001_.png`: strictly inside root, every part a real name.
+
+    Like ComfyUI a prefix may name subfolders ("flux2/cat"); unlike a plain join, ".", ".." and empty
+    parts are refused, so "." or "flux2/.." cannot write next to the output folder instead of into it.
+    """
+    _check_name_text(prefix, what)
+    parts = prefix.replace("\\", "/").split("/")
+    if prefix.startswith(("/", "\\")) or Path(prefix).is_absolute() or Path(prefix).drive:
+        raise InputError(f"{what}: {prefix!r} must be a name inside the folder, not an absolute path")
+    if ".." in parts:
+        raise InputError(f"{what}: {prefix!r} points outside its folder ('..' is not allowed)")
+    if any(p in ("", ".") or not p.strip() for p in parts):
+        raise InputError(f"{what}: {prefix!r} has an empty or '.' part; give a name like 'flux2/cat'")
+    long = [p for p in parts if len(p.encode("utf-8")) > MAX_NAME_BYTES]
+    if long:
+        raise InputError(f"{what}: a name part is {len(long[0].encode('utf-8'))} bytes long; "
+                         f"at most {MAX_NAME_BYTES} (file systems cap a name at 255)")
+    target = safe_join(root, prefix, what)
+    if target == root.resolve():          # e.g. a symlink inside the folder that points at the folder
+        raise InputError(f"{what}: {prefix!r} points outside its folder")
+    return target
 
 
 @dataclass
@@ -97,9 +136,10 @@ class SaveImage:
     def save_images(self, images, filename_prefix="ComfyUI"):
         arrays = tensor_to_arrays(images)
         folders = current_folders()
+        # Checked in the dry run too, so a bad prefix fails before the first paid call of the graph.
+        target = save_target(folders.output_dir, filename_prefix)
         if not folders.save:
             return {"ui": {"images": []}}
-        target = safe_join(folders.output_dir, filename_prefix, "SaveImage filename_prefix")
         target.parent.mkdir(parents=True, exist_ok=True)
         counter = _next_counter(target)
         meta = PngInfo()
@@ -133,7 +173,7 @@ class PreviewImage(SaveImage):
 def _next_counter(target: Path) -> int:
     highest = 0
     if target.parent.is_dir():
-        for p in target.parent.glob(f"{target.name}_*_.png"):
+        for p in target.parent.glob(f"{glob.escape(target.name)}_*_.png"):
             digits = p.name[len(target.name) + 1:-5]
             if digits.isdigit():
                 highest = max(highest, int(digits))
@@ -141,3 +181,8 @@ def _next_counter(target: Path) -> int:
 
 
 CORE_NODES = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+
+
+def headless_registry(pack_nodes: dict) -> dict:
+    """What a headless run can execute: the given pack's node classes plus these core stand-ins."""
+    return {**CORE_NODES, **pack_nodes}

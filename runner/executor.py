@@ -6,23 +6,20 @@ executes for real, unless --dry-run.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..flux2.errors import Flux2Error
 from ..flux2.images import encode
 from ..flux2.run_context import RunContext, using
-from .core_nodes import CORE_NODES, RunFolders, reset_folders, using_folders
+from .core_nodes import RunFolders, reset_folders, using_folders
 from .graph import Link, Node, execution_order, parse
 from .validate import check_graph
 
 log = logging.getLogger("comfyui_flux2.runner")
-
-
-def registry() -> dict:
-    from ..nodes import NODE_CLASS_MAPPINGS
-    return {**CORE_NODES, **NODE_CLASS_MAPPINGS}
 
 
 @dataclass
@@ -34,10 +31,12 @@ class RunReport:
 
 
 class Executor:
-    def __init__(self, workflow: dict, *, input_dir: Path, output_dir: Path, on_node=None,
+    def __init__(self, workflow: dict, *, registry: dict, input_dir: Path, output_dir: Path, on_node=None,
                  more_input_dirs: tuple = ()):
+        """`registry`: node class by name (the caller's pack nodes plus `core_nodes.headless_registry`);
+        the runner imports no node pack itself, so it sits below the nodes that use it."""
         self.workflow = workflow
-        self.registry = registry()
+        self.registry = registry
         self.nodes: dict[str, Node] = parse(workflow, self.registry)
         self.order = execution_order(self.nodes, self.registry)
         check_graph(self.nodes, self.order, self.registry)
@@ -45,6 +44,8 @@ class Executor:
         self.more_input_dirs = tuple(Path(p) for p in more_input_dirs)
         self.output_dir = Path(output_dir)
         self.on_node = on_node or (lambda node, index, total: None)
+        self.executed: set[str] = set()
+        self.running: str | None = None      # the node being executed (named when a run is aborted)
         self.api_prompt = {n.id: {"class_type": n.class_type,
                                   "inputs": {k: ([v.node, v.slot] if isinstance(v, Link) else v)
                                              for k, v in n.inputs.items()}} for n in self.nodes.values()}
@@ -61,9 +62,11 @@ class Executor:
                 for index, node_id in enumerate(self.order):
                     ctx.check_cancelled()
                     node = self.nodes[node_id]
+                    self.running = node_id
                     self.on_node(node, index, len(self.order))
                     outputs[node_id] = self._call(node, outputs)
                     self.executed.add(node_id)
+                self.running = None
         finally:
             reset_folders(token)
         return RunReport(self.order, ctx, list(folders.saved), outputs)
@@ -96,14 +99,33 @@ class Executor:
         return tuple(result)
 
 
+def file_token(text: str, limit: int = 40) -> str:
+    """A workflow-given id as one safe file-name part: [A-Za-z0-9_-] only, short; a changed id gets a
+    hash suffix so two ids never map to the same file ("a/b" and "a_b" stay apart)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:limit] or "x"
+    if safe != text:
+        safe += "-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return safe
+
+
 def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
-    """Paid images that the graph did not get to save (a later node failed): keep them anyway."""
+    """Paid images that the graph did not get to save (a later node failed): keep them anyway.
+
+    Names come from the node id and seed, confined to OUTPUT/flux2-unsaved/; one image that cannot be
+    written does not stop the others.
+    """
     paths = []
     folder = Path(output_dir) / "flux2-unsaved"
     for request, result in results:
-        folder.mkdir(parents=True, exist_ok=True)
-        for image, seed in zip(result.images, result.seeds):
-            path = folder / f"node{request.node_id or 'x'}_seed{seed}.png"
-            path.write_bytes(encode(image, "PNG"))
+        node = file_token(str(request.node_id or "x"))
+        for i, image in enumerate(result.images):
+            seed = result.seeds[i] if i < len(result.seeds) else f"x{i}"
+            path = folder / f"node{node}_seed{file_token(str(seed))}.png"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(encode(image, "PNG"))
+            except (OSError, Flux2Error) as exc:
+                log.error("could not keep a paid image of node %s: %s", node, getattr(exc, "strerror", None) or exc)
+                continue
             paths.append(path)
     return paths

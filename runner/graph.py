@@ -34,17 +34,31 @@ class Link:
     slot: int
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_NODE_ID_CHARS = 100
+
+
 def load_workflow(path: Path) -> dict:
+    name = Path(path).name
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read workflow {path}: {exc.strerror}") from None
+    if raw.startswith(PNG_SIGNATURE) or raw[:3] == b"\xff\xd8\xff" or raw[8:12] == b"WEBP":
+        raise InputError(f"{name} is an image, not a workflow: give the .json file ComfyUI saves "
+                         "(Workflow > Export, or Export (API))")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"workflow {name} is not UTF-8 text, so not a JSON workflow") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"workflow {Path(path).name} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+        raise InputError(f"workflow {name} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"workflow {name} is nested too deeply to be a workflow") from None
     if not isinstance(data, dict):
-        raise InputError(f"workflow {Path(path).name} must be a JSON object")
+        raise InputError(f"workflow {name} must be a JSON object")
     return data
 
 
@@ -68,47 +82,117 @@ def has_control_widget(name: str, spec) -> bool:
     return spec[0] == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed"))
 
 
+def _node_id(value) -> str:
+    """Node ids name files and appear in messages: short text without control characters."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"workflow has a node id of type {type(value).__name__}; ids are numbers or text")
+    text = str(value)
+    if not text or len(text) > MAX_NODE_ID_CHARS or not text.isprintable():
+        raise InputError(f"workflow has an invalid node id {text[:40]!r} (empty, over {MAX_NODE_ID_CHARS} "
+                         "characters, or with control characters)")
+    return text
+
+
+def _link(value, what: str) -> Link:
+    node, slot = value
+    if isinstance(slot, bool) or not isinstance(slot, int) or slot < 0:
+        raise InputError(f"{what}: link slot {slot!r} is not an output index")
+    return Link(_node_id(node), slot)
+
+
 def from_api(data: dict, registry: dict) -> dict[str, Node]:
     prompt = data.get("prompt", data) if isinstance(data.get("prompt"), dict) else data
     nodes = {}
     for node_id, body in prompt.items():
-        if not isinstance(body, dict) or "class_type" not in body:
+        node_id = _node_id(node_id)
+        if not isinstance(body, dict) or not isinstance(body.get("class_type"), str):
             raise InputError(f"node {node_id}: API-format nodes need 'class_type' and 'inputs'")
+        raw_inputs = body.get("inputs") or {}
+        if not isinstance(raw_inputs, dict):
+            raise InputError(f"node {node_id}: 'inputs' must be an object of input name to value")
         inputs = {}
-        for name, value in (body.get("inputs") or {}).items():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and isinstance(value[0], (str, int)):
-                inputs[name] = Link(str(value[0]), value[1])
+        for name, value in raw_inputs.items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) \
+                    and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool):
+                inputs[name] = _link(value, f"node {node_id} input {name!r}")
             else:
                 inputs[name] = value
-        nodes[str(node_id)] = Node(str(node_id), body["class_type"], inputs)
+        nodes[node_id] = Node(node_id, body["class_type"], inputs)
     _check_known(nodes, registry)
     return nodes
 
 
-def from_ui(data: dict, registry: dict) -> dict[str, Node]:
-    raw_nodes = {str(n["id"]): n for n in data.get("nodes", []) if isinstance(n, dict) and "id" in n}
+def _ui_list(data: dict, key: str) -> list:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise InputError(f"workflow {key!r} must be a list")
+    return value
+
+
+def _ui_links(data: dict) -> dict:
+    """link id -> (origin node id, origin slot)."""
     links = {}
-    for entry in data.get("links", []):
+    for entry in _ui_list(data, "links"):
         if isinstance(entry, dict):  # newer frontends may store links as objects
             entry = [entry.get("id"), entry.get("origin_id"), entry.get("origin_slot"),
                      entry.get("target_id"), entry.get("target_slot"), entry.get("type")]
-        if not isinstance(entry, list) or len(entry) < 5:
+        if not isinstance(entry, list) or len(entry) < 5 or entry[1] is None \
+                or isinstance(entry[0], (list, dict)):
             raise InputError("workflow has a malformed link entry")
-        links[entry[0]] = (str(entry[1]), int(entry[2]))
+        link = _link((entry[1], entry[2]), f"workflow link {entry[0]}")
+        links[entry[0]] = (link.node, link.slot)
+    return links
 
-    def source(link_id, seen=()):
-        if link_id not in links:
-            raise InputError(f"workflow link {link_id} is missing from the links table")
-        node_id, slot = links[link_id]
-        origin = raw_nodes.get(node_id)
-        if origin is None:
-            raise InputError(f"workflow link {link_id} starts at node {node_id}, which does not exist")
-        if origin.get("type") == "Reroute":
-            upstream = (origin.get("inputs") or [{}])[0].get("link")
-            if upstream is None or node_id in seen:
+
+def _widget_inputs(raw: dict, node_id: str, cls) -> dict:
+    values = raw.get("widgets_values", [])
+    if values is None:
+        return {}
+    if isinstance(values, dict):
+        return dict(values)
+    if not isinstance(values, list):
+        raise InputError(f"node {node_id}: 'widgets_values' must be a list, got {type(values).__name__}")
+    inputs: dict = {}
+    i = 0
+    for name, spec in widget_inputs(cls):
+        if i >= len(values):
+            break
+        inputs[name] = values[i]
+        i += 1
+        if has_control_widget(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
+            i += 1
+    return inputs
+
+
+def from_ui(data: dict, registry: dict) -> dict[str, Node]:
+    raw_nodes = {}
+    for n in _ui_list(data, "nodes"):
+        if isinstance(n, dict) and "id" in n:
+            raw_nodes[_node_id(n["id"])] = n
+    links = _ui_links(data)
+
+    def source(link_id) -> Link:
+        """Where a link starts, through any chain of Reroute nodes (followed without recursion)."""
+        seen: set[str] = set()
+        while True:
+            try:
+                known = link_id in links
+            except TypeError:          # an unhashable link id (a list, an object)
+                known = False
+            if not known:
+                raise InputError(f"workflow link {str(link_id)[:40]} is missing from the links table")
+            node_id, slot = links[link_id]
+            origin = raw_nodes.get(node_id)
+            if origin is None:
+                raise InputError(f"workflow link {link_id} starts at node {node_id}, which does not exist")
+            if origin.get("type") != "Reroute":
+                return Link(node_id, slot)
+            slots = origin.get("inputs")
+            first = slots[0] if isinstance(slots, list) and slots and isinstance(slots[0], dict) else {}
+            if first.get("link") is None or node_id in seen:
                 raise InputError(f"Reroute node {node_id} has no input")
-            return source(upstream, seen + (node_id,))
-        return Link(node_id, slot)
+            seen.add(node_id)
+            link_id = first["link"]
 
     nodes = {}
     for node_id, raw in raw_nodes.items():
@@ -118,24 +202,16 @@ def from_ui(data: dict, registry: dict) -> dict[str, Node]:
         if raw.get("mode") == BYPASSED:
             raise InputError(f"node {node_id} ({kind}) is bypassed; the runner does not support bypass, "
                              "mute it or remove it")
-        cls = registry.get(kind)
+        cls = registry.get(kind) if isinstance(kind, str) else None
         if cls is None:
             raise InputError(unknown_node(kind, node_id, registry))
-        inputs: dict = {}
-        values = raw.get("widgets_values", [])
-        if isinstance(values, dict):
-            inputs.update(values)
-        else:
-            values = list(values)
-            i = 0
-            for name, spec in widget_inputs(cls):
-                if i >= len(values):
-                    break
-                inputs[name] = values[i]
-                i += 1
-                if has_control_widget(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
-                    i += 1
-        for slot in raw.get("inputs", []) or []:
+        inputs = _widget_inputs(raw, node_id, cls)
+        slots = raw.get("inputs") or []
+        if not isinstance(slots, list):
+            raise InputError(f"node {node_id}: 'inputs' must be a list of input slots")
+        for slot in slots:
+            if not isinstance(slot, dict) or not isinstance(slot.get("name"), str):
+                raise InputError(f"node {node_id}: an input slot has no name")
             link_id = slot.get("link")
             if link_id is None:
                 continue
@@ -170,29 +246,40 @@ def _check_known(nodes: dict[str, Node], registry: dict) -> None:
 
 
 def execution_order(nodes: dict[str, Node], registry: dict) -> list[str]:
-    """Nodes that feed an output node, dependencies first (ComfyUI runs nothing else)."""
+    """Nodes that feed an output node, dependencies first (ComfyUI runs nothing else).
+
+    Depth-first without recursion: a chain of thousands of nodes must not hit Python's recursion limit.
+    """
     outputs = [n.id for n in nodes.values() if getattr(registry[n.class_type], "OUTPUT_NODE", False)]
     if not outputs:
         raise InputError("workflow has no output node (SaveImage or PreviewImage), so nothing would run")
     order: list[str] = []
-    state: dict[str, int] = {}
+    state: dict[str, int] = {}           # 1: on the current path, 2: done
 
-    def visit(node_id: str, chain: tuple) -> None:
-        if state.get(node_id) == 2:
-            return
-        if state.get(node_id) == 1:
-            raise InputError(f"workflow has a cycle through node {node_id}")
-        if node_id not in nodes:
-            raise InputError(f"node {chain[-1]} is linked to node {node_id}, which does not exist")
-        state[node_id] = 1
-        for value in nodes[node_id].inputs.values():
-            if isinstance(value, Link):
-                visit(value.node, chain + (node_id,))
-        state[node_id] = 2
-        order.append(node_id)
-
-    for node_id in sorted(outputs, key=_id_key):
-        visit(node_id, (node_id,))
+    for start in sorted(outputs, key=_id_key):
+        if state.get(start) == 2:
+            continue
+        state[start] = 1
+        stack = [(start, iter(list(nodes[start].inputs.values())))]
+        while stack:
+            node_id, pending = stack[-1]
+            for value in pending:
+                if not isinstance(value, Link):
+                    continue
+                dep = value.node
+                if state.get(dep) == 2:
+                    continue
+                if state.get(dep) == 1:
+                    raise InputError(f"workflow has a cycle through node {dep}")
+                if dep not in nodes:
+                    raise InputError(f"node {node_id} is linked to node {dep}, which does not exist")
+                state[dep] = 1
+                stack.append((dep, iter(list(nodes[dep].inputs.values()))))
+                break
+            else:
+                stack.pop()
+                state[node_id] = 2
+                order.append(node_id)
     return order
 
 

@@ -1,6 +1,8 @@
 """Static checks of a parsed graph against each node's INPUT_TYPES, as ComfyUI does before running."""
 from __future__ import annotations
 
+import math
+
 from ..flux2.errors import InputError
 from .graph import Link, Node
 
@@ -62,8 +64,8 @@ def _check_value(node, name, spec, value) -> None:
             else:
                 raise InputError(f"{where} must be an integer, got {value!r}")
     elif kind == "FLOAT":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"{where} must be a finite number, got {str(value)[:40]}")
     elif kind == "BOOLEAN":
         if not isinstance(value, bool):
             raise InputError(f"{where} must be true or false, got {value!r}")
@@ -71,6 +73,7 @@ def _check_value(node, name, spec, value) -> None:
     elif kind == "STRING":
         if not isinstance(value, str):
             raise InputError(f"{where} must be text, got {type(value).__name__}")
+        _check_text(where, value)
         return
     else:
         raise InputError(f"{where}: a {kind} input must be linked to another node's output")
@@ -78,3 +81,12 @@ def _check_value(node, name, spec, value) -> None:
         raise InputError(f"{where} = {value} is below the minimum {opts['min']}")
     if "max" in opts and value > opts["max"]:
         raise InputError(f"{where} = {value} is above the maximum {opts['max']}")
+
+
+def _check_text(where: str, value: str) -> None:
+    """Text must survive the trip to a provider or a file name: UTF-8-encodable (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{where} cannot be encoded as UTF-8 (character {exc.start}: "
+                         f"{value[exc.start]!r}, a lone surrogate)") from None

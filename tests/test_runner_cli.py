@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from comfyui_flux2.cli import main
+from comfyui_flux2.cli import main, node_registry
 from comfyui_flux2.runner.executor import Executor
 from comfyui_flux2.runner.graph import load_workflow
 
@@ -25,8 +25,10 @@ def copy_workflows(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_and_api_format_give_the_same_graph(name):
-    ui = Executor(load_workflow(WORKFLOWS / f"{name}.json"), input_dir=WORKFLOWS, output_dir=Path("unused"))
-    api = Executor(load_workflow(WORKFLOWS / "api" / f"{name}.json"), input_dir=WORKFLOWS, output_dir=Path("unused"))
+    ui = Executor(load_workflow(WORKFLOWS / f"{name}.json"), registry=node_registry(), input_dir=WORKFLOWS,
+                  output_dir=Path("unused"))
+    api = Executor(load_workflow(WORKFLOWS / "api" / f"{name}.json"), registry=node_registry(), input_dir=WORKFLOWS,
+                   output_dir=Path("unused"))
     strip = lambda p: {k: {"class_type": v["class_type"], "inputs": {n: x for n, x in v["inputs"].items() if n != "upload"}}
                        for k, v in p.items()}
     assert strip(ui.api_prompt) == strip(api.api_prompt)

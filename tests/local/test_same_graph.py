@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from comfyui_flux2.cli import node_registry
 from comfyui_flux2.flux2.local import backend as lb
 from comfyui_flux2.flux2.local import params
 from comfyui_flux2.flux2.run_context import RunContext
@@ -30,12 +31,11 @@ def test_chain_workflow_runs_on_local_weights(klein, tmp_path, monkeypatch):
             return (lb.LocalBackend("FLUX.2 [klein] 4B", files, dtype="fp32", device="cpu", steps=2,
                                     preset=params.tiny_preset("klein", True)),)
 
-    real_registry = ex.registry
-    monkeypatch.setattr(ex, "registry", lambda: {**real_registry(), "TinyLocalBackend": TinyLocalBackend})
     prompt = json.loads((WORKFLOWS / "api" / "flux2_chain_edit.json").read_text())
     prompt["1"] = {"class_type": "TinyLocalBackend", "inputs": {}}
     prompt["3"]["inputs"].update(width=80, height=64)          # CPU-sized; the edits follow their reference
-    run = ex.Executor(prompt, input_dir=WORKFLOWS, output_dir=tmp_path)
+    run = ex.Executor(prompt, registry={**node_registry(), "TinyLocalBackend": TinyLocalBackend},
+                      input_dir=WORKFLOWS, output_dir=tmp_path)
     report = run.run(RunContext())
     sizes = []
     for path in sorted(report.saved):

@@ -22,6 +22,10 @@ def validate_common(request: GenerationRequest, model: ModelSpec, pm: ProviderMo
     prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
     if not prompt:
         raise InputError("prompt is empty")
+    try:
+        request.prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"prompt cannot be encoded as UTF-8 (character {exc.start} is a lone surrogate)") from None
     if len(request.prompt) > MAX_PROMPT_CHARS:
         raise InputError(f"prompt is {len(request.prompt)} characters; {model.name} takes at most {MAX_PROMPT_CHARS}")
     validate_size(request.width, request.height, size_limits(model, pm), what=f"{model.name} on {provider}")
@@ -30,6 +34,9 @@ def validate_common(request: GenerationRequest, model: ModelSpec, pm: ProviderMo
                          f"takes at most {pm.max_refs}")
     if not 0 <= request.seed <= MAX_SEED:
         raise InputError(f"seed {request.seed} is outside 0..{MAX_SEED}")
+    if isinstance(request.batch, int) and request.batch > 1 and request.seed + request.batch - 1 > MAX_SEED:
+        raise InputError(f"seed {request.seed} with batch_size {request.batch}: image i uses seed + i, and "
+                         f"{request.seed + request.batch - 1} is above {MAX_SEED}")
     if not 1 <= request.batch <= MAX_BATCH:
         raise InputError(f"batch_size must be 1..{MAX_BATCH}, got {request.batch}")
 

@@ -29,7 +29,11 @@ def read_key(env_name: str) -> str:
 def base_url(env_name: str, default: str) -> str:
     url = os.environ.get(env_name, "").strip() or default
     parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
+    try:
+        parts.port          # a port that is not a number ("abc") or out of range raises ValueError here
+    except ValueError:
+        raise ConfigError(f"{env_name} has an invalid port: {url!r}") from None
+    if parts.scheme not in ("https", "http") or not parts.netloc or not parts.hostname:
         raise ConfigError(f"{env_name} must be an http(s) URL, got {url!r}")
     if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         # A key must never travel in clear text; plain http is only for loopback test servers.

@@ -84,9 +84,6 @@ def cache_identity(backend: Backend, request: GenerationRequest) -> dict | None:
 
 def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = None) -> GenerationResult:
     """Validate; then plan (dry run), serve from the result cache, or generate and store at once."""
-    from .errors import Flux2Error
-    from .images import placeholder
-    from .pricing import Estimate
     from .reference_urls import prepare_references
     from .result_cache import key_of
     from .run_context import current
@@ -94,9 +91,22 @@ def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = N
     ctx = ctx or current()
     request = prepare_references(backend, request, ctx)      # URL references: checked, or fetched for local
     backend.validate(request)
-    est = backend.estimate(request)
     identity = cache_identity(backend, request) if ctx.cache is not None else None
     key = key_of(identity) if identity is not None else None
+    if key is None or ctx.dry_run:
+        return _run(backend, request, ctx, key)
+    # Identical requests at the same time (threads, or another process on the same cache folder) make
+    # one provider call: the others wait here, then are served from the cache.
+    with ctx.cache.claim(key, ctx.is_cancelled):
+        return _run(backend, request, ctx, key)
+
+
+def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str | None) -> GenerationResult:
+    from .errors import Flux2Error
+    from .images import placeholder
+    from .pricing import Estimate
+
+    est = backend.estimate(request)
     hit = ctx.cache.get(key) if key else None
     if hit is not None:
         images, seeds, _, _ = hit

@@ -4,20 +4,32 @@ An identical re-run (same provider, host, model, prompt, size, seed, batch, opti
 content) is served from disk and costs nothing, also after a restart. Results are written the moment
 they arrive, so an image that was paid for survives a failure later in the graph or a crash.
 Disable with FLUX2_RESULT_CACHE=0 (or the CLI's --no-cache); move it with FLUX2_CACHE_DIR.
+
+Concurrency:
+- an entry is one file, written to a temporary name and renamed into place, so a reader sees a
+  complete entry or none, never a mix of two writers;
+- a read checks every image against the sha256 in the entry's header; anything wrong is a miss;
+- `claim(key)` lets one caller at a time make a given request: other threads of this process and other
+  processes sharing the folder (a lock file, POSIX flock / Windows msvcrt) wait, then find the result
+  in the cache instead of paying for it again. If the first caller fails, the next one calls itself.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-from .images import decode, encode
-
 log = logging.getLogger("comfyui_flux2.cache")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAGIC = b"FLUX2-RESULT 2\n"
+# Longer than any one provider call may take (the remote deadline is 600 s): then go on without the lock.
+CLAIM_WAIT_S = 900.0
 
 
 def default_dir() -> Path:
@@ -37,6 +49,130 @@ def key_of(identity: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def pack_entry(pngs: list[bytes], seeds, billed_usd, describe: str) -> bytes:
+    """MAGIC, one JSON header line (seeds, cost, per-image length and sha256), then the PNGs back to back."""
+    header = {"seeds": [int(s) for s in seeds], "billed_usd": billed_usd, "created": time.time(),
+              "backend": describe,
+              "images": [{"bytes": len(p), "sha256": hashlib.sha256(p).hexdigest()} for p in pngs]}
+    return MAGIC + json.dumps(header).encode() + b"\n" + b"".join(pngs)
+
+
+def unpack_entry(data: bytes) -> tuple[list[bytes], dict]:
+    """(PNG bytes per image, header); ValueError for anything incomplete or altered."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a result cache entry")
+    end = data.index(b"\n", len(MAGIC))
+    header = json.loads(data[len(MAGIC):end])
+    pngs, offset = [], end + 1
+    for image in header["images"]:
+        blob = data[offset:offset + int(image["bytes"])]
+        if len(blob) != image["bytes"] or hashlib.sha256(blob).hexdigest() != image["sha256"]:
+            raise ValueError("image does not match its checksum")
+        pngs.append(blob)
+        offset += len(blob)
+    if offset != len(data) or len(header["seeds"]) != len(pngs):
+        raise ValueError("entry length or seed count is off")
+    return pngs, header
+
+
+class _KeyLocks:
+    """One lock per key for the threads of this process, dropped when nobody holds or waits for it."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}      # key -> [lock, users]
+
+    @contextlib.contextmanager
+    def hold(self, key: str, is_cancelled, deadline: float):
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        acquired = False
+        try:
+            while not (acquired := entry[0].acquire(timeout=0.1)):
+                _check_cancelled(is_cancelled)
+                if time.monotonic() > deadline:
+                    log.warning("result cache: still waiting for an identical request after %.0fs; "
+                                "going on without waiting", CLAIM_WAIT_S)
+                    break
+            yield
+        finally:
+            if acquired:
+                entry[0].release()
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._locks.pop(key, None)
+
+
+_key_locks = _KeyLocks()
+
+
+def _check_cancelled(is_cancelled) -> None:
+    if is_cancelled is not None and is_cancelled():
+        from .errors import Cancelled
+        raise Cancelled("cancelled by the user")
+
+
+def _try_lock(fd: int) -> bool:
+    """Non-blocking exclusive lock on an open file; released by the OS if the process dies."""
+    try:
+        import fcntl
+    except ImportError:                       # Windows
+        import msvcrt
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unlock(fd: int) -> None:
+    try:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except ImportError:
+        import msvcrt
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, is_cancelled, deadline: float):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:                     # read-only folder: the cache cannot be shared anyway
+        log.warning("result cache: no lock file at %s (%s)", path.parent, exc.strerror)
+        yield
+        return
+    locked = False
+    try:
+        while True:
+            try:
+                locked = _try_lock(fd)
+            except OSError as exc:             # a file system without locks (some network mounts)
+                log.warning("result cache: cannot lock %s (%s); identical runs may both call", path.name, exc.strerror)
+                break
+            if locked:
+                break
+            _check_cancelled(is_cancelled)
+            if time.monotonic() > deadline:
+                log.warning("result cache: another process holds %s for over %.0fs; going on", path.name, CLAIM_WAIT_S)
+                break
+            time.sleep(0.05)
+        yield
+    finally:
+        if locked:
+            _unlock(fd)
+        os.close(fd)
+
+
 class ResultCache:
     def __init__(self, folder: Path | None = None):
         self._folder = Path(folder) if folder else None
@@ -47,35 +183,49 @@ class ResultCache:
         return self._folder or default_dir()
 
     def _entry(self, key: str) -> Path:
-        return self.folder / key[:2] / key
+        return self.folder / key[:2] / f"{key}.result"
+
+    @contextlib.contextmanager
+    def claim(self, key: str, is_cancelled=None):
+        """Hold while checking the cache and, on a miss, making the request and storing its result."""
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        with _key_locks.hold(key, is_cancelled, deadline):
+            with _file_lock(self._entry(key).with_suffix(".lock"), is_cancelled, deadline):
+                yield
 
     def get(self, key: str):
-        """(images, seeds, billed_usd, created) or None; a damaged entry counts as a miss."""
-        entry = self._entry(key)
-        meta_path = entry / "meta.json"
-        if not meta_path.is_file():
+        """(images, seeds, billed_usd, created) or None; a missing, partial or altered entry is a miss."""
+        from .images import decode
+        path = self._entry(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read cache entry %s (%s)", path.name[:12], exc.strerror)
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            images = [decode((entry / name).read_bytes(), f"cached {name}") for name in meta["files"]]
-            return images, [int(s) for s in meta["seeds"]], meta.get("billed_usd"), meta.get("created", 0)
+            pngs, header = unpack_entry(data)
+            images = [decode(png, f"cached image {i}") for i, png in enumerate(pngs)]
+            return images, [int(s) for s in header["seeds"]], header.get("billed_usd"), header.get("created", 0)
         except Exception as exc:  # noqa: BLE001 - any damage means "not cached", never a failed run
-            log.warning("ignoring damaged cache entry %s (%s)", entry.name[:12], type(exc).__name__)
+            log.warning("ignoring damaged cache entry %s (%s)", path.name[:12], type(exc).__name__)
             return None
 
     def put(self, key: str, images, seeds, billed_usd, describe: str) -> None:
-        entry = self._entry(key)
+        from .images import encode
+        path = self._entry(key)
         try:
-            entry.mkdir(parents=True, exist_ok=True)
-            files = []
-            for i, image in enumerate(images):
-                name = f"{i:02}.png"
-                (entry / name).write_bytes(encode(image, "PNG"))
-                files.append(name)
-            meta = {"files": files, "seeds": list(seeds), "billed_usd": billed_usd, "created": time.time(),
-                    "backend": describe}
-            tmp = entry / "meta.json.tmp"
-            tmp.write_text(json.dumps(meta))
-            tmp.replace(entry / "meta.json")      # meta last: a half-written entry is never read as a hit
+            blob = pack_entry([encode(image, "PNG") for image in images], seeds, billed_usd, describe)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(blob)
+                os.replace(tmp, path)             # atomic: readers see the old entry or the new, whole
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         except OSError as exc:
             log.warning("could not write the result cache at %s (%s)", self.folder, exc.strerror)

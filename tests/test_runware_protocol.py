@@ -233,8 +233,10 @@ def test_damaged_cache_entry_is_a_miss(runware, tmp_path):
     cache = ResultCache(tmp_path / "cache")
     request = GenerationRequest("x", 256, 256, 1)
     run(pro(), request, RunContext(cache=cache))
-    for png in (tmp_path / "cache").rglob("*.png"):
-        png.write_bytes(b"broken")
+    (entry,) = (tmp_path / "cache").rglob("*.result")
+    data = bytearray(entry.read_bytes())
+    data[-100] ^= 0xFF                        # one flipped byte inside the stored PNG
+    entry.write_bytes(bytes(data))
     assert not run(pro(), request, RunContext(cache=cache)).info.get("cached")
     assert len(runware.tasks("imageInference")) == 2
 

@@ -231,3 +231,38 @@ def test_ctrl_c_stops_the_run_and_keeps_the_paid_image(runware, tmp_path):
     assert len(runware.tasks("imageInference")) == 1          # nothing submitted after the interrupt
     kept = list((tmp_path / "o").rglob("*.png"))
     assert [p.name for p in kept] == ["node3_seed5150.png"]
+
+
+def test_second_ctrl_c_aborts_at_once_and_keeps_the_paid_image(runware, tmp_path):
+    """Node 3 is paid, node 4's request hangs at the provider: a second SIGINT does not wait for it; the paid
+    image of node 3 (which no SaveImage had taken yet) is kept, and the node still in flight is named."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    wf = copy_workflows(tmp_path)
+    path = wf / "api" / "flux2_chain_edit.json"
+    data = json.loads(path.read_text())
+    data["6"]["inputs"]["images"] = ["4", 0]       # node 3's image reaches no SaveImage before node 4 runs
+    path.write_text(json.dumps(data))
+    runware.faults.push(route="submit")                  # node 3: answered normally
+    runware.faults.push(route="submit", delay_s=90)      # node 4: the provider keeps it (far past the wait below)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "comfyui_flux2", "run", str(path),
+                             "--output-dir", str(tmp_path / "o")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(runware.tasks("imageInference")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=45)              # it would take 90 s if it waited for node 4
+    assert proc.returncode == 130, err
+    assert "aborted at once" in err and "Traceback" not in err
+    assert "node 4" in err and "may still be billed" in err
+    assert "billed $0.03" in err                         # node 3, paid and counted
+    kept = sorted(p.name for p in (tmp_path / "o").rglob("*.png"))
+    assert kept == ["node3_seed5150.png"]

@@ -101,7 +101,7 @@ def _keep_paid(pending: list, executor, output_dir: Path, out) -> None:
 def _may_be_billed(ctx, error: BaseException | None = None) -> list[str]:
     """Provider tasks that were submitted but not answered: the provider may still bill them."""
     tasks = list(ctx.unsettled_tasks())
-    for task in getattr(error, "task_ids", None) or ():   # set by the provider clients on their errors
+    for task in getattr(error, "maybe_billed", None) or ():   # set by the provider clients on their errors
         if not any(str(task) in t for t in tasks):
             tasks.append(str(task))
     return tasks

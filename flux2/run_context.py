@@ -110,9 +110,13 @@ class RunContext:
         """The same warning for many nodes (e.g. no API key) once, naming the nodes."""
         nodes_by_text: dict[str, list[str]] = {}
         for line in self.warnings:
-            head, _, text = line.partition(": ")
-            nodes_by_text.setdefault(text, []).append(head.removeprefix("node "))
-        return [f"{text} (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)})" for text, nodes in nodes_by_text.items()]
+            head, sep, text = line.partition(": ")
+            if sep and head.startswith("node ") and " " not in head[5:]:
+                nodes_by_text.setdefault(text, []).append(head[5:])
+            else:                                   # a warning not about one node: as it is
+                nodes_by_text.setdefault(line, [])
+        return [text + (f" (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)})" if nodes else "")
+                for text, nodes in nodes_by_text.items()]
 
     def check_budget(self) -> None:
         """Before each paid call: what is billed or estimated so far must stay under the cap."""

@@ -221,3 +221,12 @@ def test_usage_errors_are_one_line(capsys):
         main(["run"])
     assert exit_.value.code == 2
     one_line(capsys)
+
+
+def test_grouped_warnings_keep_warnings_that_name_no_single_node():
+    from comfyui_flux2.flux2.run_context import RunContext
+    ctx = RunContext()
+    ctx.warn("3", "no API key: set X")
+    ctx.warn("4", "no API key: set X")
+    ctx.warnings.append("runware billed $0.05 where $0.04 was estimated")
+    assert ctx.grouped_warnings() == ["no API key: set X (nodes 3, 4)", "runware billed $0.05 where $0.04 was estimated"]

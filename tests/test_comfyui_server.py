@@ -87,12 +87,14 @@ def _template_prompt(server, name: str) -> dict:
     """A template as the template browser serves it, turned into the API prompt the editor would queue."""
     import json as _json
 
+    from comfyui_flux2.cli import node_registry
     from comfyui_flux2.runner.executor import Executor
 
     url = f"{server.url}/api/workflow_templates/{PACK_DIR_NAME}/{name}.json"
     with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=30) as response:
         workflow = _json.load(response)
-    return Executor(workflow, input_dir=server.input_dir, output_dir=server.output_dir).api_prompt
+    return Executor(workflow, registry=node_registry(), input_dir=server.input_dir,
+                    output_dir=server.output_dir).api_prompt
 
 
 def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, tmp_path):

@@ -153,7 +153,7 @@ def test_malformed_api_nodes_give_one_line(tmp_path, capsys, body):
 
 
 def test_an_image_given_as_the_workflow_is_one_line(tmp_path, capsys):
-    png = next((ROOT / "workflows" / "images").glob("*.png")).read_bytes()
+    png = next((ROOT / "workflows").rglob("*.png")).read_bytes()
     (tmp_path / "some.png").write_bytes(png)
     assert main(["run", str(tmp_path / "some.png")]) == 1
     assert "some.png is an image, not a workflow" in one_line(capsys)

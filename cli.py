@@ -42,6 +42,7 @@ class CancelFlag:
 
     def __init__(self):
         self.set = False
+        self._previous = None
 
     def install(self):
         def handler(signum, frame):
@@ -51,10 +52,14 @@ class CancelFlag:
             print("\ncancelling: no new task starts; a task in flight finishes so its paid image is kept "
                   "(Ctrl-C again to abort at once)", file=sys.stderr)
         try:
-            signal.signal(signal.SIGINT, handler)
+            self._previous = signal.signal(signal.SIGINT, handler)
         except ValueError:   # not the main thread (embedded use): rely on the caller
             pass
         return self
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
     def __call__(self) -> bool:
         return self.set
@@ -179,6 +184,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     try:
         report = _run_in_worker(executor, ctx)
     except KeyboardInterrupt:
+        cancel.restore()       # a third Ctrl-C (while the paid images are written) interrupts at once
         # Second Ctrl-C: do not wait for the request in flight; keep what was paid and say what may be billed.
         _abandoned.set()
         _keep_paid(pending, executor, output_dir, out)
@@ -197,6 +203,8 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
         if tasks:
             print(f"may still be billed: {', '.join(tasks)}", file=out)
         raise
+    finally:
+        cancel.restore()
     for saved in report.saved:
         print(f"saved {saved}")
     print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)

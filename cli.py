@@ -112,23 +112,55 @@ def _may_be_billed(ctx, error: BaseException | None = None) -> list[str]:
     return tasks
 
 
+# After a second Ctrl-C the run gets this long to take its own abort path (keep what was paid, name the
+# tasks that may be billed) before it is left behind.
+ABORT_GRACE_S = 3.0
+
+
+class _Aborted(Exception):
+    """Second Ctrl-C. `error`: what the run raised when it took its abort path (may carry `salvaged` and
+    `maybe_billed`); `left_behind`: the run did not stop within ABORT_GRACE_S (stuck in a network read)."""
+
+    def __init__(self, error: BaseException | None, left_behind: bool):
+        super().__init__("aborted")
+        self.error = error
+        self.left_behind = left_behind
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise KeyboardInterrupt inside `thread` at its next Python instruction (CPython's
+    PyThreadState_SetAsyncExc): provider code waiting in Python (job fan-out, polling) then takes its
+    abort path, as it would in the main thread. A thread blocked inside one C call gets it only after."""
+    import ctypes
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+
+
 def _run_in_worker(executor, ctx):
     """Run the graph on a worker thread so the main thread can stop waiting at a second Ctrl-C.
 
-    Returns the RunReport; raises the run's own error; raises KeyboardInterrupt on the second Ctrl-C
-    (the worker is left behind, blocked on the network)."""
+    Returns the RunReport; raises the run's own error; raises _Aborted on the second Ctrl-C."""
     outcome: dict = {}
+    finished = threading.Event()
 
     def work():
         try:
             outcome["report"] = executor.run(ctx)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread as is
             outcome["error"] = exc
+        finally:
+            finished.set()
 
     worker = threading.Thread(target=work, name="flux2-run", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(0.2)        # interruptible: the SIGINT handler runs in this thread
+    # An Event, not Thread.join: a join interrupted by Ctrl-C marks the thread stopped while it still
+    # runs (CPython 3.11, Thread._wait_for_tstate_lock).
+    try:
+        while not finished.wait(0.2):   # interruptible: the SIGINT handler runs in this thread
+            pass
+    except KeyboardInterrupt:
+        _interrupt(worker)
+        finished.wait(ABORT_GRACE_S)
+        raise _Aborted(outcome.get("error"), not finished.is_set()) from None
     if "error" in outcome:
         raise outcome["error"]
     return outcome["report"]
@@ -183,18 +215,18 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     started = time.monotonic()
     try:
         report = _run_in_worker(executor, ctx)
-    except KeyboardInterrupt:
+    except _Aborted as aborted:
         cancel.restore()       # a third Ctrl-C (while the paid images are written) interrupts at once
-        # Second Ctrl-C: do not wait for the request in flight; keep what was paid and say what may be billed.
-        _abandoned.set()
+        # Second Ctrl-C: no waiting for a request in flight; keep what was paid and say what may be billed.
+        _abandoned.set()       # threads still waiting on the network must not hold the exit back
         _keep_paid(pending, executor, output_dir, out)
         print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
-        tasks = _may_be_billed(ctx)
+        tasks = _may_be_billed(ctx, aborted.error)
         if tasks:
             print(f"may still be billed (in flight when aborted): {', '.join(tasks)}", file=out)
         elif executor.running:
-            print(f"node {executor.running} was still running; a task it submitted may still be billed",
-                  file=out)
+            print(f"node {executor.running} was still waiting for the provider; what it submitted may still "
+                  "be billed", file=out)
         raise Cancelled("aborted at once (second Ctrl-C)") from None
     except BaseException as exc:
         _keep_paid(pending, executor, output_dir, out)

@@ -266,3 +266,58 @@ def test_second_ctrl_c_aborts_at_once_and_keeps_the_paid_image(runware, tmp_path
     assert "billed $0.03" in err                         # node 3, paid and counted
     kept = sorted(p.name for p in (tmp_path / "o").rglob("*.png"))
     assert kept == ["node3_seed5150.png"]
+
+
+def _second_ctrl_c_soon():
+    """What a second Ctrl-C does to the CLI's main thread: KeyboardInterrupt there, a moment from now."""
+    import _thread
+    import threading
+    threading.Timer(0.3, _thread.interrupt_main).start()
+
+
+def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypatch):
+    """A provider client waiting in Python (job fan-out, polling) gets the KeyboardInterrupt in the run's
+    thread, keeps what was paid and names the tasks that may be billed; the CLI reads them from the error."""
+    import time
+
+    from comfyui_flux2 import cli
+    from comfyui_flux2.flux2.errors import Cancelled
+
+    class WaitsInPython:
+        def run(self, ctx):
+            try:
+                while True:
+                    time.sleep(0.02)
+            except KeyboardInterrupt:
+                error = Cancelled("aborted")
+                error.maybe_billed = ("task-7f3a",)
+                raise error from None
+
+    _second_ctrl_c_soon()
+    with pytest.raises(cli._Aborted) as aborted:
+        cli._run_in_worker(WaitsInPython(), ctx=None)
+    assert not aborted.value.left_behind and aborted.value.error.maybe_billed == ("task-7f3a",)
+    from comfyui_flux2.flux2.run_context import RunContext
+    assert cli._may_be_billed(RunContext(), aborted.value.error) == ["task-7f3a"]
+
+
+def test_second_ctrl_c_leaves_a_run_stuck_in_one_call_behind(monkeypatch):
+    import threading
+
+    from comfyui_flux2 import cli
+
+    monkeypatch.setattr(cli, "ABORT_GRACE_S", 0.5)
+    stuck, release = threading.Event(), threading.Event()
+
+    class StuckInACall:
+        def run(self, ctx):
+            stuck.set()
+            release.wait()            # one C-level wait: the KeyboardInterrupt cannot land before it returns
+
+    _second_ctrl_c_soon()
+    try:
+        with pytest.raises(cli._Aborted) as aborted:
+            cli._run_in_worker(StuckInACall(), ctx=None)
+        assert stuck.is_set() and aborted.value.left_behind
+    finally:
+        release.set()

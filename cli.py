@@ -103,13 +103,10 @@ def _keep_paid(pending: list, executor, output_dir: Path, out) -> None:
         print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
 
 
-def _may_be_billed(ctx, error: BaseException | None = None) -> list[str]:
-    """Provider tasks that were submitted but not answered: the provider may still bill them."""
-    tasks = list(ctx.unsettled_tasks())
-    for task in getattr(error, "maybe_billed", None) or ():   # set by the provider clients on their errors
-        if not any(str(task) in t for t in tasks):
-            tasks.append(str(task))
-    return tasks
+def _may_be_billed(error: BaseException | None) -> list[str]:
+    """Provider tasks that were sent and not answered, so may still be billed: the provider clients name
+    them on the error they raise (`maybe_billed`: Runware taskUUIDs, BFL task ids / polling URLs)."""
+    return [str(task) for task in getattr(error, "maybe_billed", None) or ()]
 
 
 # After a second Ctrl-C the run gets this long to take its own abort path (keep what was paid, name the
@@ -221,7 +218,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
         _abandoned.set()       # threads still waiting on the network must not hold the exit back
         _keep_paid(pending, executor, output_dir, out)
         print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
-        tasks = _may_be_billed(ctx, aborted.error)
+        tasks = _may_be_billed(aborted.error)
         if tasks:
             print(f"may still be billed (in flight when aborted): {', '.join(tasks)}", file=out)
         elif executor.running:
@@ -231,7 +228,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     except BaseException as exc:
         _keep_paid(pending, executor, output_dir, out)
         print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
-        tasks = _may_be_billed(ctx, exc)
+        tasks = _may_be_billed(exc)
         if tasks:
             print(f"may still be billed: {', '.join(tasks)}", file=out)
         raise

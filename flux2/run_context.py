@@ -86,8 +86,6 @@ class RunContext:
     ledger: Ledger = field(default_factory=Ledger)
     planned: list = field(default_factory=list)
     warnings: list = field(default_factory=list)          # "node N: message", one per node
-    # Provider tasks submitted and not yet answered: (provider, task id, node). Ctrl-C names them.
-    in_flight: dict[str, tuple[str, str]] = field(default_factory=dict)
     # provider -> content sha256 -> (provider image id, expiry epoch seconds)
     uploads: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -124,20 +122,6 @@ class RunContext:
         if self.budget_usd is not None:
             check(self.ledger.committed_total, self.ledger.unpriced_nodes(),
                   Cap(self.budget_usd, "the budget cap", self.allow_unpriced), subject="the run so far")
-
-    def task_submitted(self, provider: str, task_id: str, node: str = "") -> None:
-        """Provider clients call this once a paid task may exist, and `task_settled` once answered."""
-        with self._lock:
-            self.in_flight[task_id] = (provider, node)
-
-    def task_settled(self, task_id: str) -> None:
-        with self._lock:
-            self.in_flight.pop(task_id, None)
-
-    def unsettled_tasks(self) -> list[str]:
-        """'provider task-id (node N)' for every task that may still be billed."""
-        with self._lock:
-            return [f"{p} {t}" + (f" (node {n})" if n else "") for t, (p, n) in self.in_flight.items()]
 
     def on_result(self, request, result) -> None:
         if self.result_sink is not None:

@@ -111,7 +111,7 @@ def _may_be_billed(error: BaseException | None) -> list[str]:
 
 # After a second Ctrl-C the run gets this long to take its own abort path (keep what was paid, name the
 # tasks that may be billed) before it is left behind.
-ABORT_GRACE_S = 3.0
+ABORT_GRACE_S = 1.0
 
 
 class _Aborted(Exception):

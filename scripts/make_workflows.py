@@ -171,29 +171,29 @@ def text_to_image() -> Graph:
     return g
 
 
-def multi_reference_edit() -> Graph:
+def three_reference_edit(upsampling: bool, add_references, prompt: str, prefix: str) -> Graph:
+    """Backend, three reference nodes (from add_references(g)), a 1536x1024 edit at seed 27270, a save."""
     g = Graph()
-    b = backend(g, (40, 60), True)
-    refs = [g.add("Flux2ReferenceURL", {"url": url}, (40 + 380 * i, 480)) for i, url in enumerate(HARBOR_REFERENCES)]
-    edit = g.add("Flux2Edit", {"prompt": HARBOR_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
+    b = backend(g, (40, 60), upsampling)
+    refs = add_references(g)
+    edit = g.add("Flux2Edit", {"prompt": prompt, "width": 1536, "height": 1024, "seed": 27270,
                                "_control": "fixed", "batch_size": 1},
-                 (420, 60), {"backend": (b, 0), "reference_1": (refs[0], 0), "reference_2": (refs[1], 0),
-                             "reference_3": (refs[2], 0)})
-    g.add("SaveImage", {"filename_prefix": "flux2/harbor_panorama"}, (860, 60), {"images": (edit, 0)})
+                 (420, 60), {"backend": (b, 0), **{f"reference_{i}": (r, 0) for i, r in enumerate(refs, 1)}})
+    g.add("SaveImage", {"filename_prefix": prefix}, (860, 60), {"images": (edit, 0)})
     return g
+
+
+def multi_reference_edit() -> Graph:
+    return three_reference_edit(True, lambda g: [g.add("Flux2ReferenceURL", {"url": url}, (40 + 380 * i, 480))
+                                                 for i, url in enumerate(HARBOR_REFERENCES)],
+                                HARBOR_PROMPT, "flux2/harbor_panorama")
 
 
 def local_references_edit() -> Graph:
-    g = Graph()
-    b = backend(g, (40, 60), False)
-    refs = [g.add("LoadImage", {"image": f"{EXAMPLE_IMAGES}/flux2_ref_{i}.png", "upload": "image"},
-                  (40, 420 + 330 * (i - 1))) for i in (1, 2, 3)]
-    edit = g.add("Flux2Edit", {"prompt": LOCAL_EDIT_PROMPT, "width": 1536, "height": 1024, "seed": 27270,
-                               "_control": "fixed", "batch_size": 1},
-                 (420, 60), {"backend": (b, 0), "reference_1": (refs[0], 0), "reference_2": (refs[1], 0),
-                             "reference_3": (refs[2], 0)})
-    g.add("SaveImage", {"filename_prefix": "flux2/local_references_edit"}, (860, 60), {"images": (edit, 0)})
-    return g
+    return three_reference_edit(False, lambda g: [g.add("LoadImage", {"image": f"{EXAMPLE_IMAGES}/flux2_ref_{i}.png",
+                                                                      "upload": "image"}, (40, 420 + 330 * (i - 1)))
+                                                  for i in (1, 2, 3)],
+                                LOCAL_EDIT_PROMPT, "flux2/local_references_edit")
 
 
 def chain() -> Graph:

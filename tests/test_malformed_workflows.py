@@ -230,3 +230,26 @@ def test_grouped_warnings_keep_warnings_that_name_no_single_node():
     ctx.warn("4", "no API key: set X")
     ctx.warnings.append("runware billed $0.05 where $0.04 was estimated")
     assert ctx.grouped_warnings() == ["no API key: set X (nodes 3, 4)", "runware billed $0.05 where $0.04 was estimated"]
+
+
+def test_ctrl_c_while_the_cli_module_loads_is_one_line(monkeypatch, capsys):
+    """`python -m comfyui_flux2`: a KeyboardInterrupt while comfyui_flux2.cli is imported."""
+    import runpy
+    import sys
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "comfyui_flux2.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "comfyui_flux2.cli")
+    monkeypatch.delitem(sys.modules, "comfyui_flux2.__main__", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    raised = None
+    try:
+        runpy.run_module("comfyui_flux2", run_name="__main__")
+    except BaseException as exc:   # noqa: BLE001 - a KeyboardInterrupt escaping would stop the test session
+        raised = exc
+    assert isinstance(raised, SystemExit) and raised.code == 130, repr(raised)
+    one_line(capsys)

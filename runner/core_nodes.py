@@ -9,7 +9,7 @@ import contextvars
 import glob
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from PIL.PngImagePlugin import PngInfo
 
@@ -55,7 +55,8 @@ def save_target(root: Path, prefix: str, what: str = "SaveImage filename_prefix"
     """
     _check_name_text(prefix, what)
     parts = prefix.replace("\\", "/").split("/")
-    if prefix.startswith(("/", "\\")) or Path(prefix).is_absolute() or Path(prefix).drive:
+    # Windows forms too ("C:\\x", "C:x"), so a workflow cannot name a drive on any system.
+    if prefix.startswith(("/", "\\")) or Path(prefix).is_absolute() or PureWindowsPath(prefix).drive:
         raise InputError(f"{what}: {prefix!r} must be a name inside the folder, not an absolute path")
     if ".." in parts:
         raise InputError(f"{what}: {prefix!r} points outside its folder ('..' is not allowed)")

@@ -1,16 +1,29 @@
 """One exception tree for the whole pack.
 
-Every message is one line, names the cause, and never contains a secret: callers
-build messages from validated values only, never from request headers.
+Every message is one line, names the cause, and never contains a secret: callers build messages from
+validated values only, never from request headers, and every message passes the one scrubber
+(`flux2/redaction.py`) on its way in, so provider text that echoes a key cannot carry it out.
 """
+from .redaction import scrub
 
 
 class Flux2Error(Exception):
-    """Base of every error the pack raises on purpose."""
+    """Base of every error the pack raises on purpose.
+
+    A provider call that fails after something was paid for carries what was kept:
+    - `salvaged`: a GenerationResult with every image the provider returned (and its billed cost), or
+      None. The backend has already booked its cost in the run's ledger and handed it to the run's
+      result sink (`RunContext.on_result`), so a runner saves it without booking it again.
+    - `maybe_billed`: task ids (Runware taskUUIDs, BFL task ids and polling URLs) of tasks that were
+      sent and may still finish and be billed although no result came back, so they can be looked up.
+    """
+
+    salvaged = None
+    maybe_billed: tuple = ()
 
     def __init__(self, message: str):
         # One line: a multi-line provider message would break CLI output and ComfyUI's error toast.
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(scrub(message).split()))
 
 
 class InputError(Flux2Error):

@@ -58,7 +58,7 @@ class ModelSpec:
 
 PRO_PRICE = Price(0.03, 0.015, 0.015)
 MAX_PRICE = Price(0.07, 0.03, 0.03)
-FLEX_PRICE_BFL = Price(0.05, 0.05, 0.05)
+FLEX_PRICE_BFL = Price(0.06, 0.06, 0.06)     # BFL's FLUX.2 overview: $0.06/MP in and out
 FLEX_PRICE_RUNWARE = Price(0.06, 0.06, 0.06)
 KLEIN4_PRICE = Price(0.014, 0.001, 0.001)
 KLEIN9_PRICE = Price(0.015, 0.002, 0.002)

@@ -58,7 +58,12 @@ class Faults:
 
     def push(self, **fault) -> None:
         """fault: route ('submit'|'poll'|'download'|'upload'|'any'), status, body, retry_after,
-        drop (close without answering, after doing the work), delay_s, truncate, error_code."""
+        delay_s (wait before the work), error_code, and faults that strike after the work is done
+        (and billed): drop (close without answering), garble (a 200 whose body is this text),
+        cut_json (a 200 whose JSON is cut in half), hold_s (answer only after this long), dribble_s
+        (send the answer one byte per dribble_s), patch (fields merged into each result item).
+        Downloads also take: truncate, endless (an endless body), claim_bytes (a content-length of
+        this many bytes, then an endless body), redirect (answer 302 to this location)."""
         with self._lock:
             self._queue.append(fault)
 
@@ -84,6 +89,7 @@ class LoopbackServer:
         self.faults = Faults()
         self.requests: list[dict] = []        # what arrived: path, headers of interest, body
         self.images: dict[str, tuple[bytes, str]] = {}
+        self.endless_bytes_sent = 0           # what `endless` download faults wrote before the client left
         self.lock = threading.Lock()
         handler = type("Handler", (self.handler_class,), {"app": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -172,12 +178,80 @@ class JsonHandler(BaseHTTPRequestHandler):
             return True, fault
         return False, fault
 
-    def serve_image(self, image_id: str, truncate: bool = False) -> None:
+    def answer(self, status: int, body, fault: dict | None) -> None:
+        """send_json, unless a fault that strikes after the work (drop, garble, cut_json, hold_s,
+        dribble_s) says otherwise."""
+        fault = fault or {}
+        if fault.get("hold_s"):
+            time.sleep(fault["hold_s"])
+        if fault.get("drop"):
+            self.drop()          # the work is done (and billed) but the answer never arrives
+            return
+        if fault.get("garble") is not None or fault.get("cut_json"):
+            text = json.dumps(body)
+            data = (text[: len(text) // 2] if fault.get("cut_json") else str(fault["garble"])).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if fault.get("dribble_s"):
+            data = json.dumps(body).encode()
+            head = (f"HTTP/1.1 {status} OK\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(data)}\r\n\r\n").encode()
+            self.dribble(head + data, fault["dribble_s"])
+            return
+        self.send_json(status, body)
+
+    def dribble(self, data: bytes, every_s: float) -> None:
+        """Write one byte every `every_s` seconds until done or the client goes away."""
+        self.close_connection = True
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(every_s)
+        except OSError:
+            pass
+
+    def endless(self, claim_bytes: int | None) -> None:
+        """An endless body (an 'image' of many GB), written until the client hangs up; counts what went out."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("content-type", "image/png")
+        if claim_bytes:
+            self.send_header("content-length", str(claim_bytes))
+        self.end_headers()
+        chunk = b"\0" * (1 << 20)
+        try:
+            while True:
+                self.wfile.write(chunk)
+                with self.app.lock:
+                    self.app.endless_bytes_sent += len(chunk)
+        except OSError:
+            pass
+
+    def serve_image(self, image_id: str, truncate: bool = False, fault: dict | None = None) -> None:
+        fault = fault or {}
+        if fault.get("redirect"):
+            self.send_response(302)
+            self.send_header("location", fault["redirect"])
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if fault.get("endless") or fault.get("claim_bytes"):
+            self.endless(fault.get("claim_bytes"))
+            return
         found = self.app.images.get(image_id)
         if not found:
             self.send_json(404, {"detail": "Not Found"})
             return
         data, mime = found
+        if fault.get("dribble_s"):
+            head = f"HTTP/1.1 200 OK\r\ncontent-type: {mime}\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+            self.dribble(head + data, fault["dribble_s"])
+            return
         self.send_response(200)
         self.send_header("content-type", mime)
         self.send_header("content-length", str(len(data)))

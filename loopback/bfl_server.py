@@ -12,8 +12,10 @@
   containing "forbidden-content" ends as `Content Moderated` (not charged); an unknown id answers
   `Task not found`.
 - Faults (shared `Faults` queue, routes submit/poll/download): status (+ retry_after, body), drop,
-  delay_s, truncate (download); on submit also `final_status` (the task ends with that status, e.g.
-  "Error" or "Request Moderated") and `forget` (accepted, then unknown to polls).
+  delay_s, truncate (download) and the after-the-work faults of `Faults.push` (garble, cut_json,
+  hold_s, dribble_s, patch; downloads: endless, claim_bytes, redirect); on submit also `final_status`
+  (the task ends with that status, e.g. "Error" or "Request Moderated"), `details` (the `details` of
+  that final answer) and `forget` (accepted, then unknown to polls); on poll `patch_answer`.
 Prices are this server's own table (BFL's published ones), not imported from the pack, so the
 client's estimate is checked against an independent source.
 """
@@ -40,7 +42,7 @@ from .base import JsonHandler, LoopbackServer, render, url_stand_in
 ENDPOINTS = {
     "/v1/flux-2-pro": (8, (3.0, 1.5, 1.5), {"prompt_upsampling"}),
     "/v1/flux-2-max": (8, (7.0, 3.0, 3.0), {"prompt_upsampling"}),
-    "/v1/flux-2-flex": (8, (5.0, 5.0, 5.0), {"prompt_upsampling", "steps", "guidance"}),
+    "/v1/flux-2-flex": (8, (6.0, 6.0, 6.0), {"prompt_upsampling", "steps", "guidance"}),
     "/v1/flux-2-klein-4b": (4, (1.4, 0.1, 0.1), set()),
     "/v1/flux-2-klein-9b": (4, (1.5, 0.2, 0.2), set()),
 }
@@ -161,7 +163,8 @@ class BflHandler(JsonHandler):
                 402 if app.credits is not None and app.credits < cost else 0)
             if not refused:
                 task = Task(id=str(uuid.uuid4()), endpoint=path, body=body, width=width, height=height,
-                            refs=refs, cost=cost, created=time.monotonic(), final_status=fault.get("final_status"))
+                            refs=refs, cost=cost, created=time.monotonic(), final_status=fault.get("final_status"),
+                            meta={"details": fault["details"]} if "details" in fault else {})
                 if not fault.get("forget"):
                     app.task_map[task.id] = task
                 app.accepted.append(task)
@@ -176,17 +179,16 @@ class BflHandler(JsonHandler):
             self.send_json(429, {"detail": f"Too many active tasks (limit {app.max_active}); retry later"},
                            {"retry-after": "1"})
             return
-        if fault.get("drop"):
-            self.drop()                          # accepted (and billed) but the answer never arrives
-            return
         poll_origin = app.polling_origin or app.origin
-        self.send_json(200, {
+        answer = {
             "id": task.id,
             "polling_url": f"{poll_origin}/v1/get_result?id={task.id}",
             "cost": cost,
             "input_mp": round(sum(r.shape[0] * r.shape[1] for r in refs) / (1024 * 1024), 4),
             "output_mp": round(width * height / (1024 * 1024), 4),
-        })
+        }
+        # drop / garble / cut_json / hold_s / dribble_s: accepted (and billed) but the answer is lost.
+        self.answer(200, dict(answer, **fault.get("patch", {})), fault)
 
     def check_body(self, path: str, body) -> tuple[list[dict], list]:
         if not isinstance(body, dict):
@@ -292,14 +294,19 @@ class BflHandler(JsonHandler):
         if handled:
             return
         if fault and fault.get("drop"):
-            self.drop()
+            self.drop()                          # a lost poll: the task does not move on
             return
         with self.app.lock:
             task = self.app.task_map.get(task_id)
         if task is None:
-            self.send_json(200, {"id": task_id, "status": "Task not found", "result": None, "progress": None})
+            self.answer(200, {"id": task_id, "status": "Task not found", "result": None, "progress": None}, fault)
             return
-        self.send_json(200, self.app.advance(task))
+        answer = self.app.advance(task)
+        if fault and fault.get("patch") and isinstance(answer.get("result"), dict):
+            answer = dict(answer, result=dict(answer["result"], **fault["patch"]))
+        elif fault and fault.get("patch_answer"):
+            answer = dict(answer, **fault["patch_answer"])
+        self.answer(200, answer, fault)
 
     def get_sample(self, task_id: str):
         app = self.app
@@ -313,7 +320,7 @@ class BflHandler(JsonHandler):
             # BFL's delivery URLs are signed and expire; the storage then answers 403.
             self.send_json(403, {"detail": "Signature expired or resource not found"})
             return
-        self.serve_image(task_id, truncate=bool(fault and fault.get("truncate")))
+        self.serve_image(task_id, truncate=bool(fault and fault.get("truncate")), fault=fault)
 
 
 class BflLoopback(LoopbackServer):
@@ -384,7 +391,9 @@ class BflLoopback(LoopbackServer):
                                 "prompt": task.body["prompt"], "seed": seed}
             answer["progress"] = 1.0
         elif status == "Error":
-            answer["details"] = {"error": "Generation failed on the worker"}
+            answer["details"] = task.meta.get("details", {"error": "Generation failed on the worker"})
+        elif "details" in task.meta:
+            answer["details"] = task.meta["details"]
         with self.lock:
             task.status, task.finished, task.answer = status, time.monotonic(), answer
             self.active.discard(task.id)

@@ -74,7 +74,7 @@ class RunwareHandler(JsonHandler):
         if time.time() - born > self.app.url_ttl_s:
             self.send_json(404, {"errors": [_err("notFound", "Image expired")]})
             return
-        self.serve_image(m.group(1), truncate=bool(fault and fault.get("truncate")))
+        self.serve_image(m.group(1), truncate=bool(fault and fault.get("truncate")), fault=fault)
 
     def do_POST(self):
         try:
@@ -109,6 +109,9 @@ class RunwareHandler(JsonHandler):
             return
         route = "upload" if all(t.get("taskType") == "imageUpload" for t in tasks if isinstance(t, dict)) else (
             "poll" if all(t.get("taskType") == "getResponse" for t in tasks if isinstance(t, dict)) else "submit")
+        with self.app.lock:     # known to getResponse from now on, as "processing" until it finishes
+            self.app.processing.update(t["taskUUID"] for t in tasks if isinstance(t, dict)
+                                       and t.get("taskType") == "imageInference" and isinstance(t.get("taskUUID"), str))
         handled, fault = self.apply_fault(route)
         if handled:
             return
@@ -122,9 +125,8 @@ class RunwareHandler(JsonHandler):
                 data.extend(self.run_task(task, fault))
             except TaskError as exc:
                 errors.append(exc.error)
-        if fault and fault.get("drop"):
-            self.drop()          # the work is done (and billed) but the answer never arrives
-            return
+        if fault and fault.get("patch"):
+            data = [dict(d, **fault["patch"]) for d in data]     # a malformed field in the answer only
         body = {}
         if data:
             body["data"] = data
@@ -133,7 +135,7 @@ class RunwareHandler(JsonHandler):
         status = 200 if data or not errors else errors[0].pop("_status", 400)
         for e in errors:
             e.pop("_status", None)
-        self.send_json(status, body)
+        self.answer(status, body, fault)
 
     # -- tasks ----------------------------------------------------------------------------------
     def run_task(self, task, fault) -> list[dict]:
@@ -163,6 +165,9 @@ class RunwareHandler(JsonHandler):
     def get_response(self, task) -> list[dict]:
         with self.app.lock:
             done = self.app.results.get(task["taskUUID"])
+            running = task["taskUUID"] in self.app.processing
+        if done is None and running:
+            return [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "status": "processing"}]
         if done is None:
             raise TaskError(_err("taskNotFound", "No task with this taskUUID", task, "taskUUID"))
         return [dict(done, status="success")]
@@ -286,7 +291,9 @@ class RunwareHandler(JsonHandler):
             with self.app.lock:
                 self.app.uploads[image_uuid] = arr      # a generated image's imageUUID works as a reference too
                 self.app.billed += cost
+                self.app.billed_tasks.append(task["taskUUID"])
                 self.app.results[task["taskUUID"]] = item
+                self.app.processing.discard(task["taskUUID"])
             results.append(item)
         return results
 
@@ -314,6 +321,8 @@ class RunwareLoopback(LoopbackServer):
         self.uploads: dict[str, np.ndarray] = {}
         self.upload_ids: dict[str, str] = {}
         self.results: dict[str, dict] = {}
+        self.processing: set[str] = set()     # imageInference tasks received and not yet finished
+        self.billed_tasks: list[str] = []     # taskUUIDs billed, in order
         self.image_born: dict[str, float] = {}
         self.billed = 0.0
 

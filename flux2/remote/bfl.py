@@ -17,28 +17,30 @@ from __future__ import annotations
 import base64
 import copy
 import logging
+import math
 import os
+import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-import numpy as np
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import (AuthError, BudgetError, Cancelled, ConfigError, Flux2Error, InputError, ModerationError,
-                      ProviderError, ProviderTimeout)
+                      ProviderError)
 from ..images import decode_provider_image, placeholder
 from ..models import BFL
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..run_context import RunContext
+from ..redaction import scrub
 from .common import RemoteBackend, redact
 from .keys import base_url, origin, read_key
 from .options import RemoteOptions
-from .transport import GET_RETRY_STATUSES, Deadlines, LostResponse, Transport, json_body, sleep_with_cancel
+from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
+from .transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.bfl")
 
@@ -48,7 +50,7 @@ KEY_ENV, URL_ENV, REGION_ENV = "BFL_API_KEY", "BFL_API_URL", "BFL_REGION"
 CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV = "FLUX2_BFL_CONCURRENCY", "FLUX2_CONCURRENCY"
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 24            # BFL's default limit of active tasks per account
-POLL_TRANSIENT_ROUNDS = 2       # polls whose transport retries all failed (5xx, connection) before giving up
+CANCEL_GRACE_S = 0.3            # after a cancel, how long a poll in flight may take before it is left behind
 NOT_FOUND_TOLERANCE = 5         # a just-submitted task may answer 404 / "Task not found" for a moment
 OUTPUT_FORMATS = {"PNG": "png", "JPEG": "jpeg"}   # FLUX.2 endpoints document jpeg|png only
 MODERATED = ("Request Moderated", "Content Moderated")
@@ -95,11 +97,11 @@ class BflTransport(Transport):
             return False
 
 
-def _json_or_text(response: httpx.Response):
+def _json_or_text(response: httpx.Response, key: str | None = None):
     try:
         return response.json()
     except ValueError:
-        return response.text[:200]
+        return redact(response.text, key, 200)       # redact first, then cut
 
 
 def detail_text(body) -> str:
@@ -117,10 +119,10 @@ def detail_text(body) -> str:
                 parts.append(str(item))
         if len(detail) > 8:
             parts.append(f"and {len(detail) - 8} more")
-        return "; ".join(parts)
+        return scrub("; ".join(parts), 400)
     if isinstance(detail, dict):
-        return "; ".join(f"{k}: {v}" for k, v in list(detail.items())[:8])[:400]
-    return str(detail or "")[:400]
+        return scrub("; ".join(f"{k}: {v}" for k, v in list(detail.items())[:8]), 400)
+    return scrub(str(detail or ""), 400)
 
 
 def http_error(status: int, body, key: str | None, what: str) -> Flux2Error:
@@ -152,22 +154,6 @@ def _tagged(exc: Flux2Error, tag: str) -> Flux2Error:
     if not tag or isinstance(exc, Cancelled):
         return exc
     return _reworded(exc, f"bfl: {tag}{text[5:]}" if text.startswith("bfl: ") else f"{tag}{text}")
-
-
-@dataclass
-class _Task:
-    """One image of a request: its submit body and what became of it."""
-
-    index: int
-    seed: int
-    body: dict
-    progress: float = 0.0           # 0..1, read by the reporting thread
-    task_id: str | None = None
-    polling_url: str | None = None
-    credits: float | None = None
-    charged: bool = False           # BFL bills a task that reached Ready (moderated ones are free)
-    image: np.ndarray | None = None
-    error: Flux2Error | None = None
 
 
 class BflBackend(RemoteBackend):
@@ -271,205 +257,187 @@ class BflBackend(RemoteBackend):
         transport, base, key = self._client()
         url = base + self.pm.model_id
         refs = [as_sent(r) or base64.b64encode(r.png).decode("ascii") for r in request.references]
-        tasks = [_Task(i, request.seed + i, self.request_body(request, i, refs)) for i in range(request.batch)]
-        node, total = request.node_id, float(request.batch)
-        stop = threading.Event()        # set when a submit is refused: the others would be refused too
-        ctx.report(node, 0, total, f"submitting to {self.describe()}")
-        pool = ThreadPoolExecutor(max_workers=min(request.batch, self.concurrency()), thread_name_prefix="flux2-bfl")
-        futures = [pool.submit(self._run_task, t, transport, url, key, request, ctx, stop) for t in tasks]
-        cancelled_at = None
-        last = -1.0
-        pending = set(futures)
-        try:
-            # Progress is reported from this (the caller's) thread only; workers just update numbers.
-            while pending:
-                _, pending = wait(pending, timeout=0.05)
-                done = round(sum(t.progress for t in tasks), 3)
-                if done != last:
-                    ready = sum(1 for t in tasks if t.image is not None)
-                    ctx.report(node, done, total, f"{self.describe()}: {ready}/{request.batch} ready")
-                    last = done
-                if cancelled_at is None and ctx.is_cancelled is not None and ctx.is_cancelled():
-                    cancelled_at = time.monotonic()
-                    stop.set()
-                if cancelled_at is not None and time.monotonic() - cancelled_at > 0.3:
-                    break               # a worker stuck in a network call must not hold the cancel back
-        finally:
-            pool.shutdown(wait=not pending, cancel_futures=True)
-        for f in futures:
-            if f.done() and not f.cancelled() and f.exception() is not None:
-                raise f.exception()     # a bug, not a provider answer
-        if pending:
-            for t in tasks:
-                if t.image is None and t.error is None:
-                    # A submitted task goes on at BFL: say which, so the user can find it there.
-                    t.error = Cancelled("cancelled by the user" + (
-                        f"; BFL task {t.task_id} was already submitted and may still finish and be billed"
-                        if t.task_id else ""))
-        return self._collect(request, tasks, ctx)
+        jobs = [Job(i, request.seed + i, self.request_body(request, i, refs)) for i in range(request.batch)]
+        estimate_one = self.estimate_one(request)
+        cache_key = partial(self.image_cache_key, request)
+        ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")
 
-    def _run_task(self, t: _Task, transport: BflTransport, url: str, key: str, request: GenerationRequest,
-                  ctx: RunContext, stop: threading.Event) -> None:
-        tag = f"image {t.index + 1}/{request.batch} (seed {t.seed}): " if request.batch > 1 else ""
-        try:
-            if stop.is_set():
-                if ctx.is_cancelled is not None and ctx.is_cancelled():
-                    raise Cancelled("cancelled by the user")
-                return                  # not submitted: an earlier submit was refused
+        def work(job: Job, control: JobControl) -> None:
+            if cached_image(job, ctx, cache_key, request.batch):
+                return
+            tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
             try:
-                self._submit(t, transport, url, key, ctx)
-            except Flux2Error:
-                stop.set()
-                raise
-            t.progress = 0.05
-            result = self._poll(t, transport, key, ctx)
-            t.image = self._download(t, result, transport, ctx)
-            t.progress = 1.0
-        except ModerationError as exc:
-            if self.options.on_moderation == "placeholder":
+                try:
+                    self._submit(job, transport, url, key, ctx, estimate_one)
+                except Flux2Error as exc:
+                    control.stop_new(exc)    # a refused submit: the others would be refused too
+                    raise
+                job.progress = 0.05
+                result = self._poll(job, transport, key, ctx)
+                self._download(job, result, transport)
+            except ModerationError as exc:
+                if self.options.on_moderation != "placeholder":
+                    raise _tagged(exc, tag) from None
                 log.warning("%s; returning a placeholder image", exc)
-                t.image = placeholder(request.width, request.height)
-                t.progress = 1.0
-            else:
-                t.error = _tagged(exc, tag)
-        except Flux2Error as exc:
-            t.error = _tagged(exc, tag)
-        except httpx.HTTPError as exc:  # e.g. a malformed URL in an answer
-            t.error = ProviderError(f"bfl: {tag}{type(exc).__name__} talking to BFL")
+                job.image, job.placeholder = placeholder(request.width, request.height), True
+            except Flux2Error as exc:
+                raise _tagged(exc, tag) from None
+            except httpx.HTTPError as exc:  # e.g. a malformed URL in an answer
+                raise ProviderError(f"bfl: {tag}{type(exc).__name__} talking to BFL") from None
 
-    def _submit(self, t: _Task, transport: BflTransport, url: str, key: str, ctx: RunContext) -> None:
+        # Polling stops within a moment of a cancel (polls are free and the task ids are named);
+        # an abort leaves at once.
+        aborted = run_jobs(jobs, work, ctx=ctx, node=request.node_id, label=self.describe(),
+                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S)
+        charged = [j for j in jobs if j.charged]
+        credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
+        return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,
+                      aborted=aborted, info={"credits": credits})
+
+    def _submit(self, job: Job, transport: BflTransport, url: str, key: str, ctx: RunContext,
+                estimate_one: float | None) -> None:
+        job.sent = True
         try:
-            response = transport.submit(url, t.body, is_cancelled=ctx.is_cancelled)
+            response = transport.submit(url, job.body, is_cancelled=ctx.is_cancelled)
+        except NotSent as exc:
+            job.sent = False
+            raise _reworded(exc, f"{exc} - check {URL_ENV}/{REGION_ENV} and the network") from None
         except LostResponse as exc:
             # BFL has no idempotency key and gives no task id before it answers: sending again could
             # start (and bill) a second task, and the first one cannot be looked up.
             raise LostResponse(f"{exc}; BFL gives no task id before it answers, so the task cannot be "
                                "recovered and may have been billed - check dashboard.bfl.ai before running "
                                "again (not resubmitted)") from None
-        except ProviderError as exc:
-            if exc.retryable and exc.status is None:
-                raise _reworded(exc, f"{exc} - check {URL_ENV}/{REGION_ENV} and the network") from None
+        except Cancelled:
+            job.sent = False
             raise
         if response.status_code != 200:
-            raise http_error(response.status_code, _json_or_text(response), key, "submit")
-        body = json_body(response, "bfl")
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
-            raise ProviderError("bfl: the submit answer carries no task id")
-        t.task_id = body["id"]
+            job.settled = response.status_code < 500        # refused; after a 5xx nobody knows
+            raise http_error(response.status_code, _json_or_text(response, key), key, "submit")
+        body = submit_answer(response, key)
+        job.task_id = body["id"]
         polling_url = body.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
-            polling_url = f"{resolve_base_url()}/v1/get_result?id={t.task_id}"   # BFL's documented generic form
+            polling_url = f"{resolve_base_url()}/v1/get_result?id={job.task_id}"   # BFL's documented generic form
         polling_url = urljoin(url, polling_url)          # absolute URLs pass unchanged
+        job.locator = polling_url
         if not transport.may_authenticate(polling_url):
             try:
                 scheme, host, port = origin(polling_url)
                 where = f"{scheme}://{host}:{port}"
             except ValueError:
                 where = "an unparseable URL"
-            raise ConfigError(f"bfl: task {t.task_id} gave a polling URL on {where}, which is neither the "
+            job.locator = None                   # not shown: it is not a URL the user should trust
+            raise ConfigError(f"bfl: task {job.task_id} gave a polling URL on {where}, which is neither the "
                               f"configured host ({URL_ENV}/{REGION_ENV}) nor an official https *.bfl.ai host; "
                               f"refusing to send {KEY_ENV} there (the task may still run and be billed)")
-        t.polling_url = polling_url
-        cost = body.get("cost")
-        t.credits = float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
-        log.info("bfl: task %s accepted (%s credits)", t.task_id, "?" if t.credits is None else f"{t.credits:g}")
+        credits = body.get("cost")
+        try:
+            checked_cost(job, None if credits is None else (credits / 100 if _is_number(credits) else credits),
+                         "bfl", estimate_one)
+        except ProviderError as exc:
+            log.warning("%s", exc)               # the task runs anyway; its cost is just not known
+        if job.notes and (_is_number(body.get("input_mp")) or _is_number(body.get("output_mp"))):
+            job.notes[-1] += f" (BFL counted {body.get('output_mp')} output MP, {body.get('input_mp')} input MP)"
+        log.info("bfl: task %s accepted (%s credits)", job.task_id, "?" if credits is None else scrub(str(credits), 20))
 
-    def _poll(self, t: _Task, transport: BflTransport, key: str, ctx: RunContext) -> dict:
-        """Poll until a terminal status; returns the `result` object of a Ready task."""
-        d = self.deadlines
-        started = time.monotonic()
-        delay = d.backoff_s
-        not_found = transient = 0
-        while True:
-            sleep_with_cancel(delay, ctx.is_cancelled)
-            delay = min(delay * 1.5, d.backoff_cap_s)
-            if time.monotonic() - started > d.total_s:
-                raise ProviderTimeout(f"bfl: task {t.task_id} did not finish within {d.total_s:g}s; it may "
-                                      "still finish and be billed")
+    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext) -> dict:
+        """Poll until a terminal status; returns the `result` object of a Ready task. Failing polls
+        (5xx, dropped connections, garbled answers) are retried until the task's deadline."""
+        not_found = [0]
+
+        def fetch():
             try:
-                response = transport.get(t.polling_url, keyed=True, is_cancelled=ctx.is_cancelled)
+                response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled)
+            except Cancelled:
+                raise
             except ProviderError as exc:
-                # The transport already retried; a paid task deserves a few more rounds at poll pace.
-                transient += 1
-                if transient > POLL_TRANSIENT_ROUNDS:
-                    raise _reworded(exc, f"{exc} while polling task {t.task_id}; it may still finish and be "
-                                         "billed") from None
-                continue
-            body = _json_or_text(response)
+                raise Transient(str(exc)) from None
+            body = _json_or_text(response, key)
             if response.status_code in GET_RETRY_STATUSES:
-                transient += 1
-                if transient > POLL_TRANSIENT_ROUNDS:
-                    err = http_error(response.status_code, body, key, f"polling task {t.task_id}")
-                    raise _reworded(err, f"{err} (still failing after {transient} rounds of retries); the task "
-                                         "may still finish and be billed") from None
-                continue
-            transient = 0
+                raise Transient(str(http_error(response.status_code, body, key, f"polling task {job.task_id}")))
             status = body.get("status") if isinstance(body, dict) else None
             if response.status_code == 404 or status == "Task not found":
-                not_found += 1
-                if not_found > NOT_FOUND_TOLERANCE:
-                    raise ProviderError(f"bfl: task {t.task_id}: Task not found (unknown or expired)",
+                not_found[0] += 1
+                if not_found[0] > NOT_FOUND_TOLERANCE:
+                    job.settled = True          # unknown or expired at BFL: nothing more will come
+                    raise ProviderError(f"bfl: task {job.task_id}: Task not found (unknown or expired)",
                                         status=response.status_code, code="Task not found")
-                continue
-            not_found = 0
+                return None
+            not_found[0] = 0
             if response.status_code == 202:
-                continue
+                return None
             if response.status_code != 200:
-                raise http_error(response.status_code, body, key, f"polling task {t.task_id}")
+                raise http_error(response.status_code, body, key, f"polling task {job.task_id}")
             if not isinstance(body, dict):
-                raise ProviderError(f"bfl: polling task {t.task_id} answered something that is not a JSON object")
-            if status == "Ready":
-                t.charged = True
-                result = body.get("result")
-                if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
-                    raise ProviderError(f"bfl: task {t.task_id} is Ready but carries no result.sample URL")
-                return result
-            if status in MODERATED:
-                what = "the prompt or a reference" if status == "Request Moderated" else "the generated image"
-                reasons = detail_text(body.get("details")) if body.get("details") else ""
-                raise ModerationError(
-                    f"bfl: {status} - moderated (not charged): BFL's safety filter refused {what}"
-                    + (f" ({reasons})" if reasons else "")
-                    + f"; safety_tolerance is {self.options.safety_tolerance} (0 strictest .. 5 most permissive)",
-                    code=status)
-            if status == "Error":
-                reason = detail_text(body.get("details") or body.get("error") or body.get("result") or "")
-                raise ProviderError(f"bfl: task {t.task_id} failed (status Error)" + (f": {reason}" if reason else ""),
-                                    code="Error")
-            # Pending, and statuses this client does not know (Reasoning, Generating...): not yet.
-            progress = body.get("progress")
-            if isinstance(progress, (int, float)) and not isinstance(progress, bool):
-                t.progress = max(t.progress, 0.05 + 0.85 * min(max(float(progress), 0.0), 1.0))
+                raise Transient(f"polling task {job.task_id} answered something that is not a JSON object")
+            return self._poll_status(job, body, key)
 
-    def _download(self, t: _Task, result: dict, transport: BflTransport, ctx: RunContext) -> np.ndarray:
-        what = f"result of task {t.task_id}"
-        t.progress = max(t.progress, 0.9)
+        return poll_until(fetch, deadlines=self.deadlines, started=time.monotonic(), is_cancelled=ctx.is_cancelled,
+                          what=f"bfl: task {job.task_id}")
+
+    def _poll_status(self, job: Job, body: dict, key: str) -> dict | None:
+        """One poll answer -> the Ready result, None while pending, or the terminal error."""
+        status = body.get("status")
+        if status == "Ready":
+            job.charged = job.settled = True
+            result = body.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
+                raise ProviderError(f"bfl: task {job.task_id} is Ready (and billed) but carries no result.sample URL")
+            return result
+        if status in MODERATED:
+            job.settled = True
+            what = "the prompt or a reference" if status == "Request Moderated" else "the generated image"
+            reasons = redact(detail_text(body.get("details")), key, 300) if body.get("details") else ""
+            raise ModerationError(
+                f"bfl: {status} - moderated (not charged): BFL's safety filter refused {what}"
+                + (f" ({reasons})" if reasons else "")
+                + f"; safety_tolerance is {self.options.safety_tolerance} (0 strictest .. 5 most permissive)",
+                code=status)
+        if status == "Error":
+            job.settled = True
+            reason = redact(detail_text(body.get("details") or body.get("error") or body.get("result") or ""), key, 300)
+            raise ProviderError(f"bfl: task {job.task_id} failed (status Error)" + (f": {reason}" if reason else ""),
+                                code="Error")
+        # Pending, and statuses this client does not know (Reasoning, Generating...): not yet.
+        progress = body.get("progress")
+        if _is_number(progress) and math.isfinite(progress):
+            job.progress = max(job.progress, 0.05 + 0.85 * min(max(float(progress), 0.0), 1.0))
+        return None
+
+    def _download(self, job: Job, result: dict, transport: BflTransport) -> None:
+        what = f"result of task {job.task_id}"
+        job.progress = max(job.progress, 0.9)
         try:
             data = transport.download(result["sample"], what)
         except ProviderError as exc:
             raise _reworded(exc, f"{exc} (downloading the {what}, which was billed)") from None
-        seed = result.get("seed")
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            t.seed = seed
-        return decode_provider_image(data, f"BFL {what}")
+        job.image = decode_provider_image(data, f"BFL {what}")
+        checked_seed(job, result.get("seed"), "bfl")       # after the image is kept: a bad seed loses nothing
 
-    def _collect(self, request: GenerationRequest, tasks: list[_Task], ctx: RunContext) -> GenerationResult:
-        images = [t.image for t in tasks if t.image is not None]
-        seeds = [t.seed for t in tasks if t.image is not None]
-        charged = [t for t in tasks if t.charged]
-        cost = None if any(t.credits is None for t in charged) else round(sum(t.credits for t in charged) / 100, 6)
-        result = GenerationResult(images=images, seeds=seeds, cost_usd=cost,
-                                  info={"provider": "bfl", "tasks": [t.task_id for t in tasks],
-                                        "credits": None if cost is None else round(cost * 100, 4)})
-        errors = [t.error for t in tasks if t.error is not None]
-        if not errors and len(images) < len(tasks):
-            errors = [ProviderError("bfl: some images of the batch were not submitted")]
-        if errors:
-            failure = next((e for e in errors if isinstance(e, Cancelled)), errors[0])
-            # What was paid for is handed over (and booked) before the error surfaces, so it is not lost.
-            if images or cost:
-                ctx.ledger.add_billed(request.node_id, cost)
-            if images:
-                ctx.on_result(request, result)
-            raise failure
-        return result
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*"([0-9A-Za-z_-]{8,64})"')
+
+
+def submit_answer(response: httpx.Response, key: str | None) -> dict:
+    """The submit's 200 answer, parsed in one place. An answer that cannot be read may still have
+    started (and billed) a task: its id is searched for in the text so the task can still be polled."""
+    try:
+        body = json_body(response, "bfl")
+    except Garbled:
+        found = _ID_IN_TEXT.search(response.text)
+        if not found:
+            raise Garbled("bfl: the submit answer (HTTP 200) is not JSON and names no task id; the task may "
+                          "have been billed - check dashboard.bfl.ai before running again (not resubmitted)",
+                          status=200) from None
+        log.warning("bfl: the submit answer is garbled; polling task %s found in it", found.group(1))
+        return {"id": found.group(1)}
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"] \
+            or not _ID_IN_TEXT.fullmatch(f'"id":"{body["id"]}"'):
+        raise ProviderError("bfl: the submit answer (HTTP 200) carries no usable task id; the task may have been "
+                            "billed - check dashboard.bfl.ai before running again (not resubmitted)")
+    return body

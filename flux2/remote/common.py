@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..backend import GenerationRequest
 from ..errors import InputError
+from ..redaction import scrub
 from ..models import ModelSpec, ProviderModel, get_model
 from .options import RemoteOptions
 from .transport import Deadlines
@@ -41,12 +42,9 @@ def validate_common(request: GenerationRequest, model: ModelSpec, pm: ProviderMo
         raise InputError(f"batch_size must be 1..{MAX_BATCH}, got {request.batch}")
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Provider messages are echoed to users: make sure a key could never ride along."""
-    # A very short "key" (a test value, a typo) would mangle every message and protects nothing.
-    if secret and len(secret) >= 8 and secret in text:
-        text = text.replace(secret, "***")
-    return text
+def redact(text: str, secret: str | None, limit: int | None = None) -> str:
+    """Provider text echoed to users: every known key (and `secret`) replaced, then cut to `limit`."""
+    return scrub(text, limit, extra=(secret,))
 
 
 class RemoteBackend:
@@ -76,6 +74,20 @@ class RemoteBackend:
 
     def host(self) -> str:
         raise NotImplementedError
+
+    def image_cache_key(self, request: GenerationRequest, index: int) -> str:
+        """Result-cache key of image `index` of a batch: each image is its own task (seed + i), so it is
+        the key of the one-image request with that seed."""
+        from dataclasses import replace
+
+        from ..backend import cache_identity
+        from ..result_cache import key_of
+        return key_of(cache_identity(self, replace(request, seed=request.seed + index, batch=1)))
+
+    def estimate_one(self, request: GenerationRequest) -> float | None:
+        """The estimate for one image of the request, to compare with what the provider charged."""
+        from dataclasses import replace
+        return self.estimate(replace(request, batch=1)).usd
 
     def cache_identity(self) -> dict:
         return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": vars(self.options)}

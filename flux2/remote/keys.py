@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import AuthError, ConfigError
+from ..redaction import remember_secret
 
 
 def read_key(env_name: str) -> str:
@@ -23,6 +24,7 @@ def read_key(env_name: str) -> str:
                         f"(or {env_name}_FILE to a file holding it)")
     if any(c.isspace() for c in key) or not key.isprintable():
         raise AuthError(f"{env_name} contains whitespace or control characters")
+    remember_secret(key)
     return key
 
 

@@ -5,7 +5,8 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
@@ -19,7 +20,8 @@ from ..run_context import RunContext
 from .common import RemoteBackend, redact
 from .keys import base_url, read_key
 from .options import RemoteOptions
-from .transport import Deadlines, LostResponse, Transport, json_body, sleep_with_cancel
+from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
+from .transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.runware")
 
@@ -29,6 +31,9 @@ UPLOAD_TTL_S = 7 * 24 * 3600         # Runware keeps uploads 30 days after last 
 IMAGE_FIELDS = ("imageURL", "imageBase64Data", "imageDataURI")
 _MODERATION_HINTS = ("contentpolicy", "moderat", "nsfw", "safety")
 _BUDGET_HINTS = ("credit", "balance", "quota", "payment")
+PENDING = ("processing", "pending", "queued", "running")
+NOT_FOUND_TOLERANCE = 3          # getResponse may not know a task that is still being registered
+MAX_INLINE_CHARS = 90 * 1024 * 1024   # base64 of the 64 MiB download limit
 
 
 def concurrency() -> int:
@@ -42,10 +47,10 @@ def concurrency() -> int:
 
 def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
     """One `errors[]` item (plus the HTTP status) -> the matching exception, one line."""
-    code = str(err.get("code") or "")
-    message = str(err.get("message") or code or f"HTTP {status}")
-    param = err.get("parameter")
-    text = redact(f"runware: {message}" + (f" (parameter {param})" if param else "") + (f" [{code}]" if code else ""), key)
+    code = redact(str(err.get("code") or ""), key, 60)
+    message = redact(str(err.get("message") or code or f"HTTP {status}"), key, 300)
+    param = redact(str(err.get("parameter") or ""), key, 80)
+    text = f"runware: {message}" + (f" (parameter {param})" if param else "") + (f" [{code}]" if code else "")
     low = code.lower()
     if status in (401, 403) or low in ("invalidapikey", "missingapikey", "unauthorized"):
         return AuthError(text + f" - check {KEY_ENV}")
@@ -128,42 +133,11 @@ class RunwareBackend(RemoteBackend):
                                         self.deadlines, self._http_transport)
         return self._transport, url, key
 
-    def _post_tasks(self, tasks: list[dict], ctx: RunContext) -> tuple[dict, list]:
-        """POST a task array; returns ({taskUUID: data item}, task-level errors).
-
-        Request-level failures (auth, balance, capacity, malformed body) raise here; an error that
-        names one of our tasks is returned so the caller can decide per task (e.g. moderation).
-        """
+    def _post_tasks(self, tasks: list[dict], ctx: RunContext) -> Reply:
+        """POST a task array and parse the answer (request-level refusals raise here)."""
         transport, url, key = self._client()
         response = transport.submit(url, tasks, is_cancelled=ctx.is_cancelled)
-        body = json_body(response, "runware")
-        if not isinstance(body, dict):
-            raise ProviderError(f"runware: HTTP {response.status_code} with an unexpected body")
-        errors = [e for e in (body.get("errors") or []) if isinstance(e, dict)]
-        if isinstance(body.get("error"), dict):          # the singular form the docs also show
-            errors.append(body["error"])
-        data = body.get("data") or []
-        if isinstance(data, dict):   # imageUpload has been seen answering a bare object
-            data = [data]
-        items = {}
-        for d in data:
-            if not isinstance(d, dict):
-                continue
-            if d.get("status") == "error" or isinstance(d.get("error"), dict):
-                # Error items inside `data`: {status: "error", error: {code, message}}.
-                inner = d.get("error") if isinstance(d.get("error"), dict) else d
-                errors.append({**inner, "taskUUID": d.get("taskUUID")})
-                continue
-            items[d.get("taskUUID")] = d
-        ours = {t.get("taskUUID") for t in tasks}
-        request_level = [e for e in errors if e.get("taskUUID") not in ours]
-        # A request-level error with results beside it must not discard the (paid) results.
-        if response.status_code in (401, 402, 403) or (request_level and not items):
-            first = request_level[0] if request_level else (errors[0] if errors else {})
-            raise runware_error(response.status_code, first, key)
-        for e in errors:
-            e.setdefault("_status", response.status_code)
-        return items, errors
+        return parse_reply(response, tasks, key)
 
     def upload_reference(self, ref, ctx: RunContext) -> str:
         """Upload a reference once per content hash; later uses (any node, this run) reuse the imageUUID."""
@@ -173,118 +147,197 @@ class RunwareBackend(RemoteBackend):
         if cached:
             return cached
         task_uuid = str(uuid.uuid4())
+        task = {"taskType": "imageUpload", "taskUUID": task_uuid, "image": ref.data_uri}
         try:
-            items, errors = self._post_tasks(
-                [{"taskType": "imageUpload", "taskUUID": task_uuid, "image": ref.data_uri}], ctx)
+            reply = self._post_tasks([task], ctx)
         except LostResponse:
-            # An upload costs nothing, so sending it again is safe.
-            items, errors = self._post_tasks(
-                [{"taskType": "imageUpload", "taskUUID": task_uuid, "image": ref.data_uri}], ctx)
-        item = items.get(task_uuid) or (next(iter(items.values())) if len(items) == 1 else None)
-        if not item or not item.get("imageUUID"):
-            err = errors[0] if errors else {"message": "imageUpload returned no imageUUID"}
-            raise runware_error(200, err, None)
-        ctx.remember_upload(cache_key, ref.sha256, item["imageUUID"], UPLOAD_TTL_S)
-        return item["imageUUID"]
-
-    def _recover(self, task_uuids: list[str], ctx: RunContext, started: float) -> tuple[dict, list]:
-        """The submit's answer was lost: ask for the tasks' results instead of submitting again."""
-        items: dict = {}
-        errors: list = []
-        delay = 1.0
-        while time.monotonic() - started < self.deadlines.total_s:
-            pending = [u for u in task_uuids if u not in items]
-            got, errs = self._post_tasks([{"taskType": "getResponse", "taskUUID": u} for u in pending], ctx)
-            for u, item in got.items():
-                if item.get("status") in (None, "success") and any(item.get(f) for f in IMAGE_FIELDS):
-                    items[u] = item
-                elif item.get("status") == "error":
-                    errors.append({"taskUUID": u, "message": item.get("message") or "task failed"})
-                    items[u] = item
-            if errs and not got:
-                raise ProviderError("runware: the answer to a submitted task was lost and the task cannot be "
-                                    f"found again; it may have been billed (taskUUID {pending[0]})")
-            if all(u in items for u in task_uuids):
-                return items, errors
-            sleep_with_cancel(delay, ctx.is_cancelled)
-            delay = min(delay * 1.5, 10.0)
-        raise ProviderError(f"runware: lost answer not recovered within {self.deadlines.total_s:.0f}s; "
-                            f"the task may have been billed (taskUUID {task_uuids[0]})")
+            reply = self._post_tasks([task], ctx)    # an upload costs nothing, so sending it again is safe
+        item = reply.items.get(task_uuid) or (next(iter(reply.items.values())) if len(reply.items) == 1 else None)
+        image_uuid = item.get("imageUUID") if item else None
+        if not isinstance(image_uuid, str) or not image_uuid:
+            err = reply.errors.get(task_uuid) or {"message": "imageUpload returned no imageUUID"}
+            raise runware_error(reply.status, err, None)
+        ctx.remember_upload(cache_key, ref.sha256, image_uuid, UPLOAD_TTL_S)
+        return image_uuid
 
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
         self.validate(request)
         node = request.node_id
-        total = request.batch + 1
-        ctx.report(node, 0, total, "uploading references" if request.references else "submitting")
+        ctx.report(node, 0, request.batch, "uploading references" if request.references else "submitting")
         refs = [as_sent(r) or self.upload_reference(r, ctx) for r in request.references]
-        tasks = [self.inference_task(request, i, refs) for i in range(request.batch)]
-        ctx.report(node, 0.5, total, f"generating {self.describe()}")
-        items: dict = {}
-        errors: list = []
-        # One task per HTTP request, several in flight: a slow image does not hold the others back,
-        # and a 429 backs off only the request it hit.
-        with ThreadPoolExecutor(max_workers=min(concurrency(), len(tasks))) as pool:
-            for got, errs in pool.map(lambda t: self._submit_one(t, ctx), tasks):
-                items.update(got)
-                errors.extend(errs)
-        ctx.report(node, 1, total, "downloading")
-        return self._collect(request, tasks, items, errors, ctx)
+        jobs = []
+        for i in range(request.batch):
+            body = self.inference_task(request, i, refs)
+            jobs.append(Job(i, request.seed + i, body, task_id=body["taskUUID"]))
+        estimate_one = self.estimate_one(request)
+        cache_key = partial(self.image_cache_key, request)
 
-    def _submit_one(self, task: dict, ctx: RunContext) -> tuple[dict, list]:
-        started = time.monotonic()
-        try:
-            return self._post_tasks([task], ctx)
-        except LostResponse:
-            log.warning("runware: answer lost; recovering task %s with getResponse", task["taskUUID"])
-            return self._recover([task["taskUUID"]], ctx, started)
-
-    def _collect(self, request, tasks, items, errors, ctx: RunContext) -> GenerationResult:
-        transport, _, key = self._client()
-        errors_by_task = {e.get("taskUUID"): e for e in errors}
-        images, seeds, cost, failure, placeholders = [], [], 0.0, None, False
-        for i, task in enumerate(tasks):
-            u = task["taskUUID"]
-            item = items.get(u)
+        def work(job: Job, control: JobControl) -> None:
+            if cached_image(job, ctx, cache_key, request.batch):
+                return
             try:
-                if item is None:
-                    err = errors_by_task.get(u) or (errors[0] if errors else {"message": "no result for the task"})
-                    raise runware_error(err.get("_status", 200), err, key)
-                if item.get("status") == "error":
-                    raise runware_error(200, item, key)
-                if item.get("cost") is not None:
-                    cost += float(item["cost"])
-                images.append(self._image_of(item, transport, ctx))
-                seeds.append(int(item.get("seed", task["seed"])))
+                self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
+            except (AuthError, BudgetError) as exc:
+                control.stop_new(exc)         # every other task would be refused the same way
+                raise
             except ModerationError as exc:
                 if self.options.on_moderation != "placeholder":
-                    failure = failure or exc
-                    continue
+                    raise
                 log.warning("%s; returning a placeholder image", exc)
-                images.append(placeholder(request.width, request.height))
-                placeholders = True
-                seeds.append(task["seed"])
-            except Flux2Error as exc:
-                failure = failure or exc
-            ctx.report(request.node_id, 1 + (i + 1) / len(tasks) * (request.batch), request.batch + 1, "")
-        result = GenerationResult(images=images, seeds=seeds, cost_usd=round(cost, 6),
-                                  info={"tasks": [t["taskUUID"] for t in tasks], "provider": "runware",
-                                        "placeholders": placeholders})
-        if failure is not None:
-            # What was paid for is handed over before the error surfaces, so it is saved, not lost.
-            if images:
-                ctx.ledger.add_billed(request.node_id, result.cost_usd)
-                ctx.on_result(request, result)
-            raise failure
-        return result
+                job.image, job.placeholder = placeholder(request.width, request.height), True
 
-    def _image_of(self, item: dict, transport: Transport, ctx: RunContext):
-        what = f"Runware result {item.get('imageUUID') or item.get('taskUUID')}"
-        if item.get("imageURL"):
+        # One task per HTTP request, several in flight: a slow image does not hold the others back,
+        # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
+        # answer carries the paid image); an abort leaves at once and names the tasks in flight.
+        aborted = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
+                           cancel_grace_s=None)
+        return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
+                      aborted=aborted)
+
+    def _run_task(self, job: Job, ctx: RunContext) -> dict:
+        """Send one inference task; returns its result item (recovered by getResponse if the answer was lost)."""
+        started = time.monotonic()
+        job.sent = True
+        try:
+            reply = self._post_tasks([job.body], ctx)
+        except NotSent:
+            job.sent = False
+            raise
+        except LostResponse as exc:
+            log.warning("runware: %s; recovering task %s with getResponse", exc, job.task_id)
+            return self._recover(job, ctx, started, str(exc))
+        except ProviderError as exc:
+            # An answer came: a 4xx means the task was refused; after a 5xx nobody knows.
+            job.settled = exc.status is not None and exc.status < 500
+            raise
+        item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
+        if item is None and err is None:
+            # A 200 that does not mention our task is as good as lost: ask for it rather than send again.
+            log.warning("runware: the answer does not mention task %s; recovering it with getResponse", job.task_id)
+            return self._recover(job, ctx, started, "the answer did not mention the task")
+        if item is None:
+            job.settled = reply.status < 500
+            raise runware_error(reply.status, err, None)
+        return item
+
+    def _recover(self, job: Job, ctx: RunContext, started: float, cause: str) -> dict:
+        """The submit's answer was lost: ask for the task's result (getResponse) instead of submitting
+        again (no idempotency key: a second submit could bill twice), until the task's deadline."""
+        not_found = [0]
+
+        def fetch():
+            try:
+                reply = self._post_tasks([{"taskType": "getResponse", "taskUUID": job.task_id}], ctx)
+            except (LostResponse, NotSent) as exc:
+                raise Transient(str(exc)) from None
+            except ProviderError as exc:
+                if exc.retryable or (exc.status or 0) >= 500:
+                    raise Transient(str(exc)) from None
+                raise
+            item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
+            if item is not None:
+                return None if str(item.get("status") or "").lower() in PENDING else item
+            if err is not None and str(err.get("code") or "").lower() != "tasknotfound":
+                return {"status": "error", "error": err}
+            not_found[0] += 1                 # not (yet) known there: it may still be registering
+            if not_found[0] > NOT_FOUND_TOLERANCE:
+                raise ProviderError(f"runware: the answer to task {job.task_id} was lost ({cause}) and the task "
+                                    "cannot be found again; it may have been billed")
+            return None
+
+        return poll_until(fetch, deadlines=self.deadlines, started=started, is_cancelled=ctx.is_cancelled,
+                          what=f"runware: task {job.task_id} (answer lost: {cause})")
+
+    def _take_item(self, job: Job, item: dict, ctx: RunContext, estimate_one: float | None) -> None:
+        """A task's result item -> the job's image, seed and cost. A malformed field fails the job,
+        but only after the image that did arrive is kept."""
+        job.settled = True                   # the provider has answered for this task
+        if item.get("status") == "error" or isinstance(item.get("error"), dict):
+            inner = item.get("error") if isinstance(item.get("error"), dict) else item
+            if inner.get("cost") is not None or item.get("cost") is not None:
+                job.charged = True           # a failed task the provider says it billed
+                checked_cost(job, item.get("cost", inner.get("cost")), "runware", None)
+            raise runware_error(200, inner, None)
+        problems = []
+        try:
+            checked_cost(job, item.get("cost"), "runware", estimate_one)
+        except ProviderError as exc:
+            problems.append(exc)
+        try:
+            checked_seed(job, item.get("seed"), "runware")
+        except ProviderError as exc:
+            problems.append(exc)
+        try:
+            image = self._image_of(item, job)
+        except ModerationError:
+            raise
+        except ProviderError:
+            job.charged = job.charged or item.get("cost") is not None
+            raise
+        job.charged = True
+        job.image = image
+        if problems:
+            raise problems[0]
+
+    def _image_of(self, item: dict, job: Job):
+        what = f"Runware result of task {job.task_id}"
+        present = [f for f in IMAGE_FIELDS if item.get(f) not in (None, "")]
+        for name in present:
+            if not isinstance(item[name], str):
+                raise ProviderError(f"runware: task {job.task_id} answered {name} as a "
+                                    f"{type(item[name]).__name__}, not a string; no image")
+        if "imageURL" in present:
+            transport, _, _ = self._client()
             return decode_provider_image(transport.download(item["imageURL"], what), what)
-        if item.get("imageBase64Data"):
-            return decode_data_uri(item["imageBase64Data"], what)
-        if item.get("imageDataURI"):
-            return decode_data_uri(item["imageDataURI"], what)
-        if item.get("NSFWContent"):
+        for name in ("imageBase64Data", "imageDataURI"):
+            if name in present:
+                if len(item[name]) > MAX_INLINE_CHARS:
+                    raise ProviderError(f"runware: task {job.task_id} answered an inline image over the size limit")
+                return decode_data_uri(item[name], what)
+        if item.get("NSFWContent") is True:
             raise ModerationError("runware: the result was withheld by the content filter (NSFWContent)")
-        raise ProviderError("runware: the result carries no image (refused or filtered)")
+        raise ProviderError(f"runware: task {job.task_id} answered without an image (refused or filtered)")
+
+
+# -- answers, parsed in one place ------------------------------------------------------------------
+@dataclass
+class Reply:
+    status: int
+    items: dict          # taskUUID -> data item
+    errors: dict         # taskUUID -> error object
+
+
+def parse_reply(response, tasks: list[dict], key: str | None) -> Reply:
+    """A Runware answer -> items and errors by taskUUID. Request-level refusals (auth, balance,
+    capacity, malformed body) raise; an error that names one of our tasks is returned per task."""
+    status = response.status_code
+    body = json_body(response, "runware")       # a 200 that is not JSON raises Garbled (a LostResponse)
+    if not isinstance(body, dict):
+        if status == 200:
+            raise Garbled("runware: HTTP 200 with an answer that is not a JSON object", status=200)
+        raise runware_error(status, {"message": f"HTTP {status} with an unexpected body"}, key)
+    errors = [e for e in (body.get("errors") if isinstance(body.get("errors"), list) else []) if isinstance(e, dict)]
+    if isinstance(body.get("error"), dict):          # the singular form the docs also show
+        errors.append(body["error"])
+    data = body.get("data") or []
+    if isinstance(data, dict):   # imageUpload has been seen answering a bare object
+        data = [data]
+    items = {}
+    for d in data if isinstance(data, list) else []:
+        if not isinstance(d, dict) or not isinstance(d.get("taskUUID"), str):
+            continue
+        if d.get("status") == "error" or isinstance(d.get("error"), dict):
+            # Error items inside `data`: {status: "error", error: {code, message}}.
+            inner = d.get("error") if isinstance(d.get("error"), dict) else d
+            errors.append({**inner, "taskUUID": d.get("taskUUID"), **({"cost": d["cost"]} if "cost" in d else {})})
+            continue
+        items.setdefault(d["taskUUID"], d)
+    ours = {t.get("taskUUID") for t in tasks}
+    request_level = [e for e in errors if e.get("taskUUID") not in ours]
+    # A request-level error with results beside it must not discard the (paid) results.
+    if status in (401, 402, 403) or (request_level and not items):
+        first = request_level[0] if request_level else (errors[0] if errors else {})
+        raise runware_error(status, first, key)
+    if status >= 400 and not items and not errors:
+        raise runware_error(status, {"message": f"HTTP {status}"}, key)
+    return Reply(status, items, {e.get("taskUUID"): e for e in errors if e.get("taskUUID") in ours})

@@ -10,6 +10,7 @@ the caller recovers by task id (Runware getResponse, BFL polling URL) or reports
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
 import random
 import time
@@ -18,8 +19,9 @@ from typing import Callable
 
 import httpx
 
-from ..errors import Cancelled, ConfigError, ProviderError, ProviderTimeout
+from ..errors import Cancelled, ConfigError, ProviderError
 from .keys import origin
+from .netguard import PrivateAddress, guarded_transport, is_public_address, limits
 
 log = logging.getLogger("comfyui_flux2.remote")
 
@@ -27,14 +29,17 @@ USER_AGENT = "comfyui-flux2/0.1 (+https://github.com/comfyui-flux2)"
 SUBMIT_RETRY_STATUSES = frozenset({429, 503, 504})
 GET_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
 class Deadlines:
     connect_s: float = 10.0
-    read_s: float = 180.0        # a synchronous FLUX.2 [max] task with references can take minutes
-    download_s: float = 60.0
-    total_s: float = 600.0       # overall deadline for one task, polling included
+    read_s: float = 180.0        # longest silence within one answer
+    request_s: float = 300.0     # overall deadline of one HTTP exchange: a synchronous FLUX.2 [max] task
+                                 # with references can take minutes, a peer dribbling bytes cannot hold longer
+    download_s: float = 60.0     # overall deadline of one result download, redirects and retries included
+    total_s: float = 600.0       # overall deadline for one task, polling and recovery included (BFL: 600 s)
     retries: int = 4
     backoff_s: float = 1.0
     backoff_cap_s: float = 10.0
@@ -42,6 +47,14 @@ class Deadlines:
 
 class LostResponse(ProviderError):
     """The submit was sent but its answer was lost; the provider may have accepted (and billed) it."""
+
+
+class Garbled(LostResponse):
+    """HTTP 200 whose body cannot be read (not JSON, cut short): as good as lost, and as billable."""
+
+
+class NotSent(ProviderError):
+    """The request never reached the provider (connection refused, connect timeout): nothing billed."""
 
 
 def sleep_with_cancel(seconds: float, is_cancelled: Callable[[], bool] | None) -> None:
@@ -67,20 +80,37 @@ def retry_after_s(response: httpx.Response, fallback: float, cap: float) -> floa
     return fallback
 
 
+def is_loopback_host(host: str) -> bool:
+    host = (host or "").lower().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Transport:
-    """httpx client bound to one provider: the key header goes only to `auth_origins`."""
+    """httpx client bound to one provider: the key header goes only to `auth_origins`.
+
+    Every request has an overall deadline (`Deadlines.request_s`, downloads `download_s`) enforced at
+    the socket level (netguard), on top of httpx's per-read timeout.
+    """
 
     def __init__(self, provider: str, auth_origins: list[str], auth_headers: Callable[[], dict[str, str]],
                  deadlines: Deadlines = Deadlines(), transport: httpx.BaseTransport | None = None):
         self.provider = provider
         self._auth_origins = {origin(u) for u in auth_origins}
+        # Loopback (test) mode: the provider itself is on this machine. Then, and only then, result
+        # URLs may point at loopback - and only at the configured provider origin itself.
+        self._loopback_origins = {o for o in self._auth_origins if is_loopback_host(o[1])}
         self._auth_headers = auth_headers
         self.deadlines = deadlines
         timeout = httpx.Timeout(deadlines.read_s, connect=deadlines.connect_s)
-        # Redirects are never followed for keyed calls: a redirect could carry a custom key header
-        # (x-key) to another host. Downloads follow redirects but carry no key.
-        self._client = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False,
-                                    headers={"User-Agent": USER_AGENT})
+        # Redirects are never followed automatically: a keyed call must not carry its key (x-key) to
+        # another host, and each hop of a download is checked like the first URL (download()).
+        self._client = httpx.Client(transport=transport or guarded_transport(), timeout=timeout,
+                                    follow_redirects=False, headers={"User-Agent": USER_AGENT})
 
     def close(self) -> None:
         self._client.close()
@@ -105,17 +135,18 @@ class Transport:
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled by the user")
             try:
-                response = self._client.post(url, json=body, headers=headers)
+                with limits(self.deadlines.request_s):
+                    response = self._client.post(url, json=body, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == self.deadlines.retries:
-                    raise ProviderError(f"{self.provider}: cannot connect to {origin(url)[1]} "
-                                        f"({type(exc).__name__})", retryable=True) from None
+                    raise NotSent(f"{self.provider}: cannot connect to {origin(url)[1]} "
+                                  f"({type(exc).__name__})", retryable=True) from None
                 sleep_with_cancel(self._backoff(attempt), is_cancelled)
                 continue
             except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                     httpx.WriteError, httpx.PoolTimeout) as exc:
                 raise LostResponse(f"{self.provider}: the request was sent but no answer came "
-                                   f"({type(exc).__name__})") from None
+                                   f"({type(exc).__name__}, deadline {self.deadlines.request_s:g}s)") from None
             if response.status_code in SUBMIT_RETRY_STATUSES and attempt < self.deadlines.retries:
                 wait = retry_after_s(response, self._backoff(attempt), self.deadlines.backoff_cap_s)
                 log.info("%s answered %s; retrying in %.1fs", self.provider, response.status_code, wait)
@@ -124,17 +155,16 @@ class Transport:
             return response
         raise AssertionError("unreachable")
 
-    def get(self, url: str, *, keyed: bool, is_cancelled=None, timeout_s: float | None = None,
-            retry_statuses=GET_RETRY_STATUSES) -> httpx.Response:
-        """Idempotent GET (poll or download) with retries on transient faults."""
+    def get(self, url: str, *, keyed: bool, is_cancelled=None, retry_statuses=GET_RETRY_STATUSES) -> httpx.Response:
+        """Idempotent keyed GET (a poll) with retries on transient faults; never follows a redirect."""
         headers = self._keyed_headers(url) if keyed else {}
-        timeout = httpx.Timeout(timeout_s or self.deadlines.read_s, connect=self.deadlines.connect_s)
         last = "no attempt"
         for attempt in range(self.deadlines.retries + 1):
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled by the user")
             try:
-                response = self._client.get(url, headers=headers, timeout=timeout, follow_redirects=not keyed)
+                with limits(self.deadlines.request_s):
+                    response = self._client.get(url, headers=headers)
                 if response.status_code in retry_statuses and attempt < self.deadlines.retries:
                     last = f"HTTP {response.status_code}"
                     sleep_with_cancel(retry_after_s(response, self._backoff(attempt), self.deadlines.backoff_cap_s),
@@ -149,39 +179,129 @@ class Transport:
         raise ProviderError(f"{self.provider}: GET {origin(url)[1]} failed after "
                             f"{self.deadlines.retries + 1} tries ({last})", retryable=True)
 
+    # -- result downloads ---------------------------------------------------------------------
+    def check_result_url(self, url, what: str) -> str:
+        """A result URL must be https on the default port of a public host; in loopback (test) mode
+        also the configured provider origin itself. Anything else is refused before any connection."""
+        if not isinstance(url, str) or not url or not url.isprintable() or any(c.isspace() for c in url) \
+                or "\\" in url:
+            raise ProviderError(f"{self.provider}: {what} has no usable URL")
+        try:
+            parsed = httpx.URL(url)
+            scheme, host, port = origin(url)
+        except (ValueError, httpx.InvalidURL):
+            raise ProviderError(f"{self.provider}: {what} has an unparseable URL") from None
+        if (scheme, host, port) in self._loopback_origins and parsed.host.lower() == host:
+            return url
+        if parsed.userinfo:
+            raise ProviderError(f"{self.provider}: {what} URL carries user info; refused")
+        if scheme != "https":
+            raise ProviderError(f"{self.provider}: {what} URL uses {scheme or 'no'} scheme; only https is fetched")
+        if port != 443 or parsed.host.lower() != host or not host:
+            raise ProviderError(f"{self.provider}: {what} URL is on {host or '?'}:{port}; only port 443 is fetched")
+        literal = host.strip("[]")
+        if host == "localhost" or host.endswith((".localhost", ".local", ".internal")) or \
+                (_is_ip(literal) and not is_public_address(literal)):
+            raise ProviderError(f"{self.provider}: {what} URL points at a private address ({host}); refused")
+        return url
+
     def download(self, url: str, what: str) -> bytes:
-        """Fetch a result file at once (provider URLs expire). No key is sent; size is bounded.
+        """Fetch a result file at once (provider URLs expire). No key is sent; each redirect hop is
+        checked like the first URL; the body is streamed and dropped the moment it passes the size
+        limit; the whole download (redirects and retries included) ends by `download_s`.
 
         Not cancellable: the image is already paid for, and fetching it takes a moment, while a
         cancelled download would lose it (its URL expires within minutes)."""
-        scheme = origin(url)[0]
-        if scheme not in ("https", "http"):
-            raise ProviderError(f"{self.provider}: {what} has an unsupported URL scheme {scheme!r}")
-        response = self.get(url, keyed=False, timeout_s=self.deadlines.download_s)
-        if response.status_code in (403, 404, 410):
-            raise ProviderError(f"{self.provider}: {what} URL answered HTTP {response.status_code} "
-                                "(expired or removed)", status=response.status_code)
-        if response.status_code != 200:
-            raise ProviderError(f"{self.provider}: downloading {what} failed with HTTP {response.status_code}",
-                                status=response.status_code)
-        data = response.content
-        if len(data) > MAX_DOWNLOAD_BYTES:
-            raise ProviderError(f"{self.provider}: {what} is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB")
+        d = self.deadlines
+        ends = time.monotonic() + d.download_s
+        last = "no attempt"
+        for attempt in range(d.retries + 1):
+            left = ends - time.monotonic()
+            if left <= 0:
+                last = f"{last}; download deadline of {d.download_s:g}s passed"
+                break
+            try:
+                # Loopback (test) mode dials the local server; check_result_url allows only its origin there.
+                with limits(left, public_only=not self._loopback_origins):
+                    status, data = self._fetch_following_redirects(url, what)
+            except httpx.TransportError as exc:
+                if isinstance(exc.__cause__, PrivateAddress):
+                    raise ProviderError(f"{self.provider}: {what} URL host resolves to a private address; "
+                                        "refused") from None
+                last = type(exc).__name__
+            except _CutShort as exc:
+                last = str(exc)
+            else:
+                if status in GET_RETRY_STATUSES:
+                    last = f"HTTP {status}"
+                elif status in (403, 404, 410):
+                    raise ProviderError(f"{self.provider}: {what} URL answered HTTP {status} "
+                                        "(expired or removed)", status=status)
+                elif status != 200:
+                    raise ProviderError(f"{self.provider}: downloading {what} failed with HTTP {status}",
+                                        status=status)
+                else:
+                    return data
+            if attempt < d.retries:
+                time.sleep(min(self._backoff(attempt), max(ends - time.monotonic(), 0)))
+        raise ProviderError(f"{self.provider}: GET {origin(url)[1]} failed after "
+                            f"{d.retries + 1} tries ({last})", retryable=True)
+
+    def _fetch_following_redirects(self, url: str, what: str) -> tuple[int, bytes]:
+        for _ in range(MAX_REDIRECTS + 1):
+            self.check_result_url(url, what)
+            with self._client.stream("GET", url) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    url = str(response.url.join(location))
+                    continue
+                if response.status_code != 200:
+                    return response.status_code, b""
+                return 200, self._read_bounded(response, what)
+        raise ProviderError(f"{self.provider}: {what} redirects more than {MAX_REDIRECTS} times")
+
+    def _read_bounded(self, response: httpx.Response, what: str) -> bytes:
         expected = response.headers.get("content-length")
-        if expected is not None and expected.isdigit() and int(expected) != len(data):
-            raise ProviderError(f"{self.provider}: {what} download was cut short "
-                                f"({len(data)} of {expected} bytes)", retryable=True)
+        expected = int(expected) if expected is not None and expected.isdigit() else None
+        too_big = ProviderError(f"{self.provider}: {what} is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB; "
+                                "not downloaded")
+        if expected is not None and expected > MAX_DOWNLOAD_BYTES:
+            raise too_big
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():     # decoded: a compressed bomb is stopped by size too
+            size += len(chunk)
+            if size > MAX_DOWNLOAD_BYTES:
+                raise too_big                 # stop reading now: never hold more than the limit
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        # content-length counts the bytes on the wire: the decoded size unless the body is compressed.
+        received = response.num_bytes_downloaded if response.headers.get("content-encoding") else len(data)
+        if expected is not None and expected != received:
+            raise _CutShort(f"cut short: {received} of {expected} bytes")
         return data
 
 
+class _CutShort(Exception):
+    """A download ended before its announced length (retried like a dropped connection)."""
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def json_body(response: httpx.Response, provider: str):
+    """The answer's JSON; a 200 that is not JSON (garbage, cut short) is Garbled: the task may have run."""
     try:
         return response.json()
     except ValueError:
+        if response.status_code == 200:
+            raise Garbled(f"{provider}: HTTP 200 with a body that is not JSON (garbled or cut short)",
+                          status=200) from None
         raise ProviderError(f"{provider}: HTTP {response.status_code} with a body that is not JSON",
-                            status=response.status_code) from None
+                            status=response.status_code,
+                            retryable=response.status_code in GET_RETRY_STATUSES) from None
 
-
-def deadline_check(started: float, total_s: float, provider: str, what: str) -> None:
-    if time.monotonic() - started > total_s:
-        raise ProviderTimeout(f"{provider}: {what} did not finish within {total_s:.0f}s")

@@ -66,6 +66,8 @@ class RunwareHandler(JsonHandler):
         if not m:
             self.send_json(404, {"errors": [_err("notFound", "Not found")]})
             return
+        with self.app.lock:
+            self.app.downloads.append({"path": self.path, "auth_header": bool(self.headers.get("authorization"))})
         handled, fault = self.apply_fault("download")
         if handled:
             return
@@ -323,6 +325,7 @@ class RunwareLoopback(LoopbackServer):
         self.results: dict[str, dict] = {}
         self.processing: set[str] = set()     # imageInference tasks received and not yet finished
         self.billed_tasks: list[str] = []     # taskUUIDs billed, in order
+        self.downloads: list[dict] = []       # result downloads: path, whether a key header came along
         self.image_born: dict[str, float] = {}
         self.billed = 0.0
 

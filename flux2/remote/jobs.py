@@ -55,8 +55,9 @@ class Job:
     notes: list[str] = field(default_factory=list)
 
     def may_be_billed(self) -> bool:
-        """Sent, but the provider's final word never came: the task may run and be billed."""
-        return self.sent and not self.settled and self.image is None
+        """Sent, and no image here, and not known to be free: it may run (or have run) and be billed.
+        Named in the error so it can be looked up (and its image fetched) at the provider."""
+        return self.sent and self.image is None and (self.charged or not self.settled)
 
 
 class JobControl:

@@ -11,7 +11,7 @@ from functools import partial
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import AuthError, BudgetError, Flux2Error, ModerationError, ProviderError
+from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
@@ -206,9 +206,12 @@ class RunwareBackend(RemoteBackend):
         except LostResponse as exc:
             log.warning("runware: %s; recovering task %s with getResponse", exc, job.task_id)
             return self._recover(job, ctx, started, str(exc))
-        except ProviderError as exc:
-            # An answer came: a 4xx means the task was refused; after a 5xx nobody knows.
-            job.settled = exc.status is not None and exc.status < 500
+        except Cancelled:
+            job.sent = False                 # stopped before sending (or while backing off after a 429)
+            raise
+        except Flux2Error as exc:
+            # An answer came: a refusal (4xx, bad key, no credits) settles the task; after a 5xx nobody knows.
+            job.settled = not isinstance(exc, ProviderError) or (exc.status is not None and exc.status < 500)
             raise
         item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
         if item is None and err is None:
@@ -258,6 +261,8 @@ class RunwareBackend(RemoteBackend):
                 job.charged = True           # a failed task the provider says it billed
                 checked_cost(job, item.get("cost", inner.get("cost")), "runware", None)
             raise runware_error(200, inner, None)
+        # A result that carries an image was billed, whether or not the image then arrives here.
+        job.charged = any(item.get(f) not in (None, "") for f in IMAGE_FIELDS) or item.get("cost") is not None
         problems = []
         try:
             checked_cost(job, item.get("cost"), "runware", estimate_one)
@@ -267,15 +272,8 @@ class RunwareBackend(RemoteBackend):
             checked_seed(job, item.get("seed"), "runware")
         except ProviderError as exc:
             problems.append(exc)
-        try:
-            image = self._image_of(item, job)
-        except ModerationError:
-            raise
-        except ProviderError:
-            job.charged = job.charged or item.get("cost") is not None
-            raise
+        job.image = self._image_of(item, job)
         job.charged = True
-        job.image = image
         if problems:
             raise problems[0]
 

@@ -287,12 +287,12 @@ class BflBackend(RemoteBackend):
 
         # Polling stops within a moment of a cancel (polls are free and the task ids are named);
         # an abort leaves at once.
-        aborted = run_jobs(jobs, work, ctx=ctx, node=request.node_id, label=self.describe(),
+        outcome = run_jobs(jobs, work, ctx=ctx, node=request.node_id, label=self.describe(),
                            concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S)
         charged = [j for j in jobs if j.charged]
         credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
         return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,
-                      aborted=aborted, info={"credits": credits})
+                      outcome=outcome, info={"credits": credits})
 
     def _submit(self, job: Job, transport: BflTransport, url: str, key: str, ctx: RunContext,
                 estimate_one: float | None) -> None:

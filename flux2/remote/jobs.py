@@ -82,9 +82,10 @@ class JobControl:
 
 
 def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: RunContext, node: str,
-             label: str, concurrency: int, cancel_grace_s: float | None) -> bool:
-    """Run `work(job, control)` for every job, `concurrency` at a time. Returns True when the caller
-    aborted (KeyboardInterrupt) and workers were left behind; jobs then show how far each got."""
+             label: str, concurrency: int, cancel_grace_s: float | None) -> str:
+    """Run `work(job, control)` for every job, `concurrency` at a time. Returns "done", "cancelled"
+    (a cancel was seen) or "aborted" (KeyboardInterrupt: workers were left behind at once); the jobs
+    show how far each got."""
     control = JobControl(ctx)
     pending = list(reversed(jobs))
     lock = threading.Lock()
@@ -141,11 +142,11 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: R
                 break          # a worker stuck in a network call must not hold the cancel back
     except KeyboardInterrupt:
         control.stop_new()
-        return True
+        return "aborted"
     if not all_done.is_set():
         control.stop_new()
     ctx.report(node, total, total, f"{label}: {sum(1 for j in jobs if j.image is not None)}/{len(jobs)} ready")
-    return False
+    return "done" if cancelled_at is None else "cancelled"
 
 
 # -- polling -------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def describe_billable(job: Job, provider: str) -> str:
 
 
 def settle(jobs: list[Job], request: GenerationRequest, ctx: RunContext, *, provider: str,
-           describe: str, cache_key: Callable[[int], str | None] | None, aborted: bool = False,
+           describe: str, cache_key: Callable[[int], str | None] | None, outcome: str = "done",
            info: dict | None = None) -> GenerationResult:
     """The result of all jobs; when any failed, keep what was paid for and raise the first failure."""
     done = [j for j in jobs if j.image is not None]
@@ -239,8 +240,10 @@ def settle(jobs: list[Job], request: GenerationRequest, ctx: RunContext, *, prov
             ctx.warnings.append(note)
     failures = [j.error for j in jobs if j.error is not None]
     maybe = tuple(describe_billable(j, provider) for j in jobs if j.may_be_billed())
-    if aborted:
+    if outcome == "aborted":
         failures.insert(0, Cancelled("aborted by the user"))
+    elif outcome == "cancelled" and len(done) < len(jobs) and not any(isinstance(e, Cancelled) for e in failures):
+        failures.insert(0, Cancelled("cancelled by the user"))
     elif not failures and len(done) < len(jobs):
         failures = [ProviderError(f"{provider}: {len(jobs) - len(done)} image(s) of the batch were not made")]
     _cache_images(jobs, request, ctx, describe, cache_key, failed=bool(failures))

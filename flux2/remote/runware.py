@@ -189,10 +189,10 @@ class RunwareBackend(RemoteBackend):
         # One task per HTTP request, several in flight: a slow image does not hold the others back,
         # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
         # answer carries the paid image); an abort leaves at once and names the tasks in flight.
-        aborted = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
+        outcome = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
                            cancel_grace_s=None)
         return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
-                      aborted=aborted)
+                      outcome=outcome)
 
     def _run_task(self, job: Job, ctx: RunContext) -> dict:
         """Send one inference task; returns its result item (recovered by getResponse if the answer was lost)."""

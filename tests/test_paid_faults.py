@@ -221,9 +221,9 @@ def test_runware_abort_returns_at_once_keeps_finished_images_and_names_the_rest(
 
 def test_bfl_cancel_names_the_submitted_tasks(serve_bfl):
     bfl = serve_bfl(polls_until_ready=10_000)
-    flag = threading.Event()
-    threading.Timer(0.3, flag.set).start()
-    exc = fail(bfl_pro(Deadlines(backoff_s=0.05, backoff_cap_s=0.1)), batch(2), RunContext(is_cancelled=flag.is_set),
+    # The first Ctrl-C, once both tasks are being polled (so both ids are known here).
+    cancelled = lambda: len({p["id"] for p in bfl.polls()}) == 2          # noqa: E731
+    exc = fail(bfl_pro(Deadlines(backoff_s=0.05, backoff_cap_s=0.1)), batch(2), RunContext(is_cancelled=cancelled),
                Cancelled)
     ids = sorted(t.id for t in bfl.tasks())
     assert len(ids) == 2 and all(i in str(exc) for i in ids)

@@ -33,6 +33,9 @@ class RefImage:
     width: int
     height: int
     sha256: str
+    # Of the uint8 pixels: equal for an image this pack generated and the same image coming back as a
+    # reference (IMAGE float round trip included), so a provider can be sent its own image id instead.
+    pixels_sha256: str = ""
 
     @property
     def data_uri(self) -> str:
@@ -67,10 +70,16 @@ def encode(array: np.ndarray, fmt: str = "PNG", quality: int = 95, pnginfo=None)
     return buf.getvalue()
 
 
+def pixel_digest(array: np.ndarray) -> str:
+    """sha256 of a uint8 [H, W, 3] image's size and pixels (cheap next to a PNG encode)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
+
+
 def ref_from_array(array: np.ndarray) -> RefImage:
     png = encode(array, "PNG")
     return RefImage(png=png, width=array.shape[1], height=array.shape[0],
-                    sha256=hashlib.sha256(png).hexdigest())
+                    sha256=hashlib.sha256(png).hexdigest(), pixels_sha256=pixel_digest(array))
 
 
 def decode(data: bytes, what: str = "image", error: type = InputError) -> np.ndarray:

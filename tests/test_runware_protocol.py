@@ -264,3 +264,19 @@ def test_batch_tasks_run_concurrently_within_the_limit(runware, monkeypatch):
     result = run(pro(), GenerationRequest("x", 256, 256, 1, batch=6), RunContext())
     assert result.seeds == [1, 2, 3, 4, 5, 6]          # order kept whatever finished first
     assert peak[0] == 3
+
+
+def test_a_generated_image_used_as_a_reference_is_sent_as_its_image_uuid(runware, ctx):
+    from comfyui_flux2.flux2.images import arrays_to_tensor, tensor_to_arrays
+    first = run(pro(), GenerationRequest("a", 512, 512, 1), ctx)
+    (task,) = runware.tasks("imageInference")
+    generated_uuid = runware.results[task["taskUUID"]]["imageUUID"]
+    # The image comes back through an IMAGE socket (float tensor) as the next node's reference.
+    back = ref_from_array(tensor_to_arrays(arrays_to_tensor(first.images))[0])
+    edit = run(pro(), GenerationRequest("edit", 512, 512, 2, references=(back,)), ctx)
+    assert runware.tasks("imageUpload") == []                      # not uploaded again
+    assert runware.tasks("imageInference")[-1]["inputs"]["referenceImages"] == [generated_uuid]
+    assert edit.images[0].std() > 5
+    other = refs(1)[0]                                             # any other picture is still uploaded
+    run(pro(), GenerationRequest("edit", 512, 512, 3, references=(other,)), ctx)
+    assert len(runware.tasks("imageUpload")) == 1

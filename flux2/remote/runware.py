@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, ModerationError, ProviderError
-from ..images import decode_data_uri, decode_provider_image, placeholder
+from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
@@ -34,6 +35,7 @@ _BUDGET_HINTS = ("credit", "balance", "quota", "payment")
 PENDING = ("processing", "pending", "queued", "running")
 NOT_FOUND_TOLERANCE = 3          # getResponse may not know a task that is still being registered
 MAX_INLINE_CHARS = 90 * 1024 * 1024   # base64 of the 64 MiB download limit
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def concurrency() -> int:
@@ -143,7 +145,8 @@ class RunwareBackend(RemoteBackend):
         """Upload a reference once per content hash; later uses (any node, this run) reuse the imageUUID."""
         url = base_url(URL_ENV, DEFAULT_URL)
         cache_key = f"runware {url}"
-        cached = ctx.cached_upload(cache_key, ref.sha256)
+        cached = ctx.cached_upload(cache_key, ref.sha256) or (
+            ctx.cached_upload(f"runware generated {url}", ref.pixels_sha256) if ref.pixels_sha256 else None)
         if cached:
             return cached
         task_uuid = str(uuid.uuid4())
@@ -274,8 +277,17 @@ class RunwareBackend(RemoteBackend):
             problems.append(exc)
         job.image = self._image_of(item, job)
         job.charged = True
+        self._remember_generated(item, job.image, ctx)
         if problems:
             raise problems[0]
+
+    def _remember_generated(self, item: dict, image, ctx: RunContext) -> None:
+        """Runware keeps what it generated under its imageUUID: a later edit in this run that takes this
+        image as a reference sends that imageUUID instead of uploading the picture again."""
+        image_uuid = item.get("imageUUID")
+        if isinstance(image_uuid, str) and UUID_RE.match(image_uuid):
+            ctx.remember_upload(f"runware generated {base_url(URL_ENV, DEFAULT_URL)}", pixel_digest(image),
+                                image_uuid, UPLOAD_TTL_S)
 
     def _image_of(self, item: dict, job: Job):
         what = f"Runware result of task {job.task_id}"

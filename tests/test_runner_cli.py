@@ -83,14 +83,16 @@ def test_only_a_folder_named_api_looks_one_folder_up(tmp_path, capsys):
     assert f"'flux2_examples/flux2_ref_1.png' not found in {elsewhere}" in capsys.readouterr().err
 
 
-def test_chain_uploads_each_intermediate_once(runware, tmp_path):
+def test_chain_sends_each_intermediate_as_its_image_uuid(runware, tmp_path):
     wf = copy_workflows(tmp_path)
     assert main(["run", str(wf / "flux2_chain_edit.json"), "--output-dir", str(tmp_path / "o")]) == 0
     assert len(list((tmp_path / "o").rglob("*.png"))) == 3
     inference = runware.tasks("imageInference")
-    assert len(inference) == 3 and len(runware.tasks("imageUpload")) == 2
-    # Edit 2's reference is edit 1's output: what the chain promises.
-    assert inference[2]["inputs"]["referenceImages"] != inference[1]["inputs"]["referenceImages"]
+    # Each edit's reference is the previous node's output, which Runware generated: it goes as the
+    # imageUUID Runware gave it, nothing is uploaded (what the chain promises, at no upload cost).
+    assert len(inference) == 3 and runware.tasks("imageUpload") == []
+    for earlier, later in zip(inference, inference[1:]):
+        assert later["inputs"]["referenceImages"] == [runware.results[earlier["taskUUID"]]["imageUUID"]]
 
 
 def test_missing_key_fails_before_any_call(runware, tmp_path, capsys, monkeypatch):

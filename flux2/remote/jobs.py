@@ -236,8 +236,7 @@ def settle(jobs: list[Job], request: GenerationRequest, ctx: RunContext, *, prov
               **({"cached_images": sum(j.cached for j in jobs)} if any(j.cached for j in jobs) else {}),
               **({"price_notes": notes} if notes else {}), **(info or {})})
     for note in notes:
-        if note not in ctx.warnings:
-            ctx.warnings.append(note)
+        ctx.warn(request.node_id, note)
     failures = [j.error for j in jobs if j.error is not None]
     maybe = tuple(describe_billable(j, provider) for j in jobs if j.may_be_billed())
     if outcome == "aborted":

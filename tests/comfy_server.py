@@ -335,6 +335,33 @@ def provision(cache_dir: str | os.PathLike[str] | None = None) -> Installation:
     return inst
 
 
+def provision_frontend(version: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A ComfyUI frontend release from the package index (``comfyui-frontend-package``), unpacked
+    once into ``<cache>/frontends/<version>/``; returns its ``static`` folder for ``--front-end-root``."""
+    cache = Path(cache_dir or os.environ.get("COMFYUI_FLUX2_CACHE_DIR") or DEFAULT_CACHE_DIR).resolve()
+    root = cache / "frontends" / version
+    static = root / "comfyui_frontend_package" / "static"
+    with _file_lock(cache / ".lock-frontends"):
+        if (static / "index.html").is_file():
+            return static
+        downloads = cache / "downloads"
+        want = f"comfyui-frontend-package=={version}"
+        wheel = next(downloads.glob(f"comfyui_frontend_package-{version}-*.whl"), None) if downloads.is_dir() else None
+        if wheel is None:
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(downloads), want])
+            wheel = next(downloads.glob(f"comfyui_frontend_package-{version}-*.whl"))
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"frontend-{version}.", dir=root.parent))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp)
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.chmod(0o755)
+        tmp.rename(root)
+        _log(f"frontend {version} unpacked from {wheel.name}")
+    return static
+
+
 # --------------------------------------------------------------------------------------------
 # server
 # --------------------------------------------------------------------------------------------

@@ -4,11 +4,15 @@ Fast tests: the JSON the browser gets is generated from flux2/models.py and the 
 the engine's own size and price functions.
 
 Slow tests (``--run-slow``): a real ComfyUI 0.3.75 (tests/comfy_server.py) with this pack, driven by
-Debian's chromium through playwright: the example workflows load without errors from the extension,
-the readout and the cost badge show what the engine computes and follow edits, Flux2Edit's reference
-sockets grow within the model's limit, and the billed cost appears after a run (Runware loopback).
-Screenshots go to ``test-artifacts/web/`` (and to ``docs/screenshots/`` when
-``FLUX2_UPDATE_SCREENSHOTS=1`` or the file is missing, so a test run does not dirty the repo).
+Debian's chromium through playwright, on two frontends -- 1.32.9 (what ComfyUI 0.3.75 ships) and the
+newest ``comfyui-frontend-package`` (served with ``--front-end-root``) -- each in the classic canvas
+and in Nodes 2.0 (Vue nodes): the example workflows load without errors from the extension, the
+readout and the cost badge show what the engine computes and follow edits -- what the readout widget
+last drew is checked against them, so a stale screen fails --, Flux2Edit's reference sockets grow
+within the model's limit, the billed cost appears after a run (Runware loopback), and the extension
+reads no API the frontend reports as deprecated. Screenshots go to ``test-artifacts/web/`` (and to
+``docs/screenshots/`` when ``FLUX2_UPDATE_SCREENSHOTS=1`` or the file is missing, so a test run does
+not dirty the repo).
 """
 from __future__ import annotations
 
@@ -139,6 +143,14 @@ def test_web_extension_guards_its_frontend_apis():
     assert js.count("app.registerExtension(") == 1 and f'name: EXT' in js and f'"{EXT_NAME}"' in js
     assert "/flux2/preview" in js and "/flux2/models" in js
     assert "serialize: false" in js   # the readout never lands in widgets_values or the prompt
+    # connectivity through node.isInputConnected / getInputLink; input.link (deprecated in newer
+    # frontends) only as the fallback inside those two helpers, for a frontend without them
+    fallbacks = "".join(re.search(rf"\nfunction {name}\(.*?\n}}\n", js, re.S).group(0)
+                        for name in ("isInputConnected", "linkOf"))
+    assert "isInputConnected(slot)" in fallbacks and "getInputLink(slot)" in fallbacks
+    assert not re.search(r"\.link\b", js.replace(fallbacks, "")), "input.link read outside the fallbacks"
+    # Nodes 2.0 redraws a canvas-drawn widget only through the widget's own triggerDraw()
+    assert "triggerDraw?.()" in js
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +162,13 @@ CHROMIUM_ARGS = ["--disable-dev-shm-usage", "--disable-background-networking", "
                  "--no-first-run", "--disable-sync"]
 READY = ("() => !!(window.app?.graph && window.app.canvas && "
          "window.app.extensionManager?.workflow?.activeWorkflow)")
+BUNDLED_FRONTEND = "1.32.9"   # ComfyUI 0.3.75's requirements.txt pin
+NEWEST_FRONTEND = "1.58.1"    # the newest comfyui-frontend-package on the package index when written
+FRONTENDS = (BUNDLED_FRONTEND, NEWEST_FRONTEND)
+MODES = ("classic", "nodes2")  # the LiteGraph canvas; Nodes 2.0 = Vue nodes (setting Comfy.VueNodes.Enabled)
+DEFAULT = (BUNDLED_FRONTEND, "classic")
+ALL_COMBOS = [pytest.param((f, m), id=f"{f}-{m}") for f in FRONTENDS for m in MODES]
+READOUT_TYPES = ("Flux2Size", "Flux2TextToImage", "Flux2Edit")
 
 
 def _need_browser():
@@ -176,28 +195,38 @@ def _post_json(url, body):
 
 
 @pytest.fixture(scope="module")
-def web_server(tmp_path_factory):
+def web_servers(tmp_path_factory):
+    """``get(frontend) -> server``: one ComfyUI per frontend, started on first use, shared by the module."""
     _need_browser()
-    from comfy_server import start_server  # tests/comfy_server.py: provisions ComfyUI 0.3.75 once
+    from comfy_server import provision_frontend, start_server  # tests/comfy_server.py: ComfyUI 0.3.75, cached
 
     from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
+    servers = {}
     with RunwareLoopback(api_key=RUNWARE_KEY) as runware:
-        server = start_server(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": RUNWARE_KEY,
-                                   "BFL_API_KEY": None, "BFL_API_URL": None,
-                                   # a fresh result cache: a hit from an earlier run would bill $0
-                                   "FLUX2_CACHE_DIR": str(tmp_path_factory.mktemp("web-result-cache"))})
+        def get(frontend):
+            if frontend not in servers:
+                extra = [] if frontend == BUNDLED_FRONTEND else ["--front-end-root", str(provision_frontend(frontend))]
+                server = start_server(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": RUNWARE_KEY,
+                                           "BFL_API_KEY": None, "BFL_API_URL": None,
+                                           # a fresh result cache: a hit from an earlier run would bill $0
+                                           "FLUX2_CACHE_DIR": str(tmp_path_factory.mktemp("web-result-cache"))},
+                                      extra_args=extra)
+                servers[frontend] = server
+                if extra:
+                    assert f"web root: {extra[1]}" in server.log_text(), server.log_text()[-3000:]
+                # nothing copied by hand: the pack provides the examples' images in input/flux2_examples/
+            return servers[frontend]
+
         try:
-            # nothing copied by hand: the pack provides the examples' images in input/flux2_examples/
-            _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
-                                                         "Comfy.Minimap.Visible": False})
-            yield server
+            yield get
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
 
 
 @pytest.fixture(scope="module")
-def browser(web_server):
+def browser(web_servers):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -208,10 +237,27 @@ def browser(web_server):
             b.close()
 
 
-class Page:
-    """One editor tab, with the console messages that concern this extension."""
+# Every deprecation the frontend reports while our extension's code is on the stack.
+WATCH_DEPRECATIONS = """() => {
+    const LG = window.LiteGraph;
+    if (!LG || !Array.isArray(LG.onDeprecationWarning)) return false;
+    LG.alwaysRepeatWarnings = true;
+    window.__flux2Deprecated = [];
+    LG.onDeprecationWarning.push((message) => {
+        if ((new Error().stack ?? '').includes('flux2.js')) window.__flux2Deprecated.push(String(message));
+    });
+    return true;
+}"""
 
-    def __init__(self, browser, server):
+
+class Page:
+    """One editor tab on one frontend in one mode, with the console messages that concern this extension."""
+
+    def __init__(self, browser, server, frontend, mode):
+        self.frontend, self.mode = frontend, mode
+        _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
+                                                  "Comfy.Minimap.Visible": False,
+                                                  "Comfy.VueNodes.Enabled": mode == "nodes2"})
         self.page = browser.new_page(viewport={"width": 1280, "height": 800})
         # the frontend's "try Nodes 2.0" banner would cover the top of every screenshot
         self.page.add_init_script("try { localStorage.setItem('vueNodesBannerDismissed', 'true') } catch (e) {}")
@@ -220,6 +266,8 @@ class Page:
         self.page.on("pageerror", lambda exc: self._note("pageerror", str(exc) + " " + (exc.stack or "")))
         self.page.goto(server.url)
         self.page.wait_for_function(READY, timeout=60_000)
+        self.watching_deprecations = self.js(WATCH_DEPRECATIONS)
+        assert self.js("() => !!window.LiteGraph?.vueNodesMode") == (mode == "nodes2"), "Nodes 2.0 setting not applied"
 
     def _console(self, msg):
         if msg.type in ("error", "warning"):
@@ -233,23 +281,46 @@ class Page:
     def js(self, code, arg=None):
         return self.page.evaluate(code, arg)
 
+    def fit(self):
+        try:   # frame the graph; the command exists in both frontends, a missing one only costs framing
+            self.js("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
+        except Exception:
+            pass
+        self.js("() => window.app.graph.setDirtyCanvas(true, true)")
+
     def load(self, name):
         wf = json.loads((REPO / "workflows" / name).read_text())
         self.js("async (wf) => { await window.app.loadGraphData(wf); }", wf)
         # every readout has an answer from the server
-        self.page.wait_for_function("""() => window.app.graph.nodes
-            .filter(n => ['Flux2Size', 'Flux2TextToImage', 'Flux2Edit'].includes(n.type))
+        self.page.wait_for_function("""(types) => window.app.graph.nodes
+            .filter(n => types.includes(n.type))
             .every(n => n.flux2Readout && n.flux2Readout.lines.length && n.flux2Readout.lines[0] !== '…')""",
-                                    timeout=15_000)
+                                    arg=list(READOUT_TYPES), timeout=15_000)
+        self.fit()
+        for node in wf["nodes"]:
+            if node["type"] in READOUT_TYPES:
+                if self.mode == "nodes2":   # the node is a DOM element, the readout its widget's own canvas
+                    self.page.wait_for_function(
+                        "(id) => [...document.querySelectorAll(`[data-node-id='${id}'] canvas`)]"
+                        ".some(c => c.height > 0)", arg=node["id"], timeout=15_000)
+                self.wait_drawn(node["id"])
         return wf
 
     def readout(self, node_id):
         return self.js("(id) => window.app.graph.getNodeById(id).flux2Readout", node_id)
 
+    def wait_drawn(self, node_id, timeout=10_000):
+        """Until what the readout widget last drew is what the node's readout holds now."""
+        self.page.wait_for_function("""(id) => { const n = window.app.graph.getNodeById(id);
+                const rows = n.type === 'Flux2Size' ? 2 : 4;
+                return JSON.stringify(n.__flux2?.drawn) === JSON.stringify(n.flux2Readout?.lines.slice(0, rows)); }""",
+                                    arg=node_id, timeout=timeout)
+
     def wait_readout(self, node_id, key, value, timeout=10_000):
         self.page.wait_for_function(
             "([id, key, value]) => window.app.graph.getNodeById(id).flux2Readout?.[key] === value",
             arg=[node_id, key, value], timeout=timeout)
+        self.wait_drawn(node_id)
         return self.readout(node_id)
 
     def set_widget(self, node_id, name, value):
@@ -269,11 +340,10 @@ class Page:
         return [n for n in self.input_names(node_id) if n.startswith("reference_")]
 
     def screenshot(self, name):
-        try:   # frame the graph; the command exists in 1.32.x, a missing one only costs framing
-            self.js("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
-        except Exception:
-            pass
-        self.js("() => window.app.graph.setDirtyCanvas(true, true)")
+        """``name`` as is for the default frontend and mode, else with ``-<frontend>-<mode>``."""
+        if (self.frontend, self.mode) != DEFAULT:
+            name = name.replace(".png", f"-{self.frontend}-{self.mode}.png")
+        self.fit()
         self.page.wait_for_timeout(300)
         png = _small_png(self.page.screenshot())
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -283,6 +353,9 @@ class Page:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             doc.write_bytes(png)
         assert len(png) < MAX_SCREENSHOT_BYTES, f"{name}: {len(png)} bytes"
+
+    def deprecated_reads(self):
+        return self.js("() => window.__flux2Deprecated ?? null")
 
     def close(self):
         self.page.close()
@@ -299,11 +372,19 @@ def _small_png(raw: bytes) -> bytes:
 
 
 @pytest.fixture
-def page(browser, web_server):
-    p = Page(browser, web_server)
+def combo(request):
+    return getattr(request, "param", DEFAULT)
+
+
+@pytest.fixture
+def page(browser, web_servers, combo):
+    frontend, mode = combo
+    p = Page(browser, web_servers(frontend), frontend, mode)
     try:
         yield p
         assert p.ours == [], "console errors from the extension:\n" + "\n".join(p.ours)
+        if p.watching_deprecations:
+            assert p.deprecated_reads() == [], "the extension read APIs the frontend deprecates"
     finally:
         p.close()
 
@@ -312,8 +393,13 @@ def _nodes_of(wf, type_):
     return [n["id"] for n in wf["nodes"] if n["type"] == type_]
 
 
+EXAMPLES = sorted(p.name for p in (REPO / "workflows").glob("*.json"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows").glob("*.json")))
+@pytest.mark.parametrize("name,combo", [pytest.param(n, DEFAULT, id=n) for n in EXAMPLES] +
+                         [pytest.param("flux2_text_to_image.json", c.values[0], id=f"flux2_text_to_image.json-{c.id}")
+                          for c in ALL_COMBOS if c.values[0] != DEFAULT], indirect=["combo"])
 def test_example_workflow_loads_with_readouts(page, name):
     wf = page.load(name)
     # the readout widget is not serialised: widgets_values and the API prompt are what they were
@@ -335,6 +421,7 @@ def test_example_workflow_loads_with_readouts(page, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("combo", ALL_COMBOS, indirect=True)
 def test_text_to_image_readout_and_badge_follow_the_size(page):
     wf = page.load("flux2_text_to_image.json")
     [size_id] = _nodes_of(wf, "Flux2Size")
@@ -353,7 +440,7 @@ def test_text_to_image_readout_and_badge_follow_the_size(page):
     w, h = size_from_aspect("3:2", 1.0)
     t2i = page.wait_readout(t2i_id, "size", f"{w}×{h}")
     assert t2i["badge"] == str(estimate(pro, "runware", w, h)) == "$0.03"
-    assert page.readout(size_id)["size"] == f"{w}×{h}"
+    assert page.wait_readout(size_id, "size", f"{w}×{h}")["size"] == f"{w}×{h}"
 
     page.set_widget(size_id, "aspect_ratio", "16:9")
     page.set_widget(size_id, "megapixels", 4.0)
@@ -373,6 +460,7 @@ def test_text_to_image_readout_and_badge_follow_the_size(page):
     page.set_widget(t2i_id, "width", 128)
     page.page.wait_for_function(
         "(id) => window.app.graph.getNodeById(id).flux2Readout?.problems?.length > 0", arg=t2i_id, timeout=10_000)
+    page.wait_drawn(t2i_id)
     t2i = page.readout(t2i_id)
     assert t2i["size"] == f"128×{h}"
     assert any(re.search(r"width 128 is outside 256\.\.2048", line) for line in t2i["lines"]), t2i
@@ -381,6 +469,7 @@ def test_text_to_image_readout_and_badge_follow_the_size(page):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("combo", ALL_COMBOS, indirect=True)
 def test_edit_reference_sockets_grow_within_the_model_limit(page):
     wf = page.load("flux2_local_references_edit.json")
     [edit_id] = _nodes_of(wf, "Flux2Edit")
@@ -425,7 +514,7 @@ def test_edit_reference_sockets_grow_within_the_model_limit(page):
 
 
 @pytest.mark.slow
-def test_url_reference_shows_a_thumbnail_and_links_into_edit(page, web_server):
+def test_url_reference_shows_a_thumbnail_and_links_into_edit(page, web_servers):
     wf = page.load("flux2_multi_reference_edit.json")
     [edit_id] = _nodes_of(wf, "Flux2Edit")
     url_ids = _nodes_of(wf, "Flux2ReferenceURL")
@@ -436,7 +525,7 @@ def test_url_reference_shows_a_thumbnail_and_links_into_edit(page, web_server):
     r = page.wait_readout(edit_id, "badge", "≈ " + str(estimate(pro, "runware", 1536, 1024, [(1024, 1024)] * 3)))
     assert page.js("(id) => window.app.graph.getNodeById(id).imgs?.length ?? 0", url_ids[0]) == 0
     # an image the browser can load (the pack's example image, served by ComfyUI): a thumbnail
-    view = f"{web_server.url}/api/view?filename=flux2_ref_1.png&subfolder=flux2_examples&type=input"
+    view = f"{web_servers(BUNDLED_FRONTEND).url}/api/view?filename=flux2_ref_1.png&subfolder=flux2_examples&type=input"
     page.set_widget(url_ids[0], "url", view)
     page.page.wait_for_function("(id) => window.app.graph.getNodeById(id).imgs?.[0]?.naturalWidth === 512",
                                 arg=url_ids[0], timeout=15_000)
@@ -455,24 +544,30 @@ def test_url_reference_shows_a_thumbnail_and_links_into_edit(page, web_server):
 
 
 @pytest.mark.slow
-def test_billed_cost_shows_after_a_run(page, web_server):
+@pytest.mark.parametrize("combo", ALL_COMBOS, indirect=True)
+def test_billed_cost_shows_after_a_run(page, web_servers, combo):
+    server = web_servers(combo[0])
     wf = page.load("flux2_text_to_image.json")
     [t2i_id] = _nodes_of(wf, "Flux2TextToImage")
+    # a prompt no earlier test queued on this server (ComfyUI would answer a repeat from its own cache)
+    page.set_widget(t2i_id, "seed", 73410 + FRONTENDS.index(combo[0]) * 10 + MODES.index(combo[1]))
     assert page.readout(t2i_id)["billed"] is None
+    before = set(server.output_dir.rglob("*.png"))
     page.js("""async () => {
         if (typeof window.app.queuePrompt === 'function') return await window.app.queuePrompt(0, 1);
         return await window.app.extensionManager.command.execute('Comfy.QueuePrompt');
     }""")
     page.page.wait_for_function("(id) => window.app.graph.getNodeById(id).flux2Readout?.billed != null",
                                 arg=t2i_id, timeout=120_000)
+    page.wait_drawn(t2i_id)
     r = page.readout(t2i_id)
     assert r["billed"] == "$0.045", r
     assert "last run: billed $0.045 · 1536×1024" in r["lines"]
     # The billed readout arrives when the generation node finishes; SaveImage runs just after it.
     deadline = time.monotonic() + 30
-    while not any(web_server.output_dir.rglob("*.png")) and time.monotonic() < deadline:
+    while not set(server.output_dir.rglob("*.png")) - before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert any(web_server.output_dir.rglob("*.png"))
+    assert set(server.output_dir.rglob("*.png")) - before
     try:   # let the queue finish so the screenshot shows the saved image
         page.page.wait_for_function("() => window.app.graph.nodes.some(n => n.type === 'SaveImage' && n.imgs?.length)",
                                     timeout=15_000)

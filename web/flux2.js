@@ -66,6 +66,16 @@ function inputIndex(node, name) {
   return Array.isArray(node?.inputs) ? node.inputs.findIndex((i) => i?.name === name) : -1;
 }
 
+function isInputConnected(node, slot) {
+  // node.isInputConnected / getInputLink: the frontend's connectivity API (newer frontends warn on
+  // input.link, which they keep only as a deprecated mirror); input.link where a frontend lacks them
+  if (!node || slot == null || slot < 0 || !node.inputs?.[slot]) return false;
+  try {
+    if (typeof node.isInputConnected === "function") return !!node.isInputConnected(slot);
+  } catch (_) { /* a node outside a graph */ }
+  return node.inputs[slot].link != null;
+}
+
 function linkOf(node, slot) {
   try {
     if (typeof node.getInputLink === "function") return node.getInputLink(slot);
@@ -78,7 +88,7 @@ function linkOf(node, slot) {
 
 function originOf(node, slot, depth = 0) {
   // -> {node, slot} of what feeds node.inputs[slot], through Reroute nodes; null if unconnected
-  if (!node || slot < 0 || node.inputs?.[slot]?.link == null || depth > 16) return null;
+  if (!isInputConnected(node, slot) || depth > 16) return null;
   const link = linkOf(node, slot);
   if (!link) return null;
   let origin = null;
@@ -95,12 +105,10 @@ function originByName(node, name) {
   return originOf(node, inputIndex(node, name));
 }
 
-function isConnected(node, name) {
-  const i = inputIndex(node, name);
-  return i >= 0 && node.inputs[i].link != null;
-}
-
 function markDirty(node) {
+  // Nodes 2.0 (Vue nodes) draws a canvas-drawn widget on a canvas of its own that redraws on mount,
+  // resize or the widget's triggerDraw(), never on setDirtyCanvas: ask the widget itself first.
+  try { widget(node, WIDGET_NAME)?.triggerDraw?.(); } catch (_) { /* ignore */ }
   try { node.setDirtyCanvas?.(true, true); } catch (_) { /* ignore */ }
   try { app.graph?.setDirtyCanvas?.(true, true); } catch (_) { /* ignore */ }
 }
@@ -128,7 +136,7 @@ function backendSpec(node) {
 function sideValue(node, name) {
   // -> {value} | {size: Flux2Size node, slot} | {unknown}
   const i = inputIndex(node, name);
-  if (i >= 0 && node.inputs[i].link != null) {
+  if (isInputConnected(node, i)) {
     const src = originOf(node, i);
     if (!src) return { unknown: true };
     const t = nodeType(src.node);
@@ -166,7 +174,7 @@ function referenceSources(node) {
   const refs = [];
   for (let i = 0; i < (node.inputs?.length ?? 0); i++) {
     const m = REF_RE.exec(node.inputs[i]?.name ?? "");
-    if (m && node.inputs[i].link != null) refs.push({ n: Number(m[1]), src: originOf(node, i) });
+    if (m && isInputConnected(node, i)) refs.push({ n: Number(m[1]), src: originOf(node, i) });
   }
   return refs.sort((a, b) => a.n - b.n);
 }
@@ -337,6 +345,8 @@ function readoutLines(node) {
   return lines;
 }
 
+const lineText = (l) => (l.badge ? `${l.text} | ${l.badge}` : l.text);
+
 function updateReadout(node) {
   const s = flux2(node);
   s.lines = readoutLines(node);
@@ -349,7 +359,7 @@ function updateReadout(node) {
     badge: head?.badge ?? null,
     problems: s.result?.problems ?? [],
     billed: s.last?.billed ?? null,
-    lines: s.lines.map((l) => (l.badge ? `${l.text} | ${l.badge}` : l.text)),
+    lines: s.lines.map(lineText),
     tones: s.lines.map((l) => l.tone),
   };
   ensureHeight(node);
@@ -384,6 +394,7 @@ function makeReadoutWidget(node) {
     computeSize(width) { return [width ?? 200, rowsFor(node) * LINE_H + 8]; },
     draw(ctx, n, width, y) {
       const lines = flux2(n).lines ?? [{ text: "…", tone: "dim" }];
+      flux2(n).drawn = lines.slice(0, rowsFor(n)).map(lineText);   // what is on screen now, for tests
       const margin = 15;
       ctx.save();
       try {
@@ -457,12 +468,12 @@ function syncReferenceInputs(node) {
   // new sockets copy an existing one (type "IMAGE,FLUX2_REFERENCE": images and URL references)
   const template = refs.find((r) => r.n > 1)?.inp ?? refs.find((r) => r.n === 1)?.inp;
   if (template) s.template ??= { type: template.type, shape: template.shape };
-  const last = refs.reduce((m, r) => (r.inp.link != null ? Math.max(m, r.n) : m), 0);
+  const last = refs.reduce((m, r) => (isInputConnected(node, r.i) ? Math.max(m, r.n) : m), 0);
   // one empty socket after the last connected, within the model's limit; never hide a connected one
   const target = Math.min(state.maxRefsAny, Math.max(1, last, Math.min(last + 1, maxRefsFor(node))));
   let changed = false;
   for (const r of [...refs].sort((a, b) => b.i - a.i)) {
-    if (r.n > target && r.inp.link == null) { node.removeInput(r.i); changed = true; }
+    if (r.n > target && !isInputConnected(node, r.i)) { node.removeInput(r.i); changed = true; }
   }
   for (let n = 2; n <= target; n++) {
     if (inputIndex(node, `reference_${n}`) < 0) {

@@ -281,11 +281,22 @@ class Page:
     def js(self, code, arg=None):
         return self.page.evaluate(code, arg)
 
-    def fit(self):
+    def fit(self, legible=False):
         try:   # frame the graph; the command exists in both frontends, a missing one only costs framing
             self.js("() => window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')")
         except Exception:
             pass
+        if not legible:
+            return self.js("() => window.app.graph.setDirtyCanvas(true, true)")
+        self.page.wait_for_timeout(600)   # newer frontends animate FitView; zoom after it settled
+        # Nodes 2.0 lays nodes out taller, so a whole graph can fit only at a zoom where nodes are drawn
+        # as placeholders: then frame the generation node at a zoom where its readout is legible
+        self.js("""() => { const c = window.app.canvas;
+            if (!c?.ds || c.ds.scale >= 0.6) return;
+            const n = window.app.graph.nodes.find(n => ['Flux2Edit', 'Flux2TextToImage'].includes(n.type));
+            if (!n || typeof c.centerOnNode !== 'function') return;
+            c.ds.scale = 0.8;
+            c.centerOnNode(n); }""")
         self.js("() => window.app.graph.setDirtyCanvas(true, true)")
 
     def load(self, name):
@@ -343,7 +354,7 @@ class Page:
         """``name`` as is for the default frontend and mode, else with ``-<frontend>-<mode>``."""
         if (self.frontend, self.mode) != DEFAULT:
             name = name.replace(".png", f"-{self.frontend}-{self.mode}.png")
-        self.fit()
+        self.fit(legible=self.mode == "nodes2")
         self.page.wait_for_timeout(300)
         png = _small_png(self.page.screenshot())
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

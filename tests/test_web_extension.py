@@ -486,14 +486,6 @@ def test_edit_reference_sockets_grow_within_the_model_limit(page):
     [edit_id] = _nodes_of(wf, "Flux2Edit")
     [backend_id] = _nodes_of(wf, "Flux2RemoteBackend")
     loaders = _nodes_of(wf, "LoadImage")
-    # three connected references + one empty socket
-    assert page.ref_inputs(edit_id) == ["reference_1", "reference_2", "reference_3", "reference_4"]
-    # the LoadImage previews tell the real reference sizes (512² each, billed as 1 MP): no "≈", no assumption
-    pro = get_model("FLUX.2 [pro]")
-    three = str(estimate(pro, "runware", 1536, 1024, [(512, 512)] * 3))
-    r = page.wait_readout(edit_id, "badge", three, timeout=15_000)
-    assert not any("assumed" in line for line in r["lines"]), r
-    page.screenshot("edit_references.png")
 
     def connect(src_id, name):
         page.js("""([src, dst, name]) => { const g = window.app.graph;
@@ -504,6 +496,15 @@ def test_edit_reference_sockets_grow_within_the_model_limit(page):
         page.page.wait_for_function(
             "([id, names]) => JSON.stringify(window.app.graph.getNodeById(id).inputs.map(i => i.name)"
             ".filter(n => n.startsWith('reference_'))) === JSON.stringify(names)", arg=[edit_id, names], timeout=10_000)
+
+    # three connected references + one empty socket
+    refs_become(["reference_1", "reference_2", "reference_3", "reference_4"])
+    # the LoadImage previews tell the real reference sizes (512² each, billed as 1 MP): no "≈", no assumption
+    pro = get_model("FLUX.2 [pro]")
+    three = str(estimate(pro, "runware", 1536, 1024, [(512, 512)] * 3))
+    r = page.wait_readout(edit_id, "badge", three, timeout=15_000)
+    assert not any("assumed" in line for line in r["lines"]), r
+    page.screenshot("edit_references.png")
 
     connect(loaders[0], "reference_4")
     refs_become([f"reference_{i}" for i in range(1, 6)])

@@ -125,7 +125,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, p: VAEParams):
         super().__init__()
-        rev = tuple(reversed(p.block_out))
+        widths = p.decoder_widths
+        rev = tuple(reversed(widths))
         self.conv_in = nn.Conv2d(p.latent_channels, rev[0], 3, padding=1)
         self.mid_block = MidBlock(rev[0], p.groups)
         stages, cout = [], rev[0]
@@ -134,8 +135,8 @@ class Decoder(nn.Module):
             last = i == len(rev) - 1
             stages.append(_Stage(cin, cout, p.layers_per_block + 1, p.groups, None if last else Upsample, "upsamplers"))
         self.up_blocks = nn.ModuleList(stages)
-        self.conv_norm_out = nn.GroupNorm(p.groups, p.block_out[0], eps=1e-6)
-        self.conv_out = nn.Conv2d(p.block_out[0], p.out_channels, 3, padding=1)
+        self.conv_norm_out = nn.GroupNorm(p.groups, widths[0], eps=1e-6)
+        self.conv_out = nn.Conv2d(widths[0], p.out_channels, 3, padding=1)
 
     def forward(self, z):
         x = self.mid_block(self.conv_in(z))

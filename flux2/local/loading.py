@@ -6,6 +6,7 @@ and checked against the chosen preset.
 """
 from __future__ import annotations
 
+import errno
 import json
 import re
 from dataclasses import replace
@@ -17,6 +18,7 @@ from ..errors import ModelLoadError
 from .autoencoder import AutoencoderFlux2
 from .params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
 from .quant import FP8_DTYPES, dequantize_weight, swap_fp8_linears
+from .safetensors_header import read_header
 from .text_encoder import TextEncoder
 from .transformer import Flux2Transformer
 
@@ -35,33 +37,75 @@ def read_safetensors(paths: list[Path] | Path, dtype: torch.dtype | None = None,
     raw: dict[str, torch.Tensor] = {}
     for path in paths:
         path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"{what} file not found: {path}")
+        read_header(path, what)           # missing, truncated or malformed: one precise line, before any mmap
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for key in f.keys():
                     if keep is None or keep(key):
                         raw[key] = f.get_tensor(key)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise ModelLoadError(f"{what} file {path.name} is not a readable safetensors file "
-                                 f"(truncated or corrupt: {msg})") from None
-    return dequantize(raw, dtype, keep_fp8)
+        except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            raise _read_error(path, what, exc) from None
+    return dequantize(raw, dtype, keep_fp8, what)
+
+
+def _read_error(path: Path, what: str, exc: BaseException) -> ModelLoadError:
+    """A failed weight read as one line; running out of memory is said as such (it is not a corrupt file)."""
+    msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError) or "Cannot allocate memory" in msg or "os error 12" in msg \
+            or getattr(exc, "errno", None) == errno.ENOMEM:
+        gib = path.stat().st_size / 2**30
+        return ModelLoadError(f"{what} file {path.name} ({gib:.1f} GiB) cannot be mapped into memory: Cannot allocate "
+                              f"memory (free RAM or swap, or choose a smaller / fp8 file)")
+    return ModelLoadError(f"{what} file {path.name} is not a readable safetensors file (truncated or corrupt: {msg})")
+
+
+_QUANT_META = re.compile(r"(\.weight_scale|\.weight_scale_2|\.scale_weight|\.input_scale|\.scale_input|\.comfy_quant"
+                         r"|^scaled_fp8)$")
+_KNOWN_COMFY_FORMATS = ("float8_e4m3fn", "float8_e5m2", "nvfp4")
+
+
+def comfy_quant_format(t: torch.Tensor | None) -> str | None:
+    """ComfyUI stores each quantised layer's settings as a uint8 JSON tensor `<layer>.comfy_quant`."""
+    if t is None:
+        return None
+    try:
+        return str(json.loads(bytes(t.to(torch.uint8).flatten().tolist()).decode("utf-8")).get("format"))
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return "unreadable"
 
 
 def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
-               keep_fp8: bool = False) -> dict[str, torch.Tensor]:
+               keep_fp8: bool = False, name: str = "weights") -> dict[str, torch.Tensor]:
     """fp8 weights: ComfyUI `weight_scale` / `scale_weight` (scalar or per-row) and BFL per-row scales.
-    Scale tensors and quantisation metadata are consumed; other tensors are cast to `dtype`.
+    NVFP4 weights (ComfyUI `nvfp4`: uint8 codes + fp8 block scales + `weight_scale_2`) are de-quantised to
+    `dtype` here, as ComfyUI does (quant.dequantize_nvfp4). Scale tensors and quantisation metadata are
+    consumed; other tensors are cast to `dtype`.
     keep_fp8: float8 matrices `X.weight` stay float8, their scale (if any) as float32 `X.weight_scale`;
     `_into` turns them into ScaledFP8Linear layers (or up-casts them there, with the same numbers)."""
+    from .quant import dequantize_nvfp4
+
     out = {}
-    meta = re.compile(r"(\.weight_scale|\.scale_weight|\.input_scale|\.scale_input|\.comfy_quant|^scaled_fp8)$")
     for key, t in sd.items():
-        if meta.search(key):
+        if _QUANT_META.search(key) or key.endswith(".pre_quant_scale"):
             continue
-        if t.dtype in FP8_DTYPES:
-            base = key[: -len(".weight")] if key.endswith(".weight") else key
+        base = key[: -len(".weight")] if key.endswith(".weight") else key
+        fmt = comfy_quant_format(sd.get(base + ".comfy_quant"))
+        if fmt is not None and fmt not in _KNOWN_COMFY_FORMATS:
+            raise ModelLoadError(f"{name}: layer {base} is quantised as {fmt!r}; this engine reads fp8 and NVFP4 "
+                                 f"(de-quantised on load) only")
+        if fmt == "nvfp4" or (t.dtype == torch.uint8 and base + ".weight_scale_2" in sd):
+            if base + ".pre_quant_scale" in sd:
+                raise ModelLoadError(f"{name}: layer {base} is NVFP4 with an AWQ pre_quant_scale, which this engine "
+                                     f"does not read; use the bf16 or fp8 file")
+            if base + ".weight_scale" not in sd or base + ".weight_scale_2" not in sd:
+                raise ModelLoadError(f"{name}: NVFP4 layer {base} lacks its weight_scale / weight_scale_2")
+            try:
+                t = dequantize_nvfp4(t, sd[base + ".weight_scale"], sd[base + ".weight_scale_2"],
+                                     dtype or torch.float32)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelLoadError(f"{name}: NVFP4 layer {base} cannot be de-quantised "
+                                     f"({str(exc).splitlines()[0][:100]})") from None
+        elif t.dtype in FP8_DTYPES:
             scale = sd.get(base + ".weight_scale", sd.get(base + ".scale_weight"))
             if keep_fp8 and key.endswith(".weight") and t.ndim == 2:
                 out[key] = t.clone() if t.data_ptr() % 64 else t
@@ -268,15 +312,26 @@ def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, devi
 
 # ---------------------------------------------------------------------------------------------- VAE
 
-def ldm_vae_to_diffusers(sd: dict[str, torch.Tensor], n_blocks: int) -> dict[str, torch.Tensor]:
-    """BFL / LDM VAE keys (`encoder.down.0.block.0`, `mid.attn_1.q`...) -> diffusers names."""
+def ldm_vae_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BFL / LDM VAE keys -> diffusers names (AutoencoderKLFlux2).
+
+    BFL's `ae.safetensors` (flux2 repo, `autoencoder.py`) keeps the 1x1 `quant_conv` inside the encoder and
+    `post_quant_conv` inside the decoder (`encoder.quant_conv.*`, `decoder.post_quant_conv.*`), has 1x1-conv
+    attention (`mid.attn_1.q/k/v/proj_out`, [C, C, 1, 1]) and a BatchNorm with `num_batches_tracked`; ComfyUI
+    0.3.75 (`comfy/sd.py`, VAE.__init__) renames exactly those two convs to the top level. The decoder's `up.N`
+    count from the top: up.(n-1) is the first stage after the mid block."""
+    n_dec = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("decoder.up.")), default=-1)
     out = {}
     for k, v in sd.items():
         nk = k
+        if nk.startswith("encoder.quant_conv."):
+            nk = nk[len("encoder."):]
+        elif nk.startswith("decoder.post_quant_conv."):
+            nk = nk[len("decoder."):]
         nk = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets.", nk)
         nk = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", nk)
         if m := re.match(r"^decoder\.up\.(\d+)\.(block|upsample)\.(.*)$", nk):
-            i = n_blocks - 1 - int(m.group(1))
+            i = n_dec - 1 - int(m.group(1))
             nk = (f"decoder.up_blocks.{i}.resnets.{m.group(3)}" if m.group(2) == "block"
                   else f"decoder.up_blocks.{i}.upsamplers.0.{m.group(3)}")
         nk = re.sub(r"\.mid\.block_(\d)\.", lambda m: f".mid_block.resnets.{int(m.group(1)) - 1}.", nk)
@@ -285,42 +340,65 @@ def ldm_vae_to_diffusers(sd: dict[str, torch.Tensor], n_blocks: int) -> dict[str
             nk = re.sub(r"\.norm\.", ".group_norm.", nk)
             nk = re.sub(r"\.(q|k|v)\.", lambda m: f".to_{m.group(1)}.", nk)
             nk = nk.replace(".proj_out.", ".to_out.0.")
-            if v.ndim == 4:
-                v = v[:, :, 0, 0]
+            if v.ndim == 4:                                       # 1x1 conv [C, C, 1, 1] -> linear [C, C]
+                v = v[:, :, 0, 0] if isinstance(v, torch.Tensor) else v.squeeze_1x1()
         nk = nk.replace("nin_shortcut", "conv_shortcut")
         nk = re.sub(r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out.", nk)
         out[nk] = v
     return out
 
 
-def infer_vae_params(sd: dict[str, torch.Tensor], config: dict) -> VAEParams:
-    n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks."))
-    block_out = tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(n))
-    layers = 1 + max(int(k.split(".")[4]) for k in sd if k.startswith("encoder.down_blocks.0.resnets."))
-    latent = sd["post_quant_conv.weight"].shape[0]
-    return VAEParams(block_out=block_out, layers_per_block=layers, latent_channels=latent,
+def _count(shapes, prefix: str, at: int) -> int:
+    return 1 + max((int(k.split(".")[at]) for k in shapes if k.startswith(prefix)), default=-1)
+
+
+def infer_vae_params(shapes, config: dict) -> VAEParams:
+    """VAE sizes from diffusers-named weights (tensors or shapes); encoder and decoder widths separately
+    (the small-decoder VAE's decoder is narrower: diffusers' `decoder_block_out_channels`)."""
+    shape = lambda k: tuple(shapes[k].shape)   # noqa: E731  (a tensor or a header's TensorInfo)
+    n = _count(shapes, "encoder.down_blocks.", 2)
+    block_out = tuple(shape(f"encoder.down_blocks.{i}.resnets.0.conv1.weight")[0] for i in range(n))
+    layers = _count(shapes, "encoder.down_blocks.0.resnets.", 4)
+    n_dec = _count(shapes, "decoder.up_blocks.", 2)
+    # up_blocks[0] works at the lowest resolution = the widest stage; block_out lists from the highest resolution.
+    dec = tuple(shape(f"decoder.up_blocks.{j}.resnets.0.conv2.weight")[0] for j in reversed(range(n_dec)))
+    latent = shape("post_quant_conv.weight")[0]
+    return VAEParams(block_out=block_out, decoder_block_out=None if dec == block_out else dec,
+                     layers_per_block=layers, latent_channels=latent,
                      groups=int(config.get("norm_num_groups", 32)),
                      bn_eps=float(config.get("batch_norm_eps", 1e-4)))
+
+
+VAE_PREFIXES = ("vae.", "first_stage_model.")
+
+
+def normalise_vae_keys(sd: dict, name: str) -> dict:
+    """Any published FLUX.2 VAE layout (BFL, ComfyUI, diffusers) -> diffusers names; works on tensors or on
+    header shapes. Refuses what is not a FLUX.2 VAE with one line naming the file."""
+    sd = _strip(sd, VAE_PREFIXES)
+    if "encoder.down.0.block.0.conv1.weight" in sd:
+        sd = ldm_vae_to_diffusers(sd)
+    sd.pop("bn.num_batches_tracked", None)
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" not in sd or "post_quant_conv.weight" not in sd:
+        found = "encoder keys" if any(k.startswith("encoder.") for k in sd) else f"{len(sd)} unrelated keys"
+        raise ModelLoadError(f"{name} is not a VAE in a known layout (found {found}, expected BFL "
+                             f"`encoder.down.N` / diffusers `encoder.down_blocks.N` keys with a post_quant_conv)")
+    if "bn.running_mean" not in sd:
+        raise ModelLoadError(f"{name} is not the FLUX.2 VAE (no BatchNorm latent statistics; FLUX.1/SD VAE?)")
+    return sd
 
 
 def load_vae(paths, dtype: torch.dtype, device="cpu", name: str | None = None, config: dict | None = None,
              expected: VAEParams | None = None) -> AutoencoderFlux2:
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"vae {paths[0].name}"
-    sd = _strip(read_safetensors(paths, dtype, name), ("vae.", "first_stage_model."))
-    if "encoder.down.0.block.0.conv1.weight" in sd:
-        n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.down."))
-        sd = ldm_vae_to_diffusers(sd, n)
-    if "encoder.down_blocks.0.resnets.0.conv1.weight" not in sd or "post_quant_conv.weight" not in sd:
-        raise ModelLoadError(f"{name} is not a VAE in a known layout")
-    if "bn.running_mean" not in sd:
-        raise ModelLoadError(f"{name} is not the FLUX.2 VAE (no BatchNorm latent statistics; FLUX.1/SD VAE?)")
+    sd = normalise_vae_keys(read_safetensors(paths, dtype, name), name)
     p = infer_vae_params(sd, config or {})
-    if p.latent_channels != 32 and expected is not None and expected.latent_channels == 32:
-        raise ModelLoadError(f"{name} has {p.latent_channels} latent channels, FLUX.2 needs 32")
+    want = expected.latent_channels if expected is not None else 32
+    if p.latent_channels != want:
+        raise ModelLoadError(f"{name} has {p.latent_channels} latent channels, FLUX.2 needs {want}")
     sd["bn.running_mean"] = sd["bn.running_mean"].float()
     sd["bn.running_var"] = sd["bn.running_var"].float()
-    sd.pop("bn.num_batches_tracked", None)
     return _into(AutoencoderFlux2, p, sd, name, dtype, device)
 
 

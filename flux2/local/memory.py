@@ -115,7 +115,8 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     # Decoder peak: the last upsample takes the half-resolution stage's channels to full resolution in float32
     # (nearest interpolation, as diffusers), then a copy in the compute dtype and the conv output beside it, with
     # its half-resolution input still alive; one more compute-dtype tensor of margin.
-    up_channels = preset.vae.block_out[1] if len(preset.vae.block_out) > 1 else preset.vae.block_out[0]
+    dec = preset.vae.decoder_widths
+    up_channels = dec[1] if len(dec) > 1 else dec[0]
     decode_pixels = min(width * height, (vae_tile * 8) ** 2) if vae_tile else width * height
     decode_act = decode_pixels * up_channels * (4 + 3 * dtype_bytes)
     if vae_tile:                                  # the stitched picture and its blend weights, float32

@@ -51,12 +51,19 @@ class TextEncoderParams:
 @dataclass(frozen=True)
 class VAEParams:
     block_out: tuple[int, ...] = (128, 256, 512, 512)
+    # The decoder's widths where they differ from the encoder's (BFL's small-decoder VAE: (96, 192, 384, 384);
+    # diffusers' `decoder_block_out_channels`). None: the same as block_out.
+    decoder_block_out: tuple[int, ...] | None = None
     layers_per_block: int = 2
     latent_channels: int = 32
     groups: int = 32
     in_channels: int = 3
     out_channels: int = 3
     bn_eps: float = 1e-4
+
+    @property
+    def decoder_widths(self) -> tuple[int, ...]:
+        return self.decoder_block_out or self.block_out
 
 
 @dataclass(frozen=True)

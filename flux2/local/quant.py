@@ -11,6 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# NVFP4 (ComfyUI's `nvfp4` format, read through comfy_kitchen's TensorCoreNVFP4Layout): each Linear weight
+# [out, in] is stored as `weight` uint8 [out, in/2] (two E2M1 codes a byte, the even column in the high nibble),
+# `weight_scale` float8_e4m3fn block scales, one per 16 columns, in cuBLAS' 128x4-tiled ("swizzled") layout of
+# shape [roundup(out, 128), roundup(in/16, 4)], and `weight_scale_2` a float32 per-tensor scale.
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+NVFP4_BLOCK = 16
+
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 _CHUNK = 1 << 24          # elements up-cast to float32 at a time (64 MiB)
 
@@ -32,6 +39,37 @@ def dequantize_weight(w: torch.Tensor, scale: torch.Tensor | None, dtype: torch.
             wf = wf * (scale if scale.numel() == 1 else scale[i:i + step])
         out[i:i + step] = wf.to(dtype)
     return out
+
+
+def unswizzle_block_scales(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """cuBLAS 128x4-tiled block-scale layout -> plain [rows, cols] (cols = blocks per row).
+
+    A tile covers 128 rows x 4 block columns and is stored as [32, 16]: entry (r, c) of the tile sits at
+    row r % 32, column (r // 32) * 4 + c."""
+    n_r, n_c = -(-rows // 128), -(-cols // 4)
+    t = blocked.reshape(n_r, n_c, 32, 4, 4)               # [row tile, col tile, r % 32, r // 32, c]
+    t = t.permute(0, 3, 2, 1, 4)                           # [row tile, r // 32, r % 32, col tile, c]
+    return t.reshape(n_r * 128, n_c * 4)[:rows, :cols]
+
+
+def dequantize_nvfp4(packed: torch.Tensor, block_scale: torch.Tensor, scale_2: torch.Tensor,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """NVFP4 weight -> [out, in] in `dtype`, the same numbers as ComfyUI's de-quantisation to that dtype
+    (comfy_kitchen's reference: code value, block scale and per-tensor scale each cast to `dtype`, then
+    value * (scale_2 * block_scale) in `dtype`)."""
+    if packed.dtype != torch.uint8 or packed.ndim != 2:
+        raise ValueError(f"NVFP4 weight must be 2-D uint8, got {packed.dtype} {tuple(packed.shape)}")
+    rows, cols = packed.shape[0], packed.shape[1] * 2
+    if cols % NVFP4_BLOCK:
+        raise ValueError(f"NVFP4 weight has {cols} columns, not a multiple of {NVFP4_BLOCK}")
+    if block_scale.dtype == torch.uint8:
+        block_scale = block_scale.view(torch.float8_e4m3fn)
+    lut = torch.tensor(E2M1_VALUES, dtype=dtype, device=packed.device)
+    codes = torch.stack((packed >> 4, packed & 0x0F), dim=-1).reshape(rows, cols)   # even column: high nibble
+    values = lut[codes.long()].reshape(rows, cols // NVFP4_BLOCK, NVFP4_BLOCK)
+    scales = unswizzle_block_scales(block_scale, rows, cols // NVFP4_BLOCK)         # [rows, cols / 16]
+    total = scale_2.to(device=packed.device, dtype=dtype) * scales.to(dtype)
+    return (values * total[..., None]).reshape(rows, cols).to(dtype)
 
 
 class ScaledFP8Linear(nn.Module):

@@ -1,0 +1,286 @@
+"""Tiny twins of the FLUX.2 files users download: same key names, dtypes, scale tensors and metadata as the
+published files, tiny widths. Facts and their sources: docs/model-files.md.
+
+    python tests/local/twins.py OUT_DIR      # writes every twin (ComfyUI-style models dir) from tiny random weights
+
+Each writer takes the state dict of a tiny diffusers module (tiny.py) and writes one layout, so every twin of
+the same module holds the same weights (up to the file's own dtype / quantisation).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+F8 = torch.float8_e4m3fn
+
+
+def _save(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(path), metadata=metadata)
+    return path
+
+
+def _cast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def comfy_quant(fmt: str) -> torch.Tensor:
+    """ComfyUI's per-layer quantisation marker: the JSON settings as a uint8 tensor `<layer>.comfy_quant`."""
+    return torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+
+
+# ------------------------------------------------------------------------------------------ quantisers
+
+def quantize_fp8_scalar(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled float8_e4m3fn, as ComfyUI's TensorCoreFP8Layout.quantize: scale = amax / 448 (float32),
+    q = (w * (1 / scale)).to(fp8)."""
+    scale = (w.float().abs().amax() / torch.finfo(F8).max).to(torch.float32)
+    return (w.float() * (1.0 / scale)).clamp(-448, 448).to(F8), scale
+
+
+def to_blocked(scales: torch.Tensor) -> torch.Tensor:
+    """[rows, cols] block scales -> cuBLAS' 128x4-tiled layout [roundup(rows,128), roundup(cols,4)]
+    (the layout comfy_kitchen's quantize_nvfp4 writes; an independent re-statement of it)."""
+    rows, cols = scales.shape
+    R, C = -(-rows // 128) * 128, -(-cols // 4) * 4
+    padded = torch.zeros(R, C, dtype=scales.dtype)
+    padded[:rows, :cols] = scales
+    blocks = padded.view(R // 128, 128, C // 4, 4).permute(0, 2, 1, 3)          # [rt, ct, 128, 4]
+    tiles = blocks.reshape(-1, 4, 32, 4).transpose(1, 2).reshape(-1, 32, 16)     # row r -> (r%32, r//32)
+    return tiles.reshape(R, C)
+
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def quantize_nvfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """NVFP4 as comfy_kitchen's eager quantize_nvfp4: per-tensor scale = amax / (448 * 6); block scale (16 columns)
+    = amax_block / 6 / per_tensor, rounded to fp8; codes = nearest E2M1 of w / (per_tensor * block_scale);
+    packed two a byte, the even column in the high nibble. Returns (uint8 [R, C/2], fp8 blocked scales, f32 [])."""
+    w = w.float()
+    rows, cols = w.shape
+    per_tensor = (w.abs().amax() / (448.0 * 6.0)).to(torch.float32)
+    blocks = w.view(rows, cols // 16, 16)
+    bs = (blocks.abs().amax(-1) / 6.0 / per_tensor).clamp(max=448.0).to(F8)
+    total = per_tensor * bs.float()
+    total = torch.where(total == 0, torch.ones_like(total), total)
+    x = (blocks / total[..., None]).clamp(-6, 6)
+    mag = (x.abs()[..., None] - E2M1).abs().argmin(-1)                          # nearest magnitude code 0..7
+    code = (mag + 8 * (x < 0)).to(torch.uint8).view(rows, cols)
+    packed = (code[:, 0::2] << 4) | code[:, 1::2]
+    return packed.to(torch.uint8), to_blocked(bs), per_tensor
+
+
+# ---------------------------------------------------------------------------------------- transformer
+
+def bfl_transformer(diffusers_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BFL key layout (flux2 repo `model.py`: fused qkv, `final_layer.adaLN_modulation.1` as (shift, scale))."""
+    from comfyui_flux2.flux2.local.loading import diffusers_to_bfl
+
+    return diffusers_to_bfl({k: v.detach().clone() for k, v in diffusers_sd.items()})
+
+
+def _block_linear(key: str) -> bool:
+    return bool(re.match(r"(double|single)_blocks\.\d+\..*\.weight$", key)) and "norm" not in key
+
+
+def write_bfl_transformer(diffusers_sd, path: Path, dtype=torch.bfloat16) -> Path:
+    """BFL `flux2-dev.safetensors` / `flux-2-klein-4b.safetensors`: BFL keys, no prefix, bf16."""
+    return _save(_cast(bfl_transformer(diffusers_sd), dtype), path)
+
+
+def write_comfy_fp8mixed_transformer(diffusers_sd, path: Path) -> Path:
+    """ComfyUI `flux2_dev_fp8mixed.safetensors`: `model.diffusion_model.` prefix; block Linear weights float8_e4m3fn
+    with a float32 scalar `weight_scale`; the rest bf16; which layers are quantised in the header metadata
+    `_quantization_metadata` (ComfyUI 0.3.75, `model_detection.detect_layer_quantization`)."""
+    sd, layers = {}, {}
+    for k, v in bfl_transformer(diffusers_sd).items():
+        if _block_linear(k):
+            q, s = quantize_fp8_scalar(v)
+            base = k[: -len(".weight")]
+            sd[f"model.diffusion_model.{k}"] = q
+            sd[f"model.diffusion_model.{base}.weight_scale"] = s
+            layers[base] = {"format": "float8_e4m3fn"}
+        else:
+            sd[f"model.diffusion_model.{k}"] = v.to(torch.bfloat16)
+    meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+    return _save(sd, path, meta)
+
+
+def write_comfy_quant_fp8_transformer(diffusers_sd, path: Path) -> Path:
+    """fp8 single file with per-layer `comfy_quant` markers (newer ComfyUI quantised files, e.g. the [klein]
+    `-fp8` releases): block weights float8_e4m3fn + scalar `weight_scale` + `input_scale` + `comfy_quant`."""
+    sd = {}
+    for k, v in bfl_transformer(diffusers_sd).items():
+        if _block_linear(k):
+            q, s = quantize_fp8_scalar(v)
+            base = k[: -len(".weight")]
+            sd[k], sd[f"{base}.weight_scale"] = q, s
+            sd[f"{base}.input_scale"] = torch.ones((), dtype=torch.float32)
+            sd[f"{base}.comfy_quant"] = comfy_quant("float8_e4m3fn")
+        else:
+            sd[k] = v.to(torch.bfloat16)
+    return _save(sd, path)
+
+
+# ------------------------------------------------------------------------------------------------ VAE
+
+def diffusers_vae_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers AutoencoderKLFlux2 keys -> BFL `ae.safetensors` keys (flux2 repo `autoencoder.py`): quant convs
+    inside encoder / decoder, 1x1-conv attention, `bn.num_batches_tracked` kept."""
+    n_dec = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.up_blocks."))
+    out = {}
+    for k, v in sd.items():
+        nk = k
+        nk = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", nk)
+        nk = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", nk)
+        if m := re.match(r"^decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.(.*)$", nk):
+            i = n_dec - 1 - int(m.group(1))
+            nk = f"decoder.up.{i}.block.{m.group(3)}" if m.group(2) == "resnets" else f"decoder.up.{i}.upsample.{m.group(3)}"
+        nk = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m.group(1)) + 1}.", nk)
+        if ".mid_block.attentions.0." in nk:
+            nk = nk.replace(".mid_block.attentions.0.", ".mid.attn_1.")
+            nk = nk.replace(".group_norm.", ".norm.").replace(".to_out.0.", ".proj_out.")
+            nk = re.sub(r"\.to_(q|k|v)\.", r".\1.", nk)
+            if v.ndim == 2:
+                v = v[:, :, None, None]
+        nk = nk.replace("conv_shortcut", "nin_shortcut")
+        nk = re.sub(r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out.", nk)
+        nk = {"quant_conv.weight": "encoder.quant_conv.weight", "quant_conv.bias": "encoder.quant_conv.bias",
+              "post_quant_conv.weight": "decoder.post_quant_conv.weight",
+              "post_quant_conv.bias": "decoder.post_quant_conv.bias"}.get(nk, nk)
+        out[nk] = v.detach().clone()
+    return out
+
+
+def write_bfl_vae(diffusers_sd, path: Path, dtype=torch.float32) -> Path:
+    """BFL `ae.safetensors` / `full_encoder_small_decoder.safetensors` (and, as reported, ComfyUI's klein
+    `flux2-vae.safetensors`): BFL keys; BatchNorm statistics and num_batches_tracked (int64) kept."""
+    return _save(_cast(diffusers_vae_to_bfl(diffusers_sd), dtype), path)
+
+
+def write_toplevel_quant_vae(diffusers_sd, path: Path, dtype=torch.bfloat16) -> Path:
+    """The other ComfyUI `flux2-vae.safetensors` variant: LDM keys with `quant_conv` / `post_quant_conv` at the top
+    level (what ComfyUI's own conversion produces, comfy/sd.py VAE.__init__)."""
+    sd = diffusers_vae_to_bfl(diffusers_sd)
+    sd = {re.sub(r"^(encoder\.quant_conv|decoder\.post_quant_conv)\.",
+                 lambda m: m.group(1).split(".")[1] + ".", k): v for k, v in sd.items()}
+    return _save(_cast(sd, dtype), path)
+
+
+# --------------------------------------------------------------------------------------- text encoder
+
+def hf_text_encoder(model) -> dict[str, torch.Tensor]:
+    """ComfyUI text-encoder files keep Hugging Face names under `model.` (`model.layers.N.self_attn.q_proj`),
+    no LM head, no vision tower (comfy/sd.py detect_te_model reads `model.layers.0.post_attention_layernorm`)."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if "lm_head" in k or "vision" in k or "multi_modal_projector" in k:
+            continue
+        k = k.replace("model.language_model.", "model.")
+        sd[k] = v.detach().clone()
+    return sd
+
+
+def _te_linear(key: str) -> bool:
+    return bool(re.match(r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$", key))
+
+
+def write_text_encoder(model, path: Path, quant: str = "bf16", tekken: dict | None = None) -> Path:
+    """quant: bf16 (`qwen_3_4b`, `qwen_3_8b`, `mistral_3_small_flux2_bf16`); fp8mixed (`qwen_3_8b_fp8mixed`,
+    `mistral_3_small_flux2_fp8`: layer linears fp8 + scalar weight_scale + comfy_quant); nvfp4
+    (`qwen_3_4b_fp4_flux2`: every layer linear NVFP4); fp4mixed (`mistral_3_small_flux2_fp4_mixed`: attention
+    NVFP4, MLP fp8). tekken: the Mistral tokenizer JSON embedded as uint8 `tekken_model` (ComfyUI [dev] files)."""
+    sd = {}
+    for k, v in hf_text_encoder(model).items():
+        base = k[: -len(".weight")]
+        fmt = None
+        if _te_linear(k):
+            fmt = {"bf16": None, "fp8mixed": "float8_e4m3fn", "nvfp4": "nvfp4",
+                   "fp4mixed": "nvfp4" if ".self_attn." in k else "float8_e4m3fn"}[quant]
+        if fmt == "float8_e4m3fn":
+            sd[k], sd[f"{base}.weight_scale"] = quantize_fp8_scalar(v)
+            sd[f"{base}.comfy_quant"] = comfy_quant(fmt)
+        elif fmt == "nvfp4":
+            sd[k], sd[f"{base}.weight_scale"], sd[f"{base}.weight_scale_2"] = quantize_nvfp4(v)
+            sd[f"{base}.comfy_quant"] = comfy_quant(fmt)
+        else:
+            sd[k] = v.to(torch.bfloat16)
+    if tekken is not None:
+        raw = json.dumps(tekken).encode()
+        sd["tekken_model"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return _save(sd, path)
+
+
+# ---------------------------------------------------------------------------------------------- all
+
+def small_decoder_vae(seed: int = 0):
+    """A tiny diffusers AutoencoderKLFlux2 whose decoder is narrower than its encoder (BFL's small decoder:
+    encoder (128, 256, 512, 512), decoder (96, 192, 384, 384))."""
+    from diffusers import AutoencoderKLFlux2
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                             block_out_channels=(32, 64, 64, 64), decoder_block_out_channels=(32, 32, 32, 32),
+                             layers_per_block=1, latent_channels=32, norm_num_groups=32).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 5)
+        vae.bn.running_mean.copy_(0.2 * torch.randn(vae.bn.running_mean.shape, generator=g))
+        vae.bn.running_var.copy_(0.5 + torch.rand(vae.bn.running_var.shape, generator=g))
+    return vae
+
+
+def write_all(root: Path, klein_pipe, dev_pipe=None, tekken: dict | None = None) -> dict[str, Path]:
+    """Every twin into a ComfyUI-style models dir; returns {published file name: twin path}."""
+    root = Path(root)
+    dm, te, va = root / "diffusion_models", root / "text_encoders", root / "vae"
+    ksd = klein_pipe.transformer.state_dict()
+    out = {
+        "flux-2-klein-4b.safetensors": write_bfl_transformer(ksd, dm / "flux-2-klein-4b.safetensors"),
+        "flux-2-klein-4b-fp8.safetensors": write_comfy_quant_fp8_transformer(ksd, dm / "flux-2-klein-4b-fp8.safetensors"),
+        "ae.safetensors": write_bfl_vae(klein_pipe.vae.state_dict(), va / "ae.safetensors"),
+        "flux2-vae.safetensors": write_bfl_vae(klein_pipe.vae.state_dict(), va / "flux2-vae.safetensors", torch.bfloat16),
+        "flux2-vae (top-level quant convs)": write_toplevel_quant_vae(klein_pipe.vae.state_dict(),
+                                                                      va / "flux2-vae-toplevel.safetensors"),
+        "full_encoder_small_decoder.safetensors": write_bfl_vae(small_decoder_vae().state_dict(),
+                                                                va / "full_encoder_small_decoder.safetensors"),
+        "qwen_3_4b.safetensors": write_text_encoder(klein_pipe.text_encoder, te / "qwen_3_4b.safetensors"),
+        "qwen_3_8b_fp8mixed.safetensors": write_text_encoder(klein_pipe.text_encoder,
+                                                             te / "qwen_3_8b_fp8mixed.safetensors", "fp8mixed"),
+        "qwen_3_4b_fp4_flux2.safetensors": write_text_encoder(klein_pipe.text_encoder,
+                                                              te / "qwen_3_4b_fp4_flux2.safetensors", "nvfp4"),
+    }
+    if dev_pipe is not None:
+        dsd = dev_pipe.transformer.state_dict()
+        out["flux2-dev.safetensors"] = write_bfl_transformer(dsd, dm / "flux2-dev.safetensors")
+        out["flux2_dev_fp8mixed.safetensors"] = write_comfy_fp8mixed_transformer(dsd, dm / "flux2_dev_fp8mixed.safetensors")
+        for name, q in (("mistral_3_small_flux2_bf16", "bf16"), ("mistral_3_small_flux2_fp8", "fp8mixed"),
+                        ("mistral_3_small_flux2_fp4_mixed", "fp4mixed")):
+            out[f"{name}.safetensors"] = write_text_encoder(dev_pipe.text_encoder, te / f"{name}.safetensors", q,
+                                                            tekken=tekken)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    import tiny
+    from test_tokenizers import synthetic_tekken
+
+    root = Path(argv[0] if argv else "twins")
+    klein = tiny.make_pipeline("klein", True)
+    dev = tiny.make_pipeline("dev", False)
+    tiny.save_diffusers(klein, root / "diffusers" / "flux2-klein-tiny")
+    for name, path in write_all(root, klein, dev, synthetic_tekken()).items():
+        print(f"{name:45s} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -6,6 +6,7 @@ outside (headless runner, tests) from FLUX2_MODELS_DIR.
 from __future__ import annotations
 
 from ..flux2.errors import ConfigError, InputError
+from ..flux2.local.detect import AUTO
 from ..flux2.local.params import PRESETS
 from .comfy_hooks import free_comfy_memory
 from .common import BackendNode
@@ -88,8 +89,10 @@ class Flux2LocalBackend(BackendNode):
         vae = [FROM_DIFFUSERS] + _list("vae")
         diffusers = [NONE] + _list("diffusers")
         return {"required": {
-            "model": (list(PRESETS), {"default": "FLUX.2 [klein] 4B",
-                      "tooltip": "Model family. [klein] 4B/9B: 4 steps, no guidance. Base: ~50 steps with real CFG. "
+            "model": ([AUTO] + list(PRESETS), {"default": AUTO,
+                      "tooltip": "auto: family, size and [klein] distilled / Base are read from the files (the dry "
+                                 "run prints what was detected). A named model asserts that size and gives its "
+                                 "defaults: [klein] 4B/9B: 4 steps, no guidance. Base: ~50 steps with real CFG. "
                                  "[dev]: 32B, embedded guidance, ~28-50 steps."}),
             "diffusion_model": (diffusion, {"default": diffusion[0],
                                 "tooltip": "Transformer weights in models/diffusion_models (BFL/ComfyUI single file, "

@@ -19,6 +19,7 @@ from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
 from ..sizes import SizeLimits, validate_size
+from .detect import AUTO
 from .params import ModelPreset, get_preset
 from .pipeline import decode_tile, reference_size
 
@@ -66,7 +67,7 @@ class LocalFiles:
 
 @dataclass
 class LocalBackend:
-    model_name: str
+    model_name: str                     # a preset name, or "auto": the model is detected from the files (detect.py)
     files: LocalFiles
     dtype: str = "bf16"
     device: str = "auto"
@@ -81,7 +82,7 @@ class LocalBackend:
     kind: str = field(default="local", init=False)
 
     def __post_init__(self):
-        if self.preset is None:
+        if self.preset is None and self.model_name != AUTO:
             self.preset = get_preset(self.model_name)
         if self.dtype not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -94,25 +95,41 @@ class LocalBackend:
         if self.vae_tiling not in VAE_TILING:
             raise InputError(f"vae_tiling must be one of {', '.join(VAE_TILING)}, got {self.vae_tiling!r}")
 
+    # ------------------------------------------------------------------ detection
+    def detection(self):
+        """What the files are (detect.py, headers only; cached per file version)."""
+        from .detect import detect
+
+        return detect(self.files)
+
+    @property
+    def model_preset(self) -> ModelPreset:
+        """The named preset, or for "auto" the one detected from the files (a one-line ModelLoadError if they
+        cannot work together)."""
+        if self.preset is None:
+            self.preset = self.detection().preset
+        return self.preset
+
     # ------------------------------------------------------------------ protocol
     def describe(self) -> str:
         src = self.files.diffusers_dir or self.files.transformer
-        return (f"local {self.model_name} ({Path(src).name if src else 'no weights'}, {self.dtype}, "
+        name = self.model_preset.name if self.model_name == AUTO else self.model_name
+        return (f"local {name} ({Path(src).name if src else 'no weights'}, {self.dtype}, "
                 f"{self.device}, {self.effective_steps} steps)")
 
     @property
     def effective_steps(self) -> int:
-        return self.steps or self.preset.default_steps
+        return self.steps or self.model_preset.default_steps
 
     @property
     def effective_guidance(self) -> float:
-        return self.guidance or self.preset.default_guidance
+        return self.guidance or self.model_preset.default_guidance
 
     def limits(self) -> SizeLimits:
         return LIMITS
 
     def max_references(self) -> int:
-        return self.preset.max_refs
+        return self.model_preset.max_refs
 
     def check_ready(self) -> None:
         f = self.files
@@ -128,6 +145,8 @@ class LocalBackend:
                 raise ConfigError(f"{self.model_name}: no VAE file selected")
         if self.device not in ("auto", "cpu"):
             pick_device(self.device)
+        if self.model_name == AUTO:
+            self.model_preset          # the files must be one FLUX.2 model: refused here, before any step
 
     def validate(self, request: GenerationRequest) -> None:
         if not isinstance(request.prompt, str):
@@ -136,8 +155,8 @@ class LocalBackend:
         if request.batch < 1 or request.batch > 16:
             raise InputError(f"batch must be 1..16, got {request.batch}")
         n = len(request.references)
-        if n > self.preset.max_refs:
-            raise InputError(f"{self.model_name} takes at most {self.preset.max_refs} reference images, got {n}")
+        if n > self.model_preset.max_refs:
+            raise InputError(f"{self.model_name} takes at most {self.model_preset.max_refs} reference images, got {n}")
         for i, ref in enumerate(request.references, 1):
             if min(ref.width, ref.height) < REF_MIN_SIDE:
                 raise InputError(f"reference {i} is {ref.width}x{ref.height}; both sides must be >= {REF_MIN_SIDE}")
@@ -153,14 +172,17 @@ class LocalBackend:
                    + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))
         memory = self.memory_plan(request)
         summary += f"; device memory {memory.describe()}"
-        return [PlannedCall("local", f"local {self.model_name} on {self.device} ({self.dtype})", summary,
-                            {"model": self.model_name, "width": request.width, "height": request.height,
+        name = self.model_preset.name
+        if self.model_name == AUTO:
+            summary += f"; {self.detection().describe()}"
+        return [PlannedCall("local", f"local {name} on {self.device} ({self.dtype})", summary,
+                            {"model": name, "width": request.width, "height": request.height,
                              "seed": request.seed, "batch": request.batch, "steps": self.effective_steps,
                              "guidance": self.effective_guidance, "references": len(refs),
                              "device_memory_gib": round(memory.total / 2**30, 1)})]
 
     def estimate(self, request: GenerationRequest) -> Estimate:
-        return Estimate(0.0, f"{self.model_name} on local weights: no charge")
+        return Estimate(0.0, f"{self.model_preset.name} on local weights: no charge")
 
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
         from PIL import Image
@@ -188,7 +210,7 @@ class LocalBackend:
                                  self.effective_guidance, refs, on_step=on_step,
                                  cfg_one_forward=self.cfg_one_forward(request, engine.device))
         return GenerationResult(images=images, seeds=seeds, cost_usd=0.0,
-                                info={"model": self.model_name, "steps": steps,
+                                info={"model": self.model_preset.name, "steps": steps,
                                       "guidance": self.effective_guidance, "device": str(engine.device)})
 
     def cfg_one_forward(self, request: GenerationRequest, device: torch.device) -> bool:
@@ -215,25 +237,27 @@ class LocalBackend:
                 stamp.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
             except OSError:
                 stamp.append((str(p), None, None))
-        return (self.preset.name, tuple(stamp), self.dtype, str(pick_device(self.device)), self.offload)
+        return (self.model_preset.name, tuple(stamp), self.dtype, str(pick_device(self.device)), self.offload)
 
     def memory_plan(self, request: GenerationRequest, offload: str | None = None):
         """Device memory this request needs on this backend's device (memory.py), from shapes only."""
-        from .memory import fp8_share, plan_memory
+        from .memory import plan_memory, sizes_from_headers
 
         try:
             device = pick_device(self.device)
         except ConfigError:     # e.g. a dry run planned on a machine without the GPU the graph names
             device = torch.device(self.device)
         keep_fp8 = device.type != "mps"
-        return plan_memory(self.preset, dtype_bytes=DTYPES[self.dtype].itemsize, offload=offload or self.offload,
+        dtype_bytes = DTYPES[self.dtype].itemsize
+        det = self.detection()           # headers only: no weight is read, no file mapped
+        sizes = sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=dtype_bytes,
+                                   keep_fp8=keep_fp8, text_layers_used=max(self.model_preset.text_encoder.out_layers),
+                                   upcast_transformer=det.upcast_transformer)
+        return plan_memory(self.model_preset, dtype_bytes=dtype_bytes, offload=offload or self.offload, sizes=sizes,
                            width=request.width, height=request.height, batch=request.batch,
                            reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)
                                                                 for r in request.references)],
-                           vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width),
-                           fp8_transformer=fp8_share(self.files.transformer, upcast_marker="transformer_blocks.")
-                           if keep_fp8 else 0.0,
-                           fp8_text=fp8_share(self.files.text_encoder) if keep_fp8 else 0.0)
+                           vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width))
 
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
@@ -261,11 +285,11 @@ class LocalBackend:
             device = pick_device(self.device)
             if request is not None:          # after before_load: ComfyUI's models no longer hold memory
                 alternative = self.memory_plan(request, "blocks") if self.offload == "none" else None
-                check_fits(self.memory_plan(request), device, f"{self.model_name} at {request.width}x{request.height}",
+                check_fits(self.memory_plan(request), device, f"{self.model_preset.name} at {request.width}x{request.height}",
                            alternative)
             load_device = torch.device("cpu") if self.offload == "blocks" else device
             f = self.files
-            modules = load_modules(self.preset, diffusers_dir=f.diffusers_dir, transformer=f.transformer,
+            modules = load_modules(self.model_preset, diffusers_dir=f.diffusers_dir, transformer=f.transformer,
                                    text_encoder=f.text_encoder, vae=f.vae, tokenizer=f.tokenizer,
                                    dtype=DTYPES[self.dtype], device=load_device)
             modules.device = device

@@ -16,6 +16,7 @@ and one fixed CUDA overhead is added. The numbers are estimates meant to err hig
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class ModuleSizes:
     text_largest_layer: int
     vae: int
     largest_linear_elements: int   # a kept-fp8 weight is de-quantised one layer at a time
+    kept_fp8: bool = False          # (header sizes) some Linear weights stay float8
 
 
 @dataclass(frozen=True)
@@ -99,15 +101,67 @@ def module_sizes(preset: ModelPreset, dtype_bytes: int, fp8_transformer: float, 
     )
 
 
+_SCALE_KEY = re.compile(r"(\.weight_scale|\.weight_scale_2|\.scale_weight|\.input_scale|\.scale_input|\.comfy_quant"
+                        r"|\.pre_quant_scale|^scaled_fp8|num_batches_tracked)$")
+_BLOCK = re.compile(r"^(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)\.(\d+)\.")
+
+
+def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: bool) -> tuple[int, int]:
+    """(bytes in memory, elements) of one tensor as the loader keeps it: float8 Linear weights stay 1 byte where
+    kept (quant.py), NVFP4 (uint8 codes + weight_scale_2) is de-quantised to the compute dtype, the rest is cast
+    to it; scales and markers are consumed."""
+    if _SCALE_KEY.search(key):
+        return 0, 0
+    n = info.numel()
+    if info.dtype == "U8" and key.endswith(".weight") and key[: -len("weight")] + "weight_scale_2" in tensors:
+        return 2 * n * dtype_bytes, 2 * n
+    if info.dtype in ("F8_E4M3", "F8_E5M2") and keep_fp8 and info.ndim == 2:
+        return n, n
+    if info.dtype not in ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2"):
+        return 0, 0                                   # ids, tokenizer blobs (`tekken_model`), counters
+    return n * dtype_bytes, n
+
+
+def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtype_bytes: int, keep_fp8: bool,
+                       text_layers_used: int, upcast_transformer: bool = False) -> ModuleSizes:
+    """ModuleSizes from safetensors headers (detect.py): no module is built and no weight read, so a 64 GB
+    file is planned in milliseconds. upcast_transformer: diffusers-layout fp8 weights are up-cast at load."""
+    resident, blocks = 0, {}
+    largest = 0
+    kept = keep_fp8 and any(i.dtype.startswith("F8") and i.ndim == 2 for i in
+                            (*([] if upcast_transformer else transformer.values()), *text_encoder.values()))
+    for k, info in transformer.items():
+        b, n = _tensor_bytes(transformer, k, info, dtype_bytes, keep_fp8 and not upcast_transformer)
+        if m := _BLOCK.match(k):
+            blocks[m.group(0)] = blocks.get(m.group(0), 0) + b
+        else:
+            resident += b
+        if k.endswith(".weight") and info.ndim == 2:
+            largest = max(largest, n)
+    embedding, layers = 0, {}
+    for k, info in text_encoder.items():
+        b, _ = _tensor_bytes(text_encoder, k, info, dtype_bytes, keep_fp8)
+        if k.startswith("embed_tokens."):
+            embedding += b
+        elif (m := re.match(r"layers\.(\d+)\.", k)) and int(m.group(1)) < text_layers_used:
+            layers[m.group(1)] = layers.get(m.group(1), 0) + b
+    vae_bytes = sum(_tensor_bytes(vae, k, i, dtype_bytes, False)[0] for k, i in vae.items())
+    return ModuleSizes(transformer_resident=resident, transformer_blocks=sum(blocks.values()),
+                       transformer_largest_block=max(blocks.values(), default=0), text_embedding=embedding,
+                       text_layers=sum(layers.values()), text_largest_layer=max(layers.values(), default=0),
+                       vae=vae_bytes, largest_linear_elements=largest, kept_fp8=kept)
+
+
 def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: int, height: int,
                 reference_pixels: list[int] = (), batch: int = 1, vae_tile: int = 0,
-                fp8_transformer: float = 0.0, fp8_text: float = 0.0) -> MemoryPlan:
+                fp8_transformer: float = 0.0, fp8_text: float = 0.0, sizes: ModuleSizes | None = None) -> MemoryPlan:
     """Peak device bytes of one generate call. reference_pixels: w*h of each prepared reference;
-    vae_tile: latent pixels per tile side when the decode is tiled (0: whole image)."""
-    s = module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
+    vae_tile: latent pixels per tile side when the decode is tiled (0: whole image). sizes: from the files'
+    headers (sizes_from_headers); without them, from the preset's modules built on the meta device."""
+    s = sizes or module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
     t, te = preset.transformer, preset.text_encoder
     tokens = TEXT_TOKENS + (width // 16) * (height // 16) + sum(p // 256 for p in reference_pixels)
-    dequant = s.largest_linear_elements * dtype_bytes if fp8_transformer or fp8_text else 0
+    dequant = s.largest_linear_elements * dtype_bytes if fp8_transformer or fp8_text or (sizes and sizes.kept_fp8) else 0
     # Per token in a single-stream block: input, modulated input, the fused qkv+mlp projection, q/k/v after
     # norm and RoPE, attention output, the gated MLP activation, the concatenated input of the output projection.
     denoise_act = batch * tokens * (10 * t.hidden + 4 * t.mlp_hidden) * dtype_bytes + dequant
@@ -139,32 +193,21 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
 
 def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
     """Share (0..1) of the 2-D weight elements a safetensors file stores as float8 (header only, no tensor read).
-    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (loading.py): 0."""
-    if path is None or not Path(path).is_file():
+    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (loading.py): 0.
+    No file: 0. A header that cannot be read is a ModelLoadError naming the file (never a silent bf16 guess)."""
+    if path is None:
         return 0.0
-    st = Path(path).stat()        # planned on every dry run and load: read a header once per file version
-    return _fp8_share(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, upcast_marker)
-
-
-@functools.lru_cache(maxsize=32)
-def _fp8_share(path: str, _size: int, _mtime_ns: int, upcast_marker: str | None) -> float:
-    from safetensors import safe_open
+    from .safetensors_header import read_header
 
     fp8 = total = 0
-    try:
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                if upcast_marker and f".{upcast_marker}" in f".{key}":
-                    return 0.0
-                tensor = f.get_slice(key)
-                shape = tensor.get_shape()
-                if len(shape) != 2:
-                    continue
-                n = shape[0] * shape[1]
-                total += n
-                fp8 += n if tensor.get_dtype().startswith("F8") else 0
-    except Exception:   # unreadable files are reported by the loader, with the file named
-        return 0.0
+    for key, info in read_header(path).tensors.items():
+        if upcast_marker and f".{upcast_marker}" in f".{key}":
+            return 0.0
+        if info.ndim != 2:
+            continue
+        n = info.numel()
+        total += n
+        fp8 += n if info.dtype.startswith("F8") else 0
     return fp8 / total if total else 0.0
 
 

@@ -59,11 +59,20 @@ def test_untiled_4mp_decode_is_the_peak_and_tiling_bounds_it():
     assert untiled.phase == "decoding" and tiled.total < untiled.total
 
 
+def _dev_files(tmp_path, fp8=False):
+    """Real-size [dev] files as ComfyUI ships them: exact headers, no data (sparse; planning reads headers only)."""
+    import twins
+
+    twins.write_sparse(tmp_path / "t.safetensors", twins.bfl_transformer_table(
+        DEV.transformer, fp8_blocks=fp8, prefix="model.diffusion_model."))
+    twins.write_sparse(tmp_path / "te.safetensors", twins.text_encoder_table(DEV.text_encoder, 40))
+    twins.write_sparse(tmp_path / "vae.safetensors", twins.vae_table(DEV.vae))
+    return lb.LocalFiles(transformer=tmp_path / "t.safetensors", text_encoder=tmp_path / "te.safetensors",
+                         vae=tmp_path / "vae.safetensors")
+
+
 def _dev_backend(tmp_path, offload, before_load=None):
-    for name in ("t.safetensors", "te.safetensors", "vae.safetensors"):
-        (tmp_path / name).write_bytes(b"")           # never read: the check comes first
-    files = lb.LocalFiles(transformer=tmp_path / "t.safetensors", text_encoder=tmp_path / "te.safetensors",
-                          vae=tmp_path / "vae.safetensors")
+    files = _dev_files(tmp_path)
     return lb.LocalBackend("FLUX.2 [dev]", files, dtype="bf16", device="cuda", offload=offload,
                            before_load=before_load)
 
@@ -176,4 +185,77 @@ def test_fp8_share_reads_the_header_and_knows_up_cast_layouts(tmp_path):
     save_file({"transformer_blocks.0.attn.to_q.weight": f8}, tmp_path / "diffusers.st")
     assert fp8_share(tmp_path / "mixed.st", upcast_marker="transformer_blocks.") == 0.5     # "fp8mixed" files
     assert fp8_share(tmp_path / "diffusers.st", upcast_marker="transformer_blocks.") == 0.0  # up-cast at load
-    assert fp8_share(tmp_path / "diffusers.st") == 1.0 and fp8_share(tmp_path / "missing.st") == 0.0
+    assert fp8_share(tmp_path / "diffusers.st") == 1.0 and fp8_share(None) == 0.0
+    # a header that cannot be read is an error naming the file, never a silent "no fp8" (issue 15)
+    from comfyui_flux2.flux2.errors import ModelLoadError
+    (tmp_path / "cut.st").write_bytes((tmp_path / "mixed.st").read_bytes()[:40])
+    for bad in ("missing.st", "cut.st"):
+        with pytest.raises(ModelLoadError, match=bad):
+            fp8_share(tmp_path / bad)
+
+
+def test_header_sizes_equal_the_module_sizes(tmp_path):
+    """Planning from the files' headers counts what the meta-built modules count (same preset, same dtype)."""
+    from comfyui_flux2.flux2.local.memory import sizes_from_headers
+
+    files = _dev_files(tmp_path)
+    det = lb.LocalBackend("auto", files).detection()
+    assert det.preset.transformer == DEV.transformer and det.preset.text_encoder == DEV.text_encoder
+    got = sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=2, keep_fp8=True,
+                             text_layers_used=30)
+    want = module_sizes(DEV, 2, 0.0, 0.0)
+    for field in ("transformer_resident", "transformer_blocks", "transformer_largest_block", "text_embedding",
+                  "text_layers", "text_largest_layer", "largest_linear_elements"):
+        assert getattr(got, field) == getattr(want, field), field
+    assert 0 <= got.vae - want.vae <= 4 * 128 * 2          # + the BatchNorm statistics (buffers)
+
+
+def test_fp8_header_sizes_keep_one_byte_per_weight(tmp_path):
+    from comfyui_flux2.flux2.local.memory import sizes_from_headers
+
+    det = lb.LocalBackend("auto", _dev_files(tmp_path, fp8=True)).detection()
+    got = sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=2, keep_fp8=True,
+                             text_layers_used=30)
+    want = module_sizes(DEV, 2, 1.0, 0.0)                  # every block Linear is fp8 in the file
+    assert got.transformer_blocks == want.transformer_blocks and got.kept_fp8
+    none = sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=2, keep_fp8=False,
+                              text_layers_used=30)        # MPS: up-cast at load
+    assert none.transformer_blocks == module_sizes(DEV, 2, 0.0, 0.0).transformer_blocks and not none.kept_fp8
+
+
+def test_a_64gb_file_is_planned_from_its_header(tmp_path):
+    """Real-size [dev] files (64 GB bf16 transformer, 24 GB fp8 text encoder; exact headers, sparse, no data):
+    the dry-run plan reads headers only. Time and memory are measured in a fresh interpreter and printed;
+    memory growth is asserted (a full-file map or a weight read would show as GBs)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import twins
+
+    tr = twins.write_sparse(tmp_path / "flux2-dev.safetensors", twins.bfl_transformer_table(DEV.transformer))
+    te = twins.write_sparse(tmp_path / "mistral_3_small_flux2_fp8.safetensors",
+                            twins.text_encoder_table(DEV.text_encoder, 40, quant="fp8"))
+    ae = twins.write_sparse(tmp_path / "ae.safetensors", twins.vae_table(DEV.vae))
+    assert tr.stat().st_size > 64 * 10**9
+    code = f"""
+import json, resource, time
+from pathlib import Path
+from comfyui_flux2.flux2.local import backend as lb
+from comfyui_flux2.flux2.backend import GenerationRequest
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+b = lb.LocalBackend("auto", lb.LocalFiles(transformer=Path({str(tr)!r}), text_encoder=Path({str(te)!r}),
+                    vae=Path({str(ae)!r})), device="cuda")
+(call,) = b.plan(GenerationRequest("a cat", 1024, 1024, seed=1))
+print(json.dumps({{"s": time.perf_counter() - t, "rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+                  "summary": call.summary}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"planned a {tr.stat().st_size / 1e9:.1f} GB file in {res['s']:.3f} s, peak RSS growth {res['rss_mb']:.1f} MB")
+    assert res["rss_mb"] < 100
+    assert "detected FLUX.2 [dev]" in res["summary"] and "device memory ≈ " in res["summary"]

@@ -284,3 +284,102 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+# ------------------------------------------------------------------ real-size headers (sparse files, no data)
+
+_ST_DTYPE = {torch.bfloat16: "BF16", torch.float32: "F32", F8: "F8_E4M3", torch.uint8: "U8", torch.int64: "I64"}
+_ST_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "U8": 1, "I64": 8}
+
+
+def write_sparse(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], metadata: dict | None = None) -> Path:
+    """A real-size safetensors file holding the exact header and zero data (sparse: no disk used)."""
+    header, off = {}, 0
+    for k, (dt, shape) in table.items():
+        n = _ST_BYTES[dt]
+        for d in shape:
+            n *= d
+        header[k] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + off)
+    return path
+
+
+def bfl_transformer_table(p, dtype: str = "BF16", fp8_blocks: bool = False, prefix: str = "") -> dict:
+    """BFL key names and shapes of a FLUX.2 transformer (flux2 repo model.py) for TransformerParams p."""
+    H, M, hd, ctx = p.hidden, p.mlp_hidden, p.head_dim, p.context_dim
+    t: dict[str, tuple[int, ...]] = {"img_in.weight": (H, p.in_channels), "txt_in.weight": (H, ctx),
+                                     "time_in.in_layer.weight": (H, 256), "time_in.out_layer.weight": (H, H),
+                                     "double_stream_modulation_img.lin.weight": (6 * H, H),
+                                     "double_stream_modulation_txt.lin.weight": (6 * H, H),
+                                     "single_stream_modulation.lin.weight": (3 * H, H),
+                                     "final_layer.linear.weight": (p.in_channels, H),
+                                     "final_layer.adaLN_modulation.1.weight": (2 * H, H)}
+    if p.guidance_embed:
+        t.update({"guidance_in.in_layer.weight": (H, 256), "guidance_in.out_layer.weight": (H, H)})
+    for i in range(p.depth_double):
+        for s in ("img", "txt"):
+            b = f"double_blocks.{i}.{s}_"
+            t.update({b + "attn.qkv.weight": (3 * H, H), b + "attn.proj.weight": (H, H),
+                      b + "attn.norm.query_norm.scale": (hd,), b + "attn.norm.key_norm.scale": (hd,),
+                      b + "mlp.0.weight": (2 * M, H), b + "mlp.2.weight": (H, M)})
+    for i in range(p.depth_single):
+        b = f"single_blocks.{i}."
+        t.update({b + "linear1.weight": (3 * H + 2 * M, H), b + "linear2.weight": (H, H + M),
+                  b + "norm.query_norm.scale": (hd,), b + "norm.key_norm.scale": (hd,)})
+    out = {}
+    for k, shape in t.items():
+        if fp8_blocks and _block_linear(k):
+            out[prefix + k] = ("F8_E4M3", shape)
+            out[prefix + k[: -len("weight")] + "weight_scale"] = ("F32", ())
+        else:
+            out[prefix + k] = (dtype, shape)
+    return out
+
+
+def text_encoder_table(p, layers: int, dtype: str = "BF16", quant: str = "bf16") -> dict:
+    """ComfyUI text-encoder key names and shapes (`model.` + Hugging Face names) for TextEncoderParams p."""
+    D, hd = p.hidden, p.head_dim
+    out = {"model.embed_tokens.weight": (dtype, (p.vocab, D)), "model.norm.weight": (dtype, (D,))}
+    for i in range(layers):
+        b = f"model.layers.{i}."
+        lin = {"self_attn.q_proj": (p.heads * hd, D), "self_attn.k_proj": (p.kv_heads * hd, D),
+               "self_attn.v_proj": (p.kv_heads * hd, D), "self_attn.o_proj": (D, p.heads * hd),
+               "mlp.gate_proj": (p.intermediate, D), "mlp.up_proj": (p.intermediate, D),
+               "mlp.down_proj": (D, p.intermediate)}
+        for name, (o, i_) in lin.items():
+            if quant == "fp8":
+                out[f"{b}{name}.weight"] = ("F8_E4M3", (o, i_))
+                out[f"{b}{name}.weight_scale"] = ("F32", ())
+                out[f"{b}{name}.comfy_quant"] = ("U8", (26,))
+            elif quant == "nvfp4":
+                out[f"{b}{name}.weight"] = ("U8", (o, i_ // 2))
+                out[f"{b}{name}.weight_scale"] = ("F8_E4M3", (-(-o // 128) * 128, -(-(i_ // 16) // 4) * 4))
+                out[f"{b}{name}.weight_scale_2"] = ("F32", ())
+                out[f"{b}{name}.comfy_quant"] = ("U8", (18,))
+            else:
+                out[f"{b}{name}.weight"] = (dtype, (o, i_))
+        out[f"{b}input_layernorm.weight"] = (dtype, (D,))
+        out[f"{b}post_attention_layernorm.weight"] = (dtype, (D,))
+        if p.qk_norm:
+            out[f"{b}self_attn.q_norm.weight"] = (dtype, (hd,))
+            out[f"{b}self_attn.k_norm.weight"] = (dtype, (hd,))
+    return out
+
+
+def vae_table(vp, dtype: str = "F32") -> dict:
+    """BFL `ae.safetensors` key names and shapes for VAEParams vp (from our module on the meta device)."""
+    from comfyui_flux2.flux2.local.autoencoder import AutoencoderFlux2
+
+    with torch.device("meta"):
+        sd = dict(AutoencoderFlux2(vp).state_dict())
+    sd["bn.num_batches_tracked"] = torch.empty((), dtype=torch.int64, device="meta")
+    return {k: ("I64" if v.dtype == torch.int64 else dtype, tuple(v.shape))
+            for k, v in diffusers_vae_to_bfl(sd).items()}

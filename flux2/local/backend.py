@@ -102,6 +102,14 @@ class LocalBackend:
 
         return detect(self.files)
 
+    def _files_complete(self) -> bool:
+        f = self.files
+        parts = ([f.transformer] if f.transformer else []) + ([f.text_encoder] if f.text_encoder else []) + \
+                ([f.vae] if f.vae else [])
+        if f.diffusers_dir is None and len(parts) < 3:
+            return False
+        return all(Path(p).exists() for p in f.paths())
+
     @property
     def model_preset(self) -> ModelPreset:
         """The named preset, or for "auto" the one detected from the files (a one-line ModelLoadError if they
@@ -249,10 +257,13 @@ class LocalBackend:
             device = torch.device(self.device)
         keep_fp8 = device.type != "mps"
         dtype_bytes = DTYPES[self.dtype].itemsize
-        det = self.detection()           # headers only: no weight is read, no file mapped
-        sizes = sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=dtype_bytes,
-                                   keep_fp8=keep_fp8, text_layers_used=max(self.model_preset.text_encoder.out_layers),
-                                   upcast_transformer=det.upcast_transformer)
+        sizes = None
+        if self.model_name == AUTO or self._files_complete():
+            det = self.detection()       # headers only: no weight is read, no file mapped
+            sizes = sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=dtype_bytes,
+                                       keep_fp8=keep_fp8, upcast_transformer=det.upcast_transformer,
+                                       text_layers_used=max(self.model_preset.text_encoder.out_layers))
+        # else: a named model whose files are not all there yet (a dry run warns about them): its preset's sizes
         return plan_memory(self.model_preset, dtype_bytes=dtype_bytes, offload=offload or self.offload, sizes=sizes,
                            width=request.width, height=request.height, batch=request.batch,
                            reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)

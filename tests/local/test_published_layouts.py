@@ -164,3 +164,20 @@ def test_each_klein_twin_generates(published, tr, te, vae):
                                            dtype=F32))
     img = eng.generate("a red cat", 32, 32, [1], 1, 0.0)[0]
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and img.std() > 0
+
+
+def test_out_of_memory_on_map_is_said_as_such(published, monkeypatch):
+    """A machine with less RAM than the file: safetensors' mmap fails with ENOMEM. That is not a corrupt file."""
+    import safetensors
+
+    _, _, files = published
+
+    def no_memory(*a, **k):
+        raise OSError(12, "unable to mmap 34359738368 bytes from file: Cannot allocate memory (os error 12)")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_memory)
+    with pytest.raises(ModelLoadError) as e:
+        loading.load_transformer(files["flux-2-klein-4b.safetensors"], TINY, F32)
+    msg = str(e.value)
+    assert "flux-2-klein-4b.safetensors" in msg and "Cannot allocate memory" in msg
+    assert "corrupt" not in msg and "truncated" not in msg and "\n" not in msg

@@ -224,7 +224,7 @@ class LocalBackend:
     def cfg_one_forward(self, request: GenerationRequest, device: torch.device) -> bool:
         """Whether CFG's two halves run as one batch of 2B: not under block offload (memory is what it saves
         there), and on CUDA only when the activations planned for 2B fit the memory free now (weights loaded)."""
-        if self.offload == "blocks" or not (self.preset.uses_cfg and self.effective_guidance > 1.0):
+        if self.offload == "blocks" or not (self.model_preset.uses_cfg and self.effective_guidance > 1.0):
             return False
         from dataclasses import replace
 

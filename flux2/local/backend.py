@@ -103,12 +103,14 @@ class LocalBackend:
         return detect(self.files)
 
     def _files_complete(self) -> bool:
+        """Whether all three parts are there to plan from (a single file, or the diffusers folder's subfolder)."""
         f = self.files
-        parts = ([f.transformer] if f.transformer else []) + ([f.text_encoder] if f.text_encoder else []) + \
-                ([f.vae] if f.vae else [])
-        if f.diffusers_dir is None and len(parts) < 3:
-            return False
-        return all(Path(p).exists() for p in f.paths())
+        d = Path(f.diffusers_dir) if f.diffusers_dir else None
+
+        def has(single, sub: str) -> bool:
+            return Path(single).exists() if single is not None else d is not None and (d / sub).is_dir()
+
+        return has(f.transformer, "transformer") and has(f.text_encoder, "text_encoder") and has(f.vae, "vae")
 
     @property
     def model_preset(self) -> ModelPreset:

@@ -145,3 +145,80 @@ def test_node_defaults_to_auto_and_the_chain_workflow_runs_on_it(klein, tmp_path
         with Image.open(path) as img:
             sizes.append(img.size)
     assert sizes == [(80, 64)] * 3
+
+
+def _chain_prompt(backend_inputs: dict) -> dict:
+    prompt = json.loads((WORKFLOWS / "api" / "flux2_chain_edit.json").read_text())
+    prompt["1"] = {"class_type": "Flux2LocalBackend", "inputs": {
+        "model": "auto", "diffusion_model": "(none)", "text_encoder": "(from diffusers folder)",
+        "vae": "(from diffusers folder)", "diffusers_folder": "(none)", "dtype": "fp32", "device": "cpu",
+        "steps": 2, "guidance": 0.0, "offload": "none", "vae_tiling": "off", **backend_inputs}}
+    prompt["3"]["inputs"].update(width=80, height=64)
+    return prompt
+
+
+def test_cli_runs_the_chain_on_single_file_twins_with_models_dir(klein, tmp_path, monkeypatch):
+    """`comfyui-flux2 run WORKFLOW --models-dir DIR` with ComfyUI-layout single files (BFL transformer, ComfyUI
+    Qwen3 file, BFL ae), model auto."""
+    from comfyui_flux2 import cli
+
+    pipe = klein[0]
+    models = tmp_path / "models"
+    twins.write_bfl_transformer(pipe.transformer.state_dict(), models / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    twins.write_text_encoder(pipe.text_encoder, models / "text_encoders" / "qwen_3_4b.safetensors")
+    twins.write_bfl_vae(pipe.vae.state_dict(), models / "vae" / "ae.safetensors")
+    wf = tmp_path / "chain.json"
+    wf.write_text(json.dumps(_chain_prompt({"diffusion_model": "flux-2-klein-4b.safetensors",
+                                            "text_encoder": "qwen_3_4b.safetensors", "vae": "ae.safetensors"})))
+    monkeypatch.delenv("FLUX2_MODELS_DIR", raising=False)
+    lb.clear_cache()
+    out = tmp_path / "out"
+    assert cli.main(["run", str(wf), "--models-dir", str(models), "--output-dir", str(out),
+                     "--input-dir", str(WORKFLOWS)]) == 0
+    assert len(list(out.rglob("*.png"))) == 3
+
+
+def test_dev_single_file_twins_load_and_generate(dev, tmp_path):
+    """The [dev] layouts: BFL flux2-dev, ComfyUI fp8mixed, Mistral bf16 / fp8 / fp4-mixed with the Tekken tokenizer
+    inside. A tiny Mistral's head size is not in its shapes: the named tiny preset gives it."""
+    from comfyui_flux2.flux2.local.pipeline import Flux2Engine
+    from test_tokenizers import synthetic_tekken
+
+    pipe = dev[0]
+    dm, te, va = tmp_path / "diffusion_models", tmp_path / "text_encoders", tmp_path / "vae"
+    tek = synthetic_tekken()
+    files = {"flux2-dev": twins.write_bfl_transformer(pipe.transformer.state_dict(), dm / "flux2-dev.safetensors"),
+             "fp8mixed": twins.write_comfy_fp8mixed_transformer(pipe.transformer.state_dict(),
+                                                                dm / "flux2_dev_fp8mixed.safetensors"),
+             "ae": twins.write_bfl_vae(pipe.vae.state_dict(), va / "ae.safetensors")}
+    for q in ("bf16", "fp8mixed", "fp4mixed"):
+        files[f"te-{q}"] = twins.write_text_encoder(pipe.text_encoder, te / f"mistral_3_small_flux2_{q}.safetensors", q,
+                                            tekken=tek)
+    preset = params.tiny_preset("dev")
+    for tr, te_name in (("flux2-dev", "te-bf16"), ("fp8mixed", "te-fp8mixed"), ("flux2-dev", "te-fp4mixed")):
+        eng = Flux2Engine(loading_modules(preset, files[tr], files[te_name], files["ae"]))
+        img = eng.generate("a red cat", 32, 32, [1], 1, 4.0)[0]
+        assert img.shape == (32, 32, 3) and img.std() > 0, (tr, te_name)
+
+
+def loading_modules(preset, tr, te, vae):
+    from comfyui_flux2.flux2.local import loading
+
+    return loading.load_modules(preset, transformer=tr, text_encoder=te, vae=vae, dtype=torch.float32)
+
+
+def test_sharded_diffusers_folder_loads_like_the_single_shard(klein, tmp_path):
+    """diffusers' FLUX.2 folders ship sharded (`*.safetensors.index.json` + shards)."""
+    pipe, root, _ = klein
+    sharded = tmp_path / "flux2-sharded"
+    pipe.save_pretrained(str(sharded), safe_serialization=True, max_shard_size="200KB")
+    assert (sharded / "transformer" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert len(list((sharded / "transformer").glob("*.safetensors"))) > 1
+    a = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=sharded), dtype="fp32", device="cpu", steps=2)
+    b = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=root / "diffusers" / "flux2-tiny"), dtype="fp32",
+                        device="cpu", steps=2)
+    assert a.model_preset == b.model_preset
+    lb.clear_cache()
+    x = _run(a)
+    lb.clear_cache()
+    assert np.array_equal(x, _run(b))

@@ -90,3 +90,31 @@ def test_comfyui_reads_the_vae_and_fp8mixed_twins_as_we_do(klein, dev, tmp_path)
     got = np.load(tmp_path / "fp8.npz")
     for name in ("double_blocks.0.img_attn.qkv", "single_blocks.1.linear2"):
         assert np.array_equal(got[name], sd[f"model.diffusion_model.{name}.weight"].numpy()), name
+
+
+def test_chain_workflow_with_auto_runs_inside_comfyui_from_its_model_folders(klein, tmp_path):
+    """The real ComfyUI 0.3.75 server: the twins sit in its own models/ folders, Flux2LocalBackend(model=auto)
+    finds them through folder_paths, and the shipped chain workflow saves three pictures."""
+    from comfy_server import run_workflow, start_server
+
+    pipe = klein[0]
+    base = tmp_path / "comfy"
+    models = base / "models"
+    twins.write_bfl_transformer(pipe.transformer.state_dict(), models / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    twins.write_text_encoder(pipe.text_encoder, models / "text_encoders" / "qwen_3_4b.safetensors")
+    twins.write_bfl_vae(pipe.vae.state_dict(), models / "vae" / "flux2-vae.safetensors", torch.bfloat16)
+    prompt = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "api" / "flux2_chain_edit.json").read_text())
+    prompt["1"] = {"class_type": "Flux2LocalBackend", "inputs": {
+        "model": "auto", "diffusion_model": "flux-2-klein-4b.safetensors", "text_encoder": "qwen_3_4b.safetensors",
+        "vae": "flux2-vae.safetensors", "diffusers_folder": "(none)", "dtype": "fp32", "device": "cpu",
+        "steps": 2, "guidance": 0.0, "offload": "none", "vae_tiling": "off"}}
+    prompt["3"]["inputs"].update(width=80, height=64)
+    server = start_server(base_dir=base)
+    try:
+        entry = run_workflow(server, prompt, timeout=600)
+        saved = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+        assert len(saved) == 3
+        for img in saved:
+            assert (server.output_dir / img["subfolder"] / img["filename"]).is_file()
+    finally:
+        server.stop()

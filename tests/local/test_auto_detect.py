@@ -126,6 +126,7 @@ def test_node_defaults_to_auto_and_the_chain_workflow_runs_on_it(klein, tmp_path
     from PIL import Image
 
     from comfyui_flux2.nodes.local_backend import Flux2LocalBackend
+    from comfyui_flux2.cli import node_registry
     from comfyui_flux2.runner import executor as ex
 
     _, root, _ = klein
@@ -139,7 +140,7 @@ def test_node_defaults_to_auto_and_the_chain_workflow_runs_on_it(klein, tmp_path
         "steps": 2, "guidance": 0.0, "offload": "none", "vae_tiling": "off"}}
     prompt["3"]["inputs"].update(width=80, height=64)
     lb.clear_cache()
-    report = ex.Executor(prompt, input_dir=WORKFLOWS, output_dir=tmp_path).run(RunContext())
+    report = ex.Executor(prompt, registry=node_registry(), input_dir=WORKFLOWS, output_dir=tmp_path).run(RunContext())
     sizes = []
     for path in sorted(report.saved):
         with Image.open(path) as img:

@@ -25,6 +25,9 @@ CONFIGS = {
 
 ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench"
 PEER_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_peer"   # outside the engine: imports ComfyUI
+PIPELINE_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.local_pipeline"   # whole-pipeline rows
+PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
+ROWS = ("step", "pipeline")
 
 
 def _reset_peak_rss() -> None:
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rows", default="step,pipeline",
+                    help="step: one transformer step (and memory); pipeline: a seed sweep of 8 images, a 3-edit "
+                         "chain reusing two references, CFG one forward vs two (tiny and mid configs only)")
+    ap.add_argument("--sweep", type=int, default=8, help="images in the pipeline rows' seed sweep (>= 2)")
     ap.add_argument("--comfyui", metavar="DIR", help="also time ComfyUI core's FLUX.2 transformer from this ComfyUI "
                                                       "folder (the one with main.py)")
     ap.add_argument("--comfyui-python", metavar="PYTHON", default=None,
@@ -157,21 +164,84 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         return 2
     rows = []
     python = args.comfyui_python or sys.executable    # one interpreter for every row: like compares with like
+    kinds = args.rows.split(",")
     for cfg in args.configs.split(","):
         if cfg not in CONFIGS:
             print(f"unknown config {cfg!r}; known: {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
+    if any(k not in ROWS for k in kinds):
+        print(f"unknown rows {args.rows!r}; known: {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    if "step" in kinds and _step_rows(args, python) != 0:
+        return 1
+    if "pipeline" in kinds:
+        return _pipeline_rows(args, python)
+    return 0
+
+
+def _run_json(cmd: list[str], what: str) -> dict | None:
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        print(f"{what} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}",
+              file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+
+
+def _pipeline_rows(args, python: str) -> int:
+    """Seed sweep, chain and CFG rows (bench/local_pipeline.py), ours and diffusers' pipeline in one run."""
+    import tempfile
+
+    import numpy as np
+
+    configs = [c for c in args.configs.split(",") if c in PIPELINE_CONFIGS]
+    if not configs:
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory(prefix="flux2-bench-") as tmp:
+        for cfg in configs:
+            folder = Path(tmp) / cfg
+            base = [python, "-m", PIPELINE_MODULE]
+            if _run_json(base + ["--build", cfg, str(folder)], f"building the {cfg} pipeline") is None:
+                return 1
+            pair = {}
+            for impl in ("diffusers", "ours"):
+                pair[impl] = _run_json(base + ["--worker", impl, cfg, str(folder), "--dtype", args.dtype,
+                                               "--device", args.device, "--images", str(folder / f"{impl}.npy"),
+                                               "--sweep", str(args.sweep)],
+                                       f"{impl} {cfg} pipeline")
+                if pair[impl] is None:
+                    return 1
+            a, b = (np.load(folder / f"{impl}.npy").astype(np.int32) for impl in ("ours", "diffusers"))
+            pair["max_diff"] = int(np.abs(a - b).max())
+            results.append((cfg, pair))
+    print(f"\npipeline rows: device {args.device}, dtype {args.dtype}; seconds; ratios = ours / diffusers")
+    print(f"{'config':<8}{'row':<36}{'ours':>10}{'diffusers':>11}{'ratio':>8}")
+    for cfg, p in results:
+        o, d = p["ours"], p["diffusers"]
+        lines = [(f"sweep of {o['sweep_n']}, per image after the 1st", o["sweep_s"], d["sweep_s"]),
+                 ("sweep, first image", o["first_s"], d["first_s"]),
+                 ("3-edit chain, 2 references reused", o["chain_s"], d["chain_s"]),
+                 ("CFG 4.0 per image, one forward", o["cfg_one_forward"], d["cfg_one_forward"]),
+                 ("CFG 4.0 per image, two calls", o["cfg_two_calls"], d["cfg_one_forward"])]
+        for name, ours, peer in lines:
+            print(f"{cfg:<8}{name:<36}{ours:>10.3f}{peer:>11.3f}{ours / peer:>7.2f}x")
+        print(f"{cfg:<8}{'CFG one forward / two calls (ours)':<36}{o['cfg_one_forward'] / o['cfg_two_calls']:>28.2f}x")
+        print(f"{cfg:<8}sweep images, ours vs diffusers: max difference {p['max_diff']} (8-bit levels)")
+    return 0
+
+
+def _step_rows(args, python: str) -> int:
+    rows = []
+    for cfg in args.configs.split(","):
         pair = {}
         for impl in ("diffusers", "ours") + (("comfyui",) if args.comfyui else ()):
             module = PEER_MODULE if impl == "comfyui" else ENGINE_MODULE
             cmd = [python, "-m", module, "--worker", impl, cfg, "--dtype", args.dtype, "--device", args.device,
                    "--reps", str(args.reps)] + (["--comfyui", args.comfyui] if impl == "comfyui" else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            if out.returncode != 0:
-                print(f"{impl} {cfg} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}",
-                      file=sys.stderr)
+            pair[impl] = _run_json(cmd, f"{impl} {cfg}")
+            if pair[impl] is None:
                 return 1
-            pair[impl] = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append((cfg, pair))
     kind = rows[0][1]["ours"]["peak_kind"]
     print(f"device {args.device}, dtype {args.dtype}, median of {args.reps} steps; memory = {kind}; "

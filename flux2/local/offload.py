@@ -52,16 +52,20 @@ class _StreamedTextEncoder(nn.Module):
             embed.to("cpu")
 
 
-def apply_offload(modules, device: torch.device) -> None:
-    """Keep everything on the CPU; stream transformer blocks and run encoder/decoder calls on `device`."""
-    tr = modules.transformer
-    if device.type == "cpu":
-        return
-    # Small always-needed parts (embedders, modulations, final layer) stay resident on the device.
+def offload_transformer(tr: nn.Module, device: torch.device) -> None:
+    """Blocks stay on the CPU and visit `device` one at a time; the small always-needed parts (embedders,
+    modulations, final layer) stay resident there."""
     for name, child in tr.named_children():
         if name not in ("double_blocks", "single_blocks"):
             child.to(device)
     tr.block_hook = _BlockMover(device)      # the transformer calls it per block and releases after the pass
+
+
+def apply_offload(modules, device: torch.device) -> None:
+    """Keep everything on the CPU; stream transformer blocks and run encoder/decoder calls on `device`."""
+    if device.type == "cpu":
+        return
+    offload_transformer(modules.transformer, device)
     for attr in ("encoder", "decoder", "post_quant_conv", "quant_conv"):
         getattr(modules.vae, attr).to(device)   # the VAE is small (~170 MB): keep it resident
     modules.vae.bn.to(device)

@@ -40,3 +40,53 @@ def test_comfyui_core_transformer_is_a_third_peer(capsys):
     out = capsys.readouterr().out.splitlines()
     assert "diffusers s" in out[1] and "comfyui s" in out[1]
     assert out[2].split()[0] == "tiny" and out[2].count("x") == 4
+
+
+def test_pipeline_rows_sweep_chain_and_cfg_on_the_tiny_config(capsys):
+    """Whole-pipeline rows (bench/local_pipeline.py): ours vs diffusers' pipeline on the same random weights; the
+    sweep's images of the two tools are compared, so the rows time the same pictures."""
+    assert bench.main(["--configs", "tiny", "--rows", "pipeline", "--device", "cpu", "--sweep", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("tiny")]
+    names = [line[8:44].strip() for line in lines]            # the row column
+    assert names[:6] == ["sweep of 2, per image after the 1st", "sweep, first image",
+                         "3-edit chain, 2 references reused", "CFG 4.0 per image, one forward",
+                         "CFG 4.0 per image, two calls", "CFG one forward / two calls (ours)"], names
+    assert all(line.rstrip().endswith("x") for line in lines[:6])
+    diff = int(lines[-1].split("max difference ")[1].split()[0])
+    assert diff <= 2, f"ours and diffusers' sweep images differ by {diff} levels"
+
+
+def test_unknown_rows_are_refused(capsys):
+    assert bench.main(["--configs", "tiny", "--rows", "everything", "--device", "cpu"]) == 2
+    assert "unknown rows" in capsys.readouterr().err
+
+
+def test_gpu_full_size_script_runs_its_tiny_path_on_cpu(capsys, tmp_path):
+    """bench/gpu_full_size.py is prepared for a GPU; here its every row runs on a few-MB model (in-process for
+    speed, and once through main for the table)."""
+    from comfyui_flux2.bench import gpu_full_size as g
+
+    for model in g.MODELS:
+        for impl in g.IMPLS:
+            row = g.worker(model, impl, "cpu", tiny=True)
+            assert row["step_s"] > 0 and row["loop4_s"] > 0 and row["tflops"] > 0 and row["vram_peak_gib"] is None
+    assert g.main(["--tiny", "--device", "cpu", "--models", "dev", "--impls", "diffusers-bf16,ours-fp8",
+                   "--json", str(tmp_path / "rows.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("cpu, 128²") and out[1].startswith("| model | row | 1 step | vs diffusers")
+    assert out[3].startswith("| dev | diffusers-bf16 |") and "| 1.00× |" in out[3]
+    assert out[4].startswith("| dev | ours-fp8 |")
+
+
+def test_flop_count_of_dev_at_1024():
+    """The step's FLOPs from shapes (Linears + attention's 4·L²·D per block) against the figure in the FLUX.2 facts:
+    ≈ 283 TFLOP per [dev] step at 1024²."""
+    from comfyui_flux2.bench import gpu_full_size as g
+
+    p = g.params_for("dev", tiny=False)
+    flops = g.forward_flops(p, 4096, 512)
+    L = 4096 + 512
+    attention = (p.depth_double + p.depth_single) * 4 * L * L * p.hidden
+    assert abs(flops / 283e12 - 1) < 0.01 and 0.05 < attention / flops < 0.15
+    assert g.forward_flops(g.params_for("klein4b", tiny=False), 4096, 512) < flops / 6    # "~8x cheaper"

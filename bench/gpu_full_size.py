@@ -1,0 +1,246 @@
+"""Full-size rows for one GPU, prepared to run in one go (about 10 minutes on an 80-141 GB card):
+
+    python -m comfyui_flux2.bench.gpu_full_size [--models klein4b,dev] [--json OUT.json]
+
+For [klein] 4B and [dev] transformers with random weights at 1024² (4096 image + 512 text tokens), each row in its
+own process: diffusers' Flux2Transformer2DModel in bf16; ours in bf16, with every block Linear kept in fp8
+(ScaledFP8Linear, what an fp8 file gives), and in bf16 under block offload (weights in host RAM, one block on the
+GPU at a time). Per row: one step (median of 3 forwards), a 4-step Euler loop (one image's denoising at klein's
+4 steps), achieved TFLOP/s against the card's dense bf16 peak (FLOPs counted from the shapes: 2 per
+multiply-add of every Linear, 4·L²·D per attention), peak VRAM (allocated) and peak RAM (VmHWM of the process).
+The text encoder and the VAE are left out: their full-size random copies alone would not fit the time box.
+
+`--tiny` runs the same code on a few-MB model on the CPU (a test runs it so this script is not dead code).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+MODELS = ("klein4b", "dev")
+IMPLS = ("diffusers-bf16", "ours-bf16", "ours-fp8", "ours-bf16-offload")
+# Dense bf16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets (SXM parts; without sparsity).
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.05}
+STEPS = 4
+MODULE = __spec__.name if __spec__ else "comfyui_flux2.bench.gpu_full_size"
+
+
+def params_for(model: str, tiny: bool):
+    from dataclasses import replace
+
+    from ..flux2.local.params import DEV_T, KLEIN4B_T
+
+    p = DEV_T if model == "dev" else KLEIN4B_T
+    if tiny:
+        p = replace(p, hidden=64, heads=2, head_dim=32, depth_double=1, depth_single=2, context_dim=96,
+                    mlp_hidden=192, axes_dim=(8, 8, 8, 8))
+    return p
+
+
+def size_for(tiny: bool) -> int:
+    return 128 if tiny else 1024
+
+
+def forward_flops(p, image_tokens: int, text_tokens: int) -> float:
+    """Multiply-adds x 2 of one transformer forward (batch 1), attention included; embedders and modulation
+    (a few M multiply-adds) left out."""
+    D, F, L = p.hidden, p.mlp_hidden, image_tokens + text_tokens
+    stream = D * 3 * D + D * D + D * 2 * F + F * D                # qkv, proj, mlp in (gate|up), mlp out
+    double = stream * L + 4 * L * L * D / 2                       # both streams together see L tokens
+    single = (D * (3 * D + 2 * F) + (D + F) * D) * L + 4 * L * L * D / 2
+    io = p.context_dim * D * text_tokens + 128 * D * image_tokens * 2
+    return 2.0 * (p.depth_double * double + p.depth_single * single + io)
+
+
+def _peak_ram_gib() -> float:
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 2**20
+
+
+def _init_(module, device) -> None:
+    """Random weights made on `device` (fast on a GPU): matrices N(0, 0.02), vectors (norm scales) 1."""
+    import torch
+
+    module.to_empty(device=device)
+    g = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point():
+                if t.ndim >= 2:
+                    t.normal_(0.0, 0.02, generator=g)
+                else:
+                    t.fill_(1.0)
+
+
+def _to_fp8(module, compute_dtype) -> int:
+    """Every Linear inside the blocks -> ScaledFP8Linear (float8_e4m3fn weight, scalar scale)."""
+    import torch
+    from torch import nn
+
+    from ..flux2.local.quant import ScaledFP8Linear
+
+    n = 0
+    for blocks in (module.double_blocks, module.single_blocks):
+        for name, child in list(blocks.named_modules()):
+            if type(child) is not nn.Linear:
+                continue
+            w = child.weight.detach()
+            scale = w.abs().amax().float() / 448.0
+            new = ScaledFP8Linear(child.in_features, child.out_features, False, compute_dtype).to(w.device)
+            new.weight.data = (w.float() / scale).to(torch.float8_e4m3fn)
+            new.weight_scale.data = scale.reshape(())
+            parent, _, attr = name.rpartition(".")
+            setattr(blocks.get_submodule(parent) if parent else blocks, attr, new)
+            n += 1
+    return n
+
+
+def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
+    import torch
+
+    from ..flux2.local.sampling import euler_step, image_ids, text_ids
+
+    p = params_for(model, tiny)
+    size = size_for(tiny)
+    dtype = torch.float32 if tiny and device == "cpu" else torch.bfloat16
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    offload = impl.endswith("offload")
+    build_device = "cpu" if offload else device
+    Li, Lt = (size // 16) ** 2, 512
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(1, Li, 128, generator=g).to(device, dtype)
+    txt = torch.randn(1, Lt, p.context_dim, generator=g).to(device, dtype)
+    iid, tid = image_ids(size // 16, size // 16).to(device), text_ids(Lt).to(device)
+    guidance = torch.tensor([4.0], device=device) if p.guidance_embed else None
+    t0 = time.perf_counter()
+    if impl.startswith("diffusers"):
+        from diffusers import Flux2Transformer2DModel
+
+        with torch.device("meta"):
+            model_ = Flux2Transformer2DModel(
+                in_channels=128, num_layers=p.depth_double, num_single_layers=p.depth_single,
+                attention_head_dim=p.head_dim, num_attention_heads=p.heads, joint_attention_dim=p.context_dim,
+                axes_dims_rope=tuple(p.axes_dim), rope_theta=p.theta, guidance_embeds=p.guidance_embed,
+                timestep_guidance_channels=256, mlp_ratio=p.mlp_hidden / p.hidden)
+        _init_(model_, build_device)
+        model_.to(dtype).eval().requires_grad_(False)
+
+        def forward(x, t):
+            return model_(hidden_states=x, encoder_hidden_states=txt, timestep=t, img_ids=iid, txt_ids=tid,
+                          guidance=guidance, return_dict=False)[0]
+    else:
+        from ..flux2.local.offload import offload_transformer
+        from ..flux2.local.transformer import Flux2Transformer
+
+        with torch.device("meta"):
+            model_ = Flux2Transformer(p)
+        _init_(model_, build_device)
+        model_.to(dtype).eval().requires_grad_(False)
+        if impl.endswith("fp8"):
+            _to_fp8(model_, dtype)
+        if offload and device != "cpu":
+            offload_transformer(model_, torch.device(device))
+
+        def forward(x, t):
+            return model_(x, iid, txt, tid, t, guidance)
+    build_s = time.perf_counter() - t0
+    with torch.no_grad():
+        forward(img, torch.tensor([1.0], device=device))                # warm-up
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            forward(img, torch.tensor([0.5], device=device))
+            sync()
+            times.append(time.perf_counter() - t0)
+        sig = torch.linspace(1.0, 0.0, STEPS + 1)
+        x = img.clone()
+        t0 = time.perf_counter()
+        for i in range(STEPS):
+            v = forward(x, sig[i:i + 1].to(device))
+            x = euler_step(x, v, sig[i].to(device), sig[i + 1].to(device))
+        sync()
+        loop_s = time.perf_counter() - t0
+    times.sort()
+    flops = forward_flops(p, Li, Lt)
+    return {"model": model, "impl": impl, "build_s": build_s, "step_s": times[1], "loop4_s": loop_s,
+            "tflops": flops / times[1] / 1e12, "flop_per_step": flops,
+            "vram_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "ram_peak_gib": _peak_ram_gib()}
+
+
+def _peak(device: str) -> tuple[str, float | None]:
+    import torch
+
+    if not device.startswith("cuda"):
+        return "cpu", None
+    name = torch.cuda.get_device_name(0)
+    return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m comfyui_flux2.bench.gpu_full_size", description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--tiny", action="store_true", help="a few-MB model (CPU check of this script)")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--timeout", type=float, default=240.0, help="seconds per row")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "IMPL"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.device, args.tiny)))
+        return 0
+    name, peak = _peak(args.device)
+    rows = []
+    for model in args.models.split(","):
+        for impl in args.impls.split(","):
+            cmd = [sys.executable, "-m", MODULE, "--worker", model, impl, "--device", args.device] + \
+                  (["--tiny"] if args.tiny else [])
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                     env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            except subprocess.TimeoutExpired:
+                rows.append({"model": model, "impl": impl, "error": f"over {args.timeout:g} s"})
+                continue
+            if out.returncode != 0:
+                last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+                rows.append({"model": model, "impl": impl, "error": last})
+                continue
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    size = size_for(args.tiny)
+    print(f"{name}, {size}², batch 1, random weights; peak bf16 {peak or '?'} TFLOP/s; ratios = row / diffusers-bf16")
+    print("| model | row | 1 step | vs diffusers | 4-step loop | TFLOP/s | % of peak | VRAM peak | RAM peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['impl']} | failed: {r['error']} | | | | | | |")
+            continue
+        ref = next((x for x in rows if x["model"] == r["model"] and x["impl"] == "diffusers-bf16" and "step_s" in x),
+                   None)
+        ratio = f"{r['step_s'] / ref['step_s']:.2f}×" if ref else "—"
+        pct = f"{100 * r['tflops'] / peak:.0f} %" if peak else "—"
+        vram = f"{r['vram_peak_gib']:.1f} GiB" if r["vram_peak_gib"] is not None else "—"
+        print(f"| {r['model']} | {r['impl']} | {r['step_s']:.3f} s | {ratio} | {r['loop4_s']:.3f} s | "
+              f"{r['tflops']:.1f} | {pct} | {vram} | {r['ram_peak_gib']:.1f} GiB |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "peak_tflops": peak, "size": size, "rows": rows}, f, indent=1)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,21 +10,34 @@ import torch
 from torch import nn
 
 
+def _device_copy(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.to(device, non_blocking=True)
+
+
 class _BlockMover:
+    """Streams one block's weights to the device at a time. Weights never change, so on release nothing is copied
+    back: the device copies are dropped and the parameters point at their host tensors again (half the PCIe
+    traffic of moving the block there and back, and no new host allocation per step)."""
+
     def __init__(self, device: torch.device):
         self.device = device
         self.current: nn.Module | None = None
+        self.host: list[tuple[torch.Tensor, torch.Tensor]] = []     # (parameter or buffer, its host tensor)
 
     def __call__(self, block: nn.Module) -> None:
-        if self.current is not None and self.current is not block:
-            self.current.to("cpu")
-        block.to(self.device, non_blocking=True)
+        if self.current is block:
+            return
+        self.release()
+        for t in list(block.parameters()) + list(block.buffers()):
+            self.host.append((t, t.data))
+            t.data = _device_copy(t.data, self.device)
         self.current = block
 
     def release(self) -> None:
-        if self.current is not None:
-            self.current.to("cpu")
-            self.current = None
+        for t, host in self.host:
+            t.data = host
+        self.host.clear()
+        self.current = None
 
 
 class _StreamedTextEncoder(nn.Module):

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def test_reports_ours_and_diffusers_on_the_tiny_config(capsys):
-    assert bench.main(["--configs", "tiny", "--reps", "1", "--device", "cpu"]) == 0
+    assert bench.main(["--configs", "tiny", "--reps", "1", "--device", "cpu", "--rows", "step"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("device cpu, dtype fp32, median of 1 steps")
     assert "diffusers s" in out[1] and "comfyui" not in out[1]
@@ -36,7 +36,7 @@ def test_comfyui_core_transformer_is_a_third_peer(capsys):
 
     install = provision()
     assert bench.main(["--configs", "tiny", "--reps", "1", "--device", "cpu", "--comfyui", str(install.comfy_dir),
-                       "--comfyui-python", str(install.python)]) == 0
+                       "--comfyui-python", str(install.python), "--rows", "step"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "diffusers s" in out[1] and "comfyui s" in out[1]
     assert out[2].split()[0] == "tiny" and out[2].count("x") == 4

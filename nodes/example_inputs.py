@@ -1,8 +1,10 @@
 """Inside ComfyUI: the example workflows' reference images, provided in ComfyUI's input folder.
 
-The examples' LoadImage nodes name `flux2_examples/flux2_ref_N.png`; on load the pack copies its
-`workflows/flux2_examples/` files into `<input>/flux2_examples/` (its own subfolder, as ComfyUI's own
-`pasted/` and `clipspace/` are), so a template opens and queues without copying by hand. A file
+The examples' LoadImage nodes name `flux2_example_ref_N.png`, files that lie beside the workflows in
+`workflows/`. On load the pack copies them to the top of ComfyUI's input folder, so a template opens
+and queues without copying by hand. They go to the top, not to a subfolder of the pack's own, because
+core LoadImage offers only the input folder's own files and newer frontends (1.58 with Nodes 2.0) flag
+a value missing from that list as "Select image…". The names carry the pack's prefix, and a file
 already there is never replaced, whoever wrote it.
 """
 from __future__ import annotations
@@ -12,22 +14,22 @@ from pathlib import Path
 
 log = logging.getLogger("comfyui_flux2")
 
-EXAMPLE_IMAGES = "flux2_examples"
-SOURCE = Path(__file__).resolve().parents[1] / "workflows" / EXAMPLE_IMAGES
+EXAMPLE_IMAGES = "flux2_example_ref_*.png"
+SOURCE = Path(__file__).resolve().parents[1] / "workflows"
 
 
 def provide_example_images(input_dir: Path | None = None) -> list[Path]:
-    """Copy missing example images into input_dir/flux2_examples (default: ComfyUI's input folder);
-    returns the files written. Outside ComfyUI, without an input_dir, it does nothing."""
+    """Copy missing example images into input_dir (default: ComfyUI's input folder); returns the files
+    written. Outside ComfyUI, without an input_dir, it does nothing."""
     if input_dir is None:
         try:
             import folder_paths  # ComfyUI only
         except ImportError:
             return []
         input_dir = Path(folder_paths.get_input_directory())
-    target = Path(input_dir) / EXAMPLE_IMAGES
+    target = Path(input_dir)
     written = []
-    for source in sorted(SOURCE.glob("*.png")):
+    for source in sorted(SOURCE.glob(EXAMPLE_IMAGES)):
         destination = target / source.name
         if destination.exists() or destination.is_symlink():
             continue

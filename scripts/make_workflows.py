@@ -77,10 +77,12 @@ HARBOR_REFERENCES = (
     "https://assets.runware.ai/assets/inputs/c1d8b027-b1c2-4a58-b50d-72126cef99b7.jpg",
     "https://assets.runware.ai/assets/inputs/94cbc938-56de-4405-8d1a-838a112330fd.jpg",
 )
-# Our own multi-reference example: three local images (flux2_examples/), uploaded once each.
+# Our own multi-reference example: three local images (beside the workflows), uploaded once each.
 LOCAL_EDIT_PROMPT = ("Combine the three references into one scene: the building from image 1, the colour palette "
                      "of image 2 and the texture of image 3, golden hour, photographic")
-EXAMPLE_IMAGES = "flux2_examples"   # also the subfolder of ComfyUI's input/ the pack copies them to
+# The examples' local images lie beside the workflows and are copied to the top of ComfyUI's input/ folder:
+# LoadImage lists only that folder's own files, and newer frontends flag a value missing from the list.
+EXAMPLE_IMAGE = "flux2_example_ref_{}.png"
 
 
 class Graph:
@@ -190,7 +192,7 @@ def multi_reference_edit() -> Graph:
 
 
 def local_references_edit() -> Graph:
-    return three_reference_edit(False, lambda g: [g.add("LoadImage", {"image": f"{EXAMPLE_IMAGES}/flux2_ref_{i}.png",
+    return three_reference_edit(False, lambda g: [g.add("LoadImage", {"image": EXAMPLE_IMAGE.format(i),
                                                                       "upload": "image"}, (40, 420 + 330 * (i - 1)))
                                                   for i in (1, 2, 3)],
                                 LOCAL_EDIT_PROMPT, "flux2/local_references_edit")
@@ -226,7 +228,7 @@ def core_models() -> Graph:
     t2i = g.add("Flux2TextToImage", {"prompt": "a ceramic teapot shaped like a snail, studio photo, white background",
                                      "width": 1024, "height": 1024, "seed": 5150, "_control": "fixed", "batch_size": 1},
                 (820, 60), {"backend": (b, 0)})
-    ref = g.add("LoadImage", {"image": f"{EXAMPLE_IMAGES}/flux2_ref_2.png", "upload": "image"}, (420, 420))
+    ref = g.add("LoadImage", {"image": EXAMPLE_IMAGE.format(2), "upload": "image"}, (420, 420))
     edit = g.add("Flux2Edit", {"prompt": "glaze the teapot in the colours of image 2", "width": 0, "height": 0,
                                "seed": 5150, "_control": "fixed", "batch_size": 1},
                  (1220, 60), {"backend": (b, 0), "reference_1": (t2i, 0), "reference_2": (ref, 0)})
@@ -237,11 +239,9 @@ def core_models() -> Graph:
 
 def reference_images() -> None:
     from PIL import Image
-    folder = OUT / EXAMPLE_IMAGES
-    folder.mkdir(parents=True, exist_ok=True)
     prompts = ("salt arches", "amber dusk palette", "crystal ripple texture")
     for i, text in enumerate(prompts, start=1):
-        Image.fromarray(render(text, i, 512, 512)).save(folder / f"flux2_ref_{i}.png", optimize=True)
+        Image.fromarray(render(text, i, 512, 512)).save(OUT / EXAMPLE_IMAGE.format(i), optimize=True)
 
 
 def main() -> None:

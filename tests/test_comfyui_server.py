@@ -100,7 +100,7 @@ def _template_prompt(server, name: str) -> dict:
 def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, tmp_path):
     """Each template, loaded from the template browser and queued on a real ComfyUI, runs against the
     loopback Runware server with nothing copied by hand: the pack provided the examples' images in
-    input/flux2_examples/ when it loaded, keeping a file a user already had there."""
+    input/ when it loaded, keeping a file a user already had there."""
     import io
 
     from PIL import Image
@@ -109,7 +109,7 @@ def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, 
 
     workflows = Path(__file__).resolve().parents[1] / "workflows"
     base = tmp_path / "comfy"
-    users = base / "input" / "flux2_examples" / "flux2_ref_3.png"       # the user's own file, same name
+    users = base / "input" / "flux2_example_ref_3.png"                  # the user's own file, same name
     users.parent.mkdir(parents=True)
     buf = io.BytesIO()
     Image.new("RGB", (320, 240), (10, 200, 30)).save(buf, "PNG")
@@ -118,11 +118,11 @@ def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, 
     with RunwareLoopback(api_key=key) as runware:
         server = comfyui_server_factory(base_dir=base, env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": key,
                                                             "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
-        provided = sorted(p.name for p in (server.input_dir / "flux2_examples").iterdir())
-        assert provided == ["flux2_ref_1.png", "flux2_ref_2.png", "flux2_ref_3.png"]
+        provided = sorted(p.name for p in server.input_dir.glob("flux2_example_ref_*.png"))
+        assert provided == ["flux2_example_ref_1.png", "flux2_example_ref_2.png", "flux2_example_ref_3.png"]
         assert users.read_bytes() == buf.getvalue()                          # never replaced
-        assert (server.input_dir / "flux2_examples" / "flux2_ref_1.png").read_bytes() == \
-            (workflows / "flux2_examples" / "flux2_ref_1.png").read_bytes()
+        assert (server.input_dir / "flux2_example_ref_1.png").read_bytes() == \
+            (workflows / "flux2_example_ref_1.png").read_bytes()
         for name, expect in (("flux2_text_to_image", ["salt_cathedral"]),
                              ("flux2_multi_reference_edit", ["harbor_panorama"]),
                              ("flux2_local_references_edit", ["local_references_edit"]),
@@ -139,7 +139,7 @@ def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, 
         assert seed_task["providerSettings"] == {"bfl": {"promptUpsampling": True, "safetyTolerance": 2}}
         assert harbor["inputs"]["referenceImages"][0].startswith("https://assets.runware.ai/")
         assert len(runware.tasks("imageInference")) == 6
-        assert len(runware.tasks("imageUpload")) == 3 + 2          # three LoadImage refs, two chain steps
+        assert len(runware.tasks("imageUpload")) == 3   # three LoadImage refs; chain steps go as their imageUUID
         assert all(r["auth_ok"] for r in runware.requests)
         assert key not in server.log_text()
 

@@ -80,7 +80,7 @@ def test_only_a_folder_named_api_looks_one_folder_up(tmp_path, capsys):
     elsewhere.mkdir()
     shutil.copy(wf / "api" / "flux2_local_references_edit.json", elsewhere)
     assert main(["run", str(elsewhere / "flux2_local_references_edit.json"), "--dry-run"]) == 1
-    assert f"'flux2_examples/flux2_ref_1.png' not found in {elsewhere}" in capsys.readouterr().err
+    assert f"'flux2_example_ref_1.png' not found in {elsewhere}" in capsys.readouterr().err
 
 
 def test_chain_sends_each_intermediate_as_its_image_uuid(runware, tmp_path):
@@ -165,9 +165,9 @@ def test_load_image_cannot_leave_the_input_folder(tmp_path, capsys, name):
 
 
 def test_save_prefix_cannot_leave_the_output_folder(tmp_path, capsys):
-    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "flux2_examples/flux2_ref_1.png"}},
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "flux2_example_ref_1.png"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../escape"}}}
-    shutil.copytree(WORKFLOWS / "flux2_examples", tmp_path / "flux2_examples")
+    shutil.copy(WORKFLOWS / "flux2_example_ref_1.png", tmp_path)
     assert main(["run", str(write(tmp_path, wf)), "--output-dir", str(tmp_path / "out")]) == 1
     assert "outside its folder" in capsys.readouterr().err
     assert not list(tmp_path.parent.glob("escape*"))
@@ -175,9 +175,9 @@ def test_save_prefix_cannot_leave_the_output_folder(tmp_path, capsys):
 
 def test_corrupt_reference_image_is_named(tmp_path, capsys, runware):
     wf = copy_workflows(tmp_path)
-    (wf / "flux2_examples" / "flux2_ref_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (wf / "flux2_example_ref_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     assert main(["run", str(wf / "flux2_local_references_edit.json"), "--output-dir", str(tmp_path / "o")]) == 1
-    assert ("LoadImage 'flux2_examples/flux2_ref_2.png' is not a readable PNG/JPEG/WebP image"
+    assert ("LoadImage 'flux2_example_ref_2.png' is not a readable PNG/JPEG/WebP image"
             in capsys.readouterr().err)
     assert runware.requests == []
 

@@ -215,7 +215,7 @@ def web_servers(tmp_path_factory):
                 servers[frontend] = server
                 if extra:
                     assert f"web root: {extra[1]}" in server.log_text(), server.log_text()[-3000:]
-                # nothing copied by hand: the pack provides the examples' images in input/flux2_examples/
+                # nothing copied by hand: the pack provides the examples' images in input/
             return servers[frontend]
 
         try:
@@ -537,7 +537,7 @@ def test_url_reference_shows_a_thumbnail_and_links_into_edit(page, web_servers):
     r = page.wait_readout(edit_id, "badge", "≈ " + str(estimate(pro, "runware", 1536, 1024, [(1024, 1024)] * 3)))
     assert page.js("(id) => window.app.graph.getNodeById(id).imgs?.length ?? 0", url_ids[0]) == 0
     # an image the browser can load (the pack's example image, served by ComfyUI): a thumbnail
-    view = f"{web_servers(BUNDLED_FRONTEND).url}/api/view?filename=flux2_ref_1.png&subfolder=flux2_examples&type=input"
+    view = f"{web_servers(BUNDLED_FRONTEND).url}/api/view?filename=flux2_example_ref_1.png&type=input"
     page.set_widget(url_ids[0], "url", view)
     page.page.wait_for_function("(id) => window.app.graph.getNodeById(id).imgs?.[0]?.naturalWidth === 512",
                                 arg=url_ids[0], timeout=15_000)

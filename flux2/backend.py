@@ -27,6 +27,12 @@ class GenerationRequest:
     batch: int = 1
     node_id: str = ""                   # for progress/log lines ("node 7")
 
+    @property
+    def seeds(self) -> list[int]:
+        """Image i of a batch uses seed + i on every backend, so each image can be made again alone
+        (validate_request checks the last one is in the backend's range)."""
+        return [self.seed + i for i in range(self.batch)]
+
 
 @dataclass(frozen=True)
 class PlannedCall:
@@ -130,7 +136,7 @@ def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str
             ctx.record_plan(call, est)
         ctx.ledger.add_estimate(request.node_id, est)
         img = placeholder(request.width, request.height)
-        return GenerationResult(images=[img] * request.batch, seeds=[request.seed + i for i in range(request.batch)],
+        return GenerationResult(images=[img] * request.batch, seeds=request.seeds,
                                 cost_usd=None, info={"dry_run": True})
     backend.check_ready()
     ctx.ledger.add_estimate(request.node_id, est)

@@ -101,3 +101,25 @@ def fit_size(width: int, height: int, limits: SizeLimits = SizeLimits()) -> tupl
     w = max(limits.min_side, int(width * scale) // m * m)
     h = max(limits.min_side, int(height * scale) // m * m)
     return min(w, limits.max_side), min(h, limits.max_side)
+
+
+CUSTOM = "custom"       # Flux2Size's aspect choice for an explicit width x height
+
+
+def chosen_size(aspect: str, mp: float, width: int, height: int, limits: SizeLimits) -> tuple[int, int]:
+    """Flux2Size's output (the editor's preview runs the same): an aspect and megapixels, or with
+    'custom' the given width x height snapped to the grid and fitted to the limits."""
+    if aspect == CUSTOM:
+        return fit_size(snap(width, limits.multiple), snap(height, limits.multiple), limits)
+    return size_from_aspect(aspect, mp, limits)
+
+
+def edit_size(width: int, height: int, reference: tuple[int, int] | None,
+              limits: SizeLimits) -> tuple[int, int] | None:
+    """Flux2Edit's output: width x height as given, or both 0 to follow reference 1 (fitted to the limits).
+    None where it follows a reference whose size is not known before the run."""
+    if (width == 0) != (height == 0):
+        raise InputError("set both width and height, or both to 0 to follow the first reference")
+    if width:
+        return width, height
+    return fit_size(*reference, limits) if reference else None

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..flux2.budget import cap_from_env, check
 from ..flux2.errors import Flux2Error
 from .catalog import NODE_CLASS_MAPPINGS
+from .comfy_hooks import input_directory
 
 log = logging.getLogger("comfyui_flux2.budget")
 # prompt hash -> (estimated USD, nodes without a published price), or None: the dry run cannot price it
@@ -26,11 +27,7 @@ _estimates: OrderedDict[str, tuple[float, list[str]] | None] = OrderedDict()
 
 
 def _input_dir() -> Path:
-    try:
-        import folder_paths  # ComfyUI only
-        return Path(folder_paths.get_input_directory())
-    except ImportError:
-        return Path(".")
+    return input_directory() or Path(".")
 
 
 def graph_estimate(prompt: dict) -> tuple[float, list[str]] | None:

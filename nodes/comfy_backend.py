@@ -22,24 +22,14 @@ import torch
 from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.images import decode, tensor_to_arrays
-from ..flux2.models import MAX_REFS_ANY
 from ..flux2.pricing import Estimate
 from ..flux2.run_context import RunContext
-from ..flux2.sizes import SizeLimits, validate_size
-from .comfy_hooks import in_comfyui
+from ..flux2.rules import Rules, comfy_rules, validate_request
+from ..flux2.sizes import SizeLimits
+from .comfy_hooks import in_comfyui, sampler_names
 from .common import BackendNode
 
-LIMITS = SizeLimits(multiple=16, min_side=64, max_side=2048, max_pixels=2048 * 2048)
 LATENT_CHANNELS, LATENT_SCALE = 128, 16      # FLUX.2 latents in ComfyUI: [B, 128, H/16, W/16]
-DEFAULT_SAMPLERS = ["euler"]
-
-
-def _sampler_names() -> list[str]:
-    try:
-        import comfy.samplers  # type: ignore  # ComfyUI only
-        return list(comfy.samplers.KSampler.SAMPLERS)
-    except Exception:
-        return DEFAULT_SAMPLERS
 
 
 def _schedule(steps: int, width: int, height: int) -> torch.Tensor:
@@ -47,7 +37,7 @@ def _schedule(steps: int, width: int, height: int) -> torch.Tensor:
     seq_len = round(width * height / (LATENT_SCALE * LATENT_SCALE))
     try:
         from comfy_extras.nodes_flux import get_schedule  # type: ignore  # ComfyUI only
-    except Exception:
+    except ImportError:      # headless, or a ComfyUI without it: the same formula from our engine
         from ..flux2.local.sampling import sigmas
         return sigmas(steps, seq_len)
     return get_schedule(steps, seq_len)
@@ -86,11 +76,14 @@ class ComfyCoreBackend:
         return (f"ComfyUI core {self.model_name} ({self.steps} steps, {self.sampler_name}, guidance "
                 f"{self.guidance:g}, cfg {self.cfg:g})")
 
+    def rules(self) -> Rules:
+        return comfy_rules(self.model_name)
+
     def limits(self) -> SizeLimits:
-        return LIMITS
+        return self.rules().sizes
 
     def max_references(self) -> int:
-        return MAX_REFS_ANY
+        return self.rules().max_refs
 
     def check_ready(self) -> None:
         if not in_comfyui():
@@ -101,13 +94,7 @@ class ComfyCoreBackend:
                 raise InputError(f"Flux2ComfyBackend: the {name} input is not a ComfyUI {name.upper()}")
 
     def validate(self, request: GenerationRequest) -> None:
-        if not isinstance(request.prompt, str):
-            raise InputError("prompt must be text")
-        validate_size(request.width, request.height, LIMITS, what=f"{self.model_name} output size")
-        if not 1 <= request.batch <= 16:
-            raise InputError(f"batch must be 1..16, got {request.batch}")
-        if len(request.references) > MAX_REFS_ANY:
-            raise InputError(f"at most {MAX_REFS_ANY} reference images, got {len(request.references)}")
+        validate_request(request, self.rules())
         from ..flux2.local.pipeline import reference_size  # model code: loaded on first use, not with the pack
 
         for i, ref in enumerate(request.references, 1):
@@ -151,7 +138,7 @@ class ComfyCoreBackend:
         zeros = torch.zeros([1, LATENT_CHANNELS, request.height // LATENT_SCALE, request.width // LATENT_SCALE],
                             device=mm.intermediate_device())
         latent = comfy.sample.fix_empty_latent_channels(self.model, zeros).repeat(request.batch, 1, 1, 1)
-        seeds = [request.seed + i for i in range(request.batch)]
+        seeds = request.seeds
         # Per-image noise from seed+i, each drawn as RandomNoise draws a batch of one.
         noise = torch.cat([comfy.sample.prepare_noise(latent[:1], s) for s in seeds])
         sigmas = _schedule(self.steps, request.width, request.height)
@@ -195,7 +182,7 @@ class Flux2ComfyBackend(BackendNode):
 
     @classmethod
     def INPUT_TYPES(cls):
-        samplers = _sampler_names()
+        samplers = sampler_names()
         return {"required": {
             "model": ("MODEL", {"tooltip": "A FLUX.2 diffusion model from UNETLoader (Load Diffusion Model)."}),
             "clip": ("CLIP", {"tooltip": "The FLUX.2 text encoder from CLIPLoader with type flux2."}),

@@ -1,16 +1,29 @@
-"""The only place the node layer touches ComfyUI, imported lazily so nodes also run headless."""
+"""ComfyUI's services as the node layer uses them, each imported lazily so the nodes also run headless:
+is ComfyUI there, progress bars and interrupt, freeing its memory, its model folders, its sampler names
+and its web server. Besides this file only nodes/comfy_backend.py imports ComfyUI: it drives ComfyUI's
+sampling API (comfy.sample, comfy.samplers, latent_preview, node_helpers) exactly as the core graph does.
+"""
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from ..flux2.run_context import RunContext, current
+
+log = logging.getLogger("comfyui_flux2")
+DEFAULT_SAMPLERS = ["euler"]
 
 
 def in_comfyui() -> bool:
     try:
         import comfy.utils  # noqa: F401
         import comfy.model_management  # noqa: F401
-    except Exception:
+    except ImportError:      # headless: the answer, not a fault
+        return False
+    except Exception as exc:  # ComfyUI is there but broken: say so, then run as headless
+        log.warning("ComfyUI's modules failed to import (%s: %s); running as headless", type(exc).__name__, exc)
         return False
     return True
 
@@ -46,3 +59,42 @@ def free_comfy_memory() -> None:
     import comfy.model_management as mm
     mm.unload_all_models()
     mm.soft_empty_cache()
+
+
+def folder_paths():
+    """ComfyUI's folder_paths module (its model folders), or None headless."""
+    try:
+        import folder_paths as fp  # type: ignore  # ComfyUI only
+    except ImportError:
+        return None
+    return fp
+
+
+def input_directory() -> Path | None:
+    """ComfyUI's input folder (where LoadImage reads), or None headless."""
+    fp = folder_paths()
+    return Path(fp.get_input_directory()) if fp is not None else None
+
+
+def sampler_names() -> list[str]:
+    """ComfyUI's sampler names (KSamplerSelect's list); ['euler'] headless."""
+    try:
+        import comfy.samplers  # type: ignore  # ComfyUI only
+    except ImportError:
+        return DEFAULT_SAMPLERS
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def prompt_server():
+    """ComfyUI's PromptServer instance, or None outside a ComfyUI server process.
+
+    main.py imports ``server`` before it loads custom nodes; outside ComfyUI we import nothing (a
+    random top-level ``server`` module of another program must not be touched)."""
+    if "comfy" not in sys.modules and "server" not in sys.modules:
+        return None
+    try:
+        from server import PromptServer  # type: ignore[import-not-found]
+    except ImportError as exc:      # e.g. comfy imported by a script, with no server: no routes to add
+        log.debug("no ComfyUI server to add the editor routes to: %s", exc)
+        return None
+    return getattr(PromptServer, "instance", None)

@@ -1,13 +1,14 @@
 """Input declarations shared by the nodes, so every node spells a widget the same way."""
 from __future__ import annotations
 
+from ..flux2.rules import FLUX2_SIZES, MAX_SEED   # the widgets stop where every backend's rules do
+
 BACKEND_TYPE = "FLUX2_BACKEND"
 # A reference given by URL travels as its own type; Flux2Edit's reference sockets take either it or an
 # IMAGE (ComfyUI and its frontend both accept a link whose type is one of a comma-separated union).
 REFERENCE_TYPE = "FLUX2_REFERENCE"
 REFERENCE_SOCKET = f"IMAGE,{REFERENCE_TYPE}"
 CATEGORY = "FLUX.2"
-MAX_SEED = 0xFFFFFFFF   # what both providers accept; ComfyUI's default seed max is larger
 
 
 def seed_input(tooltip: str) -> tuple:
@@ -16,7 +17,8 @@ def seed_input(tooltip: str) -> tuple:
 
 
 def side_input(default: int, tooltip: str, minimum: int = 64) -> tuple:
-    return ("INT", {"default": default, "min": minimum, "max": 2048, "step": 16, "tooltip": tooltip})
+    return ("INT", {"default": default, "min": minimum, "max": FLUX2_SIZES.max_side, "step": FLUX2_SIZES.multiple,
+                    "tooltip": tooltip})
 
 
 class BackendNode:

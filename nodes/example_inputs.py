@@ -22,11 +22,11 @@ def provide_example_images(input_dir: Path | None = None) -> list[Path]:
     """Copy missing example images into input_dir (default: ComfyUI's input folder); returns the files
     written. Outside ComfyUI, without an input_dir, it does nothing."""
     if input_dir is None:
-        try:
-            import folder_paths  # ComfyUI only
-        except ImportError:
+        from .comfy_hooks import input_directory
+
+        input_dir = input_directory()
+        if input_dir is None:
             return []
-        input_dir = Path(folder_paths.get_input_directory())
     target = Path(input_dir)
     written = []
     for source in sorted(SOURCE.glob(EXAMPLE_IMAGES)):

@@ -6,7 +6,7 @@ from ..flux2.errors import InputError
 from ..flux2.images import arrays_to_tensor, ref_from_array, tensor_to_arrays
 from ..flux2.models import MAX_REFS_ANY
 from ..flux2.pricing import format_usd
-from ..flux2.sizes import fit_size
+from ..flux2.sizes import edit_size
 from .budget import check_graph_budget
 from .comfy_hooks import node_context
 from ..flux2.reference_urls import UrlReference
@@ -115,11 +115,11 @@ class Flux2Edit:
             # Checked here too so a batch plugged into one socket gets the same clear message.
             raise InputError(f"{len(refs)} reference images; {backend.describe()} takes at most "
                              f"{backend.max_references()}")
-        if (width == 0) != (height == 0):
-            raise InputError("set both width and height, or both to 0 to follow the first reference")
-        if width == 0 and isinstance(refs[0], UrlReference):
-            raise InputError(f"set width and height: reference 1 ({refs[0].value}) is given by URL, so its size "
+        first = refs[0]
+        known = None if isinstance(first, UrlReference) else (first.width, first.height)
+        size = edit_size(width, height, known, backend.limits())
+        if size is None:
+            raise InputError(f"set width and height: reference 1 ({first.value}) is given by URL, so its size "
                              "is not known before the provider fetches it")
-        if width == 0:
-            width, height = fit_size(refs[0].width, refs[0].height, backend.limits())
+        width, height = size
         return _execute(backend, prompt, width, height, seed, batch_size, unique_id, refs, graph=graph_prompt)

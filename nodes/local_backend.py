@@ -5,24 +5,19 @@ outside (headless runner, tests) from FLUX2_MODELS_DIR.
 """
 from __future__ import annotations
 
+import logging
+
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.local.detect import AUTO
 from ..flux2.local.params import PRESETS
-from .comfy_hooks import free_comfy_memory
+from .comfy_hooks import folder_paths, free_comfy_memory
 from .common import BackendNode
 
+log = logging.getLogger("comfyui_flux2")
 NONE = "(none)"
 FROM_DIFFUSERS = "(from diffusers folder)"
 _COMFY_KINDS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),
                 "vae": ("vae",)}
-
-
-def _folder_paths():
-    try:
-        import folder_paths  # type: ignore  # ComfyUI only
-        return folder_paths
-    except ImportError:
-        return None
 
 
 def _models_root():
@@ -34,23 +29,22 @@ def _models_root():
 
 
 def _list(kind: str) -> list[str]:
-    fp = _folder_paths()
+    fp = folder_paths()
     names: list[str] = []
     if fp is not None and kind != "diffusers":
         for folder in _COMFY_KINDS[kind]:
             try:
                 names += fp.get_filename_list(folder)
-            except Exception:   # folder not registered on this ComfyUI version
-                pass
+            except KeyError:    # a folder this ComfyUI version does not know
+                log.debug("ComfyUI has no %r model folder; listing the others", folder)
+            except OSError as exc:  # a model folder unreadable, or removed while ComfyUI lists it
+                log.warning("cannot list ComfyUI's %r model folder: %s", folder, exc)
     root = _models_root() if fp is None or kind == "diffusers" else None
     if fp is not None and kind == "diffusers":
-        try:
-            base = fp.models_dir if hasattr(fp, "models_dir") else None
-            if base:
-                from pathlib import Path
-                root = Path(base)
-        except Exception:
-            root = None
+        base = getattr(fp, "models_dir", None)
+        if base:
+            from pathlib import Path
+            root = Path(base)
     if root is not None:
         from ..flux2.local.models_dir import list_files
         names += list_files(kind, root)
@@ -63,13 +57,10 @@ def _resolve(name: str, kind: str):
 
     from ..flux2.local.models_dir import resolve
 
-    fp = _folder_paths()
+    fp = folder_paths()
     if fp is not None and kind != "diffusers":
         for folder in _COMFY_KINDS[kind]:
-            try:
-                full = fp.get_full_path(folder, name)   # ComfyUI refuses traversal itself
-            except Exception:
-                full = None
+            full = fp.get_full_path(folder, name)   # None for a folder it does not know; refuses traversal itself
             if full:
                 return Path(full)
     if fp is not None and kind == "diffusers" and hasattr(fp, "models_dir"):

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from ..flux2.backend import Backend
-from ..flux2.sizes import ASPECT_RATIOS, SizeLimits, describe, fit_size, size_from_aspect, snap
+from ..flux2.rules import DEFAULT_RULES
+from ..flux2.sizes import ASPECT_RATIOS, CUSTOM, chosen_size, describe
 from .common import BACKEND_TYPE, CATEGORY, seed_input
-
-CUSTOM = "custom"
 
 
 class Flux2Seed:
@@ -50,9 +49,6 @@ class Flux2Size:
         }
 
     def size(self, aspect_ratio, megapixels, width, height, backend=None):
-        limits = backend.limits() if isinstance(backend, Backend) else SizeLimits()
-        if aspect_ratio == CUSTOM:
-            w, h = fit_size(snap(width, limits.multiple), snap(height, limits.multiple), limits)
-        else:
-            w, h = size_from_aspect(aspect_ratio, float(megapixels), limits)
+        limits = backend.limits() if isinstance(backend, Backend) else DEFAULT_RULES.sizes
+        w, h = chosen_size(aspect_ratio, float(megapixels), width, height, limits)
         return {"ui": {"text": [describe(w, h)]}, "result": (w, h)}

@@ -30,6 +30,7 @@ from comfyui_flux2.flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_mode
 from comfyui_flux2.flux2.pricing import estimate, format_usd
 from comfyui_flux2.flux2.remote.common import size_limits
 from comfyui_flux2.flux2.sizes import ASPECT_RATIOS, SizeLimits, megapixels, size_from_aspect
+from comfyui_flux2.flux2.preview import ASSUMED_REF_SIZE
 from comfyui_flux2.nodes import web_routes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_preview_uses_the_engine_for_every_model(model, provider, aspect, mp, re
                                                         "backend": _backend(model, provider)}}}
     [res] = web_routes.preview({"items": [item]})["items"]
     w, h = size_from_aspect(aspect, mp, limits)
-    ref_sizes = [tuple(r) if r else web_routes.ASSUMED_REF_SIZE for r in refs]
+    ref_sizes = [tuple(r) if r else ASSUMED_REF_SIZE for r in refs]
     est = estimate(spec, provider, w, h, ref_sizes, batch)
     assert (res["width"], res["height"]) == (w, h)
     assert res["megapixels"] == round(megapixels(w, h), 4)

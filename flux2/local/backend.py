@@ -18,7 +18,8 @@ from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
-from ..sizes import SizeLimits, validate_size
+from ..rules import Rules, local_rules, validate_request
+from ..sizes import SizeLimits
 from .detect import AUTO
 from .params import ModelPreset, get_preset
 from .pipeline import decode_tile, reference_size
@@ -26,7 +27,6 @@ from .pipeline import decode_tile, reference_size
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "blocks")
 VAE_TILING = ("auto", "on", "off")
-LIMITS = SizeLimits(multiple=16, min_side=64, max_side=2048, max_pixels=2048 * 2048)
 REF_MIN_SIDE, REF_MAX_ASPECT = 64, 8.0
 
 _cache: dict[tuple, object] = {}
@@ -135,11 +135,14 @@ class LocalBackend:
     def effective_guidance(self) -> float:
         return self.guidance or self.model_preset.default_guidance
 
+    def rules(self) -> Rules:
+        return local_rules(self.model_name, self.model_preset.max_refs)
+
     def limits(self) -> SizeLimits:
-        return LIMITS
+        return self.rules().sizes
 
     def max_references(self) -> int:
-        return self.model_preset.max_refs
+        return self.rules().max_refs
 
     def check_ready(self) -> None:
         f = self.files
@@ -159,14 +162,7 @@ class LocalBackend:
             self.model_preset          # the files must be one FLUX.2 model: refused here, before any step
 
     def validate(self, request: GenerationRequest) -> None:
-        if not isinstance(request.prompt, str):
-            raise InputError("prompt must be text")
-        validate_size(request.width, request.height, LIMITS, what=f"{self.model_name} output size")
-        if request.batch < 1 or request.batch > 16:
-            raise InputError(f"batch must be 1..16, got {request.batch}")
-        n = len(request.references)
-        if n > self.model_preset.max_refs:
-            raise InputError(f"{self.model_name} takes at most {self.model_preset.max_refs} reference images, got {n}")
+        validate_request(request, self.rules())
         for i, ref in enumerate(request.references, 1):
             if min(ref.width, ref.height) < REF_MIN_SIDE:
                 raise InputError(f"reference {i} is {ref.width}x{ref.height}; both sides must be >= {REF_MIN_SIDE}")
@@ -207,7 +203,7 @@ class LocalBackend:
         ctx.check_cancelled()
         ctx.report(node, 0, self.effective_steps, f"loading {self.model_name}")
         engine = self.engine(request)
-        seeds = [request.seed + i for i in range(request.batch)]
+        seeds = request.seeds
         steps = self.effective_steps
 
         def on_step(done: int, total: int) -> None:

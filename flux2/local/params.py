@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..models import get_model
+
 
 @dataclass(frozen=True)
 class TransformerParams:
@@ -96,14 +98,21 @@ KLEIN9B_T = TransformerParams(hidden=4096, heads=32, depth_double=8, depth_singl
 DEV_T = TransformerParams(hidden=6144, heads=48, depth_double=8, depth_single=48, context_dim=3 * 5120,
                           mlp_hidden=18432, guidance_embed=True)
 
+
+
+def _preset(name: str, distilled: bool, transformer: TransformerParams, text: TextEncoderParams) -> ModelPreset:
+    """A released model: family and default steps/guidance come from the model registry (flux2/models.py)."""
+    spec = get_model(name)
+    return ModelPreset(name, spec.family, distilled, transformer, text, default_steps=spec.default_steps,
+                       default_guidance=spec.default_guidance or 0.0)
+
+
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
-    ModelPreset("FLUX.2 [klein] 4B", "klein", True, KLEIN4B_T, QWEN3_4B, default_steps=4),
-    ModelPreset("FLUX.2 [klein] 9B", "klein", True, KLEIN9B_T, QWEN3_8B, default_steps=4),
-    ModelPreset("FLUX.2 [klein] 4B Base", "klein", False, KLEIN4B_T, QWEN3_4B, default_steps=50,
-                default_guidance=4.0),
-    ModelPreset("FLUX.2 [klein] 9B Base", "klein", False, KLEIN9B_T, QWEN3_8B, default_steps=50,
-                default_guidance=4.0),
-    ModelPreset("FLUX.2 [dev]", "dev", False, DEV_T, MISTRAL_SMALL, default_steps=28, default_guidance=4.0),
+    _preset("FLUX.2 [klein] 4B", True, KLEIN4B_T, QWEN3_4B),
+    _preset("FLUX.2 [klein] 9B", True, KLEIN9B_T, QWEN3_8B),
+    _preset("FLUX.2 [klein] 4B Base", False, KLEIN4B_T, QWEN3_4B),
+    _preset("FLUX.2 [klein] 9B Base", False, KLEIN9B_T, QWEN3_8B),
+    _preset("FLUX.2 [dev]", False, DEV_T, MISTRAL_SMALL),
 )}
 
 

@@ -1,7 +1,6 @@
 """Text-to-image and multi-reference edit with loaded FLUX.2 modules (no file handling here)."""
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -51,12 +50,6 @@ def reference_size(width: int, height: int) -> tuple[int, int]:
         scale = math.sqrt(REF_MAX_PIXELS / (width * height))
         width, height = int(width * scale), int(height * scale)
     return width // 16 * 16, height // 16 * 16
-
-
-def png_to_pil(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.copy()
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 
 from .images import RefImage
 from .pricing import Estimate
-from .sizes import SizeLimits
+from .rules import Rules
 from .run_context import RunContext
 
 
@@ -61,10 +61,9 @@ class Backend(Protocol):
 
     def describe(self) -> str: ...
 
-    def limits(self) -> SizeLimits:
-        """Size rules of this model on this backend (Flux2Size and edit defaults use them)."""
-
-    def max_references(self) -> int: ...
+    def rules(self) -> Rules:
+        """What a request may be on this model and backend (flux2/rules.py): validate, Flux2Size and
+        Flux2Edit's sizes and reference count all read it."""
 
     def check_ready(self) -> None:
         """Raise ConfigError/AuthError if keys, hosts or weights are missing (no network, no loading)."""

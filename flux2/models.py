@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import InputError
+from .sizes import FLUX2_SIZES
 
 RUNWARE = "runware"
 BFL = "bfl"
@@ -41,9 +42,9 @@ class ProviderModel:
 class ModelSpec:
     name: str                # permanent widget value stored in workflows
     family: str              # pro | max | flex | dev | klein
-    multiple: int = 16
-    max_side: int = 2048
-    max_pixels: int = 2048 * 2048
+    multiple: int = FLUX2_SIZES.multiple
+    max_side: int = FLUX2_SIZES.max_side
+    max_pixels: int = FLUX2_SIZES.max_pixels
     default_steps: int | None = None
     default_guidance: float | None = None
     providers: dict[str, ProviderModel] = field(default_factory=dict)
@@ -112,7 +113,3 @@ def get_model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise InputError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
-
-
-def models_for(provider: str) -> list[str]:
-    return [m.name for m in MODELS.values() if provider in m.providers]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 from .models import BFL, LOCAL, MAX_REFS_ANY, RUNWARE, ModelSpec, get_model
-from .sizes import SizeLimits, validate_size
+from .sizes import FLUX2_SIZES, SizeLimits, validate_size
 
 COMFY = "comfy"
 LABELS = {RUNWARE: "Runware", BFL: "BFL", LOCAL: "local weights", COMFY: "ComfyUI core"}
@@ -21,8 +21,6 @@ MAX_SEED = 2**32 - 1
 # Local weights and ComfyUI core seed torch generators, which take any 64-bit value.
 MAX_TORCH_SEED = 2**64 - 1
 MAX_PROMPT_CHARS = 32000          # the providers' prompt limit
-# FLUX.2's output grid on every backend: 16-pixel steps, sides up to 2048, at most 4 MP.
-FLUX2_SIZES = SizeLimits(multiple=16, min_side=64, max_side=2048, max_pixels=2048 * 2048)
 
 
 @dataclass(frozen=True)

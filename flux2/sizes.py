@@ -13,10 +13,16 @@ ASPECT_RATIOS = ("1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16", "21:9", "9:2
 
 @dataclass(frozen=True)
 class SizeLimits:
+    """Output size rules; the defaults are FLUX.2's grid on every backend (16-pixel steps, sides up to
+    2048, at most 4 MP); a provider may raise min_side (flux2/rules.py)."""
+
     multiple: int = 16
     min_side: int = 64
     max_side: int = 2048
     max_pixels: int = 2048 * 2048
+
+
+FLUX2_SIZES = SizeLimits()
 
 
 def megapixels(width: int, height: int) -> float:
@@ -42,7 +48,7 @@ def snap(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def size_from_aspect(aspect: str, mp: float, limits: SizeLimits = SizeLimits()) -> tuple[int, int]:
+def size_from_aspect(aspect: str, mp: float, limits: SizeLimits = FLUX2_SIZES) -> tuple[int, int]:
     """(w, h) with w/h ~ aspect, w*h ~ mp megapixels, both multiples of the grid, within limits."""
     if not (mp > 0):
         raise InputError(f"megapixels must be > 0, got {mp}")
@@ -90,7 +96,7 @@ def describe(width: int, height: int) -> str:
     return f"{width}x{height} ({megapixels(width, height):.2f} MP)"
 
 
-def fit_size(width: int, height: int, limits: SizeLimits = SizeLimits()) -> tuple[int, int]:
+def fit_size(width: int, height: int, limits: SizeLimits = FLUX2_SIZES) -> tuple[int, int]:
     """The largest grid-aligned size with the same aspect that fits the limits (edit output follows its
     first reference this way: a 1000x750 photo gives 992x736, a 4000x3000 one is scaled to <= 4 MP)."""
     m = limits.multiple

@@ -25,7 +25,6 @@ from ..flux2.images import decode, tensor_to_arrays
 from ..flux2.pricing import Estimate
 from ..flux2.run_context import RunContext
 from ..flux2.rules import Rules, comfy_rules, validate_request
-from ..flux2.sizes import SizeLimits
 from .comfy_hooks import in_comfyui, sampler_names
 from .common import BackendNode
 
@@ -78,12 +77,6 @@ class ComfyCoreBackend:
 
     def rules(self) -> Rules:
         return comfy_rules(self.model_name)
-
-    def limits(self) -> SizeLimits:
-        return self.rules().sizes
-
-    def max_references(self) -> int:
-        return self.rules().max_refs
 
     def check_ready(self) -> None:
         if not in_comfyui():

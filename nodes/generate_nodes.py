@@ -111,13 +111,13 @@ class Flux2Edit:
         tensors = [reference_1] + [more[f"reference_{i}"] for i in range(2, MAX_REFS_ANY + 1)
                                    if more.get(f"reference_{i}") is not None]
         refs = [r for t in tensors for r in _references(t)]
-        if len(refs) > backend.max_references():
+        rules = backend.rules()
+        if len(refs) > rules.max_refs:
             # Checked here too so a batch plugged into one socket gets the same clear message.
-            raise InputError(f"{len(refs)} reference images; {backend.describe()} takes at most "
-                             f"{backend.max_references()}")
+            raise InputError(f"{len(refs)} reference images; {backend.describe()} takes at most {rules.max_refs}")
         first = refs[0]
         known = None if isinstance(first, UrlReference) else (first.width, first.height)
-        size = edit_size(width, height, known, backend.limits())
+        size = edit_size(width, height, known, rules.sizes)
         if size is None:
             raise InputError(f"set width and height: reference 1 ({first.value}) is given by URL, so its size "
                              "is not known before the provider fetches it")

@@ -49,6 +49,6 @@ class Flux2Size:
         }
 
     def size(self, aspect_ratio, megapixels, width, height, backend=None):
-        limits = backend.limits() if isinstance(backend, Backend) else DEFAULT_RULES.sizes
+        limits = (backend.rules() if isinstance(backend, Backend) else DEFAULT_RULES).sizes
         w, h = chosen_size(aspect_ratio, float(megapixels), width, height, limits)
         return {"ui": {"text": [describe(w, h)]}, "result": (w, h)}

@@ -98,7 +98,7 @@ def test_bad_input_fails_before_any_request(bfl, ctx, model, n, size, message):
 
 def test_factory_builds_bfl_backend():
     b = make_remote_backend("bfl", "FLUX.2 [max]", RemoteOptions())
-    assert isinstance(b, BflBackend) and b.kind == "bfl" and b.max_references() == 8
+    assert isinstance(b, BflBackend) and b.kind == "bfl" and b.rules().max_refs == 8
     assert repr(b) == "BflBackend('FLUX.2 [max]')"
 
 

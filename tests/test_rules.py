@@ -124,3 +124,17 @@ def test_no_node_module_hides_an_exception_silently():
                                                     and getattr(n.func.value, "id", "") == "log")
                        for n in ast.walk(ast.Module(body=node.body, type_ignores=[])))
             assert says, f"{path.name}:{node.lineno} hides an exception"
+
+
+@pytest.mark.parametrize("provider", ["runware", "bfl"])
+def test_a_remote_backend_validates_by_its_rules(provider):
+    from comfyui_flux2.nodes import Flux2RemoteBackend
+
+    b = Flux2RemoteBackend().build(provider=provider, model="FLUX.2 [pro]", prompt_upsampling=False,
+                                   safety_tolerance=2, output_format="PNG", output_quality=95, steps=0,
+                                   guidance=0.0, on_moderation="error")[0]
+    assert b.rules() == remote_rules(get_model("FLUX.2 [pro]"), provider)
+    with pytest.raises(InputError, match=r"batch must be 1\.\.8, got 9"):
+        b.validate(req(batch=9))
+    with pytest.raises(InputError, match="prompt is empty"):
+        b.validate(req(prompt=" "))

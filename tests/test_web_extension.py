@@ -28,7 +28,7 @@ import pytest
 
 from comfyui_flux2.flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from comfyui_flux2.flux2.pricing import estimate, format_usd
-from comfyui_flux2.flux2.remote.common import size_limits
+from comfyui_flux2.flux2.rules import remote_rules
 from comfyui_flux2.flux2.sizes import ASPECT_RATIOS, SizeLimits, megapixels, size_from_aspect
 from comfyui_flux2.flux2.preview import ASSUMED_REF_SIZE
 from comfyui_flux2.nodes import web_routes
@@ -66,7 +66,7 @@ def test_models_json_is_models_py():
             assert p["max_refs"] == pm.max_refs
             assert p["min_side"] == pm.min_side
             assert p["price"] == (asdict(pm.price) if pm.price else None)
-            assert p["limits"] == asdict(size_limits(spec, pm))
+            assert p["limits"] == asdict(remote_rules(spec, prov).sizes)
 
 
 def _backend(model="FLUX.2 [pro]", provider="runware"):
@@ -91,7 +91,7 @@ def test_preview_of_the_seed_example_is_1536x1024_and_0_045():
                                                   ("1:1", 0.25, [None] * 3, 3), ("9:21", 2.2, [[2000, 3000]], 1)])
 def test_preview_uses_the_engine_for_every_model(model, provider, aspect, mp, refs, batch):
     spec = get_model(model)
-    limits = size_limits(spec, spec.on(provider))
+    limits = remote_rules(spec, provider).sizes
     item = {"id": 1, "kind": "generate", "backend": _backend(model, provider), "batch": batch,
             "references": refs, "size": {"flux2_size": {"aspect_ratio": aspect, "megapixels": mp,
                                                         "width": 1024, "height": 1024,

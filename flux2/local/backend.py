@@ -19,7 +19,6 @@ from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
 from ..rules import Rules, local_rules, validate_request
-from ..sizes import SizeLimits
 from .detect import AUTO
 from .params import ModelPreset, get_preset
 from .pipeline import decode_tile, reference_size
@@ -137,12 +136,6 @@ class LocalBackend:
 
     def rules(self) -> Rules:
         return local_rules(self.model_name, self.model_preset.max_refs)
-
-    def limits(self) -> SizeLimits:
-        return self.rules().sizes
-
-    def max_references(self) -> int:
-        return self.rules().max_refs
 
     def check_ready(self) -> None:
         f = self.files

@@ -223,7 +223,7 @@ class BflBackend(RemoteBackend):
             "width": request.width,
             "height": request.height,
             # Each image of a batch is its own task with its own seed, so every image is reproducible.
-            "seed": request.seed + index,
+            "seed": request.seeds[index],
             "safety_tolerance": int(opts.safety_tolerance),
             "output_format": OUTPUT_FORMATS.get(opts.output_format, "png"),
         }
@@ -257,7 +257,7 @@ class BflBackend(RemoteBackend):
         transport, base, key = self._client()
         url = base + self.pm.model_id
         refs = [as_sent(r) or base64.b64encode(r.png).decode("ascii") for r in request.references]
-        jobs = [Job(i, request.seed + i, self.request_body(request, i, refs)) for i in range(request.batch)]
+        jobs = [Job(i, seed, self.request_body(request, i, refs)) for i, seed in enumerate(request.seeds)]
         estimate_one = self.estimate_one(request)
         cache_key = partial(self.image_cache_key, request)
         ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")

@@ -2,44 +2,11 @@
 from __future__ import annotations
 
 from ..backend import GenerationRequest
-from ..errors import InputError
 from ..redaction import scrub
-from ..models import ModelSpec, ProviderModel, get_model
+from ..models import get_model
+from ..rules import Rules, remote_rules, validate_request
 from .options import RemoteOptions
 from .transport import Deadlines
-from ..sizes import SizeLimits, validate_size
-
-MAX_PROMPT_CHARS = 32000
-MAX_SEED = 2**32 - 1
-MAX_BATCH = 8
-
-
-def size_limits(model: ModelSpec, pm: ProviderModel) -> SizeLimits:
-    return SizeLimits(multiple=model.multiple, min_side=pm.min_side, max_side=model.max_side,
-                      max_pixels=model.max_pixels)
-
-
-def validate_common(request: GenerationRequest, model: ModelSpec, pm: ProviderModel, provider: str) -> None:
-    prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
-    if not prompt:
-        raise InputError("prompt is empty")
-    try:
-        request.prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"prompt cannot be encoded as UTF-8 (character {exc.start} is a lone surrogate)") from None
-    if len(request.prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"prompt is {len(request.prompt)} characters; {model.name} takes at most {MAX_PROMPT_CHARS}")
-    validate_size(request.width, request.height, size_limits(model, pm), what=f"{model.name} on {provider}")
-    if len(request.references) > pm.max_refs:
-        raise InputError(f"{len(request.references)} reference images; {model.name} on {provider} "
-                         f"takes at most {pm.max_refs}")
-    if not 0 <= request.seed <= MAX_SEED:
-        raise InputError(f"seed {request.seed} is outside 0..{MAX_SEED}")
-    if isinstance(request.batch, int) and request.batch > 1 and request.seed + request.batch - 1 > MAX_SEED:
-        raise InputError(f"seed {request.seed} with batch_size {request.batch}: image i uses seed + i, and "
-                         f"{request.seed + request.batch - 1} is above {MAX_SEED}")
-    if not 1 <= request.batch <= MAX_BATCH:
-        raise InputError(f"batch_size must be 1..{MAX_BATCH}, got {request.batch}")
 
 
 def redact(text: str, secret: str | None, limit: int | None = None) -> str:
@@ -82,7 +49,7 @@ class RemoteBackend:
 
         from ..backend import cache_identity
         from ..result_cache import key_of
-        return key_of(cache_identity(self, replace(request, seed=request.seed + index, batch=1)))
+        return key_of(cache_identity(self, replace(request, seed=request.seeds[index], batch=1)))
 
     def estimate_one(self, request: GenerationRequest) -> float | None:
         """The estimate for one image of the request, to compare with what the provider charged."""
@@ -92,11 +59,8 @@ class RemoteBackend:
     def cache_identity(self) -> dict:
         return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": vars(self.options)}
 
-    def limits(self) -> SizeLimits:
-        return size_limits(self.model, self.pm)
-
-    def max_references(self) -> int:
-        return self.pm.max_refs
+    def rules(self) -> Rules:
+        return remote_rules(self.model, self.kind)
 
     def validate_options(self) -> None:
         """Provider-specific option rules, on top of RemoteOptions.validate()."""
@@ -104,4 +68,4 @@ class RemoteBackend:
     def validate(self, request: GenerationRequest) -> None:
         self.options.validate()
         self.validate_options()
-        validate_common(request, self.model, self.pm, self.label)
+        validate_request(request, self.rules())

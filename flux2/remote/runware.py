@@ -106,7 +106,7 @@ class RunwareBackend(RemoteBackend):
             "width": request.width,
             "height": request.height,
             # Each image of a batch is its own task with its own seed, so every image is reproducible.
-            "seed": request.seed + index,
+            "seed": request.seeds[index],
             "numberResults": 1,
             "outputType": "URL",
             "outputFormat": opts.output_format,
@@ -169,9 +169,9 @@ class RunwareBackend(RemoteBackend):
         ctx.report(node, 0, request.batch, "uploading references" if request.references else "submitting")
         refs = [as_sent(r) or self.upload_reference(r, ctx) for r in request.references]
         jobs = []
-        for i in range(request.batch):
+        for i, seed in enumerate(request.seeds):
             body = self.inference_task(request, i, refs)
-            jobs.append(Job(i, request.seed + i, body, task_id=body["taskUUID"]))
+            jobs.append(Job(i, seed, body, task_id=body["taskUUID"]))
         estimate_one = self.estimate_one(request)
         cache_key = partial(self.image_cache_key, request)
 

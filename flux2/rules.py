@@ -21,6 +21,7 @@ MAX_SEED = 2**32 - 1
 # Local weights and ComfyUI core seed torch generators, which take any 64-bit value.
 MAX_TORCH_SEED = 2**64 - 1
 MAX_PROMPT_CHARS = 32000          # the providers' prompt limit
+LOCAL_MAX_REFS = 4                # references a local preset takes unless it says otherwise ([klein], [dev])
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,7 @@ def _table_rows() -> list[tuple[str, ...]]:
     remote = [remote_rules(m, p) for m in MODELS.values() for p in (RUNWARE, BFL) if p in m.providers]
     min_sides = sorted({r.sizes.min_side for r in remote})
     refs = sorted({r.max_refs for r in remote})
-    from .local.params import PRESETS     # plain dataclasses: no torch
-
-    local_refs = sorted({p.max_refs for p in PRESETS.values()})
-    local, comfy = local_rules("m", local_refs[-1]), comfy_rules("m")
+    local, comfy = local_rules("m", LOCAL_MAX_REFS), comfy_rules("m")
 
     def seeds(r: Rules) -> str:
         return "0..2^32-1" if r.max_seed == MAX_SEED else "0..2^64-1"
@@ -118,7 +116,7 @@ def _table_rows() -> list[tuple[str, ...]]:
     return [
         ("Runware / BFL", *row(remote[0], "/".join(map(str, min_sides)) + " (per model)",
                                "/".join(map(str, refs)) + " (per model)")),
-        ("local weights", *row(local, f"{local.sizes.min_side}", "/".join(map(str, local_refs)) + " (preset)")),
+        ("local weights", *row(local, f"{local.sizes.min_side}", f"{local.max_refs} (preset)")),
         ("ComfyUI core", *row(comfy, f"{comfy.sizes.min_side}", f"{comfy.max_refs}")),
     ]
 

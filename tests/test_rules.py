@@ -138,3 +138,9 @@ def test_a_remote_backend_validates_by_its_rules(provider):
         b.validate(req(batch=9))
     with pytest.raises(InputError, match="prompt is empty"):
         b.validate(req(prompt=" "))
+
+
+def test_local_presets_take_the_reference_count_the_table_shows():
+    from comfyui_flux2.flux2.rules import LOCAL_MAX_REFS
+
+    assert {p.max_refs for p in PRESETS.values()} == {LOCAL_MAX_REFS}

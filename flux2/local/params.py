@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..models import get_model
+from ..rules import LOCAL_MAX_REFS
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ModelPreset:
     vae: VAEParams = field(default_factory=VAEParams)
     default_steps: int = 4
     default_guidance: float = 0.0
-    max_refs: int = 4
+    max_refs: int = LOCAL_MAX_REFS
 
     @property
     def uses_cfg(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InputError
-from .models import BFL, LOCAL, MAX_REFS_ANY, RUNWARE, ModelSpec, get_model
+from .models import BFL, LOCAL, MAX_REFS_ANY, RUNWARE, ModelSpec, ProviderModel, get_model
 from .sizes import FLUX2_SIZES, SizeLimits, validate_size
 
 COMFY = "comfy"
@@ -41,10 +41,11 @@ class Rules:
 DEFAULT_RULES = Rules("FLUX.2")
 
 
-def remote_rules(model: ModelSpec, provider: str) -> Rules:
+def remote_rules(model: ModelSpec, provider: str, pm: ProviderModel | None = None) -> Rules:
     """A model on Runware or BFL: the provider's minimum side and reference count, batch <= 8 (one task
-    per image, sent at once), the providers' 32-bit seeds, a non-empty prompt of at most 32000 characters."""
-    pm = model.on(provider)
+    per image, sent at once), the providers' 32-bit seeds, a non-empty prompt of at most 32000 characters.
+    pm: the entry a backend holds (default: the registry's)."""
+    pm = pm or model.on(provider)
     sizes = SizeLimits(multiple=model.multiple, min_side=pm.min_side, max_side=model.max_side,
                        max_pixels=model.max_pixels)
     return Rules(f"{model.name} on {LABELS[provider]}", sizes, max_refs=pm.max_refs, max_batch=8,

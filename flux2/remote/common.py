@@ -60,7 +60,7 @@ class RemoteBackend:
         return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": vars(self.options)}
 
     def rules(self) -> Rules:
-        return remote_rules(self.model, self.kind)
+        return remote_rules(self.model, self.kind, self.pm)
 
     def validate_options(self) -> None:
         """Provider-specific option rules, on top of RemoteOptions.validate()."""

@@ -7,9 +7,16 @@ a loopback test server, which fetches nothing. Local backends need the pixels: t
 once per URL (https only, public addresses only, size cap, the pack's decompression-bomb guard) and
 cached by URL for the life of the process.
 
+Which addresses are public is netguard's rule (`is_public_address`: globally routable, so private,
+loopback, link-local, shared CGNAT and reserved ranges are all refused). A URL naming a literal address
+is refused before any connection; a host name is checked where it is dialled (netguard's guarded
+transport resolves once and connects to the very address it checked, on every redirect hop), so a name
+that answers public to one lookup and private to the next cannot slip through.
+
 `FLUX2_ALLOW_LOOPBACK_REFERENCES=1` (tests only, environment only) also admits http and https URLs on
-127.0.0.1 / ::1 / localhost, so the fetch path can be tested against a server on this machine.
-Private and link-local addresses are refused in every mode.
+127.0.0.1 / ::1 / localhost, so the fetch path can be tested against a server on this machine; in that
+mode host names are not checked at connect time (as the provider transport's loopback mode), while
+literal private and link-local addresses are still refused.
 """
 from __future__ import annotations
 
@@ -18,7 +25,6 @@ import io
 import ipaddress
 import os
 import re
-import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -33,6 +39,7 @@ MAX_REDIRECTS = 3
 ASSUMED_SIDE = 1024                        # a URL reference of unknown size is priced and planned as 1 MP
 LOOPBACK_ENV = "FLUX2_ALLOW_LOOPBACK_REFERENCES"
 CONNECT_S, READ_S = 10.0, 30.0
+FETCH_S = 60.0                             # overall deadline of one fetch or probe, redirects included
 _CACHE_SIZE = 32
 
 RUNWARE_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -64,17 +71,20 @@ def loopback_mode() -> bool:
     return os.environ.get(LOOPBACK_ENV, "").strip() == "1"
 
 
-def _blocked_address(ip: ipaddress._BaseAddress, allow_loopback: bool) -> str | None:
-    """Why an address may not be fetched from, or None."""
+def _refused_literal(ip: ipaddress._BaseAddress, allow_loopback: bool) -> str | None:
+    """Why a literal address may not be fetched from, or None. The rule is netguard's; this only
+    names the kind of address for the message (and lets loopback through in the tests' mode)."""
+    from . import netguard          # lazily: it brings httpx, which loading the pack must not import
+
+    if netguard.is_public_address(str(ip)):
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
         return None if allow_loopback else "a loopback address"
     if ip.is_link_local:
         return "a link-local address"
-    if ip.is_private or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
-        return "a private or reserved address"
-    return None
+    return "a private or reserved address"
 
 
 def parse_reference(text: str) -> UrlReference:
@@ -118,30 +128,12 @@ def check_url(url: str, named: str | None = None) -> None:
         except ValueError:
             ip = None
         if ip is not None:
-            why = _blocked_address(ip, loop)
+            why = _refused_literal(ip, loop)
             if why:
                 raise InputError(f"reference {shown}: {host} is {why}; only public https URLs are allowed")
     is_loopback_host = host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
     if parts.scheme != "https" and not (loop and parts.scheme == "http" and is_loopback_host):
         raise InputError(f"reference {shown}: only https URLs are accepted, not {parts.scheme or 'no scheme'}")
-
-
-def _check_resolved(url: str, named: str) -> None:
-    """Every address the host resolves to must be public (outside loopback mode: loopback too)."""
-    parts = urlsplit(url)
-    if named != url:
-        url = f"{named} (redirects to {url})"
-    host = parts.hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, OSError):
-        raise InputError(f"reference {url}: unreachable (host {host} not found)") from None
-    loop = loopback_mode()
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        why = _blocked_address(ip, loop)
-        if why:
-            raise InputError(f"reference {url}: {host} resolves to {why}; only public addresses are fetched")
 
 
 def _read(url: str, limit: int, *, whole: bool) -> tuple[bytes, int | None]:
@@ -151,12 +143,15 @@ def _read(url: str, limit: int, *, whole: bool) -> tuple[bytes, int | None]:
     Returns (bytes read, total size when the server tells it)."""
     import httpx
 
+    from . import netguard
+
     current = url
-    with httpx.Client(timeout=httpx.Timeout(READ_S, connect=CONNECT_S),
-                      follow_redirects=False, headers={"User-Agent": "comfyui-flux2"}) as client:
+    with httpx.Client(transport=netguard.guarded_transport(), timeout=httpx.Timeout(READ_S, connect=CONNECT_S),
+                      follow_redirects=False, headers={"User-Agent": "comfyui-flux2"}) as client, \
+            netguard.limits(FETCH_S, public_only=not loopback_mode()):
         for _ in range(MAX_REDIRECTS + 1):
             check_url(current, url)
-            _check_resolved(current, url)
+            shown = url if current == url else f"{url} (redirects to {current})"
             headers = {} if whole else {"Range": f"bytes=0-{limit - 1}"}
             try:
                 with client.stream("GET", current, headers=headers) as response:
@@ -179,7 +174,11 @@ def _read(url: str, limit: int, *, whole: bool) -> tuple[bytes, int | None]:
                             break
                     return bytes(data[:limit]), total
             except httpx.HTTPError as exc:
-                raise InputError(f"reference {url}: unreachable ({type(exc).__name__})") from None
+                if isinstance(exc.__cause__, netguard.PrivateAddress):
+                    host = urlsplit(current).hostname
+                    raise InputError(f"reference {shown}: {host} resolves to a private or reserved address; "
+                                     "only public addresses are fetched") from None
+                raise InputError(f"reference {shown}: unreachable ({type(exc).__name__})") from None
     raise InputError(f"reference {url}: more than {MAX_REDIRECTS} redirects")
 
 

@@ -19,7 +19,7 @@ import pytest
 from comfyui_flux2.flux2.backend import GenerationRequest, run
 from comfyui_flux2.flux2.errors import AuthError, Cancelled, Flux2Error, ModerationError, ProviderError, ProviderTimeout
 from comfyui_flux2.flux2.redaction import scrub
-from comfyui_flux2.flux2.remote import netguard
+from comfyui_flux2.flux2 import netguard
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend

@@ -7,13 +7,16 @@ link-local addresses are refused, which the tests check too.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import socket
 import struct
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpcore
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,6 +62,7 @@ class AssetServer:
         self.ranged: list[str] = []           # paths asked for with a Range header (the pack's probe)
         self.files = {"/ok.png": ("image/png", png_bytes()), "/page.html": ("text/html", b"<html>hello</html>" * 20),
                       "/bomb.png": ("image/png", bomb_png())}
+        self.redirects = {"/to-private": "https://10.1.2.3/x.png"}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,9 +83,9 @@ class AssetServer:
                     except OSError:
                         pass
                     return
-                if self.path == "/to-private":
+                if self.path in server.redirects:
                     self.send_response(302)
-                    self.send_header("location", "https://10.1.2.3/x.png")
+                    self.send_header("location", server.redirects[self.path])
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
@@ -146,6 +150,7 @@ def test_node_output_plugs_into_edit_reference_sockets():
     ("https://127.0.0.1/a.png", "loopback address"),
     ("https://localhost/a.png", "localhost"),
     ("https://10.0.0.7/a.png", "private or reserved"),
+    ("https://100.64.0.1/a.png", "private or reserved"),           # shared (CGNAT) space: not public either
     ("https://[::ffff:192.168.1.9]/a.png", "private or reserved"),
     ("https://169.254.169.254/latest/meta-data", "link-local"),
     ("https://user:pw@example.com/a.png", "user names or passwords"),
@@ -311,7 +316,7 @@ def test_fetch_applies_the_size_cap_and_the_bomb_guard(assets, path, why):
 
 def test_outside_loopback_mode_a_name_resolving_to_a_private_address_is_not_fetched(monkeypatch):
     monkeypatch.delenv(reference_urls.LOOPBACK_ENV, raising=False)
-    monkeypatch.setattr(reference_urls.socket, "getaddrinfo",
+    monkeypatch.setattr(socket, "getaddrinfo",
                         lambda host, port, **kw: [(2, 1, 6, "", ("192.168.4.4", port))])
     with pytest.raises(InputError, match="internal.example.com resolves to a private or reserved address"):
         fetch("https://internal.example.com/a.png")
@@ -327,3 +332,126 @@ def test_a_linked_url_is_checked_when_it_arrives():
     assert node.VALIDATE_INPUTS(None) is True
     with pytest.raises(InputError, match="only https"):
         node().reference("http://example.com/a.png")
+
+
+# -- production mode against a fake network: the check is on the address actually dialled -----------
+PUBLIC_CDN = "93.184.216.34"        # a global address the fake resolver hands out; never dialled for real
+
+
+class _NoTls(httpcore.NetworkStream):
+    """A plain connection that answers start_tls as if TLS were up: lets an https URL reach a local
+    plain-HTTP server standing in for a public host (certificates are not what these tests check)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def read(self, max_bytes, timeout=None):
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer, timeout=None):
+        self._inner.write(buffer, timeout)
+
+    def close(self):
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return self
+
+    def get_extra_info(self, info):
+        return self._inner.get_extra_info(info)
+
+
+class FakeNetwork:
+    """Production mode (no loopback allowance) with nothing leaving this machine.
+
+    The resolver answers per host from `answers` (one answer per lookup, the last one repeating), as a
+    DNS name under an attacker's control can. The dialler does what the OS's create_connection does --
+    a name is resolved through that same resolver, then the address is dialled -- and records every
+    address dialled: PUBLIC_CDN is routed to the asset server with TLS left out, a loopback address
+    is dialled for real, anything else has no route."""
+
+    def __init__(self, monkeypatch, assets):
+        self.answers: dict[str, list[str]] = {}
+        self.dialled: list[str] = []
+        self.routes = {PUBLIC_CDN: assets.httpd.server_address[1]}
+        real_connect = httpcore.SyncBackend.connect_tcp
+
+        def getaddrinfo(host, port, *args, **kwargs):
+            try:
+                address = str(ipaddress.ip_address(host))
+            except ValueError:
+                queue = self.answers.get(host)
+                if not queue:
+                    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+                address = queue.pop(0) if len(queue) > 1 else queue[0]
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+        def connect_tcp(backend, host, port, timeout=None, local_address=None, socket_options=None):
+            address = getaddrinfo(host, port)[0][4][0]
+            self.dialled.append(address)
+            if address in self.routes:
+                return _NoTls(real_connect(backend, "127.0.0.1", self.routes[address], timeout))
+            if ipaddress.ip_address(address).is_loopback:
+                return real_connect(backend, address, port, timeout)
+            raise httpcore.ConnectError("no route to host (test network)")
+
+        monkeypatch.delenv(reference_urls.LOOPBACK_ENV, raising=False)
+        monkeypatch.setattr(reference_urls, "READ_S", 2.0)      # a stray connection fails the test quickly
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", connect_tcp)
+
+
+@pytest.fixture
+def network(monkeypatch):
+    server = AssetServer()
+    yield FakeNetwork(monkeypatch, server), server
+    server.stop()
+
+
+def test_the_fake_network_serves_a_public_https_host(network):
+    """The stand-in works: a public name is fetched from the asset server through https."""
+    net, _ = network
+    net.answers["cdn.example.com"] = [PUBLIC_CDN]
+    ref = fetch("https://cdn.example.com/ok.png")
+    assert (ref.width, ref.height) == (300, 200) and net.dialled == [PUBLIC_CDN]
+
+
+def test_a_name_in_shared_cgnat_space_is_refused_before_any_connection(network):
+    net, _ = network
+    net.answers["cgnat.example.com"] = ["100.64.7.7"]
+    for read in (fetch, probe):
+        with pytest.raises(InputError, match=r"reference https://cgnat.example.com/a.png: cgnat.example.com "
+                                             "resolves to a private or reserved address"):
+            read("https://cgnat.example.com/a.png")
+    assert net.dialled == []
+
+
+def test_a_rebinding_name_never_reaches_the_loopback_socket(network):
+    """Public to the first lookup, 127.0.0.1 to the next: the address checked is the address dialled."""
+    net, _ = network
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        net.answers["rebind.example.com"] = [PUBLIC_CDN, "127.0.0.1"]
+        try:
+            fetch(f"https://rebind.example.com:{port}/ok.png")
+        except InputError:
+            pass                      # whether the fetch succeeds is not the point; where it went is
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()         # nobody connected to the loopback socket
+        assert "127.0.0.1" not in net.dialled and net.dialled == [PUBLIC_CDN]
+    finally:
+        listener.close()
+
+
+def test_every_redirect_hop_is_checked_where_it_is_dialled(network):
+    net, assets = network
+    net.answers["cdn.example.com"] = [PUBLIC_CDN]
+    net.answers["cgnat.example.com"] = ["100.64.7.7"]
+    assets.redirects["/to-cgnat"] = "https://cgnat.example.com/x.png"
+    with pytest.raises(InputError) as err:
+        probe("https://cdn.example.com/to-cgnat")
+    assert ("https://cdn.example.com/to-cgnat (redirects to https://cgnat.example.com/x.png): cgnat.example.com "
+            "resolves to a private or reserved address") in str(err.value)
+    assert net.dialled == [PUBLIC_CDN]

@@ -38,6 +38,7 @@ from ..run_context import RunContext
 from ..redaction import scrub
 from .common import RemoteBackend, redact
 from .keys import base_url, origin, read_key
+from .bfl_request import BflRequest
 from .options import RemoteOptions
 from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
 from .transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
@@ -209,37 +210,34 @@ class BflBackend(RemoteBackend):
     def plan(self, request: GenerationRequest) -> list[PlannedCall]:
         url = resolve_base_url() + self.pm.model_id
         refs = [as_sent(r) or f"<png {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
-        bodies = [self.request_body(request, i, refs) for i in range(request.batch)]
+        bodies = [self.request_body(request, i, refs).to_json() for i in range(request.batch)]
         summary = (f"{request.width}x{request.height} seed {request.seed}"
                    + (f" x{request.batch} (one task each, seeds +i)" if request.batch > 1 else "")
                    + (f", {len(refs)} reference(s)" if refs else ""))
         return [PlannedCall(BFL, f"POST {url}", summary, {"requests": bodies})]
 
     # -- request building ---------------------------------------------------------------------
-    def request_body(self, request: GenerationRequest, index: int, references: list[str]) -> dict:
+    def request_body(self, request: GenerationRequest, index: int, references: list[str]) -> BflRequest:
         opts, pm = self.options, self.pm
-        body = {
-            "prompt": request.prompt,
-            "width": request.width,
-            "height": request.height,
-            # Each image of a batch is its own task with its own seed, so every image is reproducible.
-            "seed": request.seeds[index],
-            "safety_tolerance": int(opts.safety_tolerance),
-            "output_format": OUTPUT_FORMATS.get(opts.output_format, "png"),
-        }
         if self.model.family == "flex":
             # flex upsamples by default at BFL: always say what the user chose (off keeps edits faithful).
-            body["prompt_upsampling"] = bool(opts.prompt_upsampling)
-        elif pm.takes_upsampling and opts.prompt_upsampling:
+            upsampling = bool(opts.prompt_upsampling)
+        else:
             # Not in BFL's published pro/max schema (ComfyUI sends it): only sent when asked for.
-            body["prompt_upsampling"] = True
-        if pm.takes_steps and opts.steps:
-            body["steps"] = int(opts.steps)
-        if pm.takes_guidance and opts.guidance:
-            body["guidance"] = float(opts.guidance)
-        for i, ref in enumerate(references):
-            body["input_image" if i == 0 else f"input_image_{i + 1}"] = ref
-        return body
+            upsampling = True if pm.takes_upsampling and opts.prompt_upsampling else None
+        return BflRequest(
+            prompt=request.prompt,
+            width=request.width,
+            height=request.height,
+            # Each image of a batch is its own task with its own seed, so every image is reproducible.
+            seed=request.seeds[index],
+            safety_tolerance=int(opts.safety_tolerance),
+            output_format=OUTPUT_FORMATS.get(opts.output_format, "png"),
+            prompt_upsampling=upsampling,
+            steps=int(opts.steps) if pm.takes_steps and opts.steps else None,
+            guidance=float(opts.guidance) if pm.takes_guidance and opts.guidance else None,
+            input_images=tuple(references),
+        )
 
     # -- execution ----------------------------------------------------------------------------
     def _client(self) -> tuple[BflTransport, str, str]:
@@ -298,7 +296,7 @@ class BflBackend(RemoteBackend):
                 estimate_one: float | None) -> None:
         job.sent = True
         try:
-            response = transport.submit(url, job.body, is_cancelled=ctx.is_cancelled)
+            response = transport.submit(url, job.body.to_json(), is_cancelled=ctx.is_cancelled)
         except NotSent as exc:
             job.sent = False
             raise _reworded(exc, f"{exc} - check {URL_ENV}/{REGION_ENV} and the network") from None

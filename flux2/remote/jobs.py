@@ -26,6 +26,7 @@ from ..errors import Cancelled, Flux2Error, ProviderError, ProviderTimeout
 from ..redaction import scrub
 from ..run_context import RunContext
 from .transport import Deadlines, sleep_with_cancel
+from .wire import WireBody
 
 log = logging.getLogger("comfyui_flux2.remote")
 
@@ -39,7 +40,7 @@ class Job:
 
     index: int
     seed: int                       # the seed asked for (request seed + index)
-    body: dict                      # what is sent
+    body: WireBody                  # what is sent (its to_json())
     task_id: str | None = None      # Runware taskUUID (known before sending), BFL id (from the submit answer)
     locator: str | None = None      # BFL polling URL
     sent: bool = False              # the billable request may have reached the provider

@@ -21,6 +21,8 @@ from ..run_context import RunContext
 from .common import RemoteBackend, redact
 from .keys import base_url, read_key
 from .options import RemoteOptions
+from .runware_tasks import (BflSettings, GetResponse, ImageInference, ImageUpload, Inputs, ProviderSettings,
+                            RunwareTask)
 from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
 from .transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
@@ -92,39 +94,29 @@ class RunwareBackend(RemoteBackend):
         summary = (f"{request.width}x{request.height} seed {request.seed}"
                    + (f" x{request.batch}" if request.batch > 1 else "")
                    + (f", {len(refs)} reference(s)" if refs else ""))
-        return [PlannedCall(RUNWARE, f"POST {url} imageInference {self.pm.model_id}", summary, {"tasks": tasks})]
+        return [PlannedCall(RUNWARE, f"POST {url} imageInference {self.pm.model_id}", summary,
+                            {"tasks": [t.to_json() for t in tasks]})]
 
     # -- request building ---------------------------------------------------------------------
     def inference_task(self, request: GenerationRequest, index: int, references: list[str],
-                       task_uuid: str | None = None) -> dict:
+                       task_uuid: str | None = None) -> ImageInference:
         opts, pm = self.options, self.pm
-        task = {
-            "taskType": "imageInference",
-            "taskUUID": task_uuid or str(uuid.uuid4()),
-            "model": pm.model_id,
-            "positivePrompt": request.prompt,
-            "width": request.width,
-            "height": request.height,
+        return ImageInference(
+            taskUUID=task_uuid or str(uuid.uuid4()),
+            model=pm.model_id,
+            positivePrompt=request.prompt,
+            width=request.width,
+            height=request.height,
             # Each image of a batch is its own task with its own seed, so every image is reproducible.
-            "seed": request.seeds[index],
-            "numberResults": 1,
-            "outputType": "URL",
-            "outputFormat": opts.output_format,
-            "includeCost": True,
-            "deliveryMethod": "sync",
-        }
-        if opts.output_format != "PNG":
-            task["outputQuality"] = opts.output_quality
-        if pm.takes_steps and opts.steps:
-            task["steps"] = opts.steps
-        if pm.takes_guidance and opts.guidance:
-            task["CFGScale"] = opts.guidance
-        if pm.model_id.startswith("bfl:"):
-            task["providerSettings"] = {"bfl": {"promptUpsampling": bool(opts.prompt_upsampling),
-                                                "safetyTolerance": int(opts.safety_tolerance)}}
-        if references:
-            task["inputs"] = {"referenceImages": list(references)}
-        return task
+            seed=request.seeds[index],
+            outputFormat=opts.output_format,
+            outputQuality=opts.output_quality if opts.output_format != "PNG" else None,
+            steps=opts.steps if pm.takes_steps and opts.steps else None,
+            CFGScale=opts.guidance if pm.takes_guidance and opts.guidance else None,
+            providerSettings=ProviderSettings(BflSettings(bool(opts.prompt_upsampling), int(opts.safety_tolerance)))
+            if pm.model_id.startswith("bfl:") else None,
+            inputs=Inputs(tuple(references)) if references else None,
+        )
 
     # -- execution ----------------------------------------------------------------------------
     def _client(self) -> tuple[Transport, str, str]:
@@ -135,11 +127,11 @@ class RunwareBackend(RemoteBackend):
                                         self.deadlines, self._http_transport)
         return self._transport, url, key
 
-    def _post_tasks(self, tasks: list[dict], ctx: RunContext) -> Reply:
+    def _post_tasks(self, tasks: list[RunwareTask], ctx: RunContext) -> Reply:
         """POST a task array and parse the answer (request-level refusals raise here)."""
         transport, url, key = self._client()
-        response = transport.submit(url, tasks, is_cancelled=ctx.is_cancelled)
-        return parse_reply(response, tasks, key)
+        response = transport.submit(url, [t.to_json() for t in tasks], is_cancelled=ctx.is_cancelled)
+        return parse_reply(response, {t.taskUUID for t in tasks}, key)
 
     def upload_reference(self, ref, ctx: RunContext) -> str:
         """Upload a reference once per content hash; later uses (any node, this run) reuse the imageUUID."""
@@ -149,8 +141,8 @@ class RunwareBackend(RemoteBackend):
             ctx.cached_upload(f"runware generated {url}", ref.pixels_sha256) if ref.pixels_sha256 else None)
         if cached:
             return cached
-        task_uuid = str(uuid.uuid4())
-        task = {"taskType": "imageUpload", "taskUUID": task_uuid, "image": ref.data_uri}
+        task = ImageUpload(taskUUID=str(uuid.uuid4()), image=ref.data_uri)
+        task_uuid = task.taskUUID
         try:
             reply = self._post_tasks([task], ctx)
         except LostResponse:
@@ -171,7 +163,7 @@ class RunwareBackend(RemoteBackend):
         jobs = []
         for i, seed in enumerate(request.seeds):
             body = self.inference_task(request, i, refs)
-            jobs.append(Job(i, seed, body, task_id=body["taskUUID"]))
+            jobs.append(Job(i, seed, body, task_id=body.taskUUID))
         estimate_one = self.estimate_one(request)
         cache_key = partial(self.image_cache_key, request)
 
@@ -233,7 +225,7 @@ class RunwareBackend(RemoteBackend):
 
         def fetch():
             try:
-                reply = self._post_tasks([{"taskType": "getResponse", "taskUUID": job.task_id}], ctx)
+                reply = self._post_tasks([GetResponse(taskUUID=job.task_id)], ctx)
             except (LostResponse, NotSent) as exc:
                 raise Transient(str(exc)) from None
             except ProviderError as exc:
@@ -317,9 +309,10 @@ class Reply:
     errors: dict         # taskUUID -> error object
 
 
-def parse_reply(response, tasks: list[dict], key: str | None) -> Reply:
+def parse_reply(response, ours: set[str], key: str | None) -> Reply:
     """A Runware answer -> items and errors by taskUUID. Request-level refusals (auth, balance,
-    capacity, malformed body) raise; an error that names one of our tasks is returned per task."""
+    capacity, malformed body) raise; an error that names one of our tasks (`ours`: their taskUUIDs) is
+    returned per task."""
     status = response.status_code
     body = json_body(response, "runware")       # a 200 that is not JSON raises Garbled (a LostResponse)
     if not isinstance(body, dict):
@@ -342,7 +335,6 @@ def parse_reply(response, tasks: list[dict], key: str | None) -> Reply:
             errors.append({**inner, "taskUUID": d.get("taskUUID"), **({"cost": d["cost"]} if "cost" in d else {})})
             continue
         items.setdefault(d["taskUUID"], d)
-    ours = {t.get("taskUUID") for t in tasks}
     request_level = [e for e in errors if e.get("taskUUID") not in ours]
     # A request-level error with results beside it must not discard the (paid) results.
     if status in (401, 402, 403) or (request_level and not items):

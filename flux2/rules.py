@@ -21,6 +21,10 @@ MAX_SEED = 2**32 - 1
 # Local weights and ComfyUI core seed torch generators, which take any 64-bit value.
 MAX_TORCH_SEED = 2**64 - 1
 MAX_PROMPT_CHARS = 32000          # the providers' prompt limit
+REMOTE_MAX_BATCH = 8              # the providers: one task per image, all sent at once
+LOCAL_MAX_BATCH = 16              # local weights and ComfyUI core: what one sampling batch is allowed
+# Batch widgets stop where every backend's rules do, so one graph runs anywhere (as seed widgets do).
+WIDGET_MAX_BATCH = min(REMOTE_MAX_BATCH, LOCAL_MAX_BATCH)
 LOCAL_MAX_REFS = 4                # references a local preset takes unless it says otherwise ([klein], [dev])
 
 
@@ -31,7 +35,7 @@ class Rules:
     name: str
     sizes: SizeLimits = FLUX2_SIZES
     max_refs: int = MAX_REFS_ANY
-    max_batch: int = 16               # local and ComfyUI core: what one sampling batch is allowed
+    max_batch: int = LOCAL_MAX_BATCH
     max_seed: int = MAX_TORCH_SEED
     empty_prompt: bool = True         # local models encode "" fine; the providers refuse it
     max_prompt_chars: int | None = None
@@ -48,7 +52,7 @@ def remote_rules(model: ModelSpec, provider: str, pm: ProviderModel | None = Non
     pm = pm or model.on(provider)
     sizes = SizeLimits(multiple=model.multiple, min_side=pm.min_side, max_side=model.max_side,
                        max_pixels=model.max_pixels)
-    return Rules(f"{model.name} on {LABELS[provider]}", sizes, max_refs=pm.max_refs, max_batch=8,
+    return Rules(f"{model.name} on {LABELS[provider]}", sizes, max_refs=pm.max_refs, max_batch=REMOTE_MAX_BATCH,
                  max_seed=MAX_SEED, empty_prompt=False, max_prompt_chars=MAX_PROMPT_CHARS)
 
 

@@ -1,7 +1,7 @@
 """Input declarations shared by the nodes, so every node spells a widget the same way."""
 from __future__ import annotations
 
-from ..flux2.rules import FLUX2_SIZES, MAX_SEED   # the widgets stop where every backend's rules do
+from ..flux2.rules import FLUX2_SIZES, MAX_SEED, WIDGET_MAX_BATCH   # the widgets stop where every backend's rules do
 
 BACKEND_TYPE = "FLUX2_BACKEND"
 # A reference given by URL travels as its own type; Flux2Edit's reference sockets take either it or an
@@ -14,6 +14,10 @@ CATEGORY = "FLUX.2"
 def seed_input(tooltip: str) -> tuple:
     return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": tooltip})
+
+
+def batch_input(tooltip: str) -> tuple:
+    return ("INT", {"default": 1, "min": 1, "max": WIDGET_MAX_BATCH, "tooltip": tooltip})
 
 
 def side_input(default: int, tooltip: str, minimum: int = 64) -> tuple:

@@ -10,7 +10,7 @@ from ..flux2.sizes import edit_size
 from .budget import check_graph_budget
 from .comfy_hooks import node_context
 from ..flux2.reference_urls import UrlReference
-from .common import BACKEND_TYPE, CATEGORY, REFERENCE_SOCKET, seed_input, side_input
+from .common import BACKEND_TYPE, CATEGORY, REFERENCE_SOCKET, batch_input, seed_input, side_input
 
 RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
 BACKEND_TOOLTIP = "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."
@@ -65,7 +65,7 @@ class Flux2TextToImage:
                 "width": side_input(1024, "Output width; a multiple of 16 within the model's limits."),
                 "height": side_input(1024, "Output height; a multiple of 16 within the model's limits."),
                 "seed": seed_input("Same seed, prompt and settings give the same image."),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": BATCH_TOOLTIP}),
+                "batch_size": batch_input(BATCH_TOOLTIP),
             },
             # The whole graph (for FLUX2_BUDGET_USD); named so it cannot clash with the text "prompt".
             "hidden": {"unique_id": "UNIQUE_ID", "graph_prompt": "PROMPT"},
@@ -98,7 +98,7 @@ class Flux2Edit:
                 "width": side_input(0, "0 = follow the first reference (snapped to the model's grid).", 0),
                 "height": side_input(0, "0 = follow the first reference (snapped to the model's grid).", 0),
                 "seed": seed_input("Same seed, prompt, references and settings give the same image."),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": BATCH_TOOLTIP}),
+                "batch_size": batch_input(BATCH_TOOLTIP),
             },
             "optional": optional,
             # The whole graph (for FLUX2_BUDGET_USD); named so it cannot clash with the text "prompt".

@@ -144,3 +144,38 @@ def test_local_presets_take_the_reference_count_the_table_shows():
     from comfyui_flux2.flux2.rules import LOCAL_MAX_REFS
 
     assert {p.max_refs for p in PRESETS.values()} == {LOCAL_MAX_REFS}
+
+
+def test_batch_widgets_stop_where_every_backend_takes_the_batch():
+    from comfyui_flux2.flux2.rules import WIDGET_MAX_BATCH
+    from comfyui_flux2.nodes import NODE_CLASS_MAPPINGS
+
+    every = [remote_rules(m, p) for m in MODELS.values() for p in m.providers]
+    every += [local_rules("m", 4), comfy_rules("m")]
+    assert WIDGET_MAX_BATCH == min(r.max_batch for r in every)
+    for name in ("Flux2TextToImage", "Flux2Edit"):
+        kind, spec = NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["required"]["batch_size"]
+        assert (kind, spec["min"], spec["max"]) == ("INT", 1, WIDGET_MAX_BATCH)
+
+
+def test_provider_labels_come_from_the_rules_table_alone(monkeypatch):
+    from comfyui_flux2.flux2 import rules
+    from comfyui_flux2.flux2.remote.bfl import BflBackend
+    from comfyui_flux2.flux2.remote.runware import RunwareBackend
+
+    monkeypatch.setitem(rules.LABELS, "runware", "Runware (renamed)")
+    monkeypatch.setitem(rules.LABELS, "bfl", "BFL (renamed)")
+    assert RunwareBackend("FLUX.2 [pro]").describe() == "FLUX.2 [pro] on Runware (renamed) (bfl:5@1)"
+    assert BflBackend("FLUX.2 [pro]").describe().startswith("FLUX.2 [pro] on BFL (renamed) (")
+    assert BflBackend("FLUX.2 [pro]").rules().name == "FLUX.2 [pro] on BFL (renamed)"
+
+
+def test_the_local_plan_names_the_seeds_generation_request_gives(monkeypatch, tmp_path):
+    """The plan does not work out the seeds of a batch itself: change the rule and the plan follows."""
+    from comfyui_flux2.flux2.local import backend as lb
+
+    monkeypatch.setattr(GenerationRequest, "seeds",
+                        property(lambda self: [self.seed + 10 * i for i in range(self.batch)]))
+    backend = lb.LocalBackend("FLUX.2 [dev]", lb.LocalFiles(transformer=tmp_path / "missing.safetensors"))
+    (call,) = backend.plan(GenerationRequest("x", 1024, 768, seed=5, batch=3))
+    assert "1024x768, seed 5..25," in call.summary

@@ -164,8 +164,9 @@ class LocalBackend:
 
     def plan(self, request: GenerationRequest) -> list[PlannedCall]:
         refs = [reference_size(r.width, r.height) for r in request.references]
-        summary = (f"{request.width}x{request.height}, seed {request.seed}"
-                   + (f"..{request.seed + request.batch - 1}" if request.batch > 1 else "")
+        seeds = request.seeds
+        summary = (f"{request.width}x{request.height}, seed {seeds[0]}"
+                   + (f"..{seeds[-1]}" if len(seeds) > 1 else "")
                    + f", {self.effective_steps} steps"
                    + (f", guidance {self.effective_guidance:g}" if self.effective_guidance else "")
                    + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))

@@ -159,7 +159,6 @@ def _tagged(exc: Flux2Error, tag: str) -> Flux2Error:
 
 class BflBackend(RemoteBackend):
     kind = BFL
-    label = "BFL"
     takes_reference_urls = ("url",)             # input_image* take a URL (or base64)
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),

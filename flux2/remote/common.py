@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..backend import GenerationRequest
 from ..redaction import scrub
 from ..models import get_model
-from ..rules import Rules, remote_rules, validate_request
+from ..rules import LABELS, Rules, remote_rules, validate_request
 from .options import RemoteOptions
 from .transport import Deadlines
 
@@ -17,12 +17,11 @@ def redact(text: str, secret: str | None, limit: int | None = None) -> str:
 class RemoteBackend:
     """What Runware and BFL backends share: model lookup, limits, validation, cache identity.
 
-    Subclasses set `kind` and `label` and implement `host()`, `check_ready()`, `plan()`,
+    Subclasses set `kind` (their label is the rules table's) and implement `host()`, `check_ready()`, `plan()`,
     `estimate()` and `generate()`. No key is ever stored on the object.
     """
 
     kind = ""
-    label = ""
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport=None):
@@ -32,6 +31,10 @@ class RemoteBackend:
         self.options = options
         self.deadlines = deadlines
         self._http_transport = http_transport
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.kind]
 
     def describe(self) -> str:
         return f"{self.model_name} on {self.label} ({self.pm.model_id})"

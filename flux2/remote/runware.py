@@ -17,6 +17,7 @@ from ..images import decode_data_uri, decode_provider_image, pixel_digest, place
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
+from ..rules import REMOTE_MAX_BATCH
 from ..run_context import RunContext
 from .common import RemoteBackend, redact
 from .keys import base_url, read_key
@@ -41,12 +42,12 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 
 
 def concurrency() -> int:
-    """Tasks in flight per node (FLUX2_CONCURRENCY, default 8 = the largest batch, so a batch goes out at
+    """Tasks in flight per node (FLUX2_CONCURRENCY, default the largest batch, so a batch goes out at
     once; a 429 backs off only the request it hit. Lower it for accounts with small queue limits)."""
     try:
-        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", "8")))
+        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", str(REMOTE_MAX_BATCH))))
     except ValueError:
-        return 8
+        return REMOTE_MAX_BATCH
 
 
 def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
@@ -67,7 +68,6 @@ def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
 
 class RunwareBackend(RemoteBackend):
     kind = RUNWARE
-    label = "Runware"
     takes_reference_urls = ("url", "uuid")     # sent as is in inputs.referenceImages
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),

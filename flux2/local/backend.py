@@ -78,6 +78,7 @@ class LocalBackend:
     # Called before weights are loaded (not on a cache hit); inside ComfyUI the node passes a hook that
     # unloads ComfyUI's cached models, so a 24 GB card is not already full when ours arrive.
     before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    loras: tuple = ()                   # lora.LoRASpec links of a Flux2LoRA chain, applied on the fly in this order
     kind: str = field(default="local", init=False)
 
     def __post_init__(self):
@@ -154,8 +155,28 @@ class LocalBackend:
         if self.model_name == AUTO:
             self.model_preset          # the files must be one FLUX.2 model: refused here, before any step
 
+    def lora_files(self) -> list:
+        """The chain's LoRA files as this model takes them (headers only); a file for another architecture or
+        size, or one that matches no layer, is a one-line ModelLoadError naming it."""
+        from .lora import inspect_lora
+
+        return [inspect_lora(s.path, self.model_preset.transformer) for s in self.loras]
+
+    def lora_bytes(self) -> int:
+        """Device bytes of the chain's patches in the compute dtype (strength 0 adds nothing)."""
+        from .lora import linear_shapes
+
+        shapes = linear_shapes(self.model_preset.transformer)
+        return sum(f.device_bytes(DTYPES[self.dtype].itemsize, shapes)
+                   for f, s in zip(self.lora_files(), self.loras) if s.strength != 0)
+
+    def lora_key(self) -> tuple:
+        """Identity of the applied LoRA set (file versions and strengths; strength-0 links apply nothing)."""
+        return tuple(s.identity() for s in self.loras if s.strength != 0)
+
     def validate(self, request: GenerationRequest) -> None:
         validate_request(request, self.rules())
+        self.lora_files()
         for i, ref in enumerate(request.references, 1):
             if min(ref.width, ref.height) < REF_MIN_SIDE:
                 raise InputError(f"reference {i} is {ref.width}x{ref.height}; both sides must be >= {REF_MIN_SIDE}")
@@ -172,6 +193,12 @@ class LocalBackend:
                    + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))
         memory = self.memory_plan(request)
         summary += f"; device memory {memory.describe()}"
+        loras = [{"file": f.name, "strength": s.strength, "layers": len(f.layers), "unused_keys": len(f.unused)}
+                 for f, s in zip(self.lora_files(), self.loras)]
+        if loras:
+            summary += "; LoRA " + ", ".join(f"{x['file']} x{x['strength']:g} ({x['layers']} layers"
+                                             + (f", {x['unused_keys']} keys unused" if x["unused_keys"] else "") + ")"
+                                             for x in loras)
         name = self.model_preset.name
         if self.model_name == AUTO:
             summary += f"; {self.detection().describe()}"
@@ -179,7 +206,8 @@ class LocalBackend:
                             {"model": name, "width": request.width, "height": request.height,
                              "seed": request.seed, "batch": request.batch, "steps": self.effective_steps,
                              "guidance": self.effective_guidance, "references": len(refs),
-                             "device_memory_gib": round(memory.total / 2**30, 1)})]
+                             "device_memory_gib": round(memory.total / 2**30, 1),
+                             **({"loras": loras} if loras else {})})]
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         return Estimate(0.0, f"{self.model_preset.name} on local weights: no charge")
@@ -206,9 +234,11 @@ class LocalBackend:
                 ctx.check_cancelled()
 
         ctx.check_cancelled()
-        images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
-                                 self.effective_guidance, refs, on_step=on_step,
-                                 cfg_one_forward=self.cfg_one_forward(request, engine.device))
+        with engine.loras.lock:           # this request's LoRA set stays hooked in until its last step
+            engine.loras.use(self.lora_key(), lambda: self.lora_patches(engine))
+            images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
+                                     self.effective_guidance, refs, on_step=on_step,
+                                     cfg_one_forward=self.cfg_one_forward(request, engine.device))
         return GenerationResult(images=images, seeds=seeds, cost_usd=0.0,
                                 info={"model": self.model_preset.name, "steps": steps,
                                       "guidance": self.effective_guidance, "device": str(engine.device)})
@@ -227,6 +257,14 @@ class LocalBackend:
             return True
         free = info[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return self.memory_plan(replace(request, batch=2 * request.batch)).activations <= free
+
+    def lora_patches(self, engine) -> dict:
+        """The chain's patches for this engine's transformer, in its compute dtype on its device."""
+        from .lora import build_patches, inspect_lora, linear_shapes, load_deltas
+
+        p = engine.m.transformer.params
+        files = [(load_deltas(inspect_lora(s.path, p)), s.strength) for s in self.loras if s.strength != 0]
+        return build_patches(files, linear_shapes(p), engine.m.transformer.dtype, engine.device)
 
     # ------------------------------------------------------------------ loading
     def cache_key(self) -> tuple:
@@ -260,11 +298,13 @@ class LocalBackend:
                            width=request.width, height=request.height, batch=request.batch,
                            reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)
                                                                 for r in request.references)],
-                           vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width))
+                           vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width),
+                           lora_bytes=self.lora_bytes() if self.loras else 0)
 
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
         from .loading import load_modules
+        from .lora import AppliedLoRAs
         from .memory import check_fits
         from .offload import apply_offload
         from .pipeline import Flux2Engine
@@ -300,5 +340,6 @@ class LocalBackend:
                 apply_offload(modules, device)
             engine = Flux2Engine(modules)
             engine.vae_tiling = self.vae_tiling
+            engine.loras = AppliedLoRAs(modules.transformer)   # LoRA sets switch on this engine without a reload
             _cache[key] = engine
             return engine

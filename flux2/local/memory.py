@@ -154,10 +154,12 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
 
 def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: int, height: int,
                 reference_pixels: list[int] = (), batch: int = 1, vae_tile: int = 0,
-                fp8_transformer: float = 0.0, fp8_text: float = 0.0, sizes: ModuleSizes | None = None) -> MemoryPlan:
+                fp8_transformer: float = 0.0, fp8_text: float = 0.0, sizes: ModuleSizes | None = None,
+                lora_bytes: int = 0) -> MemoryPlan:
     """Peak device bytes of one generate call. reference_pixels: w*h of each prepared reference;
     vae_tile: latent pixels per tile side when the decode is tiled (0: whole image). sizes: from the files'
-    headers (sizes_from_headers); without them, from the preset's modules built on the meta device."""
+    headers (sizes_from_headers); without them, from the preset's modules built on the meta device. lora_bytes:
+    the LoRA patches (lora.py), resident on the device in both offload modes."""
     s = sizes or module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
     t, te = preset.transformer, preset.text_encoder
     tokens = TEXT_TOKENS + (width // 16) * (height // 16) + sum(p // 256 for p in reference_pixels)
@@ -178,11 +180,12 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     encode_act = max(reference_pixels, default=0) * preset.vae.block_out[0] * VAE_LIVE_TENSORS * dtype_bytes
 
     if offload == "blocks":
-        resident = s.transformer_resident + s.vae
+        resident = s.transformer_resident + s.vae + lora_bytes
         phases = {"encoding the prompt": (s.text_embedding + s.text_largest_layer, text_act),
                   "denoising": (s.transformer_largest_block, denoise_act)}
     else:
-        resident = (s.transformer_resident + s.transformer_blocks + s.text_embedding + s.text_layers + s.vae)
+        resident = (s.transformer_resident + s.transformer_blocks + s.text_embedding + s.text_layers + s.vae
+                    + lora_bytes)
         phases = {"encoding the prompt": (0, text_act), "denoising": (0, denoise_act)}
     phases["decoding"] = (0, decode_act)
     if reference_pixels:

@@ -1,0 +1,504 @@
+"""LoRA (and LoKr / LoHa / full-diff) files for the FLUX.2 transformer, applied on the fly.
+
+A file is read in two passes. `inspect_lora` reads the safetensors header only (names and shapes): it maps
+every key to one of our Linear layers (and a row range of it), checks the shapes against the model and refuses
+a file for another architecture or size in one line; the dry run and the memory plan use it. `load_deltas`
+reads the tensors of the matched layers only. Key formats and their sources: docs/loras.md.
+
+Application: every patched Linear gets a forward hook that adds `x·Aᵀ·Bᵀ` (all LoRAs of that layer stacked
+along the rank, strength·alpha/rank folded into B) or `x·ΔWᵀ` for the dense kinds. The base weights are never
+touched, so fp8 weights stay fp8, switching LoRAs is detaching hooks and attaching others, and under block
+offload the (small) LoRA tensors simply stay on the device while the blocks stream. `merge_patches` (merged
+once) exists for the benchmark, which measured it against on the fly (README, "LoRA").
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelLoadError
+from .params import TransformerParams
+
+# (up, down) suffix pairs ComfyUI 0.3.75 reads (comfy/weight_adapter/lora.py, LoRAAdapter.load), most specific first.
+LORA_PAIRS = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.down.weight"),
+              (".lora_B.default.weight", ".lora_A.default.weight"), (".lora_B.weight", ".lora_A.weight"),
+              (".lora.up.weight", ".lora.down.weight"),
+              (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"), (".lora_B", ".lora_A"))
+LOKR = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
+# Per-layer extras (comfy/lora.py, load_lora). diff_b / set_weight / w_norm / b_norm target biases or norm
+# weights the FLUX.2 Linears do not have (no biases) and are reported as unused.
+SINGLE = ("alpha", "dora_scale", "lora_mid.weight", "diff", "diff_b", "set_weight", "w_norm", "b_norm",
+          "reshape_weight") + LOKR + LOHA
+
+
+@dataclass(frozen=True)
+class Target:
+    """Rows [start, start+rows) of our Linear `module`; swap: the delta's two row halves are in the other order
+    (diffusers' norm_out is (scale, shift), BFL's final adaLN (shift, scale))."""
+
+    module: str
+    start: int
+    rows: int
+    swap: bool = False
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One adapter of the file: its kind ("lora" | "lokr" | "loha" | "diff"), where it goes, its file keys by role."""
+
+    kind: str
+    target: Target
+    keys: tuple[tuple[str, str], ...]
+    rank: int = 0
+
+    def key(self, role: str) -> str | None:
+        return dict(self.keys).get(role)
+
+
+@dataclass(frozen=True)
+class LoRAFile:
+    """What inspect_lora found in a file (header only)."""
+
+    path: Path
+    layers: tuple[Layer, ...]
+    total_keys: int
+    unused: tuple[str, ...]          # keys of the file no layer of this model takes (ComfyUI logs them too)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def device_bytes(self, dtype_bytes: int, shapes: dict[str, tuple[int, int]]) -> int:
+        """Bytes of the applied patches on the device: low-rank (out + in) x rank, dense out x in."""
+        total = 0
+        for lay in self.layers:
+            out, inp = shapes[lay.target.module]
+            total += (out + inp) * lay.rank if lay.kind == "lora" else out * inp
+        return total * dtype_bytes
+
+
+# ------------------------------------------------------------------------------------------- key tables
+
+def linear_shapes(p: TransformerParams) -> dict[str, tuple[int, int]]:
+    """(out, in) of every Linear of transformer.Flux2Transformer, from its params (no module is built)."""
+    h, inner, mlp = p.hidden, p.heads * p.head_dim, p.mlp_hidden
+    s = {"img_in": (h, p.in_channels), "txt_in": (h, p.context_dim),
+         "time_in.in_layer": (h, p.timestep_channels), "time_in.out_layer": (h, h),
+         "double_stream_modulation_img.lin": (6 * h, h), "double_stream_modulation_txt.lin": (6 * h, h),
+         "single_stream_modulation.lin": (3 * h, h),
+         "final_layer.adaLN_modulation.1": (2 * h, h), "final_layer.linear": (p.in_channels, h)}
+    if p.guidance_embed:
+        s.update({"guidance_in.in_layer": (h, p.timestep_channels), "guidance_in.out_layer": (h, h)})
+    for n in range(p.depth_double):
+        for st in ("img", "txt"):
+            s.update({f"double_blocks.{n}.{st}_attn.qkv": (3 * inner, h), f"double_blocks.{n}.{st}_attn.proj": (h, inner),
+                      f"double_blocks.{n}.{st}_mlp.0": (2 * mlp, h), f"double_blocks.{n}.{st}_mlp.2": (h, mlp)})
+    for n in range(p.depth_single):
+        s.update({f"single_blocks.{n}.linear1": (3 * inner + 2 * mlp, h), f"single_blocks.{n}.linear2": (h, inner + mlp)})
+    return s
+
+
+def _diffusers_names(p: TransformerParams) -> dict[str, Target]:
+    """diffusers module names -> our targets: FLUX.2's own names (diffusers' Flux2Transformer2DModel, what its
+    trainers save) and the FLUX.1 names ComfyUI 0.3.75 maps for every Flux-derived model (comfy/utils.py,
+    flux_to_diffusers) where FLUX.2 has the layer."""
+    sh = linear_shapes(p)
+    inner = p.heads * p.head_dim
+
+    def full(m: str, swap: bool = False) -> Target:
+        return Target(m, 0, sh[m][0], swap)
+
+    d = {"x_embedder": full("img_in"), "context_embedder": full("txt_in"), "proj_out": full("final_layer.linear"),
+         "norm_out.linear": full("final_layer.adaLN_modulation.1", swap=True),
+         "double_stream_modulation_img.linear": full("double_stream_modulation_img.lin"),
+         "double_stream_modulation_txt.linear": full("double_stream_modulation_txt.lin"),
+         "single_stream_modulation.linear": full("single_stream_modulation.lin")}
+    for emb in ("time_guidance_embed", "time_text_embed"):           # FLUX.2 / FLUX.1 names
+        d[f"{emb}.timestep_embedder.linear_1"] = full("time_in.in_layer")
+        d[f"{emb}.timestep_embedder.linear_2"] = full("time_in.out_layer")
+        if p.guidance_embed:
+            d[f"{emb}.guidance_embedder.linear_1"] = full("guidance_in.in_layer")
+            d[f"{emb}.guidance_embedder.linear_2"] = full("guidance_in.out_layer")
+    for n in range(p.depth_double):
+        b, db = f"transformer_blocks.{n}", f"double_blocks.{n}"
+        for i, (img, txt) in enumerate((("to_q", "add_q_proj"), ("to_k", "add_k_proj"), ("to_v", "add_v_proj"))):
+            d[f"{b}.attn.{img}"] = Target(f"{db}.img_attn.qkv", i * inner, inner)
+            d[f"{b}.attn.{txt}"] = Target(f"{db}.txt_attn.qkv", i * inner, inner)
+        d[f"{b}.attn.to_qkv"] = full(f"{db}.img_attn.qkv")              # diffusers' fused projections (LoKr)
+        d[f"{b}.attn.to_added_qkv"] = full(f"{db}.txt_attn.qkv")
+        d[f"{b}.attn.to_out.0"] = full(f"{db}.img_attn.proj")
+        d[f"{b}.attn.to_add_out"] = full(f"{db}.txt_attn.proj")
+        for ff, st in (("ff", "img"), ("ff_context", "txt")):
+            d[f"{b}.{ff}.linear_in"] = d[f"{b}.{ff}.net.0.proj"] = full(f"{db}.{st}_mlp.0")
+            d[f"{b}.{ff}.linear_out"] = d[f"{b}.{ff}.net.2"] = full(f"{db}.{st}_mlp.2")
+    for n in range(p.depth_single):
+        b, sb = f"single_transformer_blocks.{n}", f"single_blocks.{n}"
+        d[f"{b}.attn.to_qkv_mlp_proj"] = full(f"{sb}.linear1")
+        d[f"{b}.attn.to_out"] = d[f"{b}.proj_out"] = full(f"{sb}.linear2")
+        for i, name in enumerate(("to_q", "to_k", "to_v")):
+            d[f"{b}.attn.{name}"] = Target(f"{sb}.linear1", i * inner, inner)
+    return d
+
+
+_tables: dict[TransformerParams, dict[str, Target]] = {}
+
+
+def key_table(p: TransformerParams) -> dict[str, Target]:
+    """Every LoRA layer name (file key without its adapter suffix) this model takes -> its target."""
+    if p in _tables:
+        return _tables[p]
+    sh = linear_shapes(p)
+    t: dict[str, Target] = {}
+    for m, (out, _) in sh.items():
+        tgt = Target(m, 0, out)
+        t[f"diffusion_model.{m}"] = tgt                       # ComfyUI / ai-toolkit (BFL names)
+        t[f"base_model.model.{m}"] = tgt                      # PEFT-saved BFL names (diffusers reads them)
+        t["lora_unet_" + m.replace(".", "_")] = tgt           # kohya / sd-scripts
+    inner = p.heads * p.head_dim
+    for n in range(p.depth_single):                           # ComfyUI: LoRA on the qkv part of linear1 only
+        t[f"diffusion_model.single_blocks.{n}.linear1_qkv"] = Target(f"single_blocks.{n}.linear1", 0, 3 * inner)
+    for name, tgt in _diffusers_names(p).items():
+        t[f"transformer.{name}"] = tgt                        # diffusers / PEFT
+        t["lycoris_" + name.replace(".", "_")] = tgt          # SimpleTuner LyCORIS
+        t["lora_transformer_" + name.replace(".", "_")] = tgt  # OneTrainer
+        if name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
+            t[f"diffusion_model.{name}"] = tgt                # ai-toolkit files with expanded diffusers block names
+    _tables[p] = t
+    return t
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """A file key -> (layer name, role); role is "up"/"down" for LoRA pairs, else the suffix (alpha, lokr_w1...)."""
+    for up, down in LORA_PAIRS:
+        if key.endswith(up):
+            return key[: -len(up)], "up"
+        if key.endswith(down):
+            return key[: -len(down)], "down"
+    for s in SINGLE:
+        if key.endswith("." + s):
+            return key[: -len(s) - 1], s
+    return None
+
+
+# ------------------------------------------------------------------------------------------- inspection
+
+def _shape_of(kind: str, roles: dict[str, tuple[int, ...]]) -> tuple[int, int] | None:
+    """(rows, in) the adapter's delta has, from the factor shapes."""
+    def mat(w, a, b):
+        if w in roles:
+            return roles[w][0], roles[w][1]
+        if a in roles and b in roles:
+            return roles[a][0], roles[b][1]
+        return None
+
+    if kind == "lora":
+        return roles["up"][0], roles["down"][1]
+    if kind == "diff":
+        return tuple(roles["diff"][:2]) if len(roles["diff"]) == 2 else None
+    if kind == "lokr":
+        w1, w2 = mat("lokr_w1", "lokr_w1_a", "lokr_w1_b"), mat("lokr_w2", "lokr_w2_a", "lokr_w2_b")
+        return (w1[0] * w2[0], w1[1] * w2[1]) if w1 and w2 else None
+    if kind == "loha":
+        return roles["hada_w1_a"][0], roles["hada_w1_b"][1]
+    return None
+
+
+def classify(shapes: dict[str, tuple[int, ...]], p: TransformerParams, name: str) -> LoRAFile:
+    """Map a file's keys (name -> shape) to layers of the model with params p; one-line ModelLoadError when the
+    file is not for this model."""
+    table, lin = key_table(p), linear_shapes(p)
+    groups: dict[str, dict[str, str]] = {}
+    unused: list[str] = []
+    for key in shapes:
+        split = split_key(key)
+        if split is None:
+            unused.append(key)
+        else:
+            groups.setdefault(split[0], {})[split[1]] = key
+    layers: list[Layer] = []
+    wrong: list[str] = []
+    for base, roles in groups.items():
+        if "dora_scale" in roles:
+            raise ModelLoadError(f"LoRA {name}: layer {base} is DoRA (dora_scale), which this engine does not apply; "
+                                 f"use a plain LoRA")
+        if "lora_mid.weight" in roles or "lokr_t2" in roles or "hada_t1" in roles:
+            raise ModelLoadError(f"LoRA {name}: layer {base} is a convolution (Tucker) adapter; FLUX.2 has no "
+                                 f"convolutions (LoRA for another architecture?)")
+        kind = ("lora" if "up" in roles and "down" in roles else "lokr" if any(r in roles for r in LOKR)
+                else "loha" if "hada_w1_a" in roles else "diff" if "diff" in roles else None)
+        tgt = table.get(base)
+        if kind is None or tgt is None:
+            unused.extend(roles.values())
+            continue
+        dims = _shape_of(kind, {r: tuple(shapes[k]) for r, k in roles.items()})
+        out, inp = lin[tgt.module]
+        if dims != (tgt.rows, inp):
+            have = "?" if dims is None else f"{dims[0]}x{dims[1]}"
+            wrong.append(f"{base} is {have} in the file, the model's {tgt.module} takes {tgt.rows}x{inp}")
+            continue
+        keep = {r: k for r, k in roles.items() if r in ("up", "down", "alpha", "diff") + LOKR + LOHA}
+        rank = shapes[roles["down"]][0] if kind == "lora" else 0
+        layers.append(Layer(kind, tgt, tuple(sorted(keep.items())), rank))
+        unused.extend(k for r, k in roles.items() if r not in keep)
+    total = len(shapes)
+    matched = sum(len(lay.keys) for lay in layers)
+    if wrong:
+        raise ModelLoadError(f"LoRA {name} is for another FLUX.2 size or architecture: {matched} of {total} keys fit "
+                             f"this model ({len(wrong)} layers do not; first: {wrong[0]})")
+    if not layers:
+        hint = _other_architecture(shapes)
+        raise ModelLoadError(f"LoRA {name} matches no layer of this FLUX.2 model: 0 of {total} keys matched"
+                             + (f" ({hint})" if hint else f" (first key: {next(iter(shapes), 'none')})"))
+    return LoRAFile(Path(name), tuple(layers), total, tuple(sorted(unused)))
+
+
+def _other_architecture(shapes) -> str:
+    keys = " ".join(list(shapes)[:200])
+    for marker, what in ((".img_mod.", "FLUX.1 per-block modulation keys"), ("_img_mod_", "FLUX.1 per-block modulation keys"),
+                         ("down_blocks", "an SD / SDXL UNet LoRA"), ("input_blocks", "an SD / SDXL UNet LoRA"),
+                         ("lora_te", "a text-encoder LoRA"), ("text_model", "a text-encoder LoRA")):
+        if marker in keys:
+            return f"it looks like {what}"
+    return ""
+
+
+_inspected: dict[tuple, LoRAFile] = {}
+_lock = threading.Lock()
+
+
+def file_stamp(path: Path) -> tuple:
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+
+
+def inspect_lora(path: Path, p: TransformerParams) -> LoRAFile:
+    """Header-only inspection (cached per file version and model): no tensor is read."""
+    from .safetensors_header import read_header
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"LoRA file not found: {path}")
+    key = (file_stamp(path), p)
+    with _lock:
+        hit = _inspected.get(key)
+    if hit is not None:
+        return hit
+    header = read_header(path, "LoRA")
+    found = classify({k: i.shape for k, i in header.tensors.items()}, p, path.name)
+    found = LoRAFile(path, found.layers, found.total_keys, found.unused)
+    with _lock:
+        _inspected[key] = found
+    return found
+
+
+# ------------------------------------------------------------------------------------------- deltas
+
+@dataclass
+class Delta:
+    """One layer's update in float32 before strength: low rank (down [r, in], up [rows, r], alpha/rank folded into
+    up) or dense [rows, in]."""
+
+    target: Target
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+
+
+def _factor(t: dict[str, torch.Tensor], w: str, a: str, b: str) -> tuple[torch.Tensor, int | None]:
+    if w in t:
+        return t[w], None
+    return t[a] @ t[b], t[b].shape[0]
+
+
+def layer_delta(lay: Layer, t: dict[str, torch.Tensor]) -> Delta:
+    """ComfyUI 0.3.75's arithmetic (comfy/weight_adapter/{lora,lokr,loha}.py, calculate_weight), in float32."""
+    alpha = float(t["alpha"].item()) if "alpha" in t else None
+    if lay.kind == "lora":
+        down, up = t["down"], t["up"]
+        scale = alpha / down.shape[0] if alpha is not None else 1.0
+        return Delta(lay.target, down=down, up=up * scale)
+    if lay.kind == "diff":
+        return Delta(lay.target, dense=t["diff"])
+    if lay.kind == "lokr":
+        w1, r1 = _factor(t, "lokr_w1", "lokr_w1_a", "lokr_w1_b")
+        w2, r2 = _factor(t, "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+        dim = r2 if r2 is not None else r1              # ComfyUI: the second factor's rank wins when both are
+        scale = alpha / dim if alpha is not None and dim is not None else 1.0
+        return Delta(lay.target, dense=torch.kron(w1, w2) * scale)
+    w1 = t["hada_w1_a"] @ t["hada_w1_b"]
+    w2 = t["hada_w2_a"] @ t["hada_w2_b"]
+    scale = alpha / t["hada_w1_b"].shape[0] if alpha is not None else 1.0
+    return Delta(lay.target, dense=w1 * w2 * scale)
+
+
+_deltas: "OrderedDict[tuple, list[Delta]]" = OrderedDict()
+DELTA_CACHE_FILES = 4            # recently used LoRA files kept read (float32, on the CPU): switching back is free
+
+
+def load_deltas(lf: LoRAFile) -> list[Delta]:
+    """The file's matched layers as float32 deltas (cached per file version)."""
+    from safetensors import SafetensorError, safe_open
+
+    key = file_stamp(lf.path) + (tuple(lay.keys for lay in lf.layers),)
+    with _lock:
+        if key in _deltas:
+            _deltas.move_to_end(key)
+            return _deltas[key]
+    out = []
+    try:
+        with safe_open(str(lf.path), framework="pt", device="cpu") as f:
+            for lay in lf.layers:
+                t = {role: f.get_tensor(k).to(torch.float32) for role, k in lay.keys}
+                out.append(layer_delta(lay, t))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"LoRA file {lf.name} cannot be read ({msg})") from None
+    with _lock:
+        _deltas[key] = out
+        while len(_deltas) > DELTA_CACHE_FILES:
+            _deltas.popitem(last=False)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- patches
+
+@dataclass
+class Patch:
+    """Everything added to one Linear: down [R, in] and up [out, R] (all low-rank adapters stacked along R, strength
+    folded in, zero rows outside each adapter's row range) and/or one dense [out, in]."""
+
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+
+    def delta_weight(self) -> torch.Tensor:
+        w = 0
+        if self.up is not None:
+            w = self.up.float() @ self.down.float()
+        if self.dense is not None:
+            w = w + self.dense.float()
+        return w
+
+
+def _place(rows: torch.Tensor, tgt: Target, out: int) -> torch.Tensor:
+    """A [rows, ...] update -> [out, ...] with zeros outside the target's rows (halves swapped where asked)."""
+    if tgt.swap:
+        a, b = rows.chunk(2, 0)
+        rows = torch.cat((b, a), 0)
+    if tgt.start == 0 and tgt.rows == out:
+        return rows
+    full = rows.new_zeros((out,) + tuple(rows.shape[1:]))
+    full[tgt.start:tgt.start + tgt.rows] = rows
+    return full
+
+
+def build_patches(loras: list[tuple[list[Delta], float]], shapes: dict[str, tuple[int, int]],
+                  dtype: torch.dtype, device: torch.device | str) -> dict[str, Patch]:
+    """Deltas of several LoRAs with their strengths -> one Patch per Linear (strength 0: left out entirely)."""
+    downs: dict[str, list[torch.Tensor]] = {}
+    ups: dict[str, list[torch.Tensor]] = {}
+    dense: dict[str, torch.Tensor] = {}
+    for deltas, strength in loras:
+        if strength == 0:
+            continue
+        for d in deltas:
+            m = d.target.module
+            out = shapes[m][0]
+            if d.up is not None:
+                downs.setdefault(m, []).append(d.down)
+                ups.setdefault(m, []).append(_place(d.up * strength, d.target, out))
+            if d.dense is not None:
+                add = _place(d.dense * strength, d.target, out)
+                dense[m] = dense[m] + add if m in dense else add
+    patches = {}
+    for m in set(downs) | set(dense):
+        p = Patch()
+        if m in downs:
+            p.down = torch.cat(downs[m], 0).to(device, dtype)            # [R, in]
+            p.up = torch.cat(ups[m], 1).to(device, dtype)                # [out, R]
+        if m in dense:
+            p.dense = dense[m].to(device, dtype)                         # [out, in]
+        patches[m] = p
+    return patches
+
+
+def _hook(patch: Patch) -> Callable:
+    down, up, dense = patch.down, patch.up, patch.dense
+
+    def add_delta(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+        x = args[0]                                                      # [..., in]
+        if down is not None:
+            out = out + F.linear(F.linear(x, down), up)                  # [..., R] -> [..., out]
+        if dense is not None:
+            out = out + F.linear(x, dense)
+        return out
+
+    return add_delta
+
+
+def attach(transformer: nn.Module, patches: dict[str, Patch]) -> list:
+    """Forward hooks that add each patch to its Linear's output; returns the handles (detach() removes them)."""
+    return [transformer.get_submodule(m).register_forward_hook(_hook(p)) for m, p in sorted(patches.items())]
+
+
+def detach(handles: list) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
+
+
+@torch.no_grad()
+def merge_patches(transformer: nn.Module, patches: dict[str, Patch]) -> None:
+    """Merged once: W += ΔW in the weight's own dtype (plain Linears only; an fp8 weight would have to be up-cast
+    to merge into, which is what on-the-fly application avoids). The benchmark's comparison row."""
+    for m, p in patches.items():
+        lin = transformer.get_submodule(m)
+        if type(lin) is not nn.Linear:
+            raise TypeError(f"{m} is {type(lin).__name__}: only plain Linear weights can be merged into")
+        lin.weight += p.delta_weight().to(lin.weight.device, lin.weight.dtype)
+
+
+# ------------------------------------------------------------------------------------------- engine state
+
+@dataclass(frozen=True)
+class LoRASpec:
+    """One link of a Flux2LoRA chain on a local backend: a file (already confined to the loras folder) and a strength."""
+
+    path: Path
+    strength: float = 1.0
+
+    def identity(self) -> tuple:
+        return file_stamp(self.path) + (float(self.strength),)
+
+
+@dataclass
+class AppliedLoRAs:
+    """The LoRA set currently hooked into one engine's transformer. Generations hold `lock` from applying their set
+    to their last step, so two requests with different sets never mix."""
+
+    transformer: nn.Module
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    key: tuple = ()
+    handles: list = field(default_factory=list)
+    bytes: int = 0
+
+    def use(self, key: tuple, build: Callable[[], dict[str, Patch]]) -> None:
+        """Make `key`'s set the applied one (build() is called only when it changes); () = no LoRA."""
+        if key == self.key:
+            return
+        detach(self.handles)
+        self.key, self.bytes = (), 0
+        if key:
+            patches = build()
+            self.handles = attach(self.transformer, patches)
+            self.bytes = sum(t.numel() * t.element_size() for p in patches.values()
+                             for t in (p.down, p.up, p.dense) if t is not None)
+        self.key = key

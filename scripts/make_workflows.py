@@ -237,6 +237,29 @@ def core_models() -> Graph:
     return g
 
 
+# ComfyUI's FLUX.2 [dev] templates (comfyui-workflow-templates: image_flux2*.json): Comfy-Org/flux2-dev's split files
+# and fal's Turbo LoRA (fal/FLUX.2-dev-Turbo, comfy/Flux_2-Turbo-LoRA_comfyui.safetensors) at strength 1, 8 steps
+# instead of 20, guidance 4.
+DEV_FILES = {"diffusion_model": "flux2_dev_fp8mixed.safetensors", "text_encoder": "mistral_3_small_flux2_fp8.safetensors",
+             "vae": "flux2-vae.safetensors"}
+TURBO_LORA = "Flux_2-Turbo-LoRA_comfyui.safetensors"
+
+
+def dev_turbo_lora() -> Graph:
+    """FLUX.2 [dev] + the Turbo LoRA at 8 steps on local weights (the template's settings)."""
+    g = Graph()
+    b = g.add("Flux2LocalBackend", {"model": "auto", **DEV_FILES, "diffusers_folder": "(none)", "dtype": "bf16",
+                                    "device": "auto", "steps": 8, "guidance": 4.0, "offload": "none",
+                                    "vae_tiling": "auto"}, (40, 60))
+    lo = g.add("Flux2LoRA", {"lora_name": TURBO_LORA, "strength": 1.0, "runware_lora": ""}, (420, 60),
+               {"backend": (b, 0)})
+    t2i = g.add("Flux2TextToImage", {"prompt": "a ceramic teapot shaped like a snail, studio photo, white background",
+                                     "width": 1024, "height": 1024, "seed": 5150, "_control": "fixed", "batch_size": 1},
+                (800, 60), {"backend": (lo, 0)})
+    g.add("SaveImage", {"filename_prefix": "flux2/dev_turbo_lora"}, (1200, 60), {"images": (t2i, 0)})
+    return g
+
+
 def reference_images() -> None:
     from PIL import Image
     prompts = ("salt arches", "amber dusk palette", "crystal ripple texture")
@@ -249,7 +272,8 @@ def main() -> None:
     reference_images()
     for name, build in (("flux2_text_to_image", text_to_image), ("flux2_multi_reference_edit", multi_reference_edit),
                         ("flux2_local_references_edit", local_references_edit),
-                        ("flux2_chain_edit", chain), ("flux2_core_models", core_models)):
+                        ("flux2_chain_edit", chain), ("flux2_core_models", core_models),
+                        ("flux2_dev_turbo_lora", dev_turbo_lora)):
         g = build()
         (OUT / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
         (OUT / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")

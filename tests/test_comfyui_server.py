@@ -25,7 +25,7 @@ from comfy_server import (  # noqa: F401  (fixtures are used by name)
 pytestmark = pytest.mark.slow
 
 EXPECTED_NODES = {"Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size", "Flux2LocalBackend",
-                  "Flux2ComfyBackend", "Flux2ReferenceURL"}
+                  "Flux2ComfyBackend", "Flux2ReferenceURL", "Flux2LoRA"}
 
 
 def test_server_lists_the_pack_nodes(comfyui_server):

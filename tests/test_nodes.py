@@ -10,7 +10,7 @@ from comfyui_flux2.flux2.sizes import SizeLimits, fit_size, size_from_aspect, va
 from comfyui_flux2.nodes import Flux2Edit, Flux2RemoteBackend, Flux2Seed, Flux2Size, Flux2TextToImage
 
 PERMANENT = ["Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size", "Flux2LocalBackend",
-             "Flux2ComfyBackend"]
+             "Flux2ComfyBackend", "Flux2LoRA"]
 
 
 def test_permanent_node_names_are_registered():

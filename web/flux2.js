@@ -22,6 +22,7 @@ const EDIT = "Flux2Edit";
 const REMOTE = "Flux2RemoteBackend";
 const URL_REF = "Flux2ReferenceURL";
 const LOCAL = ["Flux2LocalBackend", "Flux2ComfyBackend"];
+const LORA = "Flux2LoRA";
 const READOUT_NODES = new Set([SIZE, T2I, EDIT]);
 const CATEGORY = "FLUX.2";
 const COLORS = { color: "#332a5c", bgcolor: "#221d38" };
@@ -122,10 +123,12 @@ function flux2(node) {
 // what the graph holds -> preview items
 // ---------------------------------------------------------------------------------------------
 
-function backendSpec(node) {
+function backendSpec(node, depth = 0) {
   const src = originByName(node, "backend");
   if (!src) return null;
   const type = nodeType(src.node);
+  // A Flux2LoRA chain keeps its backend's limits and price: follow it to the backend node.
+  if (type === LORA) return depth < 64 ? backendSpec(src.node, depth + 1) : null;
   if (type === REMOTE) {
     return { type, provider: widgetValue(src.node, "provider"), model: widgetValue(src.node, "model") };
   }

@@ -2,7 +2,7 @@
 `folder_paths` itself and hands us full paths).
 
 Layout: <root>/diffusion_models/*.safetensors (older: unet/), <root>/text_encoders/ (older: clip/),
-<root>/vae/, and diffusers folders (a directory with model_index.json) under <root>/diffusers/ or <root>.
+<root>/vae/, <root>/loras/, and diffusers folders (a directory with model_index.json) under <root>/diffusers/ or <root>.
 The root comes from an explicit argument (CLI --models-dir) or FLUX2_MODELS_DIR. Names given by a workflow
 are resolved inside the root only: `..`, absolute paths and symlinks leading outside are refused.
 """
@@ -18,6 +18,7 @@ FOLDERS = {
     "diffusion_models": ("diffusion_models", "unet"),
     "text_encoders": ("text_encoders", "clip"),
     "vae": ("vae",),
+    "loras": ("loras",),
     "diffusers": ("diffusers", "."),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".sft")

@@ -27,7 +27,7 @@ ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench"
 PEER_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_peer"   # outside the engine: imports ComfyUI
 PIPELINE_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.local_pipeline"   # whole-pipeline rows
 PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
-ROWS = ("step", "pipeline")
+ROWS = ("step", "pipeline", "lora")
 
 
 def _reset_peak_rss() -> None:
@@ -124,6 +124,73 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int, comfyu
                           else "peak RSS above the RSS before the model is built (weights + activations)")}
 
 
+def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -> dict:
+    """One model, one process: step time with no LoRA, with a LoRA of `rank` on every Linear applied on the fly
+    (lora.attach), and merged once into the weights (lora.merge_patches); plus what attaching and merging cost."""
+    import torch
+
+    from .lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    model, step = _build("ours", cfg, dtype, device)
+    shapes = linear_shapes(model.params)
+    rank = rank or max(8, model.params.hidden // 24)   # fal's Turbo LoRA: rank ~256 on [dev]'s 6144 (docs/loras.md)
+    g = torch.Generator().manual_seed(0)
+    deltas = [Delta(Target(m, 0, o), down=torch.randn(rank, i, generator=g) / i ** 0.5,
+                    up=torch.randn(o, rank, generator=g) * 1e-3) for m, (o, i) in shapes.items()]
+
+    def timed(fn) -> float:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    def median_step() -> float:
+        with torch.no_grad():
+            step()
+            times = sorted(timed(step) for _ in range(reps))
+        return times[len(times) // 2]
+
+    out = {"config": cfg, "rank": rank, "none_s": median_step()}
+    patches = {}
+    out["build_s"] = timed(lambda: patches.update(build_patches([(deltas, 1.0)], shapes, dtype, device)))
+    handles = []
+    out["attach_s"] = timed(lambda: handles.extend(attach(model, patches)))
+    out["fly_s"] = median_step()
+    with torch.no_grad():
+        fly = step().float()
+    detach(handles)
+    out["merge_s"] = timed(lambda: merge_patches(model, patches))
+    out["merged_s"] = median_step()
+    with torch.no_grad():
+        out["max_diff"] = float((step().float() - fly).abs().max())     # the two applications agree
+    out["lora_mb"] = sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up)) / 2**20
+    return out
+
+
+def _lora_rows(args, python: str) -> int:
+    rows = []
+    for cfg in args.configs.split(","):
+        r = _run_json([python, "-m", ENGINE_MODULE, "--worker", "lora", cfg, "--dtype", args.dtype, "--device",
+                       args.device, "--reps", str(args.reps), "--lora-rank", str(args.lora_rank)], f"lora {cfg}")
+        if r is None:
+            return 1
+        rows.append(r)
+    print(f"\nLoRA rows: device {args.device}, dtype {args.dtype}, median of {args.reps} steps, one process per "
+          f"config; a LoRA on every Linear; +% = vs no LoRA")
+    print(f"{'config':<14}{'rank':>5}{'LoRA MB':>9}{'none s':>9}{'on the fly s':>14}{'merged s':>10}"
+          f"{'merge once s':>14}{'attach s':>10}{'max |fly - merged|':>20}")
+    for r in rows:
+        fly, merged = r["fly_s"] / r["none_s"] - 1, r["merged_s"] / r["none_s"] - 1
+        print(f"{r['config']:<14}{r['rank']:>5}{r['lora_mb']:>9.1f}{r['none_s']:>9.4f}"
+              f"{r['fly_s']:>8.4f} {fly:+5.0%}{r['merged_s']:>6.4f} {merged:+4.0%}"
+              f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['max_diff']:>20.2e}")
+    return 0
+
+
 def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     ap = argparse.ArgumentParser(prog="comfyui-flux2 benchmark local", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="tiny,mid", help=f"comma list of {', '.join(CONFIGS)}")
@@ -132,8 +199,11 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rows", default="step,pipeline",
                     help="step: one transformer step (and memory); pipeline: a seed sweep of 8 images, a 3-edit "
-                         "chain reusing two references, CFG one forward vs two (tiny and mid configs only)")
+                         "chain reusing two references, CFG one forward vs two (tiny and mid configs only); lora: "
+                         "step time with no LoRA, a LoRA on the fly, the same LoRA merged (same process)")
     ap.add_argument("--sweep", type=int, default=8, help="images in the pipeline rows' seed sweep (>= 2)")
+    ap.add_argument("--lora-rank", type=int, default=0,
+                    help="lora rows: LoRA rank (default hidden/24, the Turbo LoRA's ratio on [dev])")
     ap.add_argument("--comfyui", metavar="DIR", help="also time ComfyUI core's FLUX.2 transformer from this ComfyUI "
                                                       "folder (the one with main.py)")
     ap.add_argument("--comfyui-python", metavar="PYTHON", default=None,
@@ -149,6 +219,9 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.worker and args.worker[0] == "lora":
+        print(json.dumps(_lora_worker(args.worker[1], args.dtype, args.device, args.reps, args.lora_rank)))
+        return 0
     if args.worker:
         print(json.dumps(_worker(args.worker[0], args.worker[1], args.dtype, args.device, args.reps,
                                  comfyui_builder)))
@@ -174,8 +247,10 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         return 2
     if "step" in kinds and _step_rows(args, python) != 0:
         return 1
-    if "pipeline" in kinds:
-        return _pipeline_rows(args, python)
+    if "pipeline" in kinds and _pipeline_rows(args, python) != 0:
+        return 1
+    if "lora" in kinds:
+        return _lora_rows(args, python)
     return 0
 
 

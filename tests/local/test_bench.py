@@ -90,3 +90,14 @@ def test_flop_count_of_dev_at_1024():
     attention = (p.depth_double + p.depth_single) * 4 * L * L * p.hidden
     assert abs(flops / 283e12 - 1) < 0.01 and 0.05 < attention / flops < 0.15
     assert g.forward_flops(g.params_for("klein4b", tiny=False), 4096, 512) < flops / 6    # "~8x cheaper"
+
+
+def test_lora_rows_time_none_on_the_fly_and_merged_in_one_process(capsys):
+    """The LoRA rows: no LoRA, the same LoRA on the fly and merged, in one worker; the two applications agree."""
+    assert bench.main(["--configs", "tiny", "--reps", "1", "--device", "cpu", "--rows", "lora", "--lora-rank", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(out) if line.startswith("config"))
+    assert "on the fly s" in out[head] and "merged s" in out[head]
+    row = out[head + 1].split()
+    assert row[0] == "tiny" and row[1] == "4"
+    assert float(row[-1]) < 1e-3          # max |on the fly - merged| of the step output (fp32)

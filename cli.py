@@ -1,10 +1,11 @@
 """`comfyui-flux2`: run workflows headless, try the pack offline, benchmark.
 
     comfyui-flux2 run WORKFLOW.json [--output-dir DIR] [--input-dir DIR] [--dry-run] [--budget USD] [--allow-unpriced]
+    comfyui-flux2 batch WORKFLOW.json --table ROWS.csv|ROWS.jsonl [--seeds A-B] [--budget USD] [--concurrency N] ...
     comfyui-flux2 demo [--output-dir DIR]          # offline: loopback Runware server + example workflows
     comfyui-flux2 models                           # models, limits, prices
     comfyui-flux2 serve-loopback runware|bfl [--port N]
-    comfyui-flux2 benchmark remote|local|load [...]
+    comfyui-flux2 benchmark remote|local|load|batch [...]
 
 Exit status: 0 success, 1 a clear one-line error, 2 usage, 130 cancelled.
 """
@@ -19,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .flux2.errors import Cancelled, Flux2Error
+from .flux2.errors import BudgetError, Cancelled, Flux2Error, InputError
 from .flux2.pricing import format_usd
 
 PACK_DIR = Path(__file__).resolve().parent
@@ -240,6 +241,104 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     return 0
 
 
+def batch_workflow(args) -> int:
+    """`comfyui-flux2 batch`: the workflow over every row (x seed) of a table; see runner/batch.py."""
+    from .runner.batch import Batch
+    from .runner.batch_table import parse_seeds
+
+    out = sys.stderr
+    cap = budget_cap(args.budget, args.allow_unpriced)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.concurrency is not None and args.concurrency < 1:
+        raise InputError("--concurrency must be 1 or more")
+    cancel = CancelFlag()
+    batch = Batch(args.workflow, registry=node_registry, output_dir=args.output_dir, table=args.table,
+                  input_dir=args.input_dir, seeds=seeds, cap=cap, concurrency=args.concurrency,
+                  retry_failed=args.retry_failed, use_cache=not args.no_cache, executor=args.executor,
+                  ray_address=args.ray_address, ray_actors=args.ray_actors, is_cancelled=cancel,
+                  interrupt=_interrupt, strict=not args.dry_run)
+    bar = _bar(None, "dry run", out)
+    try:
+        plan = batch.prepare(on_item=lambda item: bar.update())
+    finally:
+        bar.close()
+    for bad in plan.bad:
+        print(f"  bad {bad.line()}", file=out)
+    print(f"{Path(args.workflow).name} x {Path(args.table).name}: {plan.total} item(s); {len(plan.items)} to run"
+          + (f", {plan.done} finished earlier" if plan.done else "")
+          + (f", {plan.failed_before} failed earlier (--retry-failed runs them)" if plan.failed_before else "")
+          + (f", {len(plan.bad)} bad" if plan.bad else ""), file=out)
+    unpriced = len(plan.unpriced_items)
+    print(f"estimated cost: {format_usd(plan.estimate_usd)}"
+          + (f" (+{unpriced} item(s) without a published price)" if unpriced else "")
+          + (" (approximate: URL references of unknown size priced as <= 1 MP each)" if plan.approximate else ""),
+          file=out)
+    batch.check(skip_bad_rows=args.skip_bad_rows)
+    if args.dry_run:
+        print("dry run: nothing was sent", file=out)
+        return 0
+    bar = _bar(len(plan.items), "batch", out)
+    started = time.monotonic()
+    aborted = False
+    cancel.install()
+    try:
+        try:
+            for result in batch.run():
+                _progress(bar, batch)
+        except KeyboardInterrupt:           # a second Ctrl-C outside the scheduler's own loop
+            for result in batch.abort():
+                _progress(bar, batch)
+            aborted = True
+        except Cancelled:
+            aborted = True
+    finally:
+        cancel.restore()
+        bar.close()
+    if aborted:
+        _abandoned.set()          # threads still waiting on the network must not hold the exit back
+    t = batch.totals
+    print(f"batch: {t.ok} ok, {t.failed} failed" + (f", {t.stopped} stopped" if t.stopped else "")
+          + (f", {t.not_started} not started" if t.not_started else "")
+          + f"; {t.images} image(s); billed {format_usd(t.billed_usd)} (estimated {format_usd(plan.estimate_usd)}) "
+          f"in {time.monotonic() - started:.1f}s", file=out)
+    for line in t.failures[:20]:
+        print(f"  failed {line}", file=out)
+    if len(t.failures) > 20:
+        print(f"  ... and {len(t.failures) - 20} more (see the manifest)", file=out)
+    maybe = [f"{r['item']}: {', '.join(r['maybe_billed'])}" for r in batch.records.values()
+             if r.get("maybe_billed") and r.get("status") != "ok"]
+    for line in maybe[:20]:
+        print(f"  may still be billed: {line}", file=out)
+    print(f"manifest: {batch.manifest.path}\ncontact sheet: {Path(args.output_dir) / 'index.html'}", file=out)
+    if t.stopped_by in ("cancel", "abort") or aborted:
+        raise Cancelled("batch cancelled: re-run the same command to resume" if not aborted
+                        else "batch aborted at once (second Ctrl-C): re-run the same command to resume")
+    if t.stopped_by == "budget":
+        raise BudgetError(f"stopped before passing the budget cap: {t.not_started} item(s) not started; "
+                          "re-run with a larger --budget to finish")
+    return 1 if t.failed else 0
+
+
+def _bar(total, what: str, out):
+    """A tqdm progress bar (tqdm is imported only here; a missing tqdm just means no bar)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        class _NoBar:
+            def update(self, n=1): pass
+            def set_postfix_str(self, *a, **k): pass
+            def close(self): pass
+        return _NoBar()
+    return tqdm(total=total, desc=what, unit="item", file=out, dynamic_ncols=True, disable=None)
+
+
+def _progress(bar, batch) -> None:
+    t = batch.totals
+    bar.set_postfix_str(f"ok {t.ok} failed {t.failed} images {t.images} billed {format_usd(t.billed_usd)}",
+                        refresh=False)
+    bar.update()
+
+
 def cmd_demo(args) -> int:
     """Offline tour: a loopback Runware server stands in for the provider (no key, no network);
     with --local, a tiny random FLUX.2 [klein] runs through the local engine on the CPU instead."""
@@ -300,6 +399,8 @@ def cmd_benchmark(args, rest) -> int:
         from .bench.remote import main as bench_main
     elif args.target == "load":
         from .bench.load import main as bench_main
+    elif args.target == "batch":
+        from .bench.batch import main as bench_main
     else:
         from .flux2.local.bench import main as bench_main
     return bench_main(rest)
@@ -337,6 +438,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true",
                      help="always call the provider, even for a request identical to an earlier one")
     run.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
+    batch = sub.add_parser("batch", help="run a workflow over every row of a table (resumable, within budget)",
+                           description="Each row (x each --seeds seed) sets node inputs, named by column: NODE.INPUT "
+                                       "with NODE a node id or title (3.prompt, Salt.seed, a LoadImage's image). "
+                                       "Every item is validated and priced first; DIR/manifest.jsonl records each "
+                                       "item as it ends and DIR/index.html shows them. Re-running the same command "
+                                       "resumes. Exit status: 0 ok, 1 error or failed items, 2 usage, 130 cancelled.")
+    batch.add_argument("workflow", type=Path, help="workflow JSON, UI or API format (as `run` takes it)")
+    batch.add_argument("--table", type=Path, required=True, help="rows: a .csv with a header row, or a .jsonl")
+    batch.add_argument("--seeds", metavar="A-B", default=None,
+                       help="run every row once per seed A..B (sets every seed the workflow gives by value)")
+    batch.add_argument("--output-dir", type=Path, default=Path("output"),
+                       help="images, manifest.jsonl and index.html (default: ./output)")
+    batch.add_argument("--input-dir", type=Path, default=None,
+                       help="where reference file names from the table and LoadImage are found (default: the "
+                            "table's folder, then the workflow's)")
+    batch.add_argument("--budget", metavar="USD", default=None,
+                       help="refuse a batch estimated over this many USD, and start no item that would take what "
+                            "is billed plus what is in flight past it (also FLUX2_BUDGET_USD)")
+    batch.add_argument("--allow-unpriced", action="store_true",
+                       help="under a budget cap, also run models without a published price")
+    batch.add_argument("--concurrency", type=int, default=None, metavar="N",
+                       help="provider tasks in flight (default: FLUX2_CONCURRENCY or 8 for Runware, "
+                            "FLUX2_BFL_CONCURRENCY or 4 for BFL; BFL at most 24)")
+    batch.add_argument("--dry-run", action="store_true", help="validate and price every item; send nothing")
+    batch.add_argument("--retry-failed", action="store_true", help="also run items that failed in an earlier run")
+    batch.add_argument("--skip-bad-rows", action="store_true", help="run the good rows when some are bad")
+    batch.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="ray: local-weights items run on Ray actors, one per GPU (pip install "
+                            "'comfyui-flux2[ray]'); remote items always run in this process")
+    batch.add_argument("--ray-address", default=None,
+                       help="with --executor ray: a running cluster (ray start --head; default: RAY_ADDRESS, "
+                            "else a local cluster started for the batch)")
+    batch.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                       help="with --executor ray: actors to start (default: one per GPU of the cluster, else 2)")
+    batch.add_argument("--no-cache", action="store_true", help="do not use the result cache (a resume then pays again)")
+    batch.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
     demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
     demo.add_argument("--output-dir", default="output", help="where the demo's images go (default: ./output)")
     demo.add_argument("--local", action="store_true",
@@ -349,9 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     serve.add_argument("--key", default="loopback-key", help="the API key the server accepts")
     bench = sub.add_parser("benchmark", help="client overhead (remote), step time/memory (local) or pack load time (load)")
-    bench.add_argument("target", choices=("remote", "local", "load"),
+    bench.add_argument("target", choices=("remote", "local", "load", "batch"),
                        help="remote: client overhead on loopback servers; local: transformer step time/memory; "
-                            "load: the pack's import time (more options: comfyui-flux2 benchmark TARGET --help)")
+                            "load: the pack's import time; batch: batch throughput and Ray (more options: comfyui-flux2 benchmark TARGET --help)")
     return parser
 
 
@@ -385,6 +522,10 @@ def _main(argv: list[str] | None) -> int:
             return run_workflow(args.workflow, output_dir=args.output_dir, input_dir=args.input_dir,
                                 dry_run=args.dry_run, budget=args.budget, allow_unpriced=args.allow_unpriced,
                                 use_cache=not args.no_cache)
+        if args.command == "batch":
+            if args.models_dir:
+                os.environ["FLUX2_MODELS_DIR"] = str(args.models_dir)
+            return batch_workflow(args)
         if args.command == "demo":
             return cmd_demo(args)
         if args.command == "models":

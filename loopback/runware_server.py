@@ -114,6 +114,7 @@ class RunwareHandler(JsonHandler):
         with self.app.lock:     # known to getResponse from now on, as "processing" until it finishes
             self.app.processing.update(t["taskUUID"] for t in tasks if isinstance(t, dict)
                                        and t.get("taskType") == "imageInference" and isinstance(t.get("taskUUID"), str))
+            self.app.peak_processing = max(self.app.peak_processing, len(self.app.processing))
         handled, fault = self.apply_fault(route)
         if handled:
             return
@@ -267,6 +268,8 @@ class RunwareHandler(JsonHandler):
         if NSFW_WORD in prompt:
             raise TaskError(_err("contentPolicyViolation", "The prompt was flagged by the content policy", task,
                                  "positivePrompt", _status=400))
+        if self.app.task_s:
+            time.sleep(self.app.task_s)             # a provider's generation time (benchmarks, concurrency tests)
         cost = UNPRICED_COST
         if price:
             first, extra, ref = price
@@ -317,9 +320,11 @@ def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:
 class RunwareLoopback(LoopbackServer):
     handler_class = RunwareHandler
 
-    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0):
+    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0, task_s: float = 0.0):
         super().__init__(port, api_key)
         self.url_ttl_s = url_ttl_s
+        self.task_s = task_s                  # seconds each imageInference task takes (0: as fast as it renders)
+        self.peak_processing = 0              # most imageInference tasks in progress at once
         self.uploads: dict[str, np.ndarray] = {}
         self.upload_ids: dict[str, str] = {}
         self.results: dict[str, dict] = {}

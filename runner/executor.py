@@ -46,6 +46,7 @@ class Executor:
         self.on_node = on_node or (lambda node, index, total: None)
         self.executed: set[str] = set()
         self.running: str | None = None      # the node being executed (named when a run is aborted)
+        self.folders: RunFolders | None = None
         self.api_prompt = {n.id: {"class_type": n.class_type,
                                   "inputs": {k: ([v.node, v.slot] if isinstance(v, Link) else v)
                                              for k, v in n.inputs.items()}} for n in self.nodes.values()}
@@ -54,6 +55,7 @@ class Executor:
         folders = RunFolders(input_dir=self.input_dir, more_input_dirs=self.more_input_dirs, output_dir=self.output_dir, save=not ctx.dry_run,
                              prompt_json=self.api_prompt,
                              workflow_json=self.workflow if isinstance(self.workflow.get("nodes"), list) else None)
+        self.folders = folders          # what SaveImage wrote, also when the run fails part way
         outputs: dict[str, tuple] = {}
         self.executed: set[str] = set()
         token = using_folders(folders)

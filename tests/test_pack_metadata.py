@@ -16,8 +16,8 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # what ComfyUI's requirements.txt already installs at versions this pack accepts (ComfyUI 0.3.75:
-# torch, numpy>=1.25.0, Pillow); a ComfyUI-Manager install must never touch torch
-COMFYUI_PROVIDES = {"torch", "numpy", "pillow"}
+# torch, numpy>=1.25.0, Pillow, tqdm); a ComfyUI-Manager install must never touch torch
+COMFYUI_PROVIDES = {"torch", "numpy", "pillow", "tqdm"}
 
 
 def test_requirements_txt_lists_the_dependencies_comfyui_lacks():

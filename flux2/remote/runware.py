@@ -246,6 +246,15 @@ class RunwareBackend(RemoteBackend):
         return poll_until(fetch, deadlines=self.deadlines, started=started, is_cancelled=ctx.is_cancelled,
                           what=f"runware: task {job.task_id} (answer lost: {cause})")
 
+    def fetch_task(self, task_uuid: str, ctx: RunContext) -> GenerationResult:
+        """The result of a task an earlier process sent and never heard back from (an aborted batch), by
+        getResponse on its taskUUID; never a second submit. Raises ProviderError when Runware no longer
+        knows the task or it failed."""
+        job = Job(0, 0, {}, task_id=task_uuid, sent=True)
+        self._take_item(job, self._recover(job, ctx, time.monotonic(), "an earlier run stopped waiting"), ctx, None)
+        seeds = [job.result_seed] if job.result_seed is not None else []
+        return GenerationResult(images=[job.image], seeds=seeds, cost_usd=job.cost_usd, info={"tasks": [task_uuid]})
+
     def _take_item(self, job: Job, item: dict, ctx: RunContext, estimate_one: float | None) -> None:
         """A task's result item -> the job's image, seed and cost. A malformed field fails the job,
         but only after the image that did arrive is kept."""

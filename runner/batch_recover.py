@@ -1,0 +1,46 @@
+"""Paid tasks an aborted batch left in flight, fetched on the next run instead of paid for again.
+
+When a second Ctrl-C left a one-image Runware request unanswered, the manifest line of its item names the
+task id and the result-cache key of the request (batch_executors.ItemRun). Before the next run starts,
+each such task is asked for by `getResponse` on its taskUUID (never submitted again); a finished task's
+image goes into the result cache under that key, so the item's re-run is served from the cache at $0.
+BFL tasks and requests of several images are named in the manifest but not recovered here.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..flux2.errors import Cancelled, Flux2Error
+from ..flux2.run_context import RunContext
+
+log = logging.getLogger("comfyui_flux2.batch")
+
+
+def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> int:
+    """Fetch each entry's task ({provider, task, key}) into the cache; returns how many came back."""
+    from ..flux2.remote.runware import RunwareBackend
+
+    backend = RunwareBackend("FLUX.2 [pro]")      # getResponse names no model; only the host and key matter
+    ctx = RunContext(is_cancelled=is_cancelled)
+    recovered = 0
+    for entry in entries:
+        task, key = entry.get("task"), entry.get("key")
+        if entry.get("provider") != "runware" or not isinstance(task, str) or not isinstance(key, str):
+            continue
+        if cache.get(key) is not None:
+            continue                                   # already there (an earlier resume, or another run)
+        try:
+            result = backend.fetch_task(task, ctx)
+        except Cancelled:
+            raise
+        except Flux2Error as exc:
+            log.warning("could not recover Runware task %s (%s); its item runs again", task, exc)
+            continue
+        if not result.seeds:
+            log.warning("Runware task %s came back without its seed; its item runs again", task)
+            continue
+        cache.put(key, result.images, result.seeds, result.cost_usd, f"Runware task {task}, recovered")
+        log.warning("recovered Runware task %s from an earlier, aborted run (billed then: %s)", task,
+                    "unknown" if result.cost_usd is None else f"${result.cost_usd:g}")
+        recovered += 1
+    return recovered

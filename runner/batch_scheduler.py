@@ -1,0 +1,145 @@
+"""Which batch item starts when: bounded per provider, held to the budget, stopped by Ctrl-C.
+
+Items wait in lanes (one per set of providers they use), so a full BFL queue does not hold back Runware
+items. An item starts when every provider it uses has room for its tasks (Runware: --concurrency or
+FLUX2_CONCURRENCY; BFL: at most its 24 active tasks; local weights: one item per loaded model or Ray
+actor) and when what is billed plus the estimate of every item in flight plus its own stays within the
+cap. Items run on daemon threads (a second Ctrl-C must never wait for a request in flight) and come
+back as they finish, in any order.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Callable, Iterator
+
+from ..flux2.errors import Cancelled
+from .batch_manifest import INTERRUPTED
+
+log = logging.getLogger("comfyui_flux2.batch")
+ABORT_GRACE_S = 1.0        # after a second Ctrl-C, items get this long to take their own abort path
+
+
+class ProviderLimits:
+    """Tasks in flight per provider. An item takes, per provider, the tasks its largest call sends at once."""
+
+    def __init__(self, limits: dict[str, int]):
+        self.limits = {p: max(1, int(n)) for p, n in limits.items()}
+        self.used = {p: 0 for p in self.limits}
+
+    def weight(self, item, provider: str) -> int:
+        return min(item.providers.get(provider, 0), self.limits.get(provider, 1))
+
+    def fits(self, item) -> bool:
+        return all(self.used.get(p, 0) + self.weight(item, p) <= self.limits.get(p, 1) for p in item.needs)
+
+    def take(self, item) -> None:
+        for p in item.needs:
+            self.used[p] = self.used.get(p, 0) + self.weight(item, p)
+
+    def give_back(self, item) -> None:
+        for p in item.needs:
+            self.used[p] -= self.weight(item, p)
+
+
+class Scheduler:
+    """`run()` yields (item, outcome) as items end. `start(item)` makes the item's run object (ItemRun or a
+    Ray one: `.run() -> ItemOutcome`, `.ended(status, error)`, `.aborted`, `.thread`)."""
+
+    def __init__(self, items: list, start: Callable, *, limits: ProviderLimits, cap_usd: float | None = None,
+                 is_cancelled: Callable[[], bool] | None = None, interrupt: Callable | None = None):
+        self.lanes: OrderedDict[tuple, deque] = OrderedDict()
+        for item in items:
+            self.lanes.setdefault(tuple(sorted(item.needs)), deque()).append(item)
+        self.start = start
+        self.limits = limits
+        # Items served wholly from the result cache take no provider slot; this still bounds the threads.
+        self.max_inflight = max(1, sum(limits.limits.values()))
+        self.cap_usd = cap_usd
+        self.is_cancelled = is_cancelled or (lambda: False)
+        self.interrupt = interrupt
+        self.inflight: dict[str, tuple] = {}          # item id -> (item, run)
+        self.done: queue.Queue = queue.Queue()
+        self.billed_usd = 0.0
+        self.stopped_by: str | None = None             # "budget" | "cancel" | "abort"
+        self._aborted = False
+
+    @property
+    def committed_usd(self) -> float:
+        return self.billed_usd + sum(item.estimate_usd for item, _ in self.inflight.values())
+
+    def not_started(self) -> list:
+        return [item for lane in self.lanes.values() for item in lane]
+
+    def run(self) -> Iterator[tuple]:
+        try:
+            while True:
+                self._start_what_fits()
+                if not self.inflight:
+                    return
+                try:
+                    item_id, outcome = self.done.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                yield self._finish(item_id, outcome)
+        except KeyboardInterrupt:
+            yield from self.abort()
+            raise Cancelled("aborted at once (second Ctrl-C)") from None
+
+    def _start_what_fits(self) -> None:
+        if self.stopped_by:
+            return
+        if self.is_cancelled():
+            self.stopped_by = "cancel"
+            return
+        for lane in self.lanes.values():
+            while lane and self.limits.fits(lane[0]) and len(self.inflight) < self.max_inflight:
+                item = lane[0]
+                if self.cap_usd is not None and self.committed_usd + item.estimate_usd > self.cap_usd + 1e-9:
+                    self.stopped_by = "budget"     # billed + in flight + this one would pass the cap
+                    return
+                lane.popleft()
+                self.limits.take(item)
+                run = self.start(item)
+                self.inflight[item.id] = (item, run)
+                threading.Thread(target=self._work, args=(item.id, run), name=f"flux2-batch-{item.id}",
+                                 daemon=True).start()
+
+    def _work(self, item_id: str, run) -> None:
+        try:
+            outcome = run.run()
+        except BaseException as exc:  # noqa: BLE001 - run() returns outcomes; this is the last guard
+            log.exception("batch item %s: worker failed", item_id)
+            outcome = run.ended(INTERRUPTED if isinstance(exc, KeyboardInterrupt) else "failed", exc)
+        self.done.put((item_id, outcome))
+
+    def _finish(self, item_id: str, outcome) -> tuple:
+        item, _ = self.inflight.pop(item_id)
+        self.limits.give_back(item)
+        self.billed_usd += outcome.billed_usd or 0.0
+        return item, outcome
+
+    def abort(self) -> Iterator[tuple]:
+        """Second Ctrl-C: start nothing, interrupt every item in flight, give them ABORT_GRACE_S to keep
+        their paid images and name their tasks, then end the rest here without waiting for the network."""
+        if self._aborted:
+            return
+        self._aborted = True
+        self.stopped_by = "abort"
+        for item, run in list(self.inflight.values()):
+            run.aborted = True
+            if self.interrupt is not None and run.thread is not None and run.thread.is_alive():
+                self.interrupt(run.thread)
+        deadline = time.monotonic() + ABORT_GRACE_S
+        while self.inflight and time.monotonic() < deadline:
+            try:
+                item_id, outcome = self.done.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item_id in self.inflight:
+                yield self._finish(item_id, outcome)
+        for item_id, (item, run) in list(self.inflight.items()):
+            yield self._finish(item_id, run.ended(INTERRUPTED, KeyboardInterrupt()))

@@ -250,7 +250,7 @@ class RunwareBackend(RemoteBackend):
         """The result of a task an earlier process sent and never heard back from (an aborted batch), by
         getResponse on its taskUUID; never a second submit. Raises ProviderError when Runware no longer
         knows the task or it failed."""
-        job = Job(0, 0, {}, task_id=task_uuid, sent=True)
+        job = Job(0, 0, GetResponse(taskUUID=task_uuid), task_id=task_uuid, sent=True)
         self._take_item(job, self._recover(job, ctx, time.monotonic(), "an earlier run stopped waiting"), ctx, None)
         seeds = [job.result_seed] if job.result_seed is not None else []
         return GenerationResult(images=[job.image], seeds=seeds, cost_usd=job.cost_usd, info={"tasks": [task_uuid]})

@@ -36,6 +36,7 @@ class ProviderModel:
     takes_steps: bool = False
     takes_guidance: bool = False
     takes_upsampling: bool = True
+    takes_lora: bool = False  # Runware `lora` (AIR id + weight): its runware:400@* FLUX.2 models (docs/loras.md)
 
 
 @dataclass(frozen=True)
@@ -81,27 +82,27 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     }),
     ModelSpec("FLUX.2 [dev]", "dev", default_steps=28, default_guidance=4.0, providers={
         RUNWARE: ProviderModel("runware:400@1", max_refs=4, min_side=512, price=None,
-                               takes_steps=True, takes_guidance=True, takes_upsampling=False),
+                               takes_steps=True, takes_guidance=True, takes_upsampling=False, takes_lora=True),
     }),
     ModelSpec("FLUX.2 [klein] 4B", "klein", default_steps=4, providers={
         RUNWARE: ProviderModel("runware:400@4", max_refs=4, min_side=128, price=None,
-                               takes_steps=True, takes_upsampling=False),
+                               takes_steps=True, takes_upsampling=False, takes_lora=True),
         BFL: ProviderModel("/v1/flux-2-klein-4b", max_refs=4, min_side=64, price=KLEIN4_PRICE,
                            takes_upsampling=False),
     }),
     ModelSpec("FLUX.2 [klein] 9B", "klein", default_steps=4, providers={
         RUNWARE: ProviderModel("runware:400@2", max_refs=4, min_side=128, price=None,
-                               takes_steps=True, takes_upsampling=False),
+                               takes_steps=True, takes_upsampling=False, takes_lora=True),
         BFL: ProviderModel("/v1/flux-2-klein-9b", max_refs=4, min_side=64, price=KLEIN9_PRICE,
                            takes_upsampling=False),
     }),
     ModelSpec("FLUX.2 [klein] 4B Base", "klein", default_steps=50, default_guidance=4.0, providers={
         RUNWARE: ProviderModel("runware:400@5", max_refs=4, min_side=128, price=None,
-                               takes_steps=True, takes_guidance=True, takes_upsampling=False),
+                               takes_steps=True, takes_guidance=True, takes_upsampling=False, takes_lora=True),
     }),
     ModelSpec("FLUX.2 [klein] 9B Base", "klein", default_steps=50, default_guidance=4.0, providers={
         RUNWARE: ProviderModel("runware:400@3", max_refs=4, min_side=128, price=None,
-                               takes_steps=True, takes_guidance=True, takes_upsampling=False),
+                               takes_steps=True, takes_guidance=True, takes_upsampling=False, takes_lora=True),
     }),
 )}
 

@@ -40,6 +40,10 @@ MODELS = {
     "runware:400@4": (128, 2048, 4, None),
     "runware:400@5": (128, 2048, 4, None),
 }
+# Models whose parameters list `lora` (Runware/runware-python runware/types/task_map.py: the runware:400@* FLUX.2
+# models; bfl:5/6/7@1 have none). Items as documented at runware.ai/docs/learn/loras: {"model": AIR, "weight": n}.
+LORA_MODELS = {"runware:400@1", "runware:400@2", "runware:400@3", "runware:400@4", "runware:400@5"}
+AIR = re.compile(r"^[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$")
 UNPRICED_COST = 0.0038
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
 NSFW_WORD = "forbidden-content"       # a prompt containing this is refused, like a real safety filter
@@ -208,6 +212,32 @@ class RunwareHandler(JsonHandler):
             raise TaskError(_err("invalidImageURL", f"Could not fetch an image from {url}", task,
                                  "inputs.referenceImages")) from None
 
+    def check_loras(self, task, model: str) -> list[tuple[str, float]]:
+        """The documented `lora` list: only on models that take LoRAs; each item an AIR id and a numeric weight.
+        The error codes are this server's (Runware's own for these cases are not documented)."""
+        loras = task.get("lora")
+        if loras is None:
+            return []
+        if model not in LORA_MODELS:
+            raise TaskError(_err("unsupportedParameter", f"Model {model} does not support the lora parameter", task,
+                                 "lora"))
+        if not isinstance(loras, list) or not loras:
+            raise TaskError(_err("invalidLora", "lora must be a non-empty array of {model, weight} objects", task,
+                                 "lora"))
+        out = []
+        for i, item in enumerate(loras):
+            if not isinstance(item, dict) or set(item) - {"model", "weight"}:
+                raise TaskError(_err("invalidLora", "each lora item is an object with model and weight", task,
+                                     f"lora[{i}]"))
+            air, weight = item.get("model"), item.get("weight", 1)
+            if not isinstance(air, str) or not AIR.match(air):
+                raise TaskError(_err("invalidLoraModel", "lora model must be an AIR identifier", task,
+                                     f"lora[{i}].model"))
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise TaskError(_err("invalidLoraWeight", "lora weight must be a number", task, f"lora[{i}].weight"))
+            out.append((air, float(weight)))
+        return out
+
     def image_inference(self, task, fault) -> list[dict]:
         model = task.get("model")
         if model not in MODELS:
@@ -246,6 +276,7 @@ class RunwareHandler(JsonHandler):
             if not isinstance(tol, int) or not 0 <= tol <= 5:
                 raise TaskError(_err("invalidSafetyTolerance", "safetyTolerance must be 0-5", task,
                                      "providerSettings.bfl.safetyTolerance"))
+        loras = self.check_loras(task, model)
         refs_in = (task.get("inputs") or {}).get("referenceImages", [])
         if not isinstance(refs_in, list) or len(refs_in) > max_refs:
             raise TaskError(_err("invalidReferenceImages", f"At most {max_refs} reference images for {model}", task,
@@ -277,7 +308,8 @@ class RunwareHandler(JsonHandler):
         results = []
         for i in range(n):
             image_seed = seed + i
-            arr = render(prompt, image_seed, w, h, refs)
+            # A LoRA changes the picture (rendered from the prompt and the LoRAs), so a test sees it was applied.
+            arr = render(prompt + "".join(f" <lora:{m}:{wt:g}>" for m, wt in loras), image_seed, w, h, refs)
             data, mime = encode(arr, fmt)
             image_uuid = str(uuid.uuid4())
             item = {"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,

@@ -81,7 +81,7 @@ class LoRAFile:
         total = 0
         for lay in self.layers:
             out, inp = shapes[lay.target.module]
-            total += (out + inp) * lay.rank if lay.kind == "lora" else out * inp
+            total += (out + inp) * lay.rank if lay.rank else out * inp
         return total * dtype_bytes
 
 
@@ -211,6 +211,18 @@ def _shape_of(kind: str, roles: dict[str, tuple[int, ...]]) -> tuple[int, int] |
     return None
 
 
+def _rank(kind: str, roles: dict[str, tuple[int, ...]]) -> int:
+    """Rank of the low-rank form layer_delta gives (0: applied as a dense ΔW)."""
+    if kind == "lora":
+        return roles["down"][0]
+    if kind == "loha":
+        return roles["hada_w1_b"][0] * roles["hada_w2_b"][0]
+    if kind == "lokr" and "lokr_w2_a" in roles and "lokr_w2_b" in roles:
+        in1 = roles["lokr_w1"][1] if "lokr_w1" in roles else roles["lokr_w1_b"][1]
+        return in1 * roles["lokr_w2_b"][0]
+    return 0
+
+
 def classify(shapes: dict[str, tuple[int, ...]], p: TransformerParams, name: str) -> LoRAFile:
     """Map a file's keys (name -> shape) to layers of the model with params p; one-line ModelLoadError when the
     file is not for this model."""
@@ -245,7 +257,7 @@ def classify(shapes: dict[str, tuple[int, ...]], p: TransformerParams, name: str
             wrong.append(f"{base} is {have} in the file, the model's {tgt.module} takes {tgt.rows}x{inp}")
             continue
         keep = {r: k for r, k in roles.items() if r in ("up", "down", "alpha", "diff") + LOKR + LOHA}
-        rank = shapes[roles["down"]][0] if kind == "lora" else 0
+        rank = _rank(kind, {r: tuple(shapes[k]) for r, k in roles.items()})
         layers.append(Layer(kind, tgt, tuple(sorted(keep.items())), rank))
         unused.extend(k for r, k in roles.items() if r not in keep)
     total = len(shapes)
@@ -303,48 +315,62 @@ def inspect_lora(path: Path, p: TransformerParams) -> LoRAFile:
 
 @dataclass
 class Delta:
-    """One layer's update in float32 before strength: low rank (down [r, in], up [rows, r], alpha/rank folded into
-    up) or dense [rows, in]."""
+    """One layer's update before strength: low rank (`up @ down * scale`: down [r, in], up [rows, r], kept in the
+    file's dtype) or dense [rows, in] float32 (a LoKr / full diff that has no small factorisation)."""
 
     target: Target
     down: torch.Tensor | None = None
     up: torch.Tensor | None = None
+    scale: float = 1.0
     dense: torch.Tensor | None = None
 
 
-def _factor(t: dict[str, torch.Tensor], w: str, a: str, b: str) -> tuple[torch.Tensor, int | None]:
+def _factor(t: dict[str, torch.Tensor], w: str, a: str, b: str):
+    """(full matrix or None, (a, b) factors or None, rank or None) of one LoKr side."""
     if w in t:
-        return t[w], None
-    return t[a] @ t[b], t[b].shape[0]
+        return t[w], None, None
+    return None, (t[a], t[b]), t[b].shape[0]
+
+
+def _khatri_rao(a1, b1, a2, b2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a1 @ b1) ⊙ (a2 @ b2) as one low-rank product up @ down of rank r1·r2 (exact: the Hadamard product of two
+    products is the row-wise Kronecker of the left factors times the column-wise one of the right factors)."""
+    up = (a1[:, :, None] * a2[:, None, :]).flatten(1)            # [out, r1*r2]
+    down = (b1[:, None, :] * b2[None, :, :]).flatten(0, 1)       # [r1*r2, in]
+    return down, up
 
 
 def layer_delta(lay: Layer, t: dict[str, torch.Tensor]) -> Delta:
-    """ComfyUI 0.3.75's arithmetic (comfy/weight_adapter/{lora,lokr,loha}.py, calculate_weight), in float32."""
-    alpha = float(t["alpha"].item()) if "alpha" in t else None
+    """ComfyUI 0.3.75's arithmetic (comfy/weight_adapter/{lora,lokr,loha}.py, calculate_weight), kept factored where
+    it can be: a LoHa is a LoRA of rank r1·r2, a LoKr whose second factor is low rank a LoRA of rank in1·r."""
+    alpha = float(t["alpha"].float().item()) if "alpha" in t else None
     if lay.kind == "lora":
         down, up = t["down"], t["up"]
-        scale = alpha / down.shape[0] if alpha is not None else 1.0
-        return Delta(lay.target, down=down, up=up * scale)
+        return Delta(lay.target, down=down, up=up, scale=alpha / down.shape[0] if alpha is not None else 1.0)
     if lay.kind == "diff":
-        return Delta(lay.target, dense=t["diff"])
+        return Delta(lay.target, dense=t["diff"].float())
     if lay.kind == "lokr":
-        w1, r1 = _factor(t, "lokr_w1", "lokr_w1_a", "lokr_w1_b")
-        w2, r2 = _factor(t, "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+        w1, f1, r1 = _factor(t, "lokr_w1", "lokr_w1_a", "lokr_w1_b")
+        w2, f2, r2 = _factor(t, "lokr_w2", "lokr_w2_a", "lokr_w2_b")
         dim = r2 if r2 is not None else r1              # ComfyUI: the second factor's rank wins when both are
         scale = alpha / dim if alpha is not None and dim is not None else 1.0
-        return Delta(lay.target, dense=torch.kron(w1, w2) * scale)
-    w1 = t["hada_w1_a"] @ t["hada_w1_b"]
-    w2 = t["hada_w2_a"] @ t["hada_w2_b"]
-    scale = alpha / t["hada_w1_b"].shape[0] if alpha is not None else 1.0
-    return Delta(lay.target, dense=w1 * w2 * scale)
+        w1 = w1.float() if w1 is not None else f1[0].float() @ f1[1].float()
+        if f2 is not None:     # kron(w1, a @ b) = kron(w1, a) @ kron(I, b): rank in1 * r
+            a, b = f2[0].float(), f2[1].float()
+            eye = torch.eye(w1.shape[1], dtype=torch.float32)
+            return Delta(lay.target, down=torch.kron(eye, b), up=torch.kron(w1, a), scale=scale)
+        return Delta(lay.target, dense=torch.kron(w1, w2.float()) * scale)
+    f = {k: t[k].float() for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    down, up = _khatri_rao(f["hada_w1_a"], f["hada_w1_b"], f["hada_w2_a"], f["hada_w2_b"])
+    return Delta(lay.target, down=down, up=up, scale=alpha / f["hada_w1_b"].shape[0] if alpha is not None else 1.0)
 
 
 _deltas: "OrderedDict[tuple, list[Delta]]" = OrderedDict()
-DELTA_CACHE_FILES = 4            # recently used LoRA files kept read (float32, on the CPU): switching back is free
+DELTA_CACHE_FILES = 4            # recently used LoRA files kept read (on the CPU, file dtype): switching back is free
 
 
 def load_deltas(lf: LoRAFile) -> list[Delta]:
-    """The file's matched layers as float32 deltas (cached per file version)."""
+    """The file's matched layers as deltas (cached per file version)."""
     from safetensors import SafetensorError, safe_open
 
     key = file_stamp(lf.path) + (tuple(lay.keys for lay in lf.layers),)
@@ -356,7 +382,7 @@ def load_deltas(lf: LoRAFile) -> list[Delta]:
     try:
         with safe_open(str(lf.path), framework="pt", device="cpu") as f:
             for lay in lf.layers:
-                t = {role: f.get_tensor(k).to(torch.float32) for role, k in lay.keys}
+                t = {role: f.get_tensor(k) for role, k in lay.keys}
                 out.append(layer_delta(lay, t))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
@@ -412,9 +438,9 @@ def build_patches(loras: list[tuple[list[Delta], float]], shapes: dict[str, tupl
         for d in deltas:
             m = d.target.module
             out = shapes[m][0]
-            if d.up is not None:
-                downs.setdefault(m, []).append(d.down)
-                ups.setdefault(m, []).append(_place(d.up * strength, d.target, out))
+            if d.up is not None:       # strength and alpha/rank folded into up, in float32, then the compute dtype
+                downs.setdefault(m, []).append(d.down.to(dtype))
+                ups.setdefault(m, []).append(_place(d.up.float() * (d.scale * strength), d.target, out).to(dtype))
             if d.dense is not None:
                 add = _place(d.dense * strength, d.target, out)
                 dense[m] = dense[m] + add if m in dense else add
@@ -422,8 +448,8 @@ def build_patches(loras: list[tuple[list[Delta], float]], shapes: dict[str, tupl
     for m in set(downs) | set(dense):
         p = Patch()
         if m in downs:
-            p.down = torch.cat(downs[m], 0).to(device, dtype)            # [R, in]
-            p.up = torch.cat(ups[m], 1).to(device, dtype)                # [out, R]
+            p.down = torch.cat(downs[m], 0).to(device)                   # [R, in]
+            p.up = torch.cat(ups[m], 1).to(device)                       # [out, R]
         if m in dense:
             p.dense = dense[m].to(device, dtype)                         # [out, in]
         patches[m] = p

@@ -22,7 +22,7 @@ from ..run_context import RunContext
 from .common import RemoteBackend, redact
 from .keys import base_url, read_key
 from .options import RemoteOptions
-from .runware_tasks import (BflSettings, GetResponse, ImageInference, ImageUpload, Inputs, ProviderSettings,
+from .runware_tasks import (BflSettings, GetResponse, ImageInference, ImageUpload, Inputs, Lora, ProviderSettings,
                             RunwareTask)
 from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
 from .transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
@@ -38,6 +38,7 @@ _BUDGET_HINTS = ("credit", "balance", "quota", "payment")
 PENDING = ("processing", "pending", "queued", "running")
 NOT_FOUND_TOLERANCE = 3          # getResponse may not know a task that is still being registered
 MAX_INLINE_CHARS = 90 * 1024 * 1024   # base64 of the 64 MiB download limit
+AIR_RE = re.compile(r"^[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$")   # source:model@version
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -74,6 +75,33 @@ class RunwareBackend(RemoteBackend):
                  deadlines: Deadlines = Deadlines(), http_transport: httpx.BaseTransport | None = None):
         super().__init__(model_name, options, deadlines, http_transport)
         self._transport: Transport | None = None
+        self.loras: tuple[tuple[str, float], ...] = ()     # (AIR id, weight) added by Flux2LoRA, in chain order
+
+    def with_lora(self, air: str, weight: float) -> "RunwareBackend":
+        """This backend with one more LoRA (Flux2LoRA); refused in one line where the model takes none."""
+        import copy
+
+        from ..errors import InputError
+
+        if not self.pm.takes_lora:
+            raise InputError(f"Flux2LoRA: {self.model_name} on Runware takes no LoRA (Runware's FLUX.2 [dev] and "
+                             f"[klein] models do)")
+        if not AIR_RE.match(air or ""):
+            raise InputError(f"Flux2LoRA: on Runware give the LoRA's Runware model id (AIR, e.g. "
+                             f"civitai:120096@135931) in runware_lora, got {air[:80]!r}")
+        new = copy.copy(self)
+        new.loras = self.loras + ((air, float(weight)),)
+        return new
+
+    def cache_identity(self) -> dict:
+        ident = super().cache_identity()
+        if self.sent_loras():
+            ident["loras"] = [list(x) for x in self.sent_loras()]
+        return ident
+
+    def sent_loras(self) -> tuple[tuple[str, float], ...]:
+        """The LoRAs the request carries: weight 0 is no LoRA, so it is not sent."""
+        return tuple((air, w) for air, w in self.loras if w != 0)
 
     # -- Backend protocol ---------------------------------------------------------------------
     def host(self) -> str:
@@ -93,7 +121,8 @@ class RunwareBackend(RemoteBackend):
         tasks = [self.inference_task(request, i, refs, task_uuid="<uuid4>") for i in range(request.batch)]
         summary = (f"{request.width}x{request.height} seed {request.seed}"
                    + (f" x{request.batch}" if request.batch > 1 else "")
-                   + (f", {len(refs)} reference(s)" if refs else ""))
+                   + (f", {len(refs)} reference(s)" if refs else "")
+                   + ("".join(f", LoRA {air} x{w:g}" for air, w in self.sent_loras())))
         return [PlannedCall(RUNWARE, f"POST {url} imageInference {self.pm.model_id}", summary,
                             {"tasks": [t.to_json() for t in tasks]})]
 
@@ -113,6 +142,7 @@ class RunwareBackend(RemoteBackend):
             outputQuality=opts.output_quality if opts.output_format != "PNG" else None,
             steps=opts.steps if pm.takes_steps and opts.steps else None,
             CFGScale=opts.guidance if pm.takes_guidance and opts.guidance else None,
+            lora=tuple(Lora(air, w) for air, w in self.sent_loras()) or None,
             providerSettings=ProviderSettings(BflSettings(bool(opts.prompt_upsampling), int(opts.safety_tolerance)))
             if pm.model_id.startswith("bfl:") else None,
             inputs=Inputs(tuple(references)) if references else None,

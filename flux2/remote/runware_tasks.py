@@ -29,6 +29,14 @@ class Inputs(WireBody):
     referenceImages: tuple[str, ...]     # imageUUID, public URL, data URI or bare base64
 
 
+@dataclass(frozen=True)
+class Lora(WireBody):
+    """One item of imageInference's `lora` list (runware.ai/docs/learn/loras: `{"model": AIR, "weight": 1.0}`)."""
+
+    model: str                           # the LoRA's AIR id, e.g. civitai:120096@135931
+    weight: float
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageInference(WireBody):
     """One imageInference task. Optional fields stay None (omitted) where the model does not take them."""
@@ -48,6 +56,7 @@ class ImageInference(WireBody):
     outputQuality: int | None = None     # JPEG/WEBP only
     steps: int | None = None
     CFGScale: float | None = None
+    lora: tuple[Lora, ...] | None = None   # only models that take LoRAs (runware:400@*); None when there are none
     providerSettings: ProviderSettings | None = None
     inputs: Inputs | None = None         # None when there are no references (never an empty list)
 

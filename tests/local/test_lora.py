@@ -115,6 +115,25 @@ def test_comfyui_only_names_map_too(tmp_path):
     assert not w[:2 * h].any()
 
 
+def test_lokr_and_loha_factored_forms_equal_comfyui_arithmetic():
+    """LoHa as a rank r1·r2 LoRA and LoKr (second factor low rank) as a rank in1·r LoRA give exactly ComfyUI's ΔW:
+    (w1a·w1b) ⊙ (w2a·w2b) · alpha/r1 and kron(w1, w2a·w2b) · alpha/r2."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)      # noqa: E731
+    tgt = lora.Target("img_in", 0, 12)
+    t = {"hada_w1_a": r(12, 3), "hada_w1_b": r(3, 10), "hada_w2_a": r(12, 2), "hada_w2_b": r(2, 10),
+         "alpha": torch.tensor(1.5)}
+    d = lora.layer_delta(lora.Layer("loha", tgt, ()), t)
+    want = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * 1.5 / 3
+    assert d.down.shape[0] == 6
+    torch.testing.assert_close((d.up @ d.down * d.scale).double(), want, rtol=1e-6, atol=1e-6)
+    t = {"lokr_w1": r(3, 2), "lokr_w2_a": r(4, 2), "lokr_w2_b": r(2, 5), "alpha": torch.tensor(4.0)}
+    d = lora.layer_delta(lora.Layer("lokr", tgt, ()), t)
+    want = torch.kron(t["lokr_w1"], t["lokr_w2_a"] @ t["lokr_w2_b"]) * 4.0 / 2
+    assert d.dense is None and d.down.shape == (4, 10)
+    torch.testing.assert_close((d.up @ d.down * d.scale).double(), want, rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------- parity
 
 @pytest.mark.parametrize("layout", ["ai_toolkit", "kohya", "peft", "lokr"])
@@ -146,8 +165,10 @@ def test_comfyui_layouts_equal_their_diffusers_twin(klein, tmp_path):
     lf = lora.inspect_lora(ha_path, TINY.transformer)
     full = {}
     for d in lora.load_deltas(lf):                 # ΔW = I·ΔW: a LoRA of rank `in` that diffusers reads
-        full[f"diffusion_model.{d.target.module}.lora_A.weight"] = torch.eye(d.dense.shape[1])
-        full[f"diffusion_model.{d.target.module}.lora_B.weight"] = d.dense
+        w = ha[f"diffusion_model.{d.target.module}.hada_w1_a"] @ ha[f"diffusion_model.{d.target.module}.hada_w1_b"] \
+            * (ha[f"diffusion_model.{d.target.module}.hada_w2_a"] @ ha[f"diffusion_model.{d.target.module}.hada_w2_b"])
+        full[f"diffusion_model.{d.target.module}.lora_A.weight"] = torch.eye(w.shape[1])
+        full[f"diffusion_model.{d.target.module}.lora_B.weight"] = w      # alpha = rank: scale 1
     a = ours(root, (ha_path, 1.0))
     assert levels(a, diffusers_image(root, full)) <= 1
     assert levels(a, ours(root)) > 20

@@ -118,7 +118,8 @@ def shared_backends(registry: dict) -> dict:
             continue
 
         def build(self, __cls=cls, __name=name, **kwargs):
-            key = (__name, json.dumps(kwargs, sort_keys=True, default=repr))
+            # Objects (a backend fed into Flux2LoRA) by identity: they are themselves shared, so kept alive here.
+            key = (__name, json.dumps(kwargs, sort_keys=True, default=lambda o: f"{type(o).__name__}@{id(o)}"))
             with lock:
                 if key not in shared:
                     shared[key] = tuple(getattr(__cls(), __cls.FUNCTION)(**kwargs))

@@ -271,3 +271,15 @@ def test_contact_sheet_escapes_user_text(runware, tmp_path):
     assert "<script>" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quotes&quot;" in page
     assert 'src="cat/item-r1_00001_.png"' in page
+
+
+def test_items_share_one_backend_per_setting(tmp_path):
+    """One provider client (connections, retries) per backend setting for the whole batch, not one per row."""
+    from comfyui_flux2.runner.batch_items import shared_backends
+    registry = shared_backends(node_registry())
+    node = registry["Flux2RemoteBackend"]
+    args = dict(provider="runware", model="FLUX.2 [pro]", prompt_upsampling=False, safety_tolerance=2,
+                output_format="PNG", output_quality=95, steps=0, guidance=0.0, on_moderation="error")
+    (a,), (b,) = node().build(**args), node().build(**args)
+    (c,) = node().build(**{**args, "safety_tolerance": 3})
+    assert a is b and c is not a and c.options.safety_tolerance == 3

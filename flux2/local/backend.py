@@ -192,7 +192,7 @@ class LocalBackend:
                    + (f", guidance {self.effective_guidance:g}" if self.effective_guidance else "")
                    + (f", {len(refs)} refs " + " ".join(f"{w}x{h}" for w, h in refs) if refs else ""))
         memory = self.memory_plan(request)
-        summary += f"; device memory {memory.describe()}"
+        summary += f"; device memory {memory.describe()}; RAM {memory.describe_ram()}"
         loras = [{"file": f.name, "strength": s.strength, "layers": len(f.layers), "unused_keys": len(f.unused)}
                  for f, s in zip(self.lora_files(), self.loras)]
         if loras:
@@ -207,6 +207,7 @@ class LocalBackend:
                              "seed": request.seed, "batch": request.batch, "steps": self.effective_steps,
                              "guidance": self.effective_guidance, "references": len(refs),
                              "device_memory_gib": round(memory.total / 2**30, 1),
+                             "ram_gib": round(memory.ram / 2**30, 1),
                              **({"loras": loras} if loras else {})})]
 
     def estimate(self, request: GenerationRequest) -> Estimate:
@@ -299,7 +300,7 @@ class LocalBackend:
                            reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)
                                                                 for r in request.references)],
                            vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width),
-                           lora_bytes=self.lora_bytes() if self.loras else 0)
+                           lora_bytes=self.lora_bytes() if self.loras else 0, device_type=device.type)
 
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
@@ -334,7 +335,7 @@ class LocalBackend:
             f = self.files
             modules = load_modules(self.model_preset, diffusers_dir=f.diffusers_dir, transformer=f.transformer,
                                    text_encoder=f.text_encoder, vae=f.vae, tokenizer=f.tokenizer,
-                                   dtype=DTYPES[self.dtype], device=load_device)
+                                   dtype=DTYPES[self.dtype], device=load_device, mapped=self.offload == "blocks")
             modules.device = device
             if self.offload == "blocks":
                 apply_offload(modules, device)

@@ -28,9 +28,10 @@ _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 # ----------------------------------------------------------------------------------------------- files
 
 def read_safetensors(paths: list[Path] | Path, dtype: torch.dtype | None = None, what: str = "weights",
-                     keep=None, keep_fp8: bool = False) -> dict[str, torch.Tensor]:
+                     keep=None, keep_fp8: bool = False, defer_cast: bool = False) -> dict[str, torch.Tensor]:
     """Read one or several (sharded) safetensors files; fp8 weights with scales are dequantised to `dtype`,
-    or with keep_fp8 kept as float8 matrices plus `<name>.weight_scale` (see dequantize)."""
+    or with keep_fp8 kept as float8 matrices plus `<name>.weight_scale` (see dequantize). The tensors are views
+    into the memory-mapped files (safetensors' safe_open); defer_cast: see dequantize."""
     from safetensors import SafetensorError, safe_open
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -45,7 +46,7 @@ def read_safetensors(paths: list[Path] | Path, dtype: torch.dtype | None = None,
                         raw[key] = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             raise _read_error(path, what, exc) from None
-    return dequantize(raw, dtype, keep_fp8, what)
+    return dequantize(raw, dtype, keep_fp8, what, defer_cast)
 
 
 def _read_error(path: Path, what: str, exc: BaseException) -> ModelLoadError:
@@ -75,19 +76,22 @@ def comfy_quant_format(t: torch.Tensor | None) -> str | None:
 
 
 def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
-               keep_fp8: bool = False, name: str = "weights") -> dict[str, torch.Tensor]:
+               keep_fp8: bool = False, name: str = "weights", defer_cast: bool = False) -> dict[str, torch.Tensor]:
     """fp8 weights: ComfyUI `weight_scale` / `scale_weight` (scalar or per-row) and BFL per-row scales.
     NVFP4 weights (ComfyUI `nvfp4`: uint8 codes + fp8 block scales + `weight_scale_2`) are de-quantised to
     `dtype` here, as ComfyUI does (quant.dequantize_nvfp4). Scale tensors and quantisation metadata are
     consumed; other tensors are cast to `dtype`.
     keep_fp8: float8 matrices `X.weight` stay float8, their scale (if any) as float32 `X.weight_scale`;
-    `_into` turns them into ScaledFP8Linear layers (or up-casts them there, with the same numbers)."""
+    `_into` turns them into ScaledFP8Linear layers (or up-casts them there, with the same numbers).
+    defer_cast (offload=blocks): a tensor that needs no de-quantisation is returned as read, still a view into the
+    mapped file, neither cast nor re-aligned; offload.py casts it per block, as it streams it, with this rule."""
     from .quant import dequantize_nvfp4
 
     out = {}
     for key, t in sd.items():
         if _QUANT_META.search(key) or key.endswith(".pre_quant_scale"):
             continue
+        read = t
         base = key[: -len(".weight")] if key.endswith(".weight") else key
         fmt = comfy_quant_format(sd.get(base + ".comfy_quant"))
         if fmt is not None and fmt not in _KNOWN_COMFY_FORMATS:
@@ -119,6 +123,9 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
                     s = s[:, None]                         # per output row
                 w = w * s
             t = w
+        if defer_cast and t is read:
+            out[key] = t
+            continue
         if dtype is not None and t.is_floating_point() and not key.startswith("bn.") and ".bn." not in key:
             t = t.to(dtype)
         if t.data_ptr() % 64:
@@ -297,12 +304,15 @@ def _into(module_cls, params, sd, name: str, dtype, device):
 
 
 def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, device="cpu",
-                     name: str | None = None, keep_fp8: bool = True) -> Flux2Transformer:
+                     name: str | None = None, keep_fp8: bool = True, mapped: bool = False) -> Flux2Transformer:
     """keep_fp8: float8 Linear weights of the file stay float8 in memory (ScaledFP8Linear), up-cast per layer
-    at run time with exactly the numbers of up-casting at load (keep_fp8=False)."""
+    at run time with exactly the numbers of up-casting at load (keep_fp8=False).
+    mapped (offload=blocks): weights stay views into the mapped file, in the file's dtype; offload.py casts them
+    as it streams them (and the resident parts once)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"diffusion model {paths[0].name}"
-    sd = normalise_transformer_keys(read_safetensors(paths, dtype, name, keep_fp8=keep_fp8), name, dtype)
+    sd = normalise_transformer_keys(read_safetensors(paths, dtype, name, keep_fp8=keep_fp8, defer_cast=mapped),
+                                    name, dtype)
     p = infer_transformer_params(sd)
     if preset is not None:
         _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
@@ -424,7 +434,8 @@ def text_params_from_config(cfg: dict, base: TextEncoderParams) -> TextEncoderPa
 
 
 def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device="cpu", name: str | None = None,
-                      config: dict | None = None, keep_fp8: bool = True) -> TextEncoder:
+                      config: dict | None = None, keep_fp8: bool = True, mapped: bool = False) -> TextEncoder:
+    """mapped: as load_transformer's."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"text encoder {paths[0].name}"
     wanted = max(base.out_layers)
@@ -435,7 +446,7 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
         m = re.search(r"layers\.(\d+)\.", key)
         return m is None or int(m.group(1)) < wanted
 
-    sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8)
+    sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8, defer_cast=mapped)
     for pre in _TE_PREFIXES:
         if f"{pre}embed_tokens.weight" in sd:
             sd = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
@@ -493,9 +504,12 @@ def tokenizer_for(text_encoder, params: TextEncoderParams, tokenizer: Path | Non
 
 def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, transformer: Path | None = None,
                  text_encoder: Path | None = None, vae: Path | None = None, tokenizer: Path | None = None,
-                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu", keep_fp8: bool | None = None):
+                 dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu", keep_fp8: bool | None = None,
+                 mapped: bool = False):
     """Load the four parts; single files override the matching part of a diffusers folder.
-    keep_fp8 (default: yes, except on MPS which has no float8): fp8 files stay fp8 in memory."""
+    keep_fp8 (default: yes, except on MPS which has no float8): fp8 files stay fp8 in memory.
+    mapped (offload=blocks): the transformer's and text encoder's weights stay in the mapped files, uncast, until
+    offload.apply_offload settles the resident parts and streams the rest."""
     from .pipeline import Flux2Modules
 
     device = torch.device(device)
@@ -526,8 +540,9 @@ def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, tran
     tok = tokenizer_for(text_encoder, tok_params, tokenizer)        # before the big loads: fail fast
     if keep_fp8 is None:
         keep_fp8 = device.type != "mps"
-    tr = load_transformer(transformer, preset, dtype, device, keep_fp8=keep_fp8)
-    te = load_text_encoder(text_encoder, preset.text_encoder, dtype, device, config=te_cfg, keep_fp8=keep_fp8)
+    tr = load_transformer(transformer, preset, dtype, device, keep_fp8=keep_fp8, mapped=mapped)
+    te = load_text_encoder(text_encoder, preset.text_encoder, dtype, device, config=te_cfg, keep_fp8=keep_fp8,
+                           mapped=mapped)
     tok.p = te.p
     ae = load_vae(vae, dtype, device, config=vae_cfg, expected=preset.vae)
     if te.p.out_dim != tr.params.context_dim:

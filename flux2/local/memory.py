@@ -1,4 +1,4 @@
-"""Device memory a local run needs, worked out before any weight is read.
+"""Device memory and RAM a local run needs, worked out before any weight is read.
 
 The modules are built on PyTorch's meta device (shapes only: no memory, no file reads; [dev] in about two
 seconds), so a run that cannot fit is refused with one line before a single weight is read (the check runs
@@ -6,9 +6,16 @@ when the weights load, after ComfyUI's cached models are unloaded so that "free"
 What the engine keeps on the device:
 
 - offload=none: every weight, for as long as the model stays loaded;
-- offload=blocks: the transformer's parts outside its blocks and the VAE, resident; the largest
-  transformer block while the blocks stream; the text encoder's embedding and largest layer while
-  the prompt is encoded (offload.py).
+- offload=blocks: the transformer's parts outside its blocks and the VAE, resident; on CUDA two of the
+  largest transformer blocks while the blocks stream (the running one and the next, prefetched), two of the
+  text encoder's largest layers while the prompt is encoded (its embedding stays on the host; offload.py);
+  on the CPU one of each.
+
+RAM (anonymous memory; the page cache of the memory-mapped weight files is not counted: the OS gives it back under
+pressure): offload=none on CUDA, the largest part (the transformer) passes through RAM while it loads; on the CPU
+every weight stays there. offload=blocks: the weights stay in the mapped files; on CUDA two pinned staging
+buffers of the largest block as stored, plus the resident parts while they load; on the CPU the resident parts,
+one block and the activations. The prompt / reference caches add up to their budget (caches.py, 512 MiB).
 
 Activations are bounded from above per phase (prompt encoding, reference encoding, denoising, decoding)
 and one fixed CUDA overhead is added. The numbers are estimates meant to err high, not measurements.
@@ -45,6 +52,12 @@ class ModuleSizes:
     vae: int
     largest_linear_elements: int   # a kept-fp8 weight is de-quantised one layer at a time
     kept_fp8: bool = False          # (header sizes) some Linear weights stay float8
+    largest_unit_stored: int = 0    # (header sizes) bytes of the largest block / text layer as the file stores it
+
+    @property
+    def staging_unit(self) -> int:
+        """Bytes of one pinned staging buffer under offload=blocks on CUDA (offload.CudaTransfer)."""
+        return self.largest_unit_stored or max(self.transformer_largest_block, self.text_largest_layer)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,8 @@ class MemoryPlan:
     activations: int               # of the peak phase
     phase: str                     # which phase is the peak
     offload: str
+    ram: int = 0                   # anonymous host memory at its peak (page cache of the mapped files aside)
+    ram_note: str = ""             # what that is
 
     @property
     def total(self) -> int:
@@ -61,6 +76,9 @@ class MemoryPlan:
     def describe(self) -> str:
         return (f"≈ {self.total / GIB:.1f} GiB ({self.weights / GIB:.1f} weights + {self.activations / GIB:.1f} "
                 f"activations while {self.phase} + {CUDA_OVERHEAD / GIB:.0f} overhead)")
+
+    def describe_ram(self) -> str:
+        return f"≈ {self.ram / GIB:.1f} GiB ({self.ram_note})"
 
 
 def _bytes(module: nn.Module, dtype_bytes: int, fp8: float) -> int:
@@ -122,11 +140,14 @@ def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: boo
     return n * dtype_bytes, n
 
 
+_STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I64": 8, "I32": 4}
+
+
 def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtype_bytes: int, keep_fp8: bool,
                        text_layers_used: int, upcast_transformer: bool = False) -> ModuleSizes:
     """ModuleSizes from safetensors headers (detect.py): no module is built and no weight read, so a 64 GB
     file is planned in milliseconds. upcast_transformer: diffusers-layout fp8 weights are up-cast at load."""
-    resident, blocks = 0, {}
+    resident, blocks, stored = 0, {}, {}
     largest = 0
     kept = keep_fp8 and any(i.dtype.startswith("F8") and i.ndim == 2 for i in
                             (*([] if upcast_transformer else transformer.values()), *text_encoder.values()))
@@ -134,6 +155,7 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
         b, n = _tensor_bytes(transformer, k, info, dtype_bytes, keep_fp8 and not upcast_transformer)
         if m := _BLOCK.match(k):
             blocks[m.group(0)] = blocks.get(m.group(0), 0) + b
+            stored[m.group(0)] = stored.get(m.group(0), 0) + info.numel() * _STORED_BYTES.get(info.dtype, 4)
         else:
             resident += b
         if k.endswith(".weight") and info.ndim == 2:
@@ -145,21 +167,25 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
             embedding += b
         elif (m := re.match(r"layers\.(\d+)\.", k)) and int(m.group(1)) < text_layers_used:
             layers[m.group(1)] = layers.get(m.group(1), 0) + b
+            unit = "text " + m.group(1)
+            stored[unit] = stored.get(unit, 0) + info.numel() * _STORED_BYTES.get(info.dtype, 4)
     vae_bytes = sum(_tensor_bytes(vae, k, i, dtype_bytes, False)[0] for k, i in vae.items())
     return ModuleSizes(transformer_resident=resident, transformer_blocks=sum(blocks.values()),
                        transformer_largest_block=max(blocks.values(), default=0), text_embedding=embedding,
                        text_layers=sum(layers.values()), text_largest_layer=max(layers.values(), default=0),
-                       vae=vae_bytes, largest_linear_elements=largest, kept_fp8=kept)
+                       vae=vae_bytes, largest_linear_elements=largest, kept_fp8=kept,
+                       largest_unit_stored=max(stored.values(), default=0))
 
 
 def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: int, height: int,
                 reference_pixels: list[int] = (), batch: int = 1, vae_tile: int = 0,
                 fp8_transformer: float = 0.0, fp8_text: float = 0.0, sizes: ModuleSizes | None = None,
-                lora_bytes: int = 0) -> MemoryPlan:
-    """Peak device bytes of one generate call. reference_pixels: w*h of each prepared reference;
+                lora_bytes: int = 0, device_type: str = "cuda") -> MemoryPlan:
+    """Peak device bytes (and RAM) of one generate call. reference_pixels: w*h of each prepared reference;
     vae_tile: latent pixels per tile side when the decode is tiled (0: whole image). sizes: from the files'
     headers (sizes_from_headers); without them, from the preset's modules built on the meta device. lora_bytes:
-    the LoRA patches (lora.py), resident on the device in both offload modes."""
+    the LoRA patches (lora.py), resident on the device in both offload modes.
+    device_type: "cuda" (blocks prefetched: two on the device) or "cpu" (one; the device is the RAM)."""
     s = sizes or module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
     t, te = preset.transformer, preset.text_encoder
     tokens = TEXT_TOKENS + (width // 16) * (height // 16) + sum(p // 256 for p in reference_pixels)
@@ -179,10 +205,12 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
         decode_act += width * height * (3 + 1) * 4
     encode_act = max(reference_pixels, default=0) * preset.vae.block_out[0] * VAE_LIVE_TENSORS * dtype_bytes
 
+    cpu = device_type == "cpu"
     if offload == "blocks":
         resident = s.transformer_resident + s.vae + lora_bytes
-        phases = {"encoding the prompt": (s.text_embedding + s.text_largest_layer, text_act),
-                  "denoising": (s.transformer_largest_block, denoise_act)}
+        on_device = 2 if device_type == "cuda" else 1     # CUDA: the running block and the prefetched next one
+        phases = {"encoding the prompt": (on_device * s.text_largest_layer, text_act),
+                  "denoising": (on_device * s.transformer_largest_block, denoise_act)}
     else:
         resident = (s.transformer_resident + s.transformer_blocks + s.text_embedding + s.text_layers + s.vae
                     + lora_bytes)
@@ -191,7 +219,17 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     if reference_pixels:
         phases["encoding references"] = (0, encode_act)
     phase, (extra_weights, act) = max(phases.items(), key=lambda kv: sum(kv[1]))
-    return MemoryPlan(weights=resident + extra_weights, activations=act, phase=phase, offload=offload)
+    weights = resident + extra_weights
+    if cpu:
+        ram, note = weights + act, ("weights and activations; the mapped files' page cache aside" if offload == "blocks"
+                                    else "every weight and the activations")
+    elif offload == "blocks":
+        ram = 2 * s.staging_unit + s.transformer_resident + s.vae
+        note = "2 pinned staging buffers of the largest block + resident parts while loading; weights stay mapped"
+    else:
+        ram = max(s.transformer_resident + s.transformer_blocks, s.text_embedding + s.text_layers)
+        note = "the largest part passes through RAM while loading"
+    return MemoryPlan(weights=weights, activations=act, phase=phase, offload=offload, ram=ram, ram_note=note)
 
 
 def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:

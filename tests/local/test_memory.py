@@ -18,6 +18,7 @@ from comfyui_flux2.flux2.local.transformer import Flux2Transformer
 
 DEV = params.PRESETS["FLUX.2 [dev]"]
 CARD_24GB = 24 * 10**9
+RAM_32GB = 32 * 10**9
 
 
 def _param_bytes(module, per=4):
@@ -50,6 +51,22 @@ def test_dev_fits_a_24gb_card_only_with_block_offload(fp8, size, tile, refs):
     blocks, whole = plan_memory(DEV, offload="blocks", **kw), plan_memory(DEV, offload="none", **kw)
     assert blocks.total < CARD_24GB, blocks.describe()
     assert whole.total > CARD_24GB, whole.describe()
+    assert blocks.ram < RAM_32GB, blocks.describe_ram()          # the weights stay in the mapped files
+
+
+def test_ram_plan_counts_staging_and_loading():
+    kw = dict(dtype_bytes=2, width=1024, height=1024)
+    s = module_sizes(DEV, 2, 0.0, 0.0)
+    blocks = plan_memory(DEV, offload="blocks", **kw)
+    assert blocks.ram == 2 * max(s.transformer_largest_block, s.text_largest_layer) + s.transformer_resident + s.vae
+    assert "pinned staging" in blocks.describe_ram()
+    # on CUDA two blocks are on the device (the running one and the prefetched next); on the CPU one
+    assert blocks.weights == s.transformer_resident + s.vae + 2 * s.transformer_largest_block
+    cpu = plan_memory(DEV, offload="blocks", device_type="cpu", **kw)
+    assert cpu.weights == s.transformer_resident + s.vae + s.transformer_largest_block
+    assert cpu.ram == cpu.weights + cpu.activations
+    whole = plan_memory(DEV, offload="none", **kw)
+    assert whole.ram == s.transformer_resident + s.transformer_blocks > RAM_32GB
 
 
 def test_untiled_4mp_decode_is_the_peak_and_tiling_bounds_it():
@@ -109,6 +126,7 @@ def test_dry_run_plan_shows_the_device_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(lb, "pick_device", lambda device: torch.device("cuda"))
     (call,) = _dev_backend(tmp_path, "blocks").plan(GenerationRequest("a cat", 1024, 1024, seed=1))
     assert "device memory ≈ " in call.summary and 3 < call.payload["device_memory_gib"] < 12
+    assert "RAM ≈ " in call.summary and 1 < call.payload["ram_gib"] < 8
 
 
 def test_a_dry_run_plans_for_a_gpu_this_machine_lacks(tmp_path):

@@ -27,7 +27,8 @@ ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench"
 PEER_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_peer"   # outside the engine: imports ComfyUI
 PIPELINE_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.local_pipeline"   # whole-pipeline rows
 PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
-ROWS = ("step", "pipeline", "lora")
+COMFY_SWEEP_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_sweep"   # starts a ComfyUI server
+ROWS = ("step", "pipeline", "lora", "comfyui-sweep")
 
 
 def _reset_peak_rss() -> None:
@@ -200,10 +201,16 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     ap.add_argument("--rows", default="step,pipeline",
                     help="step: one transformer step (and memory); pipeline: a seed sweep of 8 images, a 3-edit "
                          "chain reusing two references, CFG one forward vs two (tiny and mid configs only); lora: "
-                         "step time with no LoRA, a LoRA on the fly, the same LoRA merged (same process)")
+                         "step time with no LoRA, a LoRA on the fly, the same LoRA merged (same process); "
+                         "comfyui-sweep: the seed sweep against ComfyUI core's graph queued in the provisioned "
+                         "ComfyUI 0.3.75 server (tests/comfy_server.py; [dev]-shaped tiny and mid configs)")
     ap.add_argument("--sweep", type=int, default=8, help="images in the pipeline rows' seed sweep (>= 2)")
     ap.add_argument("--lora-rank", type=int, default=0,
                     help="lora rows: LoRA rank (default hidden/24, the Turbo LoRA's ratio on [dev])")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads per tool (OMP_NUM_THREADS) for the pipeline and comfyui-sweep rows; default "
+                         "1 on the CPU (on a small shared CPU, OpenMP threads waiting for busy cores slow tiny ops "
+                         "down many times over), 0: torch's default")
     ap.add_argument("--comfyui", metavar="DIR", help="also time ComfyUI core's FLUX.2 transformer from this ComfyUI "
                                                       "folder (the one with main.py)")
     ap.add_argument("--comfyui-python", metavar="PYTHON", default=None,
@@ -247,10 +254,23 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         return 2
     if "step" in kinds and _step_rows(args, python) != 0:
         return 1
+    if "lora" in kinds and _lora_rows(args, python) != 0:
+        return 1
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    if threads and ("pipeline" in kinds or "comfyui-sweep" in kinds):
+        os.environ["OMP_NUM_THREADS"] = str(threads)         # the row workers (and the ComfyUI server) inherit it
     if "pipeline" in kinds and _pipeline_rows(args, python) != 0:
         return 1
-    if "lora" in kinds:
-        return _lora_rows(args, python)
+    if "comfyui-sweep" in kinds:
+        for cfg in (c for c in args.configs.split(",") if c in PIPELINE_CONFIGS):
+            out = subprocess.run([python, "-m", COMFY_SWEEP_MODULE, "--config", cfg, "--sweep", str(args.sweep),
+                                  "--threads", str(threads)],
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if out.returncode != 0:
+                last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+                print(f"comfyui-sweep {cfg} failed: {last}", file=sys.stderr)
+                return 1
+            print("\n".join(out.stdout.strip().splitlines()[:-1]))     # the table; the last line is its JSON
     return 0
 
 
@@ -290,7 +310,8 @@ def _pipeline_rows(args, python: str) -> int:
             a, b = (np.load(folder / f"{impl}.npy").astype(np.int32) for impl in ("ours", "diffusers"))
             pair["max_diff"] = int(np.abs(a - b).max())
             results.append((cfg, pair))
-    print(f"\npipeline rows: device {args.device}, dtype {args.dtype}; seconds; ratios = ours / diffusers")
+    print(f"\npipeline rows: device {args.device}, dtype {args.dtype}, OMP_NUM_THREADS "
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; seconds; ratios = ours / diffusers")
     print(f"{'config':<8}{'row':<36}{'ours':>10}{'diffusers':>11}{'ratio':>8}")
     for cfg, p in results:
         o, d = p["ours"], p["diffusers"]

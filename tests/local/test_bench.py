@@ -2,6 +2,7 @@
 core's FLUX.2 transformer as a third peer when a ComfyUI is given."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -101,3 +102,17 @@ def test_lora_rows_time_none_on_the_fly_and_merged_in_one_process(capsys):
     row = out[head + 1].split()
     assert row[0] == "tiny" and row[1] == "4"
     assert float(row[-1]) < 1e-3          # max |on the fly - merged| of the step output (fp32)
+
+
+@pytest.mark.slow
+def test_comfyui_sweep_row_runs_both_tools_on_the_same_files(capsys):
+    """bench/comfyui_sweep.py: ComfyUI core's FLUX.2 graph queued in the provisioned server and this engine, on the
+    same ComfyUI-layout files (2 images; the times are printed, not checked)."""
+    from comfyui_flux2.bench import comfyui_sweep
+
+    assert comfyui_sweep.main(["--config", "tiny", "--sweep", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = json.loads(out[-1])
+    assert len(rows["ours"]["times"]) == len(rows["comfyui"]["times"]) == 2
+    assert all(t > 0 for t in rows["ours"]["times"] + rows["comfyui"]["times"])
+    assert any(line.startswith("sweep of 2, per image after the 1st") for line in out)

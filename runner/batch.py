@@ -16,6 +16,7 @@ written to DIR/manifest.jsonl at once -> DIR/index.html.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,6 +33,7 @@ from .graph import load_workflow
 
 log = logging.getLogger("comfyui_flux2.batch")
 BFL_MAX_ACTIVE = 24          # BFL's limit of active tasks per account
+SHEET_EVERY_S = 30.0         # a long batch's contact sheet is rewritten this often (and at the end)
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Batch:
         self.scheduler: Scheduler | None = None
         self.totals = BatchTotals()
         self._ray = None
+        self._sheet_written = time.monotonic()
 
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, on_item: Callable | None = None) -> BatchPlan:
@@ -219,8 +222,10 @@ class Batch:
             t.failures.append(f"{item.id}: {outcome.error}")
         else:
             t.stopped += 1
-        t.images += len([o for o in outcome.outputs])
+        t.images += len(outcome.outputs)
         t.billed_usd = round(t.billed_usd + (outcome.billed_usd or 0.0), 6)
+        if time.monotonic() - self._sheet_written > SHEET_EVERY_S:
+            self.write_sheet()
         return BatchResult(item, outcome, self.output_dir)
 
     def close(self) -> None:
@@ -232,9 +237,13 @@ class Batch:
             self._ray.close()
             self._ray = None
         if self.records:
-            title = f"{self.workflow_path.name if self.workflow_path else 'workflow'} x " \
-                    f"{self.table.name if self.table else 'rows'}"
-            write_sheet(self.output_dir, list(self.records.values()), title)
+            self.write_sheet()
+
+    def write_sheet(self) -> Path:
+        self._sheet_written = time.monotonic()
+        title = f"{self.workflow_path.name if self.workflow_path else 'workflow'} x " \
+                f"{self.table.name if self.table else 'rows'}"
+        return write_sheet(self.output_dir, list(self.records.values()), title)
 
     def _recover(self, items: list[BatchItem]) -> None:
         """Tasks an interrupted earlier run left in flight: fetched from the provider into the result cache,

@@ -283,3 +283,30 @@ def test_items_share_one_backend_per_setting(tmp_path):
     (a,), (b,) = node().build(**args), node().build(**args)
     (c,) = node().build(**{**args, "safety_tolerance": 3})
     assert a is b and c is not a and c.options.safety_tolerance == 3
+
+
+def test_reference_url_column_checks_each_url_per_row(runware, tmp_path, capsys):
+    """A Flux2ReferenceURL's url from the table: a URL that is not https is that row's one-line error."""
+    wf = WORKFLOWS / "api" / "flux2_multi_reference_edit.json"
+    table = write_csv(tmp_path, "2.url\nhttps://assets.runware.ai/assets/inputs/other.jpg\n"
+                                "http://example.com/ref.png\n")
+    assert batch(wf, "--table", table, "--output-dir", tmp_path / "o", "--dry-run") == 1
+    err = capsys.readouterr().err
+    (bad,) = [line.strip() for line in err.splitlines() if line.startswith("  bad row")]
+    assert bad.startswith("bad row 2: ") and "https" in bad
+    assert batch(wf, "--table", table, "--output-dir", tmp_path / "o", "--dry-run", "--skip-bad-rows") == 0
+    err = capsys.readouterr().err
+    assert "2 item(s); 1 to run, 1 bad" in err and "estimated cost: $0.09" in err
+    assert runware.requests == []
+
+
+def test_the_contact_sheet_follows_a_long_batch(runware, tmp_path, monkeypatch):
+    from comfyui_flux2.runner import batch as batch_module
+    monkeypatch.setattr(batch_module, "SHEET_EVERY_S", 0.0)
+    b = Batch(small_workflow(tmp_path), registry=node_registry, output_dir=tmp_path / "o",
+              rows=[{"Make.prompt": "first"}, {"Make.prompt": "second"}], concurrency=1)
+    results = b.run()
+    next(results)
+    assert "first" in (tmp_path / "o" / "index.html").read_text()        # written before the batch ended
+    list(results)
+    assert "second" in (tmp_path / "o" / "index.html").read_text()

@@ -310,3 +310,17 @@ def test_the_contact_sheet_follows_a_long_batch(runware, tmp_path, monkeypatch):
     assert "first" in (tmp_path / "o" / "index.html").read_text()        # written before the batch ended
     list(results)
     assert "second" in (tmp_path / "o" / "index.html").read_text()
+
+
+def test_a_reference_picture_is_uploaded_once_per_batch(runware, tmp_path):
+    wf = tmp_path / "api" / "edit.json"
+    wf.parent.mkdir()
+    shutil.copy(WORKFLOWS / "api" / "flux2_local_references_edit.json", wf)
+    for i in (1, 2, 3):
+        shutil.copy(WORKFLOWS / f"flux2_example_ref_{i}.png", tmp_path / f"flux2_example_ref_{i}.png")
+    table = write_csv(tmp_path, "5.prompt,5.width,5.height\none,256,256\ntwo,256,256\nthree,256,256\n")
+    assert batch(wf, "--table", table, "--output-dir", tmp_path / "o", "--concurrency", "1") == 0
+    assert len(runware.tasks("imageInference")) == 3
+    assert len(runware.tasks("imageUpload")) == 3                  # not 9: the three pictures, once each
+    sent = runware.tasks("imageInference")
+    assert sent[0]["inputs"]["referenceImages"] == sent[2]["inputs"]["referenceImages"]

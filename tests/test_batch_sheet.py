@@ -3,25 +3,12 @@ no console error and every thumbnail shows, whatever the prompts hold."""
 from __future__ import annotations
 
 import json
-import os
-
-import pytest
 
 from comfyui_flux2.cli import main
 from comfyui_flux2.runner.batch_sheet import write_sheet
 
 from test_batch import records, small_workflow
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _need_browser():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.fail("the contact sheet test needs playwright") if os.environ.get("CI") else pytest.skip("no playwright")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"needs {CHROMIUM}") if os.environ.get("CI") else pytest.skip(f"no {CHROMIUM}")
+from test_web_extension import CHROMIUM, CHROMIUM_ARGS, _need_browser   # the browser harness: Debian's chromium
 
 
 def test_contact_sheet_opens_from_disk_with_every_thumbnail(runware, tmp_path):
@@ -40,7 +27,7 @@ def test_contact_sheet_opens_from_disk_with_every_thumbnail(runware, tmp_path):
     assert [recs[f"r{i}"]["status"] for i in range(1, 5)] == ["ok", "ok", "failed", "ok"]
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--disable-dev-shm-usage", "--no-first-run"])
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             problems = []

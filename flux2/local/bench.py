@@ -126,8 +126,11 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int, comfyu
 
 
 def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -> dict:
-    """One model, one process: step time with no LoRA, with a LoRA of `rank` on every Linear applied on the fly
-    (lora.attach), and merged once into the weights (lora.merge_patches); plus what attaching and merging cost."""
+    """One process: step time with no LoRA, with a LoRA of `rank` on every Linear applied on the fly (lora.attach),
+    and with the same LoRA merged once into a copy of the weights (lora.merge_patches). The three run interleaved,
+    rep by rep, so a busy machine slows them alike; plus what building, attaching and merging cost."""
+    import copy
+
     import torch
 
     from .lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
@@ -135,6 +138,11 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # On a CPU: one thread and the process's CPU seconds, so other jobs on a shared machine do not decide the
+    # comparison (wall time there measured the machine's load, not the LoRA). On CUDA: wall time after a sync.
+    clock = time.perf_counter if cuda else time.process_time
+    if not cuda:
+        torch.set_num_threads(1)
     model, step = _build("ours", cfg, dtype, device)
     shapes = linear_shapes(model.params)
     rank = rank or max(8, model.params.hidden // 24)   # fal's Turbo LoRA: rank ~256 on [dev]'s 6144 (docs/loras.md)
@@ -144,30 +152,43 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
 
     def timed(fn) -> float:
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        return time.perf_counter() - t0
+        return clock() - t0
 
-    def median_step() -> float:
-        with torch.no_grad():
-            step()
-            times = sorted(timed(step) for _ in range(reps))
-        return times[len(times) // 2]
-
-    out = {"config": cfg, "rank": rank, "none_s": median_step()}
+    out = {"config": cfg, "rank": rank, "clock": "wall s" if cuda else "CPU s, 1 thread"}
     patches = {}
     out["build_s"] = timed(lambda: patches.update(build_patches([(deltas, 1.0)], shapes, dtype, device)))
-    handles = []
-    out["attach_s"] = timed(lambda: handles.extend(attach(model, patches)))
-    out["fly_s"] = median_step()
+    merged = copy.deepcopy(model)
+    out["merge_s"] = timed(lambda: merge_patches(merged, patches))
+    params = dict(model.named_parameters())
+    swap = [(p, dict(merged.named_parameters())[n].data) for n, p in params.items()]
+    base = [(p, p.data) for p in params.values()]
+    del merged
+    handles: list = []
+    times = {"none": [], "fly": [], "merged": []}
     with torch.no_grad():
-        fly = step().float()
-    detach(handles)
-    out["merge_s"] = timed(lambda: merge_patches(model, patches))
-    out["merged_s"] = median_step()
-    with torch.no_grad():
-        out["max_diff"] = float((step().float() - fly).abs().max())     # the two applications agree
+        for rep in range(reps + 1):                      # rep 0 warms each variant up and is not counted
+            t = timed(step)
+            out["attach_s"] = timed(lambda: handles.extend(attach(model, patches)))
+            t_fly = timed(step)
+            if rep == reps:
+                fly = step().float()
+            detach(handles)
+            for p, w in swap:
+                p.data = w
+            t_merged = timed(step)
+            if rep == reps:
+                out["max_diff"] = float((step().float() - fly).abs().max())     # the two applications agree
+            for p, w in base:
+                p.data = w
+            if rep:
+                times["none"].append(t)
+                times["fly"].append(t_fly)
+                times["merged"].append(t_merged)
+    for k, v in times.items():
+        out[f"{k}_s"] = sorted(v)[len(v) // 2]
     out["lora_mb"] = sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up)) / 2**20
     return out
 
@@ -180,14 +201,14 @@ def _lora_rows(args, python: str) -> int:
         if r is None:
             return 1
         rows.append(r)
-    print(f"\nLoRA rows: device {args.device}, dtype {args.dtype}, median of {args.reps} steps, one process per "
-          f"config; a LoRA on every Linear; +% = vs no LoRA")
-    print(f"{'config':<14}{'rank':>5}{'LoRA MB':>9}{'none s':>9}{'on the fly s':>14}{'merged s':>10}"
+    print(f"\nLoRA rows: device {args.device}, dtype {args.dtype}, median of {args.reps} steps ({rows[0]['clock']}), "
+          f"one process per config, the three interleaved; a LoRA on every Linear; +% = vs no LoRA")
+    print(f"{'config':<14}{'rank':>5}{'LoRA MB':>9}{'none s':>10}{'on the fly s':>18}{'merged s':>18}"
           f"{'merge once s':>14}{'attach s':>10}{'max |fly - merged|':>20}")
     for r in rows:
         fly, merged = r["fly_s"] / r["none_s"] - 1, r["merged_s"] / r["none_s"] - 1
-        print(f"{r['config']:<14}{r['rank']:>5}{r['lora_mb']:>9.1f}{r['none_s']:>9.4f}"
-              f"{r['fly_s']:>8.4f} {fly:+5.0%}{r['merged_s']:>6.4f} {merged:+4.0%}"
+        print(f"{r['config']:<14}{r['rank']:>5}{r['lora_mb']:>9.1f}{r['none_s']:>10.4f}"
+              f"{r['fly_s']:>11.4f} ({fly:+4.0%}){r['merged_s']:>11.4f} ({merged:+4.0%})"
               f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['max_diff']:>20.2e}")
     return 0
 

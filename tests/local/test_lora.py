@@ -36,6 +36,7 @@ def ours(root, *specs) -> np.ndarray:
 def diffusers_image(root, sd) -> np.ndarray:
     """A fresh pipeline from the saved folder each time: loading a LoKr makes diffusers fuse the model's q/k/v
     projections, which unload_lora_weights leaves fused."""
+    pytest.importorskip("peft")                     # diffusers' LoRA loading needs it (test extra)
     from diffusers import Flux2KleinPipeline
 
     pipe = Flux2KleinPipeline.from_pretrained(str(root / "diffusers" / "flux2-tiny"))

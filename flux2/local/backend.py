@@ -19,7 +19,7 @@ from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
 from ..rules import Rules, local_rules, validate_request
-from .detect import AUTO
+from .detect import AUTO, with_reference_kv
 from .params import ModelPreset, get_preset
 from .pipeline import decode_tile, reference_size
 
@@ -80,6 +80,7 @@ class LocalBackend:
     before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     loras: tuple = ()                   # lora.LoRASpec links of a Flux2LoRA chain, applied on the fly in this order
     kind: str = field(default="local", init=False)
+    _kv_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.preset is None and self.model_name != AUTO:
@@ -118,6 +119,9 @@ class LocalBackend:
         cannot work together)."""
         if self.preset is None:
             self.preset = self.detection().preset
+        elif self.model_name != AUTO and not self._kv_checked and self._files_complete():
+            self._kv_checked = True
+            self.preset = with_reference_kv(self.preset, self.files)   # a named [klein] preset on KV weights
         return self.preset
 
     # ------------------------------------------------------------------ protocol

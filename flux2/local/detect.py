@@ -172,6 +172,35 @@ def _distilled(files, header: Header, family: str, notes: list[str]) -> bool:
     return True
 
 
+KV_PIPELINE = "Flux2KleinKVPipeline"       # diffusers' pipeline class of BFL's FLUX.2-klein-9b-kv folder
+
+
+def reference_kv(files, header: Header | None = None) -> str | None:
+    """Why these files are the [klein] KV variant (references isolated, their keys/values kept after the first
+    step: transformer.RefKV), or None. The weights have the [klein] 9B names and shapes, so the folder's
+    `model_index.json` (`_class_name` Flux2KleinKVPipeline), the file's metadata or its name (`-kv`) tell."""
+    if files.diffusers_dir is not None:
+        if _json(Path(files.diffusers_dir) / "model_index.json").get("_class_name") == KV_PIPELINE:
+            return f"KV variant from model_index.json _class_name {KV_PIPELINE}"
+    if header is not None:
+        meta = " ".join(f"{k}={v}" for k, v in header.metadata.items() if k != "_quantization_metadata").lower()
+        if re.search(r"(^|[^a-z0-9])kv([^a-z0-9]|$)", meta) or "kv-cache" in meta or "kv_cache" in meta:
+            return "KV variant from the file's metadata"
+    for p in (files.transformer, files.diffusers_dir):
+        if p is not None and re.search(r"(^|[^a-z0-9])kv([^a-z0-9]|$)", Path(p).name.lower()):
+            return f"KV variant from the file name {Path(p).name}"
+    return None
+
+
+def with_reference_kv(preset: ModelPreset, files) -> ModelPreset:
+    """A named [klein] preset behaves as the KV variant when its files are that variant (headers only)."""
+    if preset.family != "klein":
+        return preset
+    tr = files.transformer
+    header = read_headers([Path(tr)], "diffusion model") if tr is not None and Path(tr).is_file() else None
+    return replace(preset, name=preset.name + " KV", reference_kv=True) if reference_kv(files, header) else preset
+
+
 def _parts(files):
     """(transformer shards, text-encoder shards, VAE shards, their configs): single files override a folder."""
     from .loading import shard_files
@@ -247,6 +276,10 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
         notes.append(f"small-decoder VAE {vp.decoder_block_out}")
     distilled = _distilled(files, tr_header, family, notes)
     preset = _preset(family, distilled, size, tp, tep, vp)
+    kv = reference_kv(files, tr_header) if family == "klein" else None
+    if kv is not None:
+        notes.append(kv)
+        preset = replace(preset, name=preset.name + " KV", reference_kv=True)
     return Detection(preset, tuple(notes), t, te_t, vae_t,
                      upcast_transformer="transformer_blocks.0.attn.to_q.weight" in t)
 

@@ -80,6 +80,9 @@ class ModelPreset:
     default_steps: int = 4
     default_guidance: float = 0.0
     max_refs: int = LOCAL_MAX_REFS
+    # The [klein] 9B KV variant: references are modulated at timestep 0, attend only to themselves and join the
+    # first step only, their keys/values kept for the later steps (transformer.RefKV; detected from the files).
+    reference_kv: bool = False
 
     @property
     def uses_cfg(self) -> bool:

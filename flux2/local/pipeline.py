@@ -15,7 +15,7 @@ from .params import ModelPreset
 from .sampling import euler_step, image_ids, initial_noise, model_timestep, pack, sigmas, text_ids, unpack
 from .text_encoder import TextEncoder
 from .tokenizer import PromptTokenizer
-from .transformer import Flux2Transformer
+from .transformer import Flux2Transformer, RefKV
 
 REF_MAX_PIXELS = 1024 * 1024
 
@@ -144,20 +144,30 @@ class Flux2Engine:
         if one_forward:                    # cond and uncond prompts have the same padded length: stack them
             both = torch.cat((cond, uncond), 0)                           # [2B, Lt, C]
             g2 = g.repeat(2) if g is not None else None
-        for i in range(steps):
-            t = model_timestep(sig[i], B, x.dtype)
-            inp = x.to(tr.dtype) if ref_tok is None else torch.cat((x.to(tr.dtype), ref_tok), 1)
-            if one_forward:
-                v, v_u = tr(inp.repeat(2, 1, 1), all_ids, both, t_ids, t.repeat(2), g2)[:, :L].chunk(2)
-                v = v_u + guidance * (v - v_u)
-            else:
-                v = tr(inp, all_ids, cond, t_ids, t, g)[:, :L]
-                if uncond is not None:
-                    v_u = tr(inp, all_ids, uncond, t_ids, t, g)[:, :L]
+        # KV variant: references join only the first step; their keys/values are kept (one set per prompt kind)
+        kv = (RefKV(ref_tok.shape[1]), RefKV(ref_tok.shape[1])) if ref_tok is not None and preset.reference_kv else None
+        try:
+            for i in range(steps):
+                t = model_timestep(sig[i], B, x.dtype)
+                refs_in = ref_tok is not None and (kv is None or not kv[0].filled)
+                inp = torch.cat((x.to(tr.dtype), ref_tok), 1) if refs_in else x.to(tr.dtype)
+                ids = all_ids if refs_in else img_ids
+                if one_forward:
+                    v, v_u = tr(inp.repeat(2, 1, 1), ids, both, t_ids, t.repeat(2), g2,
+                                ref_kv=kv and kv[0])[:, :L].chunk(2)
                     v = v_u + guidance * (v - v_u)
-            x = euler_step(x, v, sig[i], sig[i + 1])
-            if on_step is not None:
-                on_step(i + 1, steps)
+                else:
+                    v = tr(inp, ids, cond, t_ids, t, g, ref_kv=kv and kv[0])[:, :L]
+                    if uncond is not None:
+                        v_u = tr(inp, ids, uncond, t_ids, t, g, ref_kv=kv and kv[1])[:, :L]
+                        v = v_u + guidance * (v - v_u)
+                x = euler_step(x, v, sig[i], sig[i + 1])
+                if on_step is not None:
+                    on_step(i + 1, steps)
+        finally:
+            if kv is not None:
+                for c in kv:
+                    c.clear()
         return self.decode(x, h, w)
 
     @torch.no_grad()

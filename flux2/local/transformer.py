@@ -3,6 +3,12 @@
 Parameter names follow Black Forest Labs' reference layout (fused `qkv`, `img_mlp.0`, `final_layer`
 with (shift, scale) order), so BFL/Comfy single files load without renaming; diffusers folders are
 converted on load (loading.py). Attention is one SDPA call over [text, image, references].
+
+The [klein] 9B KV variant (`RefKV`) runs references differently, as BFL's `forward_kv_extract` /
+`forward_kv_cached` and diffusers' `Flux2KleinKVPipeline` do: on the first step the reference tokens are
+modulated at timestep 0 and attend only to themselves, and their post-RoPE keys/values are kept per block;
+later steps leave the references out and attend to those kept keys/values. Since a reference token never
+sees the noisy image, the text or the timestep, the kept K/V are exactly what every later step would compute.
 """
 from __future__ import annotations
 
@@ -118,9 +124,48 @@ class _SwiGLU(nn.Module):
         return F.silu(a) * b
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos, sin) -> torch.Tensor:
+class RefKV:
+    """Reference keys/values of one generation for the KV variant: one (k, v) per block, post-RoPE,
+    each [B, H, Lr, Dh]. Empty until the first (extract) forward fills it; then every forward is 'cached'."""
+
+    def __init__(self, n_ref: int):
+        self.n_ref = n_ref                                       # reference tokens, at the end of the image stream
+        self.double: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.single: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.double or self.single)
+
+    def clear(self) -> None:
+        self.double.clear()
+        self.single.clear()
+
+
+class _RefSlot:
+    """One block's view of a RefKV: extract (n_ref trailing reference tokens, store their K/V) or cached (kv)."""
+
+    __slots__ = ("n_ref", "kv", "store")
+
+    def __init__(self, n_ref: int = 0, kv=None, store=None):
+        self.n_ref, self.kv, self.store = n_ref, kv, store
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos, sin, ref: _RefSlot | None = None) -> torch.Tensor:
+    """q, k, v [B, H, L, Dh] -> [B, L, H*Dh]. With a reference slot: extract (the last n_ref tokens attend
+    only to themselves; their K/V are stored) or cached (the stored reference K/V join the keys)."""
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = F.scaled_dot_product_attention(q, k, v)               # [B, H, L, Dh]
+    if ref is not None and ref.n_ref:
+        n = ref.n_ref
+        ref.store((k[:, :, -n:], v[:, :, -n:]))
+        main = F.scaled_dot_product_attention(q[:, :, :-n], k, v)                        # text + image: all keys
+        own = F.scaled_dot_product_attention(q[:, :, -n:], k[:, :, -n:], v[:, :, -n:])   # references: themselves
+        out = torch.cat((main, own), dim=2)
+    elif ref is not None and ref.kv is not None:
+        kr, vr = ref.kv
+        out = F.scaled_dot_product_attention(q, torch.cat((k, kr.to(k.dtype)), 2), torch.cat((v, vr.to(v.dtype)), 2))
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)               # [B, H, L, Dh]
     return out.transpose(1, 2).flatten(2)                        # [B, L, H*Dh]
 
 
@@ -133,13 +178,13 @@ class DoubleStreamBlock(nn.Module):
         self.img_mlp = SwiGLUMLP(p.hidden, p.mlp_hidden)
         self.txt_mlp = SwiGLUMLP(p.hidden, p.mlp_hidden)
 
-    def forward(self, img, txt, mod_img, mod_txt, cos, sin):
-        # img [B, Li, D], txt [B, Lt, D]; mod_* = 6 x [B, 1, D]
+    def forward(self, img, txt, mod_img, mod_txt, cos, sin, ref: _RefSlot | None = None):
+        # img [B, Li, D], txt [B, Lt, D]; mod_* = 6 x [B, 1, D] (KV extract: mod_img per token, [B, Li, D])
         i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2 = mod_img
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = mod_txt
         iq, ik, iv = self.img_attn.qkv_heads(_modulate(img, i_shift1, i_scale1, self.eps))
         tq, tk, tv = self.txt_attn.qkv_heads(_modulate(txt, t_shift1, t_scale1, self.eps))
-        out = attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), cos, sin)
+        out = attention(torch.cat((tq, iq), 2), torch.cat((tk, ik), 2), torch.cat((tv, iv), 2), cos, sin, ref)
         Lt = txt.shape[1]
         img = img + i_gate1 * self.img_attn.proj(out[:, Lt:])
         img = img + i_gate2 * self.img_mlp(_modulate(img, i_shift2, i_scale2, self.eps))
@@ -162,13 +207,13 @@ class SingleStreamBlock(nn.Module):
         self.linear2 = nn.Linear(p.heads * p.head_dim + p.mlp_hidden, p.hidden, bias=False)
         self.norm = QKNorm(p.head_dim, p.eps)
 
-    def forward(self, x, mod, cos, sin):
+    def forward(self, x, mod, cos, sin, ref: _RefSlot | None = None):
         shift, scale, gate = mod
         B, L, _ = x.shape
         h = self.linear1(_modulate(x, shift, scale, self.eps))
         qkv, mlp = h.split((self.qkv_dim, h.shape[-1] - self.qkv_dim), dim=-1)
         q, k, v = qkv.view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = attention(self.norm.query_norm(q), self.norm.key_norm(k), v, cos, sin)
+        out = attention(self.norm.query_norm(q), self.norm.key_norm(k), v, cos, sin, ref)
         a, b = mlp.chunk(2, dim=-1)
         x = x + gate * self.linear2(torch.cat((out, F.silu(a) * b), dim=-1))
         if x.dtype == torch.float16:
@@ -209,18 +254,28 @@ class Flux2Transformer(nn.Module):
         return compute_dtype(self.img_in)
 
     def forward(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
-                timestep: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                timestep: torch.Tensor, guidance: torch.Tensor | None = None,
+                ref_kv: RefKV | None = None) -> torch.Tensor:
         """img [B, Li, 128] (image tokens then reference tokens), txt [B, Lt, C], ids [L, 4],
-        timestep [B] in 0..1 (sigma), guidance [B] or None. Returns the velocity [B, Li, 128]."""
+        timestep [B] in 0..1 (sigma), guidance [B] or None. Returns the velocity [B, Li, 128].
+
+        ref_kv (KV variant): while empty, img/img_ids end with ref_kv.n_ref reference tokens, which are
+        modulated at timestep 0 and isolated; their K/V fill ref_kv and only the image tokens' velocity is
+        returned. Once filled, img/img_ids hold the image tokens only and the kept K/V stand in for the references."""
         p = self.params
         dtype = img.dtype
-        temb = self.time_in(timestep_embedding(timestep.to(dtype) * 1000, p.timestep_channels).to(dtype))
-        if self.guidance_in is not None and guidance is not None:
-            temb = temb + self.guidance_in(
-                timestep_embedding(guidance.to(dtype) * 1000, p.timestep_channels).to(dtype))
+        temb = self._embed(timestep, guidance, dtype)
         mod_img = self.double_stream_modulation_img(temb)
         mod_txt = self.double_stream_modulation_txt(temb)
         mod_single = self.single_stream_modulation(temb)
+        extract = ref_kv is not None and not ref_kv.filled
+        n_ref = ref_kv.n_ref if extract else 0
+        if extract:
+            # references are clean images: modulated as at timestep 0 (diffusers `ref_fixed_timestep=0.0`)
+            temb0 = self._embed(torch.zeros_like(timestep), guidance, dtype)
+            n_img = img.shape[1] - n_ref
+            mod_img = _per_token(mod_img, self.double_stream_modulation_img(temb0), n_img, n_ref)
+            mod_single = _per_token(mod_single, self.single_stream_modulation(temb0), txt.shape[1] + n_img, n_ref)
 
         x = self.img_in(img)                                     # [B, Li, D]
         c = self.txt_in(txt)                                     # [B, Lt, D]
@@ -228,18 +283,37 @@ class Flux2Transformer(nn.Module):
 
         hook = self.block_hook
         try:
-            for block in self.double_blocks:
+            for i, block in enumerate(self.double_blocks):
                 if hook is not None:
                     hook(block)
-                x, c = block(x, c, mod_img, mod_txt, cos, sin)
+                x, c = block(x, c, mod_img, mod_txt, cos, sin, _slot(ref_kv, ref_kv.double, i, n_ref) if ref_kv else None)
             Lt = c.shape[1]
             h = torch.cat((c, x), dim=1)                          # [B, Lt+Li, D]
             del x, c
-            for block in self.single_blocks:
+            for i, block in enumerate(self.single_blocks):
                 if hook is not None:
                     hook(block)
-                h = block(h, mod_single, cos, sin)
+                h = block(h, mod_single, cos, sin, _slot(ref_kv, ref_kv.single, i, n_ref) if ref_kv else None)
         finally:
             if hook is not None:                                  # offload: the last block goes home too
                 hook.release()
-        return self.final_layer(h[:, Lt:], temb)                 # [B, Li, 128]
+        return self.final_layer(h[:, Lt:h.shape[1] - n_ref], temb)   # [B, Li - n_ref, 128]
+
+    def _embed(self, timestep: torch.Tensor, guidance: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        p = self.params
+        temb = self.time_in(timestep_embedding(timestep.to(dtype) * 1000, p.timestep_channels).to(dtype))
+        if self.guidance_in is not None and guidance is not None:
+            temb = temb + self.guidance_in(
+                timestep_embedding(guidance.to(dtype) * 1000, p.timestep_channels).to(dtype))
+        return temb
+
+
+def _per_token(mod: list[torch.Tensor], ref_mod: list[torch.Tensor], n_main: int, n_ref: int) -> list[torch.Tensor]:
+    """Modulation per token: the first n_main tokens take `mod`, the last n_ref `ref_mod`. Each [B, 1, D] -> [B, L, D]."""
+    return [torch.cat((m.expand(-1, n_main, -1), r.expand(-1, n_ref, -1)), dim=1) for m, r in zip(mod, ref_mod)]
+
+
+def _slot(ref_kv: RefKV, kept: list, i: int, n_ref: int) -> _RefSlot:
+    if n_ref:
+        return _RefSlot(n_ref=n_ref, store=kept.append)
+    return _RefSlot(kv=kept[i])

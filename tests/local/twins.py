@@ -131,6 +131,32 @@ def write_comfy_quant_fp8_transformer(diffusers_sd, path: Path) -> Path:
     return _save(sd, path)
 
 
+def write_klein_kv_fp8_transformer(diffusers_sd, path: Path) -> Path:
+    """BFL `flux-2-klein-9b-kv-fp8.safetensors` (the [klein] 9B KV variant, the file ComfyUI's
+    `image_flux2_klein_9b_kv_image_edit` template loads): the [klein] 9B keys and fp8 encoding of BFL's other
+    [klein] `-fp8` files; nothing in the keys marks the KV variant (diffusers loads the same architecture,
+    `Flux2Transformer2DModel`), so its name tells. No header metadata is written: none is known."""
+    return write_comfy_quant_fp8_transformer(diffusers_sd, path)
+
+
+def write_klein_kv_diffusers(klein_pipe, folder: Path) -> Path:
+    """BFL's `FLUX.2-klein-9b-kv` diffusers folder: a klein folder whose model_index.json names
+    `Flux2KleinKVPipeline` (diffusers' `save_pretrained` of that pipeline writes exactly this)."""
+    from diffusers import Flux2KleinKVPipeline
+
+    kv = Flux2KleinKVPipeline(scheduler=klein_pipe.scheduler, vae=klein_pipe.vae, text_encoder=klein_pipe.text_encoder,
+                              tokenizer=klein_pipe.tokenizer, transformer=_kv_safe_copy(klein_pipe.transformer))
+    kv.save_pretrained(str(folder), safe_serialization=True)
+    return Path(folder)
+
+
+def _kv_safe_copy(transformer):
+    """Flux2KleinKVPipeline swaps the transformer's attention processors: give it its own copy."""
+    import copy
+
+    return copy.deepcopy(transformer)
+
+
 # ------------------------------------------------------------------------------------------------ VAE
 
 def diffusers_vae_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -246,6 +272,8 @@ def write_all(root: Path, klein_pipe, dev_pipe=None, tekken: dict | None = None)
     out = {
         "flux-2-klein-4b.safetensors": write_bfl_transformer(ksd, dm / "flux-2-klein-4b.safetensors"),
         "flux-2-klein-4b-fp8.safetensors": write_comfy_quant_fp8_transformer(ksd, dm / "flux-2-klein-4b-fp8.safetensors"),
+        "flux-2-klein-9b-kv-fp8.safetensors": write_klein_kv_fp8_transformer(
+            ksd, dm / "flux-2-klein-9b-kv-fp8.safetensors"),
         "ae.safetensors": write_bfl_vae(klein_pipe.vae.state_dict(), va / "ae.safetensors"),
         "flux2-vae.safetensors": write_bfl_vae(klein_pipe.vae.state_dict(), va / "flux2-vae.safetensors", torch.bfloat16),
         "flux2-vae (top-level quant convs)": write_toplevel_quant_vae(klein_pipe.vae.state_dict(),

@@ -97,17 +97,28 @@ def write_bfl_transformer(diffusers_sd, path: Path, dtype=torch.bfloat16) -> Pat
     return _save(_cast(bfl_transformer(diffusers_sd), dtype), path)
 
 
+def _mlp_linear(key: str) -> bool:
+    """The Linears ComfyUI's `flux2_dev_fp8mixed` stores in fp8: the double blocks' MLPs and the single blocks'
+    linear1 / linear2 (8 x 4 + 48 x 2 = 128 for [dev]); the double blocks' attention qkv / proj stay bf16."""
+    return bool(re.match(r"double_blocks\.\d+\.(img|txt)_mlp\.[02]\.weight$", key)
+                or re.match(r"single_blocks\.\d+\.linear[12]\.weight$", key))
+
+
 def write_comfy_fp8mixed_transformer(diffusers_sd, path: Path) -> Path:
-    """ComfyUI `flux2_dev_fp8mixed.safetensors`: `model.diffusion_model.` prefix; block Linear weights float8_e4m3fn
-    with a float32 scalar `weight_scale`; the rest bf16; which layers are quantised in the header metadata
-    `_quantization_metadata` (ComfyUI 0.3.75, `model_detection.detect_layer_quantization`)."""
+    """ComfyUI `flux2_dev_fp8mixed.safetensors`: BFL keys; the MLP Linears (`_mlp_linear`) float8_e4m3fn with float32
+    scalar `weight_scale` and `input_scale`; everything else bf16; the quantised layers listed in the header metadata
+    `_quantization_metadata` (ComfyUI 0.3.75 `model_detection.detect_layer_quantization`; its QUANT_ALGOS
+    float8_e4m3fn parameters are weight_scale and input_scale). Which layers, and the counts (555 tensors: BF16 171,
+    F32 256, F8_E4M3 128): a public loader that reads the real file (docs/model-files.md). The real `input_scale`
+    values are not known (1.0 here; only fp8 matrix multiplication would use them)."""
     sd, layers = {}, {}
     for k, v in bfl_transformer(diffusers_sd).items():
-        if _block_linear(k):
+        if _mlp_linear(k):
             q, s = quantize_fp8_scalar(v)
             base = k[: -len(".weight")]
             sd[f"model.diffusion_model.{k}"] = q
             sd[f"model.diffusion_model.{base}.weight_scale"] = s
+            sd[f"model.diffusion_model.{base}.input_scale"] = torch.ones((), dtype=torch.float32)
             layers[base] = {"format": "float8_e4m3fn"}
         else:
             sd[f"model.diffusion_model.{k}"] = v.to(torch.bfloat16)

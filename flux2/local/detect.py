@@ -177,18 +177,23 @@ KV_PIPELINE = "Flux2KleinKVPipeline"       # diffusers' pipeline class of BFL's 
 
 def reference_kv(files, header: Header | None = None) -> str | None:
     """Why these files are the [klein] KV variant (references isolated, their keys/values kept after the first
-    step: transformer.RefKV), or None. The weights have the [klein] 9B names and shapes, so the folder's
-    `model_index.json` (`_class_name` Flux2KleinKVPipeline), the file's metadata or its name (`-kv`) tell."""
+    step: transformer.RefKV), or None. The weights have the [klein] 9B names and shapes, so what tells is, for a
+    single transformer file, its metadata or its name (`-kv`); for a diffusers folder, its `model_index.json`
+    (`_class_name` Flux2KleinKVPipeline), or its name where model_index.json names no pipeline class."""
+    kv_word = re.compile(r"(^|[^a-z0-9])kv([^a-z0-9]|$)")
+    if files.transformer is not None:                        # a single file overrides a folder's transformer
+        if header is not None:
+            meta = " ".join(f"{k}={v}" for k, v in header.metadata.items() if k != "_quantization_metadata").lower()
+            if kv_word.search(meta) or "kv-cache" in meta or "kv_cache" in meta:
+                return "KV variant from the file's metadata"
+        name = Path(files.transformer).name
+        return f"KV variant from the file name {name}" if kv_word.search(name.lower()) else None
     if files.diffusers_dir is not None:
-        if _json(Path(files.diffusers_dir) / "model_index.json").get("_class_name") == KV_PIPELINE:
-            return f"KV variant from model_index.json _class_name {KV_PIPELINE}"
-    if header is not None:
-        meta = " ".join(f"{k}={v}" for k, v in header.metadata.items() if k != "_quantization_metadata").lower()
-        if re.search(r"(^|[^a-z0-9])kv([^a-z0-9]|$)", meta) or "kv-cache" in meta or "kv_cache" in meta:
-            return "KV variant from the file's metadata"
-    for p in (files.transformer, files.diffusers_dir):
-        if p is not None and re.search(r"(^|[^a-z0-9])kv([^a-z0-9]|$)", Path(p).name.lower()):
-            return f"KV variant from the file name {Path(p).name}"
+        cls = _json(Path(files.diffusers_dir) / "model_index.json").get("_class_name")
+        if cls:
+            return f"KV variant from model_index.json _class_name {KV_PIPELINE}" if cls == KV_PIPELINE else None
+        name = Path(files.diffusers_dir).name
+        return f"KV variant from the folder name {name}" if kv_word.search(name.lower()) else None
     return None
 
 

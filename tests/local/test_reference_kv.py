@@ -120,3 +120,33 @@ def test_kv_diffusers_folder_is_detected_from_model_index(klein, tmp_path):
     assert det.preset.reference_kv
     assert "KV variant from model_index.json _class_name Flux2KleinKVPipeline" in det.describe()
     assert not detect(lb.LocalFiles(diffusers_dir=root / "diffusers" / "flux2-tiny")).preset.reference_kv
+    # a folder's model_index.json outranks its name: the plain pipeline class under a "-kv" name is not KV
+    alias = tmp_path / "flux2-klein-9b-kv"
+    alias.symlink_to(root / "diffusers" / "flux2-tiny", target_is_directory=True)
+    assert not detect(lb.LocalFiles(diffusers_dir=alias)).preset.reference_kv
+
+
+def test_references_join_only_the_first_step_with_cfg_either_way(klein_base):
+    """A KV file under a Base preset (CFG): one RefKV per prompt kind; references are in the sequence on the first
+    step only; CFG as one 2B batch and as two calls give the same latents."""
+    preset = replace(params.tiny_preset("klein", False), reference_kv=True)
+    eng = Flux2Engine(loading.load_modules(preset, diffusers_dir=klein_base[1] / "diffusers" / "flux2-tiny", dtype=F32))
+    tr = eng.m.transformer
+    seen = []
+    hook = tr.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
+    latents = []
+    real_decode = eng.decode
+    eng.decode = lambda x, h, w: (latents.append(x.clone()), real_decode(x, h, w))[1]
+    ref = [prepare_reference(pattern(32, 32, 1))]               # 2x2 latent tokens = 4 reference tokens
+    try:
+        eng.generate("a photo of a red cat", 32, 32, [11], 3, 4.0, ref, cfg_one_forward=True)
+        assert seen == [(2, 4 + 4), (2, 4), (2, 4)]
+        seen.clear()
+        eng.generate("a photo of a red cat", 32, 32, [11], 3, 4.0, ref, cfg_one_forward=False)
+        assert seen == [(1, 8), (1, 8), (1, 4), (1, 4), (1, 4), (1, 4)]
+    finally:
+        hook.remove()
+        del eng.decode
+    err = (latents[0] - latents[1]).abs().max().item()
+    print(f"KV with CFG, one forward vs two: latent max diff {err:.2e}")
+    assert err < 1e-4

@@ -428,3 +428,39 @@ def test_dev_turbo_lora_workflow_runs_through_the_cli(dev, tmp_path, monkeypatch
             images[strength] = np.asarray(img.convert("RGB"))
     assert images[1.0].shape == (64, 80, 3)
     assert levels(images[1.0], images[0.0]) > 20
+
+
+@pytest.mark.slow
+def test_turbo_workflow_runs_inside_comfyui_with_the_lora_from_its_loras_folder(klein, tmp_path):
+    """The real ComfyUI 0.3.75 server: Flux2LoRA lists the files of ComfyUI's own models/loras (folder_paths), and
+    the shipped [dev] + Turbo LoRA workflow, pointed at tiny [klein] twins and a LoRA under the Turbo LoRA's name,
+    saves its picture."""
+    import json
+    import urllib.request
+    from pathlib import Path
+
+    from comfy_server import run_workflow, start_server
+    import twins
+
+    pipe = klein[0]
+    base = tmp_path / "comfy"
+    models = base / "models"
+    twins.write_bfl_transformer(pipe.transformer.state_dict(), models / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    twins.write_text_encoder(pipe.text_encoder, models / "text_encoders" / "qwen_3_4b.safetensors")
+    twins.write_bfl_vae(pipe.vae.state_dict(), models / "vae" / "flux2-vae.safetensors", torch.bfloat16)
+    tw.save(tw.ai_toolkit(tw.RandomLoRA.make(SHAPES, seed=18)), models / "loras" / "Flux_2-Turbo-LoRA_comfyui.safetensors")
+    prompt = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "api" / "flux2_dev_turbo_lora.json")
+                        .read_text())
+    prompt["1"]["inputs"].update(diffusion_model="flux-2-klein-4b.safetensors", text_encoder="qwen_3_4b.safetensors",
+                                 dtype="fp32", device="cpu", steps=2)
+    prompt["3"]["inputs"].update(width=80, height=64)
+    server = start_server(base_dir=base)
+    try:
+        with urllib.request.urlopen(f"{server.url}/object_info/Flux2LoRA", timeout=60) as resp:
+            names = json.load(resp)["Flux2LoRA"]["input"]["required"]["lora_name"][0]
+        assert names == ["(none)", "Flux_2-Turbo-LoRA_comfyui.safetensors"]
+        entry = run_workflow(server, prompt, timeout=600)
+        (img,) = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+        assert (server.output_dir / img["subfolder"] / img["filename"]).is_file()
+    finally:
+        server.stop()

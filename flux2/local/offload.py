@@ -76,9 +76,6 @@ class HostTransfer:
     def finish(self, handle) -> list[torch.Tensor]:
         return handle
 
-    def close(self) -> None:
-        pass
-
 
 class CudaTransfer:
     """Host-to-GPU transfers overlapped with compute: two pinned staging buffers, one copy stream, events.
@@ -98,6 +95,7 @@ class CudaTransfer:
         self.slots = [torch.empty(max(slot_bytes, 1), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         self.slot_free: list[torch.cuda.Event | None] = [None, None]   # set after the copies out of that slot
         self.next_slot = 0
+        # one worker: staging is serial; its thread ends when the engine (and so this transfer) is dropped
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="flux2-offload")
 
     def start(self, items) -> Future:
@@ -136,9 +134,6 @@ class CudaTransfer:
         for t in out:
             t.record_stream(compute)
         return out
-
-    def close(self) -> None:
-        self.worker.shutdown(wait=True)
 
 
 class BlockStreamer:

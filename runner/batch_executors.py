@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..flux2.errors import Cancelled, Flux2Error
 from ..flux2.images import encode
+from ..flux2.redaction import scrub
 from ..flux2.run_context import RunContext
 from .batch_manifest import CANCELLED, FAILED, INTERRUPTED, OK
 from .executor import Executor, file_token
@@ -135,7 +136,7 @@ class ItemRun:
         elif isinstance(error, KeyboardInterrupt):
             message = "aborted by the user"
         else:
-            message = f"unexpected {type(error).__name__}: {str(error)[:200]}"
+            message = f"unexpected {type(error).__name__}: {scrub(str(error), 200)}"   # a bug may quote a key
         return ItemOutcome(
             self.item.id, status, outputs=[_relative(p, root) for p in files],
             seeds=seeds,

@@ -55,3 +55,20 @@ def test_a_manifest_entry_pointing_outside_the_folder_gets_no_link(tmp_path):
     page = write_sheet(tmp_path, [{"item": "r1", "row": 1, "status": "ok",
                                    "outputs": ["../secret.png", "/etc/passwd.png", "ok.png"]}]).read_text()
     assert "secret" not in page and "/etc/passwd" not in page and 'src="ok.png"' in page
+
+
+def test_an_unexpected_error_is_scrubbed_before_it_reaches_the_manifest_and_sheet(tmp_path, monkeypatch):
+    """A bug's exception text may quote a request (its key): the manifest line and index.html get *** instead."""
+    from types import SimpleNamespace
+
+    from comfyui_flux2.runner.batch_executors import ItemEnv, ItemRun
+    from comfyui_flux2.runner.batch_manifest import FAILED
+
+    key = "rw-secret-key-0123456789abcdef"
+    monkeypatch.setenv("RUNWARE_API_KEY", key)
+    item = SimpleNamespace(id="r1", prompt={})
+    run = ItemRun(item, ItemEnv({}, tmp_path, tmp_path))
+    outcome = run.ended(FAILED, RuntimeError(f"request {{'apiKey': '{key}'}} failed"))
+    assert key not in outcome.error and "***" in outcome.error
+    write_sheet(tmp_path, [{"item": "r1", "row": 1, "status": FAILED, "error": outcome.error}])
+    assert key not in (tmp_path / "index.html").read_text()

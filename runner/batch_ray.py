@@ -23,6 +23,7 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from ..flux2.errors import ConfigError
+from ..flux2.redaction import scrub
 from .batch_executors import ItemEnv, ItemOutcome, ItemRun
 from .batch_manifest import FAILED, INTERRUPTED
 
@@ -182,5 +183,5 @@ class RayItemRun:
 
     def ended(self, status: str, error: BaseException | None = None) -> ItemOutcome:
         message = "aborted by the user" if isinstance(error, KeyboardInterrupt) else (
-            f"{type(error).__name__}: {str(error)[:300]}" if error is not None else None)
+            f"{type(error).__name__}: {scrub(str(error), 300)}" if error is not None else None)
         return ItemOutcome(self.item.id, status, error=message, worker="ray")

@@ -72,3 +72,15 @@ def test_an_unexpected_error_is_scrubbed_before_it_reaches_the_manifest_and_shee
     assert key not in outcome.error and "***" in outcome.error
     write_sheet(tmp_path, [{"item": "r1", "row": 1, "status": FAILED, "error": outcome.error}])
     assert key not in (tmp_path / "index.html").read_text()
+
+
+def test_a_ray_error_is_scrubbed_before_it_reaches_the_manifest(monkeypatch):
+    from types import SimpleNamespace
+
+    from comfyui_flux2.runner.batch_manifest import FAILED
+    from comfyui_flux2.runner.batch_ray import RayItemRun
+
+    key = "bfl-secret-key-0123456789abcdef"
+    monkeypatch.setenv("BFL_API_KEY", key)
+    outcome = RayItemRun(None, SimpleNamespace(id="r1")).ended(FAILED, RuntimeError(f"x-key: {key}"))
+    assert key not in outcome.error and "***" in outcome.error

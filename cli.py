@@ -251,6 +251,8 @@ def batch_workflow(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if args.concurrency is not None and args.concurrency < 1:
         raise InputError("--concurrency must be 1 or more")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise InputError("--ray-actors must be 1 or more")
     cancel = CancelFlag()
     batch = Batch(args.workflow, registry=node_registry, output_dir=args.output_dir, table=args.table,
                   input_dir=args.input_dir, seeds=seeds, cap=cap, concurrency=args.concurrency,

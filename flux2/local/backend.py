@@ -212,6 +212,8 @@ class LocalBackend:
                              "guidance": self.effective_guidance, "references": len(refs),
                              "device_memory_gib": round(memory.total / 2**30, 1),
                              "ram_gib": round(memory.ram / 2**30, 1),
+                             **({"reference_kv_gib": round(memory.reference_kv / 2**30, 2)}
+                                if memory.reference_kv else {}),
                              **({"loras": loras} if loras else {})})]
 
     def estimate(self, request: GenerationRequest) -> Estimate:
@@ -261,7 +263,7 @@ class LocalBackend:
         if info is None:                 # CPU / MPS: no device budget to plan against
             return True
         free = info[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return self.memory_plan(replace(request, batch=2 * request.batch)).activations <= free
+        return self.memory_plan(replace(request, batch=2 * request.batch), cfg_batched=True).activations <= free
 
     def lora_patches(self, engine) -> dict:
         """The chain's patches for this engine's transformer, in its compute dtype on its device."""
@@ -282,8 +284,9 @@ class LocalBackend:
                 stamp.append((str(p), None, None))
         return (self.model_preset.name, tuple(stamp), self.dtype, str(pick_device(self.device)), self.offload)
 
-    def memory_plan(self, request: GenerationRequest, offload: str | None = None):
-        """Device memory this request needs on this backend's device (memory.py), from shapes only."""
+    def memory_plan(self, request: GenerationRequest, offload: str | None = None, cfg_batched: bool = False):
+        """Device memory this request needs on this backend's device (memory.py), from shapes only.
+        cfg_batched: the request's batch already holds both CFG halves (one forward), so one prompt kind."""
         from .memory import plan_memory, sizes_from_headers
 
         try:
@@ -299,12 +302,14 @@ class LocalBackend:
                                        keep_fp8=keep_fp8, upcast_transformer=det.upcast_transformer,
                                        text_layers_used=max(self.model_preset.text_encoder.out_layers))
         # else: a named model whose files are not all there yet (a dry run warns about them): its preset's sizes
+        cfg = self.model_preset.uses_cfg and self.effective_guidance > 1.0      # as Flux2Engine.generate decides
         return plan_memory(self.model_preset, dtype_bytes=dtype_bytes, offload=offload or self.offload, sizes=sizes,
                            width=request.width, height=request.height, batch=request.batch,
                            reference_pixels=[w * h for w, h in (reference_size(r.width, r.height)
                                                                 for r in request.references)],
                            vae_tile=decode_tile(self.vae_tiling, device, request.height, request.width),
-                           lora_bytes=self.lora_bytes() if self.loras else 0, device_type=device.type)
+                           lora_bytes=self.lora_bytes() if self.loras else 0, device_type=device.type,
+                           prompt_kinds=2 if cfg and not cfg_batched else 1)
 
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""

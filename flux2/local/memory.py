@@ -17,6 +17,9 @@ every weight stays there. offload=blocks: the weights stay in the mapped files; 
 buffers of the largest block as stored, plus the resident parts while they load; on the CPU the resident parts,
 one block and the activations. The prompt / reference caches add up to their budget (caches.py, 512 MiB).
 
+The [klein] 9B KV variant keeps every block's reference keys/values from the first step to the last
+(transformer.RefKV, on the device: RAM on the CPU); `reference_kv_bytes` adds them to the denoising phase.
+
 Activations are bounded from above per phase (prompt encoding, reference encoding, denoising, decoding)
 and one fixed CUDA overhead is added. The numbers are estimates meant to err high, not measurements.
 """
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .params import ModelPreset
+from .params import ModelPreset, TransformerParams
 
 GIB = 1024 ** 3
 CUDA_OVERHEAD = 1 * GIB           # CUDA context, cuBLAS workspace, allocator slack
@@ -68,6 +71,7 @@ class MemoryPlan:
     offload: str
     ram: int = 0                   # anonymous host memory at its peak (page cache of the mapped files aside)
     ram_note: str = ""             # what that is
+    reference_kv: int = 0          # KV variant: kept reference keys/values, part of the denoising activations
 
     @property
     def total(self) -> int:
@@ -75,7 +79,9 @@ class MemoryPlan:
 
     def describe(self) -> str:
         return (f"≈ {self.total / GIB:.1f} GiB ({self.weights / GIB:.1f} weights + {self.activations / GIB:.1f} "
-                f"activations while {self.phase} + {CUDA_OVERHEAD / GIB:.0f} overhead)")
+                f"activations while {self.phase}" + (f", {self.reference_kv / GIB:.1f} of them kept reference K/V"
+                                                      if self.reference_kv and self.phase == "denoising" else "")
+                + f" + {CUDA_OVERHEAD / GIB:.0f} overhead)")
 
     def describe_ram(self) -> str:
         return f"≈ {self.ram / GIB:.1f} GiB ({self.ram_note})"
@@ -177,22 +183,37 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
                        largest_unit_stored=max(stored.values(), default=0))
 
 
+def reference_kv_bytes(t: TransformerParams, reference_tokens: int, *, dtype_bytes: int, batch: int = 1,
+                       prompt_kinds: int = 1) -> int:
+    """Bytes the KV variant keeps after its first step (transformer.RefKV): in every double and single block one
+    key and one value of the reference tokens, each [batch, heads, tokens, head_dim] in the compute dtype; with
+    CFG one RefKV per prompt kind (prompt_kinds=2; or one RefKV of batch 2B when both run as one forward).
+    [klein] 9B, one 1 MP reference (4,096 tokens), bf16: 4096 * 2 * 4096 * 2 bytes * 32 blocks = 2 GiB."""
+    blocks = t.depth_double + t.depth_single
+    return prompt_kinds * batch * reference_tokens * 2 * t.heads * t.head_dim * dtype_bytes * blocks
+
+
 def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: int, height: int,
                 reference_pixels: list[int] = (), batch: int = 1, vae_tile: int = 0,
                 fp8_transformer: float = 0.0, fp8_text: float = 0.0, sizes: ModuleSizes | None = None,
-                lora_bytes: int = 0, device_type: str = "cuda") -> MemoryPlan:
+                lora_bytes: int = 0, device_type: str = "cuda", prompt_kinds: int = 1) -> MemoryPlan:
     """Peak device bytes (and RAM) of one generate call. reference_pixels: w*h of each prepared reference;
     vae_tile: latent pixels per tile side when the decode is tiled (0: whole image). sizes: from the files'
     headers (sizes_from_headers); without them, from the preset's modules built on the meta device. lora_bytes:
     the LoRA patches (lora.py), resident on the device in both offload modes.
-    device_type: "cuda" (blocks prefetched: two on the device) or "cpu" (one; the device is the RAM)."""
+    device_type: "cuda" (blocks prefetched: two on the device) or "cpu" (one; the device is the RAM).
+    prompt_kinds: 2 when CFG runs the prompts as two forwards (the KV variant then keeps one cache per kind)."""
     s = sizes or module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
     t, te = preset.transformer, preset.text_encoder
-    tokens = TEXT_TOKENS + (width // 16) * (height // 16) + sum(p // 256 for p in reference_pixels)
+    ref_tokens = sum(p // 256 for p in reference_pixels)       # prepared references are multiples of 16 a side
+    tokens = TEXT_TOKENS + (width // 16) * (height // 16) + ref_tokens
     dequant = s.largest_linear_elements * dtype_bytes if fp8_transformer or fp8_text or (sizes and sizes.kept_fp8) else 0
     # Per token in a single-stream block: input, modulated input, the fused qkv+mlp projection, q/k/v after
     # norm and RoPE, attention output, the gated MLP activation, the concatenated input of the output projection.
     denoise_act = batch * tokens * (10 * t.hidden + 4 * t.mlp_hidden) * dtype_bytes + dequant
+    kv = (reference_kv_bytes(t, ref_tokens, dtype_bytes=dtype_bytes, batch=batch, prompt_kinds=prompt_kinds)
+          if preset.reference_kv else 0)
+    denoise_act += kv                 # kept from the first step to the last, beside each step's activations
     text_act = TEXT_TOKENS * (10 * te.hidden + 3 * te.intermediate) * dtype_bytes + TEXT_TOKENS ** 2 * 4 + dequant
     # Decoder peak: the last upsample takes the half-resolution stage's channels to full resolution in float32
     # (nearest interpolation, as diffusers), then a copy in the compute dtype and the conv output beside it, with
@@ -229,7 +250,8 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     else:
         ram = max(s.transformer_resident + s.transformer_blocks, s.text_embedding + s.text_layers)
         note = "the largest part passes through RAM while loading"
-    return MemoryPlan(weights=weights, activations=act, phase=phase, offload=offload, ram=ram, ram_note=note)
+    return MemoryPlan(weights=weights, activations=act, phase=phase, offload=offload, ram=ram, ram_note=note,
+                      reference_kv=kv)
 
 
 def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:

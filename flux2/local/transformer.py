@@ -157,7 +157,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos, sin, ref: 
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if ref is not None and ref.n_ref:
         n = ref.n_ref
-        ref.store((k[:, :, -n:], v[:, :, -n:]))
+        # copies: a slice would keep the whole k / v (or, for a single block's v, its whole linear1 output) alive
+        ref.store((k[:, :, -n:].clone(), v[:, :, -n:].clone()))
         main = F.scaled_dot_product_attention(q[:, :, :-n], k, v)                        # text + image: all keys
         own = F.scaled_dot_product_attention(q[:, :, -n:], k[:, :, -n:], v[:, :, -n:])   # references: themselves
         out = torch.cat((main, own), dim=2)

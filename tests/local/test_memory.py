@@ -2,6 +2,8 @@
 offload, and a run that cannot fit is refused in one line before any weight is loaded."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -277,3 +279,42 @@ print(json.dumps({{"s": time.perf_counter() - t, "rss_mb": (resource.getrusage(r
     print(f"planned a {tr.stat().st_size / 1e9:.1f} GB file in {res['s']:.3f} s, peak RSS growth {res['rss_mb']:.1f} MB")
     assert res["rss_mb"] < 100
     assert "detected FLUX.2 [dev]" in res["summary"] and "device memory ≈ " in res["summary"]
+
+
+@pytest.mark.parametrize("base, kinds", [(False, 1), (True, 2)])
+def test_kv_variant_plans_its_kept_reference_keys_values(base, kinds):
+    """The KV variant's denoising peak is the plain plan's plus exactly the kept reference K/V:
+    prompt kinds x batch x reference tokens x 2 (K, V) x heads*head_dim x dtype bytes x blocks."""
+    plain = params.PRESETS["FLUX.2 [klein] 9B" + (" Base" if base else "")]
+    kv_preset = replace(plain, reference_kv=True)
+    kw = dict(dtype_bytes=2, offload="none", width=1024, height=1024, batch=2, prompt_kinds=kinds,
+              reference_pixels=[1024 * 1024, 768 * 512])
+    without, with_kv = plan_memory(plain, **kw), plan_memory(kv_preset, **kw)
+    assert without.phase == with_kv.phase == "denoising"
+    t = plain.transformer
+    expected = kinds * 2 * (4096 + 1536) * 2 * t.heads * t.head_dim * 2 * (t.depth_double + t.depth_single)
+    assert expected == memory.reference_kv_bytes(t, 4096 + 1536, dtype_bytes=2, batch=2, prompt_kinds=kinds)
+    assert with_kv.total - without.total == with_kv.reference_kv == expected
+    assert with_kv.weights == without.weights and without.reference_kv == 0
+    assert "kept reference K/V" in with_kv.describe()
+    # [klein] 9B: 2 GiB per 1 MP reference, batch 1, one prompt kind, bf16
+    assert memory.reference_kv_bytes(t, 4096, dtype_bytes=2) == 2 * GIB
+    # on the CPU the cache is in RAM
+    cpu = [plan_memory(p, **{**kw, "device_type": "cpu"}) for p in (plain, kv_preset)]
+    assert cpu[1].ram - cpu[0].ram == expected
+
+
+def test_dry_run_counts_one_kv_cache_per_prompt_kind(monkeypatch):
+    """A KV model under CFG: two caches when the prompt kinds run as two forwards, and the same bytes when they
+    run as one batch of 2B (cfg_one_forward's check); the dry run's text and payload say it."""
+    monkeypatch.setattr(lb, "pick_device", lambda device: torch.device("cuda"))
+    backend = lb.LocalBackend("FLUX.2 [klein] 9B Base", lb.LocalFiles(), dtype="bf16", device="cuda")
+    backend.preset = replace(backend.model_preset, reference_kv=True)      # as with_reference_kv on KV files
+    assert backend.effective_guidance > 1.0
+    ref = ref_from_array(np.zeros((1024, 1024, 3), np.uint8))
+    request = GenerationRequest("a cat", 1024, 1024, seed=1, references=(ref,))
+    two_forwards = backend.memory_plan(request)
+    one_forward = backend.memory_plan(replace(request, batch=2), cfg_batched=True)
+    assert two_forwards.reference_kv == one_forward.reference_kv == 4 * GIB    # 2 GiB per kind, 1 MP, bf16
+    (call,) = backend.plan(request)
+    assert call.payload["reference_kv_gib"] == 4.0 and "4.0 of them kept reference K/V" in call.summary

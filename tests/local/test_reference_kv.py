@@ -150,3 +150,38 @@ def test_references_join_only_the_first_step_with_cfg_either_way(klein_base):
     err = (latents[0] - latents[1]).abs().max().item()
     print(f"KV with CFG, one forward vs two: latent max diff {err:.2e}")
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("one_forward", [True, False])
+def test_planned_kv_bytes_equal_the_kept_tensors(klein_base, monkeypatch, one_forward):
+    """memory.reference_kv_bytes equals the bytes the live RefKV objects hold after step 0 (distinct storages,
+    so a slice that kept its whole parent tensor alive would count in full): CFG, a batch of 2, two references."""
+    from comfyui_flux2.flux2.local import memory, pipeline
+
+    preset = replace(params.tiny_preset("klein", False), reference_kv=True)
+    eng = Flux2Engine(loading.load_modules(preset, diffusers_dir=klein_base[1] / "diffusers" / "flux2-tiny", dtype=F32))
+    made = []
+
+    class Recorded(RefKV):
+        def __init__(self, n_ref):
+            super().__init__(n_ref)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "RefKV", Recorded)
+    kept = []
+
+    def on_step(done, total):
+        if done == 1:
+            storages = {}
+            for kv in made:
+                for k, v in kv.double + kv.single:
+                    for x in (k, v):
+                        storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            kept.append(sum(storages.values()))
+
+    refs = [prepare_reference(pattern(32, 32, 1)), prepare_reference(pattern(48, 32, 2))]   # 4 + 6 tokens
+    eng.generate("a photo of a red cat", 32, 32, [11, 12], 2, 4.0, refs, on_step=on_step, cfg_one_forward=one_forward)
+    p = eng.m.transformer.params
+    planned = memory.reference_kv_bytes(p, 4 + 6, dtype_bytes=4, batch=2, prompt_kinds=2)
+    print(f"kept reference K/V after step 0: {kept[0]} bytes; planned {planned}")
+    assert kept == [planned] and planned == 2 * 2 * 10 * 2 * p.heads * p.head_dim * 4 * (p.depth_double + p.depth_single)

@@ -9,11 +9,14 @@ BFL tasks and requests of several images are named in the manifest but not recov
 from __future__ import annotations
 
 import logging
+import re
 
 from ..flux2.errors import Cancelled, Flux2Error
 from ..flux2.run_context import RunContext
 
 log = logging.getLogger("comfyui_flux2.batch")
+# The manifest may come from elsewhere and its key names a file in the result cache: only a real key (sha256 hex).
+_CACHE_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> int:
@@ -25,7 +28,8 @@ def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> int:
     recovered = 0
     for entry in entries:
         task, key = entry.get("task"), entry.get("key")
-        if entry.get("provider") != "runware" or not isinstance(task, str) or not isinstance(key, str):
+        if entry.get("provider") != "runware" or not isinstance(task, str) or not isinstance(key, str) \
+                or not _CACHE_KEY.fullmatch(key):
             continue
         if cache.get(key) is not None:
             continue                                   # already there (an earlier resume, or another run)

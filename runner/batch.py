@@ -208,7 +208,8 @@ class Batch:
     def _start(self, item: BatchItem):
         if self._ray is not None and "local" in item.needs:
             return self._ray.item_run(item, self.is_cancelled)
-        return ItemRun(item, self.env, self.is_cancelled)
+        scheduler = self.scheduler
+        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id))
 
     def _ended(self, item: BatchItem, outcome: ItemOutcome) -> BatchResult:
         line = record(item, outcome)

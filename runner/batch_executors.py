@@ -85,8 +85,11 @@ class ItemRun:
     """One item on its way: its own RunContext (ledger, cancel hook, result sink), the paid results that
     reached it, the thread running it (a second Ctrl-C interrupts that thread)."""
 
-    def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process"):
+    def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process", on_calls_done=None):
+        """`on_calls_done()`: called once the item's last provider call has answered (it may still be saving),
+        so the scheduler can give its provider slot to the next item."""
         self.item, self.env, self.worker = item, env, worker
+        self.on_calls_done = on_calls_done
         self.paid: list = []                       # (request, result) as each provider call returns
         self.stopped_keys: list[str] = []
         self.cache_hits: list[list[int]] = []      # seeds of each result served from the result cache
@@ -95,8 +98,18 @@ class ItemRun:
         self.executor: Executor | None = None
         cache = _TrackingCache(env.cache, self) if env.cache is not None else None
         self.ctx = RunContext(cache=cache, is_cancelled=is_cancelled, uploads=env.uploads,
-                              result_sink=lambda request, result: self.paid.append((request, result)))
+                              result_sink=self._paid)
         self.started = time.monotonic()
+
+    @property
+    def billed_so_far(self) -> float:
+        return self.ctx.ledger.billed_total
+
+    def _paid(self, request, result) -> None:
+        self.paid.append((request, result))
+        remote = [r for _, r in self.paid if r.info.get("provider")]
+        if self.on_calls_done is not None and len(remote) == getattr(self.item, "provider_calls", -1):
+            self.on_calls_done()
 
     def run(self) -> ItemOutcome:
         self.thread = threading.current_thread()

@@ -33,6 +33,7 @@ class BatchItem:
     unpriced: int = 0                    # calls without a published price
     approximate: bool = False
     providers: dict = field(default_factory=dict)   # provider -> tasks it can have in flight at once
+    provider_calls: int = 0                          # calls that go to a provider (not served by the cache)
     prompts: list = field(default_factory=list)     # the text prompts of its generation nodes (contact sheet)
 
     @property
@@ -141,6 +142,7 @@ def plan_item(item: BatchItem, registry: dict, *, input_dir: Path, more_input_di
     for call, est in plan.ctx.planned:
         free = call.backend in REMOTE and est.usd == 0.0      # served from the result cache
         providers[call.backend] = max(providers.get(call.backend, 0), 0 if free else _tasks(call))
+        item.provider_calls += call.backend in REMOTE and not free
     item.providers = providers
     item.prompts = [n["inputs"]["prompt"] for n in item.prompt.values()
                     if isinstance(n["inputs"].get("prompt"), str) and n["class_type"].startswith("Flux2")]

@@ -62,6 +62,7 @@ class Scheduler:
         self.is_cancelled = is_cancelled or (lambda: False)
         self.interrupt = interrupt
         self.inflight: dict[str, tuple] = {}          # item id -> (item, run)
+        self.released: set[str] = set()               # in flight, provider slot already given back
         self.done: queue.Queue = queue.Queue()
         self.billed_usd = 0.0
         self.stopped_by: str | None = None             # "budget" | "cancel" | "abort"
@@ -69,7 +70,10 @@ class Scheduler:
 
     @property
     def committed_usd(self) -> float:
-        return self.billed_usd + sum(item.estimate_usd for item, _ in self.inflight.values())
+        """Billed by finished items, plus for each item in flight its estimate or, once the provider has
+        charged it more, what it was charged so far."""
+        return self.billed_usd + sum(max(item.estimate_usd, getattr(run, "billed_so_far", 0.0))
+                                     for item, run in self.inflight.values())
 
     def not_started(self) -> list:
         return [item for lane in self.lanes.values() for item in lane]
@@ -83,6 +87,9 @@ class Scheduler:
                 try:
                     item_id, outcome = self.done.get(timeout=0.1)
                 except queue.Empty:
+                    continue
+                if outcome is None:                    # its provider calls answered: the slot is free
+                    self._release(item_id)
                     continue
                 yield self._finish(item_id, outcome)
         except KeyboardInterrupt:
@@ -116,9 +123,19 @@ class Scheduler:
             outcome = run.ended(INTERRUPTED if isinstance(exc, KeyboardInterrupt) else "failed", exc)
         self.done.put((item_id, outcome))
 
+    def calls_done(self, item_id: str) -> None:
+        """From an item's thread: its last provider call answered; the rest (saving) needs no provider slot."""
+        self.done.put((item_id, None))
+
+    def _release(self, item_id: str) -> None:
+        if item_id in self.inflight and item_id not in self.released:
+            self.released.add(item_id)
+            self.limits.give_back(self.inflight[item_id][0])
+
     def _finish(self, item_id: str, outcome) -> tuple:
+        self._release(item_id)
         item, _ = self.inflight.pop(item_id)
-        self.limits.give_back(item)
+        self.released.discard(item_id)
         self.billed_usd += outcome.billed_usd or 0.0
         return item, outcome
 
@@ -139,7 +156,7 @@ class Scheduler:
                 item_id, outcome = self.done.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if item_id in self.inflight:
+            if outcome is not None and item_id in self.inflight:
                 yield self._finish(item_id, outcome)
         for item_id, (item, run) in list(self.inflight.items()):
             yield self._finish(item_id, run.ended(INTERRUPTED, KeyboardInterrupt()))

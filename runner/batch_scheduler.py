@@ -56,8 +56,9 @@ class Scheduler:
             self.lanes.setdefault(tuple(sorted(item.needs)), deque()).append(item)
         self.start = start
         self.limits = limits
-        # Items served wholly from the result cache take no provider slot; this still bounds the threads.
-        self.max_inflight = max(1, sum(limits.limits.values()))
+        # Items served wholly from the result cache take no provider slot, and an item whose calls answered
+        # gives its slot back while it saves: this still bounds the threads (one per item in flight).
+        self.max_inflight = 2 * max(1, sum(limits.limits.values()))
         self.cap_usd = cap_usd
         self.is_cancelled = is_cancelled or (lambda: False)
         self.interrupt = interrupt

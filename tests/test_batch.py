@@ -324,3 +324,33 @@ def test_a_reference_picture_is_uploaded_once_per_batch(runware, tmp_path):
     assert len(runware.tasks("imageUpload")) == 3                  # not 9: the three pictures, once each
     sent = runware.tasks("imageInference")
     assert sent[0]["inputs"]["referenceImages"] == sent[2]["inputs"]["referenceImages"]
+
+
+def test_a_provider_slot_is_free_once_the_items_calls_answered():
+    """Concurrency 1: the second item starts while the first is still saving, not after it ended."""
+    import threading
+    from types import SimpleNamespace
+
+    from comfyui_flux2.runner.batch_executors import ItemOutcome
+    from comfyui_flux2.runner.batch_scheduler import ProviderLimits, Scheduler
+
+    items = [SimpleNamespace(id=f"r{i}", needs={"runware"}, providers={"runware": 1}, estimate_usd=0.0)
+             for i in (1, 2)]
+    started, saving = [], threading.Event()
+
+    class Run:
+        def __init__(self, item):
+            self.item, self.aborted, self.thread = item, False, None
+
+        def run(self):
+            started.append(self.item.id)
+            scheduler.calls_done(self.item.id)          # the provider answered...
+            if self.item.id == "r1":
+                assert saving.wait(10)                  # ...and r1 keeps "saving" until r2 has started
+            else:
+                saving.set()
+            return ItemOutcome(self.item.id, "ok")
+
+    scheduler = Scheduler(items, Run, limits=ProviderLimits({"runware": 1}))
+    done = [item.id for item, _ in scheduler.run()]
+    assert started == ["r1", "r2"] and sorted(done) == ["r1", "r2"]

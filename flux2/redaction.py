@@ -63,3 +63,11 @@ def scrub(text, limit: int | None = None, extra: tuple[str | None, ...] = ()) ->
     if limit is not None and len(text) > limit:
         text = text[: max(limit - 1, 0)] + "…"
     return text
+
+
+def log_unexpected(log, message: str, *args) -> None:
+    """log.exception's job for a bug caught on purpose, with the traceback scrubbed: the exception's
+    text (and any chained one's) may quote a request or a provider answer that carries a key."""
+    import traceback
+
+    log.error(message + "\n%s", *args, scrub(traceback.format_exc().rstrip()))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..flux2.errors import Cancelled, Flux2Error
 from ..flux2.images import encode
-from ..flux2.redaction import scrub
+from ..flux2.redaction import log_unexpected, scrub
 from ..flux2.run_context import RunContext
 from .batch_manifest import CANCELLED, FAILED, INTERRUPTED, OK
 from .executor import Executor, file_token
@@ -126,7 +126,7 @@ class ItemRun:
         except KeyboardInterrupt as exc:           # a second Ctrl-C reached this thread outside provider code
             return self.ended(INTERRUPTED, exc)
         except Exception as exc:  # noqa: BLE001 - a bug in one item must not stop the batch or lose its images
-            log.exception("batch item %s failed unexpectedly", self.item.id)
+            log_unexpected(log, "batch item %s failed unexpectedly", self.item.id)
             return self.ended(FAILED, exc)
         return self.ended(OK, None, report.saved)
 

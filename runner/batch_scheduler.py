@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from typing import Callable, Iterator
 
 from ..flux2.errors import Cancelled
+from ..flux2.redaction import log_unexpected
 from .batch_manifest import INTERRUPTED
 
 log = logging.getLogger("comfyui_flux2.batch")
@@ -120,7 +121,7 @@ class Scheduler:
         try:
             outcome = run.run()
         except BaseException as exc:  # noqa: BLE001 - run() returns outcomes; this is the last guard
-            log.exception("batch item %s: worker failed", item_id)
+            log_unexpected(log, "batch item %s: worker failed", item_id)
             outcome = run.ended(INTERRUPTED if isinstance(exc, KeyboardInterrupt) else "failed", exc)
         self.done.put((item_id, outcome))
 

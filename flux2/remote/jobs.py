@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backend import GenerationRequest, GenerationResult
 from ..errors import Cancelled, Flux2Error, ProviderError, ProviderTimeout
-from ..redaction import scrub
+from ..redaction import log_unexpected, scrub
 from ..run_context import RunContext
 from .transport import Deadlines, sleep_with_cancel
 from .wire import WireBody
@@ -112,7 +112,7 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: R
                 except Flux2Error as exc:
                     job.error = exc
                 except Exception as exc:   # noqa: BLE001 - a bug must not lose the batch's paid images
-                    log.exception("%s: job %d failed unexpectedly", label, job.index)
+                    log_unexpected(log, "%s: job %d failed unexpectedly", label, job.index)
                     job.error = ProviderError(f"{label}: unexpected {type(exc).__name__} handling image "
                                               f"{job.index + 1}")
                 finally:

@@ -37,6 +37,7 @@ def wait_for(condition, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_ctrl_c_starts_no_new_item_keeps_paid_images_and_resumes(slow_runware, tmp_path):
     server = slow_runware
     wf = small_workflow(tmp_path)
@@ -67,6 +68,7 @@ def test_ctrl_c_starts_no_new_item_keeps_paid_images_and_resumes(slow_runware, t
     assert sum(r["billed_usd"] for r in recs.values()) == pytest.approx(4 * 0.03)
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_second_ctrl_c_aborts_and_the_task_left_in_flight_is_recovered_not_paid_again(runware, tmp_path):
     """The provider finishes (and bills) the task after the batch stopped waiting for it: the re-run asks for
     it with getResponse on its taskUUID and uses that image; no second imageInference is sent."""

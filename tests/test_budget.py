@@ -111,6 +111,7 @@ def test_comfyui_node_refuses_an_unpriced_graph_under_the_cap(runware, monkeypat
     assert out["result"][2] == pytest.approx(UNPRICED_COST)
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_budget_environment_is_read_in_one_place():
     """FLUX2_BUDGET_USD is parsed only by flux2/budget.py (the CLI and the nodes both ask it)."""
     root = Path(__file__).resolve().parents[1]

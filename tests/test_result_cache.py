@@ -33,6 +33,7 @@ for _ in range(rounds):
 """
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_three_concurrent_writer_processes_never_leave_a_mixed_or_partial_entry(tmp_path):
     """Three processes rewrite one entry while this one reads: every read is a miss or one writer's whole entry."""
     key = "ab" + "0" * 62
@@ -107,6 +108,7 @@ def test_different_requests_at_the_same_time_do_not_wait_for_each_other(runware,
     assert len(done) == 3 and len(runware.tasks("imageInference")) == 3
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_two_processes_with_the_same_request_bill_once(runware, tmp_path):
     """Two CLI runs of one workflow at once, sharing the cache folder: the second waits and is not billed."""
     wf = tmp_path / "w.json"

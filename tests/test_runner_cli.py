@@ -209,6 +209,7 @@ def test_paid_result_whose_save_never_ran_is_kept(runware, tmp_path, capsys):
     assert [p.name for p in (tmp_path / "o" / "flux2-unsaved").iterdir()] == ["node4_seed5150.png"]
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_ctrl_c_stops_the_run_and_keeps_the_paid_image(runware, tmp_path):
     """SIGINT while a task is in flight: the run stops before the next node, the paid image is kept."""
     import os

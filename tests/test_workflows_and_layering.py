@@ -51,6 +51,7 @@ def test_workflows_hold_no_secret(path):
     assert not SECRET.search(path.read_text())
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_workflow_files_are_what_the_generator_writes(tmp_path):
     before = {p: p.read_bytes() for p in UI_WORKFLOWS + API_WORKFLOWS}
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_workflows.py")], check=True, capture_output=True)

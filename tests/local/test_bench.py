@@ -13,6 +13,7 @@ from comfyui_flux2.flux2.local import bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_reports_ours_and_diffusers_on_the_tiny_config(capsys):
     assert bench.main(["--configs", "tiny", "--reps", "1", "--device", "cpu", "--rows", "step"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -43,6 +44,7 @@ def test_comfyui_core_transformer_is_a_third_peer(capsys):
     assert out[2].split()[0] == "tiny" and out[2].count("x") == 4
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_pipeline_rows_sweep_chain_and_cfg_on_the_tiny_config(capsys):
     """Whole-pipeline rows (bench/local_pipeline.py): ours vs diffusers' pipeline on the same random weights; the
     sweep's images of the two tools are compared, so the rows time the same pictures."""
@@ -63,6 +65,7 @@ def test_unknown_rows_are_refused(capsys):
     assert "unknown rows" in capsys.readouterr().err
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_gpu_full_size_script_runs_its_tiny_path_on_cpu(capsys, tmp_path):
     """bench/gpu_full_size.py is prepared for a GPU; here its every row runs on a few-MB model (in-process for
     speed, and once through main for the table)."""

@@ -12,6 +12,7 @@ from PIL import Image
 from comfyui_flux2.flux2.errors import ModelLoadError
 
 
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
 def test_local_demo_runs_without_diffusers(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time

@@ -13,6 +13,7 @@ once) exists for the benchmark, which measured it against on the fly (README, "L
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -283,8 +284,8 @@ def _other_architecture(shapes) -> str:
     return ""
 
 
-_inspected: dict[tuple, LoRAFile] = {}
 _lock = threading.Lock()
+INSPECT_CACHE_ENTRIES = 64       # file version x model size: headers only, a few kB each
 
 
 def file_stamp(path: Path) -> tuple:
@@ -294,22 +295,20 @@ def file_stamp(path: Path) -> tuple:
 
 def inspect_lora(path: Path, p: TransformerParams) -> LoRAFile:
     """Header-only inspection (cached per file version and model): no tensor is read."""
-    from .safetensors_header import read_header
-
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"LoRA file not found: {path}")
-    key = (file_stamp(path), p)
-    with _lock:
-        hit = _inspected.get(key)
-    if hit is not None:
-        return hit
+    return _inspect(file_stamp(path), p, path)
+
+
+@functools.lru_cache(maxsize=INSPECT_CACHE_ENTRIES)
+def _inspect(stamp: tuple, p: TransformerParams, path: Path) -> LoRAFile:
+    """Keyed by the file's version (`stamp`), so an edited file is inspected again; bounded, least recent out."""
+    from .safetensors_header import read_header
+
     header = read_header(path, "LoRA")
     found = classify({k: i.shape for k, i in header.tensors.items()}, p, path.name)
-    found = LoRAFile(path, found.layers, found.total_keys, found.unused)
-    with _lock:
-        _inspected[key] = found
-    return found
+    return LoRAFile(path, found.layers, found.total_keys, found.unused)
 
 
 # ------------------------------------------------------------------------------------------- deltas

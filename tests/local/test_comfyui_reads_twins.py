@@ -100,9 +100,7 @@ def test_chain_workflow_with_auto_runs_inside_comfyui_from_its_model_folders(kle
     pipe = klein[0]
     base = tmp_path / "comfy"
     models = base / "models"
-    twins.write_bfl_transformer(pipe.transformer.state_dict(), models / "diffusion_models" / "flux-2-klein-4b.safetensors")
-    twins.write_text_encoder(pipe.text_encoder, models / "text_encoders" / "qwen_3_4b.safetensors")
-    twins.write_bfl_vae(pipe.vae.state_dict(), models / "vae" / "flux2-vae.safetensors", torch.bfloat16)
+    twins.write_comfy_klein_models(pipe, models)
     prompt = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "api" / "flux2_chain_edit.json").read_text())
     prompt["1"] = {"class_type": "Flux2LocalBackend", "inputs": {
         "model": "auto", "diffusion_model": "flux-2-klein-4b.safetensors", "text_encoder": "qwen_3_4b.safetensors",

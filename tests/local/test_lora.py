@@ -448,9 +448,7 @@ def test_turbo_workflow_runs_inside_comfyui_with_the_lora_from_its_loras_folder(
     pipe = klein[0]
     base = tmp_path / "comfy"
     models = base / "models"
-    twins.write_bfl_transformer(pipe.transformer.state_dict(), models / "diffusion_models" / "flux-2-klein-4b.safetensors")
-    twins.write_text_encoder(pipe.text_encoder, models / "text_encoders" / "qwen_3_4b.safetensors")
-    twins.write_bfl_vae(pipe.vae.state_dict(), models / "vae" / "flux2-vae.safetensors", torch.bfloat16)
+    twins.write_comfy_klein_models(pipe, models)
     tw.save(tw.ai_toolkit(tw.RandomLoRA.make(SHAPES, seed=18)), models / "loras" / "Flux_2-Turbo-LoRA_comfyui.safetensors")
     prompt = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "api" / "flux2_dev_turbo_lora.json")
                         .read_text())

@@ -259,6 +259,13 @@ def write_text_encoder(model, path: Path, quant: str = "bf16", tekken: dict | No
 
 # ---------------------------------------------------------------------------------------------- all
 
+def write_comfy_klein_models(klein_pipe, models: Path) -> None:
+    """The ComfyUI [klein] 4B set as downloaded, in ComfyUI's own model folders under `models`."""
+    write_bfl_transformer(klein_pipe.transformer.state_dict(), models / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    write_text_encoder(klein_pipe.text_encoder, models / "text_encoders" / "qwen_3_4b.safetensors")
+    write_bfl_vae(klein_pipe.vae.state_dict(), models / "vae" / "flux2-vae.safetensors", torch.bfloat16)
+
+
 def small_decoder_vae(seed: int = 0):
     """A tiny diffusers AutoencoderKLFlux2 whose decoder is narrower than its encoder (BFL's small decoder:
     encoder (128, 256, 512, 512), decoder (96, 192, 384, 384))."""

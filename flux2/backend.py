@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .images import RefImage
+from .layout import Layout
 from .pricing import Estimate
 from .rules import Rules
 from .run_context import RunContext
@@ -26,6 +27,8 @@ class GenerationRequest:
     references: tuple[RefImage, ...] = ()  # or UrlReference (reference_urls.py) where given by URL
     batch: int = 1
     node_id: str = ""                   # for progress/log lines ("node 7")
+    mask: RefImage | None = None        # FLUX 3.1 Image: white changes, black is kept (grey PNG, reference 1's aspect)
+    layout: Layout | None = None        # layout boxes (flux2/layout.py); refused by models that take none
 
     @property
     def seeds(self) -> list[int]:
@@ -83,8 +86,14 @@ def cache_identity(backend: Backend, request: GenerationRequest) -> dict | None:
     fn = getattr(backend, "cache_identity", None)
     if fn is None:
         return None
-    return {**fn(), "prompt": request.prompt, "width": request.width, "height": request.height,
-            "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+    ident = {**fn(), "prompt": request.prompt, "width": request.width, "height": request.height,
+             "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+    # Only when present, so the keys of requests without them stay what they were.
+    if request.mask is not None:
+        ident["mask"] = request.mask.sha256
+    if request.layout is not None:
+        ident["layout"] = request.layout.identity()
+    return ident
 
 
 def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = None) -> GenerationResult:

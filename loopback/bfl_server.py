@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
+from . import flux3
 from .base import JsonHandler, LoopbackServer, render, url_stand_in
 
 # endpoint -> (max references, (first MP, each extra output MP, each reference MP) in credits,
@@ -139,7 +140,10 @@ class BflHandler(JsonHandler):
             body = None
         self.app.record({"route": "submit", "path": path, "x_key_sent": sent, "x_key_ok": ok,
                          "body": body, "at": time.monotonic()})
-        if path not in ENDPOINTS:
+        if path in self.app.retired:             # an endpoint BFL stopped serving: 410 Gone
+            self.send_json(410, {"detail": f"{path} has been retired"})
+            return
+        if path not in ENDPOINTS and path not in flux3.ENDPOINTS:
             self.send_json(404, {"detail": "Not Found"})
             return
         if self.refuse_auth(sent, ok):
@@ -148,15 +152,20 @@ class BflHandler(JsonHandler):
         if handled:
             return
         fault = fault or {}
-        problems, refs = self.check_body(path, body)
+        if path in flux3.ENDPOINTS:
+            problems, refs, mask, (width, height) = flux3.check(path, body, self.decode_image)
+            cost = flux3.credits(path, body, width, height) if not problems else 0
+        else:
+            problems, refs = self.check_body(path, body)
         if problems:
             self.send_json(422, {"detail": problems})
             return
-        width, height = self.output_size(body, refs)
-        max_refs, price, _ = ENDPOINTS[path]
-        first, extra, per_ref = price
-        cost = round(first + extra * (_mp(width, height) - 1)
-                     + per_ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 4)
+        if path not in flux3.ENDPOINTS:
+            width, height = self.output_size(body, refs)
+            max_refs, price, _ = ENDPOINTS[path]
+            first, extra, per_ref = price
+            cost = round(first + extra * (_mp(width, height) - 1)
+                         + per_ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 4)
         app = self.app
         with app.lock:
             refused = 429 if len(app.active) >= app.max_active else (
@@ -187,6 +196,8 @@ class BflHandler(JsonHandler):
             "input_mp": round(sum(r.shape[0] * r.shape[1] for r in refs) / (1024 * 1024), 4),
             "output_mp": round(width * height / (1024 * 1024), 4),
         }
+        if path in flux3.ENDPOINTS:          # FLUX 3 answers {id, polling_url}; the cost comes with the poll
+            answer = {"id": task.id, "polling_url": answer["polling_url"]}
         # drop / garble / cut_json / hold_s / dribble_s: accepted (and billed) but the answer is lost.
         self.answer(200, dict(answer, **fault.get("patch", {})), fault)
 
@@ -330,8 +341,9 @@ class BflLoopback(LoopbackServer):
 
     def __init__(self, port: int = 0, api_key: str = "loopback-key", polls_until_ready: int = 2,
                  task_delay_s: float = 0.0, url_ttl_s: float = 600.0, max_active: int = 24,
-                 credits: float | None = None, polling_origin: str | None = None):
+                 credits: float | None = None, polling_origin: str | None = None, retired: tuple = ()):
         super().__init__(port, api_key)
+        self.retired = set(retired)           # endpoint paths answering 410 Gone (a model BFL stopped serving)
         self.polls_until_ready = polls_until_ready
         self.task_delay_s = task_delay_s
         self.url_ttl_s = url_ttl_s
@@ -368,6 +380,16 @@ class BflLoopback(LoopbackServer):
         return round(self.billed_credits / 100, 6)
 
     # -- task progression ---------------------------------------------------------------------
+    def flux3_ready(self, task: Task) -> dict:
+        """FLUX 3's Ready answer: the provider's own seed, the expanded prompt, times and the cost."""
+        seed, prompt = flux3.provider_seed(), flux3.expand(task.body["prompt"])
+        data, mime = _encode(render(prompt, seed, task.width, task.height, task.refs), "JPEG")
+        self.store_image(task.id, data, mime)
+        now = time.time()
+        result = {"sample": f"{self.origin}/results/{task.id}/sample.jpeg", "prompt": prompt, "seed": seed,
+                  "start_time": round(now - 1.0, 3), "end_time": round(now, 3), "duration": 1.0, "cost": task.cost}
+        return {"id": task.id, "status": "Ready", "result": result, "progress": 1.0, "cost": task.cost}
+
     def advance(self, task: Task) -> dict:
         with self.lock:
             task.polls += 1
@@ -378,10 +400,14 @@ class BflLoopback(LoopbackServer):
                 frac = task.polls / max(self.polls_until_ready, 1)
                 if self.task_delay_s > 0:
                     frac = min(frac, elapsed / self.task_delay_s)
-                return {"id": task.id, "status": "Pending", "result": None, "progress": round(min(frac, 0.99), 3)}
+                status = flux3.stage(task.polls, self.polls_until_ready) if task.endpoint in flux3.ENDPOINTS \
+                    else "Pending"
+                return {"id": task.id, "status": status, "result": None, "progress": round(min(frac, 0.99), 3)}
             status = task.final_status or ("Content Moderated" if NSFW_WORD in task.body.get("prompt", "") else "Ready")
         answer = {"id": task.id, "status": status, "result": None, "progress": None}
-        if status == "Ready":
+        if status == "Ready" and task.endpoint in flux3.ENDPOINTS:
+            answer = self.flux3_ready(task)
+        elif status == "Ready":
             seed = task.body.get("seed")
             seed = seed if seed is not None else 0
             fmt = "PNG" if task.body.get("output_format") == "png" else "JPEG"

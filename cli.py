@@ -237,6 +237,9 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
         cancel.restore()
     for saved in report.saved:
         print(f"saved {saved}")
+    for node_id, prompts in ctx.expanded_prompts.items():      # FLUX 3: what the provider drew from
+        for prompt in prompts:
+            print(f"expanded prompt (node {node_id}): {prompt}", file=out)
     print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)
     return 0
 
@@ -363,7 +366,22 @@ def cmd_demo(args) -> int:
             print(f"\n== {name} (dry run, then run)", file=sys.stderr)
             run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir), dry_run=True, quiet=True)
             run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir))
+    _demo_flux3(Path(args.output_dir))
     return 0
+
+
+def _demo_flux3(output_dir: Path) -> None:
+    """FLUX 3 Image and FLUX 3.1 Image against a loopback BFL server speaking their closed schemas."""
+    from .loopback.bfl_server import BflLoopback
+
+    with BflLoopback(api_key="demo-key") as server:
+        os.environ["BFL_API_URL"] = server.api_url
+        os.environ["BFL_API_KEY"] = "demo-key"
+        print(f"\nloopback BFL server on {server.api_url} (FLUX 3 Image / FLUX 3.1 Image)", file=sys.stderr)
+        for name in ("flux3_text_to_image.json", "flux3_1_masked_edit.json", "flux3_layout.json"):
+            print(f"\n== {name} (dry run, then run)", file=sys.stderr)
+            run_workflow(WORKFLOWS / name, output_dir=output_dir, dry_run=True, quiet=True)
+            run_workflow(WORKFLOWS / name, output_dir=output_dir)
 
 
 def cmd_models(args) -> int:
@@ -476,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --executor ray: actors to start (default: one per GPU of the cluster, else 2)")
     batch.add_argument("--no-cache", action="store_true", help="do not use the result cache (a resume then pays again)")
     batch.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
-    demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
+    demo = sub.add_parser("demo", help="offline tour against loopback Runware and BFL servers (FLUX.2, FLUX 3)")
     demo.add_argument("--output-dir", default="output", help="where the demo's images go (default: ./output)")
     demo.add_argument("--local", action="store_true",
                       help="run a tiny random local model instead of the loopback provider (CPU, seconds)")

@@ -151,6 +151,8 @@ def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str
     ctx.check_budget()
     result = backend.generate(request, ctx)
     ctx.ledger.add_billed(request.node_id, result.cost_usd)
+    if result.info.get("expanded_prompts"):
+        ctx.expanded_prompts[request.node_id or "?"] = list(result.info["expanded_prompts"])
     if key and len(result.images) == request.batch and not result.info.get("placeholders"):
         ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe())
     ctx.on_result(request, result)

@@ -30,10 +30,10 @@ class Price:
 class TierPrice:
     """USD per image by FLUX 3 resolution tier (flux2/flux3.py); references are free."""
 
-    by_tier: tuple[tuple[str, float], ...]
+    by_tier: dict[str, float]
 
     def usd(self, tier: str) -> float:
-        return dict(self.by_tier)[tier]
+        return self.by_tier[tier]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ MAX_PRICE = Price(0.07, 0.03, 0.03)
 # ("from $0.05"). The older FLUX.2 overview said $0.06; the billed `cost` shows a stale table (jobs.checked_cost).
 FLEX_PRICE_BFL = Price(0.05, 0.05, 0.05)
 FLEX_PRICE_RUNWARE = Price(0.06, 0.06, 0.06)   # Runware's bfl:6@1 page: $0.06 per 1 MP image
-FLUX3_PRICE = TierPrice(tuple(flux3.FLUX3_PRICES.items()))
+FLUX3_PRICE = TierPrice(dict(flux3.FLUX3_PRICES))
 FLUX31_PRICE = ModePrice()
 KLEIN4_PRICE = Price(0.014, 0.001, 0.001)
 KLEIN9_PRICE = Price(0.015, 0.002, 0.002)

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from . import flux3
 from .errors import Flux2Error
 from .models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from .pricing import estimate, format_usd
@@ -115,6 +116,13 @@ def preview_item(item: dict) -> dict[str, Any]:
     remote = rules is not DEFAULT_RULES
     limits = rules.sizes
     width, height, note = _resolve_size(item.get("size") or {}, limits)
+    if width is not None and height is not None and rules.sizing == "tiers" and width > 0 and height > 0:
+        # FLUX 3 Image makes its nearest aspect ratio x resolution: show what will be delivered.
+        aspect, tier = flux3.nearest(width, height)
+        delivered = flux3.delivered(aspect, tier)
+        if delivered != (width, height):
+            note = (note + "; " if note else "") + f"delivers {aspect} x {tier} = {delivered[0]}x{delivered[1]}"
+        width, height = delivered
     out: dict[str, Any] = {"width": width, "height": height, "note": note, "problems": [],
                            "backend": rules.name if remote else None, "limits": asdict(limits)}
     if width is not None and height is not None:

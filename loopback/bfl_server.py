@@ -43,7 +43,8 @@ from .base import JsonHandler, LoopbackServer, render, url_stand_in
 ENDPOINTS = {
     "/v1/flux-2-pro": (8, (3.0, 1.5, 1.5), {"prompt_upsampling"}),
     "/v1/flux-2-max": (8, (7.0, 3.0, 3.0), {"prompt_upsampling"}),
-    "/v1/flux-2-flex": (8, (6.0, 6.0, 6.0), {"prompt_upsampling", "steps", "guidance"}),
+    # [flex]: 5 credits per MP in and out (BFL's skills repository, model-selection-guide.md; docs.bfl.ai pricing)
+    "/v1/flux-2-flex": (8, (5.0, 5.0, 5.0), {"prompt_upsampling", "steps", "guidance"}),
     "/v1/flux-2-klein-4b": (4, (1.4, 0.1, 0.1), set()),
     "/v1/flux-2-klein-9b": (4, (1.5, 0.2, 0.2), set()),
 }

@@ -242,3 +242,87 @@ def test_runware_unknown_model_names_the_successor(monkeypatch, ctx):
         with pytest.raises(ProviderError, match="its successor is FLUX 3 Image"):
             run(RunwareBackend("FLUX.2 [pro]", deadlines=FAST), GenerationRequest("x", 1024, 1024, 0, batch=2), ctx)
         assert len(server.tasks("imageInference")) <= 2
+
+
+# -- nodes, workflows, the demo ----------------------------------------------------------------------
+def test_old_ui_workflows_load_with_the_new_optional_widgets_at_their_defaults():
+    import json
+    from pathlib import Path
+
+    from comfyui_flux2.nodes import NODE_CLASS_MAPPINGS
+    from comfyui_flux2.nodes.backend_nodes import Flux2RemoteBackend
+    from comfyui_flux2.runner.core_nodes import headless_registry
+    from comfyui_flux2.runner.graph import from_ui
+
+    root = Path(__file__).resolve().parents[1] / "workflows"
+    saved = json.loads((root / "flux2_chain_edit.json").read_text())        # written before grounding/mode
+    (backend_node,) = [n for n in saved["nodes"] if n["type"] == "Flux2RemoteBackend"]
+    assert len(backend_node["widgets_values"]) == 9
+    nodes = from_ui(saved, headless_registry(NODE_CLASS_MAPPINGS))
+    inputs = nodes[str(backend_node["id"])].inputs
+    assert "grounding" not in inputs and inputs["on_moderation"] == "error"
+    (b,) = Flux2RemoteBackend().build(**inputs)
+    assert (b.options.grounding, b.options.mode) == ("default", "default")
+    new = json.loads((root / "flux3_1_masked_edit.json").read_text())
+    (backend_node,) = [n for n in new["nodes"] if n["type"] == "Flux2RemoteBackend"]
+    assert backend_node["widgets_values"][-2:] == ["default", "fast"]
+
+
+def test_flux2size_with_a_flux3_backend_outputs_the_delivered_size():
+    from comfyui_flux2.nodes.util_nodes import Flux2Size
+    out = Flux2Size().size("16:9", 2.0, 0, 0, backend=make_remote_backend("bfl", F3, RemoteOptions()))
+    assert out["result"] == (2048, 1152) and "what the model delivers for 1936x1088" in out["ui"]["text"][0]
+
+
+def test_edit_node_refuses_a_mask_on_a_model_without_one(bfl):
+    import torch
+    from comfyui_flux2.nodes.generate_nodes import Flux2Edit
+    image = torch.rand(1, 384, 512, 3)
+    with pytest.raises(InputError, match="takes no mask"):
+        Flux2Edit().edit(make_remote_backend("bfl", "FLUX.2 [pro]", RemoteOptions()), "x", image, 0, 0, 0,
+                         mask=torch.ones(1, 384, 512))
+    assert not bfl.requests
+
+
+def test_edit_node_sends_the_mask_to_flux31(bfl):
+    import torch
+    from comfyui_flux2.nodes.generate_nodes import Flux2Edit
+    image, mask = torch.rand(1, 384, 512, 3), torch.zeros(1, 384, 512)
+    mask[:, 100:200, 100:300] = 1.0
+    out = Flux2Edit().edit(make_remote_backend("bfl", F31, RemoteOptions()), "x", image, 0, 0, 3, mask=mask)
+    (body,) = bfl.submits("/v1/flux-3.1-image")
+    from PIL import Image
+    import io
+    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))).convert("L"))
+    assert sent.shape == (384, 512) and sent[150, 200] == 255 and sent[10, 10] == 0
+    assert out["result"][1] == bfl.tasks()[0].answer["result"]["seed"]                # the provider's seed
+    assert out["ui"]["flux2"][0]["expanded_prompts"][0].startswith("x")
+
+
+def test_layout_node_output_plugs_into_text_to_image(bfl):
+    from comfyui_flux2.nodes.generate_nodes import Flux2TextToImage
+    from comfyui_flux2.nodes.layout_node import Flux2Layout
+    out = Flux2Layout().layout(LAYOUT)
+    assert out["ui"]["flux2_layout"][0] == {"id": "sun", "box": [0.05, 0.7, 0.3, 0.95], "moved": False}
+    (layout,) = out["result"]
+    Flux2TextToImage().generate(make_remote_backend("bfl", F31, RemoteOptions()), "x", 1024, 1024, 0, layout=layout)
+    assert bfl.submits()[0]["bounding_boxes"] == layout.field()
+    with pytest.raises(InputError, match="takes no layout"):
+        Flux2TextToImage().generate(make_remote_backend("bfl", "FLUX.2 [pro]", RemoteOptions()), "x", 1024, 1024, 0,
+                                    layout=layout)
+
+
+def test_demo_runs_the_flux3_workflows_and_keeps_the_expanded_prompt(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from comfyui_flux2.cli import _demo_flux3
+    monkeypatch.setenv("BFL_API_URL", "http://unused")
+    monkeypatch.setenv("BFL_API_KEY", "unused")
+    _demo_flux3(tmp_path)
+    saved = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert saved == ["flux3/layout_00001_.png", "flux3/lighthouse_00001_.png", "flux3/masked_edit_00001_.png"]
+    with Image.open(tmp_path / "flux3/lighthouse_00001_.png") as img:
+        assert img.size == (2048, 1152)
+        expanded = img.info["flux3_expanded_prompts"]
+    assert "a lighthouse on a basalt cliff" in expanded and "Rendered with" in expanded
+    assert "expanded prompt (node 3): a lighthouse on a basalt cliff" in capsys.readouterr().err

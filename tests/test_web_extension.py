@@ -28,7 +28,7 @@ import pytest
 
 from comfyui_flux2.flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from comfyui_flux2.flux2.pricing import estimate, format_usd
-from comfyui_flux2.flux2.rules import remote_rules
+from comfyui_flux2.flux2.rules import delivered_size, remote_rules
 from comfyui_flux2.flux2.sizes import ASPECT_RATIOS, SizeLimits, megapixels, size_from_aspect
 from comfyui_flux2.flux2.preview import ASSUMED_REF_SIZE
 from comfyui_flux2.nodes import web_routes
@@ -97,7 +97,8 @@ def test_preview_uses_the_engine_for_every_model(model, provider, aspect, mp, re
                                                         "width": 1024, "height": 1024,
                                                         "backend": _backend(model, provider)}}}
     [res] = web_routes.preview({"items": [item]})["items"]
-    w, h = size_from_aspect(aspect, mp, limits)
+    # FLUX 3 Image delivers its nearest aspect ratio x resolution: the readout shows that size.
+    w, h = delivered_size(remote_rules(spec, provider), *size_from_aspect(aspect, mp, limits))
     ref_sizes = [tuple(r) if r else ASSUMED_REF_SIZE for r in refs]
     est = estimate(spec, provider, w, h, ref_sizes, batch)
     assert (res["width"], res["height"]) == (w, h)

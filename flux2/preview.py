@@ -108,8 +108,20 @@ def _resolve_size(size: Any, target: SizeLimits) -> tuple[int | None, int | None
     return _int(size.get("width"), "width"), _int(size.get("height"), "height"), None
 
 
+def layout_item(item: dict) -> dict[str, Any]:
+    """Flux2Layout's drawing: the boxes the engine reads from the node's text (flux2/layout.py)."""
+    from .layout import parse_layout
+
+    layout = parse_layout(item.get("boxes", ""))
+    return {"boxes": [{"id": b.id, "box": list(b.bbox or b.tgt_bbox),
+                       "source_box": list(b.src_bbox) if b.src_bbox else None, "moved": b.source is not None}
+                      for b in layout.boxes]}
+
+
 def preview_item(item: dict) -> dict[str, Any]:
     """One node's readout. Raises ValueError/Flux2Error for input it cannot use."""
+    if item.get("kind") == "layout":
+        return layout_item(item)
     backend = item.get("backend") or None
     local = bool(backend and backend.get("type") in LOCAL_BACKEND_TYPES)
     rules = _rules(None if local else backend)
@@ -161,7 +173,8 @@ def preview_item(item: dict) -> dict[str, Any]:
 
 
 def preview(body: Any) -> dict[str, Any]:
-    """``{"items": [{"id", "kind": "size"|"generate", "backend", "size", "references", "batch"}]}``
+    """``{"items": [{"id", "kind": "size"|"generate", "backend", "size", "references", "batch"}
+    | {"id", "kind": "layout", "boxes": text}]}``
     -> ``{"items": [{"id", ...readout} | {"id", "error"}]}``; one bad item never fails the others."""
     items = body.get("items") if isinstance(body, dict) else None
     if not isinstance(items, list):

@@ -326,3 +326,16 @@ def test_demo_runs_the_flux3_workflows_and_keeps_the_expanded_prompt(tmp_path, m
         expanded = img.info["flux3_expanded_prompts"]
     assert "a lighthouse on a basalt cliff" in expanded and "Rendered with" in expanded
     assert "expanded prompt (node 3): a lighthouse on a basalt cliff" in capsys.readouterr().err
+
+
+def test_the_editor_preview_draws_layout_boxes_and_shows_flux3_delivered_sizes():
+    from comfyui_flux2.flux2.preview import preview
+    items = preview({"items": [
+        {"id": 1, "kind": "layout", "boxes": LAYOUT},
+        {"id": 2, "kind": "layout", "boxes": "sun | 0.5 0.5 0.2 0.9 | x"},
+        {"id": 3, "kind": "generate", "backend": {"type": "Flux2RemoteBackend", "provider": "bfl", "model": F3},
+         "size": {"width": 1920, "height": 1080}, "references": [], "batch": 1}]})["items"]
+    assert items[0]["boxes"][1] == {"id": "boat", "box": [0.6, 0.1, 0.9, 0.5], "source_box": None, "moved": False}
+    assert "top < bottom" in items[1]["error"]
+    assert (items[2]["width"], items[2]["height"], items[2]["cost"]) == (2048, 1152, "$0.07")
+    assert items[2]["note"] == "delivers 16:9 x 1.5k = 2048x1152"

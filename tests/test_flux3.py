@@ -99,9 +99,11 @@ def test_reference_limits():
 
 def test_mask_is_refused_in_one_line_where_not_taken():
     req = GenerationRequest("x", 1024, 768, 0, references=(picture(),), mask=mask_of())
-    for model, provider in ((F3, "bfl"), ("FLUX.2 [pro]", "runware")):
+    from comfyui_flux2.flux2.rules import comfy_rules, local_rules
+    for rules in (remote_rules(get_model(F3), "bfl"), remote_rules(get_model("FLUX.2 [pro]"), "runware"),
+                  local_rules("FLUX.2 [klein] 4B", 4), comfy_rules("FLUX.2 [dev]")):
         with pytest.raises(InputError, match="takes no mask") as exc:
-            validate_request(req, remote_rules(get_model(model), provider))
+            validate_request(req, rules)
         assert "\n" not in str(exc.value)
     validate_request(req, remote_rules(get_model(F31), "bfl"))
 
@@ -165,13 +167,17 @@ def test_flux3_text_to_image_body_and_result(bfl, ctx):
 
 
 def test_flux3_statuses_pass_through_reasoning_and_generating(serve_bfl, ctx):
+    import httpx
     server = serve_bfl(polls_until_ready=4)
-    run(bfl_backend(), GenerationRequest("a", 1024, 1024, 0), ctx)
-    statuses = [flux3_status for flux3_status in ("Pending", "Reasoning", "Generating")]
-    (task,) = server.tasks()
-    assert task.status == "Ready" and task.polls == 4
-    from comfyui_flux2.loopback import flux3 as lb
-    assert [lb.stage(i, 4) for i in (1, 2, 3)] == statuses
+    key = {"x-key": "bfl-test-key-8d41e7c2"}
+    answer = httpx.post(f"{server.api_url}/v1/flux-3-image", headers=key, json={"prompt": "a"}).json()
+    assert set(answer) == {"id", "polling_url"}                    # the cost comes with the poll
+    polls = [httpx.get(answer["polling_url"], headers=key).json() for _ in range(4)]
+    assert [p["status"] for p in polls] == ["Pending", "Reasoning", "Generating", "Ready"]
+    assert set(polls[-1]["result"]) == {"sample", "prompt", "seed", "start_time", "end_time", "duration", "cost"}
+    # and the client waits through them (unknown statuses are "not yet")
+    result = run(bfl_backend(), GenerationRequest("b", 1024, 1024, 0), ctx)
+    assert server.tasks()[-1].polls == 4 and result.images[0].shape == (1024, 1024, 3)
 
 
 def test_flux3_edit_sends_images_and_the_layout_in_the_prompt(bfl, ctx):

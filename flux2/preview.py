@@ -123,6 +123,10 @@ def preview_item(item: dict) -> dict[str, Any]:
     if item.get("kind") == "layout":
         return layout_item(item)
     backend = item.get("backend") or None
+    if backend is None and item.get("kind") == "size":
+        # Flux2Size's own backend input: with FLUX 3 Image it outputs the delivered size, so the readout does too.
+        fs = (item.get("size") or {}).get("flux2_size")
+        backend = (fs.get("backend") if isinstance(fs, dict) else None) or None
     local = bool(backend and backend.get("type") in LOCAL_BACKEND_TYPES)
     rules = _rules(None if local else backend)
     remote = rules is not DEFAULT_RULES
@@ -161,7 +165,8 @@ def preview_item(item: dict) -> dict[str, Any]:
             out["problems"].append(f"{len(refs)} references; this model takes at most {rules.max_refs}")
         # Unknown output size (edit following an unseen reference): price the 1 MP minimum and say so.
         ew, eh = (width, height) if width is not None else ASSUMED_REF_SIZE
-        est = estimate(get_model(str(backend["model"])), str(backend["provider"]), ew, eh, ref_sizes, batch)
+        est = estimate(get_model(str(backend["model"])), str(backend["provider"]), ew, eh, ref_sizes, batch,
+                       mode=str(backend.get("mode") or "quality"))       # FLUX 3.1's price depends on its mode
         out.update(usd=est.usd, cost=format_usd(est.usd) if est.usd is not None else None,
                    detail=est.detail, output_assumed=width is None)
     elif local:

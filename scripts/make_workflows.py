@@ -138,7 +138,7 @@ class Graph:
                 values.append(n["widgets"][name])
                 if has_control_widget(name, spec):
                     values.append(n["widgets"].get("_control", "fixed"))
-            if n["kind"] == "LoadImage":
+            if n["kind"] in ("LoadImage", "LoadImageMask"):
                 values.append(n["widgets"].get("upload", "image"))   # core's upload button widget
             names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
             outputs = [{"name": names[i], "type": t, "links": out_links.get((n["id"], i), []), "slot_index": i}

@@ -345,3 +345,12 @@ def test_the_editor_preview_draws_layout_boxes_and_shows_flux3_delivered_sizes()
     assert "top < bottom" in items[1]["error"]
     assert (items[2]["width"], items[2]["height"], items[2]["cost"]) == (2048, 1152, "$0.07")
     assert items[2]["note"] == "delivers 16:9 x 1.5k = 2048x1152"
+    b31 = {"type": "Flux2RemoteBackend", "provider": "bfl", "model": F31, "mode": "fast"}
+    b3 = {"type": "Flux2RemoteBackend", "provider": "bfl", "model": F3}
+    size, fast = preview({"items": [
+        {"id": 1, "kind": "size", "size": {"flux2_size": {"aspect_ratio": "16:9", "megapixels": 2.0, "width": 0,
+                                                          "height": 0, "backend": b3}}},
+        {"id": 2, "kind": "generate", "backend": b31, "size": {"width": 1024, "height": 1024}, "references": [],
+         "batch": 1}]})["items"]
+    assert (size["width"], size["height"]) == (2048, 1152)            # what Flux2Size outputs with that backend
+    assert fast["usd"] == 0.015

@@ -133,7 +133,8 @@ function backendSpec(node, depth = 0) {
   // A Flux2LoRA chain keeps its backend's limits and price: follow it to the backend node.
   if (type === LORA) return depth < 64 ? backendSpec(src.node, depth + 1) : null;
   if (type === REMOTE) {
-    return { type, provider: widgetValue(src.node, "provider"), model: widgetValue(src.node, "model") };
+    return { type, provider: widgetValue(src.node, "provider"), model: widgetValue(src.node, "model"),
+             mode: widgetValue(src.node, "mode") ?? "default" };
   }
   if (LOCAL.includes(type)) return { type };
   return null;

@@ -16,6 +16,9 @@
   hold_s, dribble_s, patch; downloads: endless, claim_bytes, redirect); on submit also `final_status`
   (the task ends with that status, e.g. "Error" or "Request Moderated"), `details` (the `details` of
   that final answer) and `forget` (accepted, then unknown to polls); on poll `patch_answer`.
+- FLUX 3 Image / FLUX 3.1 Image (`/v1/flux-3-image`, `/v1/flux-3.1-image`): their closed schemas,
+  statuses Pending -> Reasoning -> Generating -> Ready and the expanded prompt and provider seed in the
+  result, in `loopback/flux3.py`. `retired=(path, ...)`: endpoints answering 410 Gone.
 Prices are this server's own table (BFL's published ones), not imported from the pack, so the
 client's estimate is checked against an independent source.
 """
@@ -153,20 +156,10 @@ class BflHandler(JsonHandler):
         if handled:
             return
         fault = fault or {}
-        if path in flux3.ENDPOINTS:
-            problems, refs, mask, (width, height) = flux3.check(path, body, self.decode_image)
-            cost = flux3.credits(path, body, width, height) if not problems else 0
-        else:
-            problems, refs = self.check_body(path, body)
+        problems, refs, width, height, cost = self.checked(path, body)
         if problems:
             self.send_json(422, {"detail": problems})
             return
-        if path not in flux3.ENDPOINTS:
-            width, height = self.output_size(body, refs)
-            max_refs, price, _ = ENDPOINTS[path]
-            first, extra, per_ref = price
-            cost = round(first + extra * (_mp(width, height) - 1)
-                         + per_ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 4)
         app = self.app
         with app.lock:
             refused = 429 if len(app.active) >= app.max_active else (
@@ -201,6 +194,20 @@ class BflHandler(JsonHandler):
             answer = {"id": task.id, "polling_url": answer["polling_url"]}
         # drop / garble / cut_json / hold_s / dribble_s: accepted (and billed) but the answer is lost.
         self.answer(200, dict(answer, **fault.get("patch", {})), fault)
+
+    def checked(self, path: str, body) -> tuple[list[dict], list, int, int, float]:
+        """(422 problems, references, output width, height, cost in credits) of a submit body."""
+        if path in flux3.ENDPOINTS:
+            problems, refs, _mask, (width, height) = flux3.check(path, body, self.decode_image)
+            return problems, refs, width, height, (flux3.credits(path, body, width, height) if not problems else 0)
+        problems, refs = self.check_body(path, body)
+        if problems:
+            return problems, refs, 0, 0, 0
+        width, height = self.output_size(body, refs)
+        _, (first, extra, per_ref), _ = ENDPOINTS[path]
+        cost = round(first + extra * (_mp(width, height) - 1)
+                     + per_ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 4)
+        return problems, refs, width, height, cost
 
     def check_body(self, path: str, body) -> tuple[list[dict], list]:
         if not isinstance(body, dict):

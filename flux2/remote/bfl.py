@@ -264,13 +264,14 @@ class BflBackend(RemoteBackend):
                 return
             tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
             try:
+                submitted = time.monotonic()     # the task's deadline counts from here, whatever the polls do
                 try:
                     self._submit(job, transport, url, key, ctx, estimate_one)
                 except Flux2Error as exc:
                     control.stop_new(exc)    # a refused submit: the others would be refused too
                     raise
                 job.progress = 0.05
-                result = self._poll(job, transport, key, ctx)
+                result = self._poll(job, transport, key, ctx, submitted)
                 self._download(job, result, transport)
             except ModerationError as exc:
                 if self.options.on_moderation != "placeholder":
@@ -301,17 +302,22 @@ class BflBackend(RemoteBackend):
             raise _reworded(exc, f"{exc} - check {URL_ENV}/{REGION_ENV} and the network") from None
         except LostResponse as exc:
             # BFL has no idempotency key and gives no task id before it answers: sending again could
-            # start (and bill) a second task, and the first one cannot be looked up.
-            raise LostResponse(f"{exc}; BFL gives no task id before it answers, so the task cannot be "
-                               "recovered and may have been billed - check dashboard.bfl.ai before running "
-                               "again (not resubmitted)") from None
+            # start (and bill) a second task. An answer cut short may still name it: then it is polled.
+            found = _ID_IN_TEXT.search(exc.partial.decode("utf-8", "replace"))
+            if not found:
+                raise LostResponse(f"{exc}; BFL gives no task id before it answers, so the task cannot be "
+                                   "recovered and may have been billed - check dashboard.bfl.ai before running "
+                                   "again (not resubmitted)") from None
+            log.warning("bfl: the submit answer was cut short; polling task %s named in what arrived", found.group(1))
+            response, body = None, {"id": found.group(1)}
         except Cancelled:
             job.sent = False
             raise
-        if response.status_code != 200:
+        if response is not None and response.status_code != 200:
             job.settled = response.status_code < 500        # refused; after a 5xx nobody knows
             raise http_error(response.status_code, _json_or_text(response, key), key, "submit")
-        body = submit_answer(response, key)
+        if response is not None:
+            body = submit_answer(response, key)
         job.task_id = body["id"]
         polling_url = body.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
@@ -338,14 +344,16 @@ class BflBackend(RemoteBackend):
             job.notes[-1] += f" (BFL counted {body.get('output_mp')} output MP, {body.get('input_mp')} input MP)"
         log.info("bfl: task %s accepted (%s credits)", job.task_id, "?" if credits is None else scrub(str(credits), 20))
 
-    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext) -> dict:
+    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext, submitted: float) -> dict:
         """Poll until a terminal status; returns the `result` object of a Ready task. Failing polls
-        (5xx, dropped connections, garbled answers) are retried until the task's deadline."""
+        (5xx, dropped connections, garbled answers) are retried until the task's deadline: `total_s`
+        from `submitted` (BFL's documented 600 s), which no poll, hanging or retried, may pass."""
         not_found = [0]
+        deadline = submitted + self.deadlines.total_s
 
         def fetch():
             try:
-                response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled)
+                response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled, deadline=deadline)
             except Cancelled:
                 raise
             except ProviderError as exc:
@@ -370,7 +378,7 @@ class BflBackend(RemoteBackend):
                 raise Transient(f"polling task {job.task_id} answered something that is not a JSON object")
             return self._poll_status(job, body, key)
 
-        return poll_until(fetch, deadlines=self.deadlines, started=time.monotonic(), is_cancelled=ctx.is_cancelled,
+        return poll_until(fetch, deadlines=self.deadlines, started=submitted, is_cancelled=ctx.is_cancelled,
                           what=f"bfl: task {job.task_id}")
 
     def _poll_status(self, job: Job, body: dict, key: str) -> dict | None:

@@ -9,6 +9,7 @@ plays a provider where no lookup finds the task, so it can only be named.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -208,6 +209,39 @@ def test_kill_9_after_4_of_8_arrived_then_rerun_bills_8_not_16(tmp_path):
         assert proc.returncode == 0, err
         # 8 billed in all: the four held tasks were found again by their taskUUID (getTaskDetails).
         assert len(server.billed_tasks) == 8 and len(server.tasks("imageInference")) == 8
+        assert len(list((tmp_path / "o").rglob("*.png"))) == 8
+
+
+@pytest.mark.slow   # two real `run` processes: over 4 s
+def test_bfl_kill_9_after_4_of_8_arrived_then_rerun_polls_the_others_instead_of_paying(tmp_path):
+    from comfyui_flux2.loopback.bfl_server import BflLoopback
+    cache = tmp_path / "cache"
+    with BflLoopback(api_key="k") as server:
+        for _ in range(4):
+            server.faults.push(route="submit")
+        for _ in range(4):
+            server.faults.push(route="submit", pending_polls=10**9)    # accepted; still generating at the kill
+        workflow = small_workflow(tmp_path, batch_size=8)
+        data = json.loads(workflow.read_text())
+        data["1"]["inputs"]["provider"] = "bfl"
+        workflow.write_text(json.dumps(data))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLUX2_BFL_CONCURRENCY": "4", "FLUX2_CACHE_DIR": str(cache),
+               "BFL_API_URL": server.api_url, "BFL_API_KEY": "k"}
+        cmd = [sys.executable, "-m", "comfyui_flux2", "run", str(workflow), "--output-dir", str(tmp_path / "o")]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            noted = _wait_for(lambda: len(list(cache.rglob("*.result"))) == 4 and len(list(cache.rglob("*.sent"))) == 4,
+                              60)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        assert noted, "the four arrived images and the four tasks in flight were not on disk before the kill"
+        for task in server.tasks():
+            task.meta.pop("pending_polls", None)                        # the four finish at BFL meanwhile
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert len(server.submits()) == 8 and server.billed_usd == pytest.approx(8 * PRO_USD)
         assert len(list((tmp_path / "o").rglob("*.png"))) == 8
 
 

@@ -40,7 +40,8 @@ from .common import RemoteBackend, redact
 from .keys import base_url, origin, read_key
 from .bfl_request import BflRequest
 from .options import RemoteOptions
-from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
+from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
+                   sent_earlier, settle, store_arrived)
 from .transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.bfl")
@@ -260,28 +261,13 @@ class BflBackend(RemoteBackend):
         ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch):
+            if cached_image(job, ctx, cache_key, request.batch) \
+                    or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch):
                 return
-            tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
             try:
-                submitted = time.monotonic()     # the task's deadline counts from here, whatever the polls do
-                try:
-                    self._submit(job, transport, url, key, ctx, estimate_one)
-                except Flux2Error as exc:
-                    control.stop_new(exc)    # a refused submit: the others would be refused too
-                    raise
-                job.progress = 0.05
-                result = self._poll(job, transport, key, ctx, submitted)
-                self._download(job, result, transport)
-            except ModerationError as exc:
-                if self.options.on_moderation != "placeholder":
-                    raise _tagged(exc, tag) from None
-                log.warning("%s; returning a placeholder image", exc)
-                job.image, job.placeholder = placeholder(request.width, request.height), True
-            except Flux2Error as exc:
-                raise _tagged(exc, tag) from None
-            except httpx.HTTPError as exc:  # e.g. a malformed URL in an answer
-                raise ProviderError(f"bfl: {tag}{type(exc).__name__} talking to BFL") from None
+                self._work(job, control, transport, url, key, ctx, estimate_one, request, cache_key)
+            finally:
+                store_arrived(job, ctx, cache_key, self.describe(), request.batch)
 
         # Polling stops within a moment of a cancel (polls are free and the task ids are named);
         # an abort leaves at once.
@@ -291,6 +277,59 @@ class BflBackend(RemoteBackend):
         credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
         return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome, info={"credits": credits})
+
+    def _work(self, job: Job, control: JobControl, transport: BflTransport, url: str, key: str, ctx: RunContext,
+              estimate_one: float | None, request: GenerationRequest, cache_key) -> None:
+        """One image: submit, note the task (a run after a kill polls it instead of paying again), poll
+        until `total_s` from the submit, download."""
+        tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
+        try:
+            submitted = time.monotonic()     # the task's deadline counts from here, whatever the polls do
+            try:
+                self._submit(job, transport, url, key, ctx, estimate_one)
+            except Flux2Error as exc:
+                control.stop_new(exc)        # a refused submit: the others would be refused too
+                raise
+            note_sent(job, ctx, cache_key, {"provider": BFL, "host": resolve_base_url(), "task": job.task_id,
+                                            "locator": job.locator})
+            job.progress = 0.05
+            result = self._poll(job, transport, key, ctx, submitted)
+            self._download(job, result, transport)
+        except ModerationError as exc:
+            if self.options.on_moderation != "placeholder":
+                raise _tagged(exc, tag) from None
+            log.warning("%s; returning a placeholder image", exc)
+            job.image, job.placeholder = placeholder(request.width, request.height), True
+        except Flux2Error as exc:
+            raise _tagged(exc, tag) from None
+        except httpx.HTTPError as exc:      # e.g. a malformed URL in an answer
+            raise ProviderError(f"bfl: {tag}{type(exc).__name__} talking to BFL") from None
+
+    def _fetch_earlier(self, job: Job, transport: BflTransport, key: str, ctx: RunContext, cache_key,
+                       batch: int) -> bool:
+        """An earlier run submitted this image's task, got its id, and never got the image (killed): poll
+        that task and download its result instead of paying again. False where there is none, or it is
+        unknown, expired, moderated or failed at BFL (then the image is made anew)."""
+        earlier = sent_earlier(job, ctx, cache_key)
+        task, locator = (earlier.get("task"), earlier.get("locator")) if earlier else (None, None)
+        if not earlier or earlier.get("provider") != BFL or earlier.get("host") != resolve_base_url() \
+                or not isinstance(task, str) or not _ID_IN_TEXT.fullmatch(f'"id":"{task}"') \
+                or not isinstance(locator, str) or not transport.may_authenticate(locator):
+            return False
+        probe = Job(job.index, job.seed, job.body, task_id=task, locator=locator, sent=True)
+        try:
+            self._download(probe, self._poll(probe, transport, key, ctx, time.monotonic()), transport)
+        except Cancelled:
+            raise
+        except (Flux2Error, httpx.HTTPError) as exc:
+            log.warning("bfl: task %s of an earlier run did not come back (%s); making the image anew", task, exc)
+            return False
+        job.image, job.result_seed, job.settled = probe.image, probe.result_seed, True
+        job.notes.append(f"bfl: image {job.index + 1} recovered from task {task} of an earlier run")
+        log.warning("%s", job.notes[-1])
+        store_arrived(job, ctx, cache_key, self.describe(), batch)
+        job.cached = True                     # paid by the earlier run, not by this one
+        return True
 
     def _submit(self, job: Job, transport: BflTransport, url: str, key: str, ctx: RunContext,
                 estimate_one: float | None) -> None:

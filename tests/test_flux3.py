@@ -18,7 +18,7 @@ from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.factory import make_remote_backend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import Deadlines
+from comfyui_flux2.flux2.net.transport import Deadlines
 from comfyui_flux2.flux2.rules import delivered_size, remote_rules, validate_request
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.loopback.bfl_server import BflLoopback

@@ -588,3 +588,20 @@ def test_billed_cost_shows_after_a_run(page, web_servers, combo):
     except Exception:
         pass
     page.screenshot("text_to_image_billed.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", [DEFAULT, ALL_COMBOS[-1].values[0]], indirect=True)
+def test_flux3_layout_boxes_are_drawn_and_the_delivered_size_shown(page):
+    wf = page.load("flux3_layout.json")
+    [layout_id] = _nodes_of(wf, "Flux2Layout")
+    [t2i_id] = _nodes_of(wf, "Flux2TextToImage")
+    page.page.wait_for_function("(id) => (window.app.graph.getNodeById(id).__flux2?.result?.boxes ?? []).length === 2",
+                                arg=layout_id, timeout=15_000)
+    assert page.readout(layout_id)["lines"] == ["2 boxes (canvas = the output)"]
+    assert page.readout(t2i_id)["lines"][0] == "1184×880 · 0.99 MP | $0.048"
+    page.screenshot("flux3_layout.png")
+    page.set_widget(layout_id, "boxes", "sun | 0.5 0.5 0.2 0.9 | x")       # top below bottom: the engine says so
+    page.page.wait_for_function("(id) => /top < bottom/.test(window.app.graph.getNodeById(id).__flux2?.error ?? '')",
+                                arg=layout_id, timeout=15_000)
+    assert "top < bottom" in page.readout(layout_id)["lines"][0]

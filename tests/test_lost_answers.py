@@ -26,14 +26,14 @@ from comfyui_flux2.flux2.remote import common
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import MAX_ANSWER_BYTES, Deadlines, LostResponse
+from comfyui_flux2.flux2.net.transport import MAX_ANSWER_BYTES, Deadlines, LostResponse
 from comfyui_flux2.flux2.result_cache import ResultCache
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
 from test_batch import records, small_workflow, write_csv
 
-FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=8, request_s=1, lookup_s=0.4)
+FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=12, request_s=4, lookup_s=0.4)   # request_s with room for a loaded machine
 PRO_USD = 0.03
 # Each way an answer is lost after the provider ran (and billed) the task, as the loopback server plays it.
 LOST = {
@@ -42,7 +42,7 @@ LOST = {
     "truncated on the wire": {"truncate_at": 40},
     "cut JSON": {"cut_json": True},
     "changed taskUUID": {"patch": {"taskUUID": str(uuid.uuid4())}},
-    "dribbled past the deadline": {"dribble_s": 0.05},      # ~700 bytes: 35 s against request_s 1
+    "dribbled past the deadline": {"dribble_s": 0.05},      # ~700 bytes: 35 s against request_s 4
 }
 
 

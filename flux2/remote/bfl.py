@@ -37,12 +37,12 @@ from ..reference_urls import as_sent
 from ..run_context import RunContext
 from ..redaction import scrub
 from .common import RemoteBackend, redact
-from .keys import base_url, origin, read_key
+from ..net.keys import base_url, origin, read_key
 from .bfl_request import BflRequest
 from .options import RemoteOptions
 from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
                    sent_earlier, settle, store_arrived)
-from .transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
+from ..net.transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.bfl")
 

@@ -25,7 +25,7 @@ from ..backend import GenerationRequest, GenerationResult
 from ..errors import Cancelled, Flux2Error, ProviderError, ProviderTimeout
 from ..redaction import log_unexpected, scrub
 from ..run_context import RunContext
-from .transport import Deadlines, sleep_with_cancel
+from ..net.transport import Deadlines, sleep_with_cancel
 from .wire import WireBody
 
 log = logging.getLogger("comfyui_flux2.remote")

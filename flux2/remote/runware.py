@@ -20,13 +20,13 @@ from ..reference_urls import as_sent
 from ..rules import REMOTE_MAX_BATCH
 from ..run_context import RunContext
 from .common import RemoteBackend, redact
-from .keys import base_url, read_key
+from ..net.keys import base_url, read_key
 from .options import RemoteOptions
 from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
                             ProviderSettings, RunwareTask)
 from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
                    sent_earlier, settle, store_arrived)
-from .transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
+from ..net.transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.runware")
 

@@ -21,7 +21,7 @@ import httpx
 
 from ..errors import Cancelled, ConfigError, ProviderError, ProviderTimeout
 from .keys import origin
-from ..netguard import PrivateAddress, guarded_transport, is_public_address, limits
+from .netguard import PrivateAddress, guarded_transport, is_public_address, limits
 
 log = logging.getLogger("comfyui_flux2.remote")
 

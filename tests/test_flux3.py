@@ -321,10 +321,10 @@ def test_layout_node_output_plugs_into_text_to_image(bfl):
 def test_demo_runs_the_flux3_workflows_and_keeps_the_expanded_prompt(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from comfyui_flux2.cli import _demo_flux3
+    from comfyui_flux2.cli.demo import demo_flux3
     monkeypatch.setenv("BFL_API_URL", "http://unused")
     monkeypatch.setenv("BFL_API_KEY", "unused")
-    _demo_flux3(tmp_path)
+    demo_flux3(tmp_path)
     saved = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
     assert saved == ["flux3/layout_00001_.png", "flux3/lighthouse_00001_.png", "flux3/masked_edit_00001_.png"]
     with Image.open(tmp_path / "flux3/lighthouse_00001_.png") as img:

@@ -130,21 +130,7 @@ class RunwareHandler(JsonHandler):
             self.send_json(402, {"errors": [_err("insufficientCredits", "Insufficient credits to run this task",
                                                   tasks[0])]})
             return
-        data, errors = [], []
-        for task in tasks:
-            try:
-                items = self.run_task(task, fault)
-                if isinstance(task, dict) and task.get("taskType") == "imageInference" \
-                        and task.get("deliveryMethod") == "async":
-                    # Documented: an async task is acknowledged at once; its result is fetched by getResponse.
-                    items = [{"taskType": "imageInference", "taskUUID": task["taskUUID"]}]
-                data.extend(items)
-            except TaskError as exc:
-                if isinstance(task, dict) and task.get("taskType") == "imageInference":
-                    with self.app.lock:         # kept for getTaskDetails, like a finished task
-                        self.app.task_log[task.get("taskUUID")] = (task, {"errors": [dict(exc.error)]})
-                        self.app.processing.discard(task.get("taskUUID"))
-                errors.append(exc.error)
+        data, errors = self.run_tasks(tasks, fault)
         if fault and fault.get("patch"):
             data = [dict(d, **fault["patch"]) for d in data]     # a malformed field in the answer only
         body = {}
@@ -158,6 +144,25 @@ class RunwareHandler(JsonHandler):
         self.answer(status, body, fault)
 
     # -- tasks ----------------------------------------------------------------------------------
+    def run_tasks(self, tasks: list, fault) -> tuple[list, list]:
+        """Every task of one request -> (data items, error objects)."""
+        data, errors = [], []
+        for task in tasks:
+            inference = isinstance(task, dict) and task.get("taskType") == "imageInference"
+            try:
+                items = self.run_task(task, fault)
+                if inference and task.get("deliveryMethod") == "async":
+                    # Documented: an async task is acknowledged at once; its result is fetched by getResponse.
+                    items = [{"taskType": "imageInference", "taskUUID": task["taskUUID"]}]
+                data.extend(items)
+            except TaskError as exc:
+                if inference:
+                    with self.app.lock:         # kept for getTaskDetails, like a finished task
+                        self.app.task_log[task.get("taskUUID")] = (task, {"errors": [dict(exc.error)]})
+                        self.app.processing.discard(task.get("taskUUID"))
+                errors.append(exc.error)
+        return data, errors
+
     def run_task(self, task, fault) -> list[dict]:
         if not isinstance(task, dict):
             raise TaskError(_err("invalidTask", "Each task must be an object"))

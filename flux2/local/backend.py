@@ -73,6 +73,7 @@ class LocalBackend:
     before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     loras: tuple = ()                   # lora.LoRASpec links of a Flux2LoRA chain, applied on the fly in this order
     kind: str = field(default="local", init=False)
+    takes_reference_urls = ()           # URL references arrive fetched: the engine needs pixels
     _kv_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -211,6 +212,12 @@ class LocalBackend:
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         return Estimate(0.0, f"{self.model_preset.name} on local weights: no charge")
+
+    def host(self) -> str:
+        return ""                       # nothing is sent anywhere
+
+    def cache_identity(self) -> None:
+        return None                     # free and reproducible: not kept in the result cache
 
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
         from PIL import Image

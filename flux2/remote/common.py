@@ -41,6 +41,7 @@ class RemoteBackend:
     """
 
     kind = ""
+    takes_reference_urls: tuple[str, ...] = ()      # Runware and BFL name the forms they send as they are
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport=None):

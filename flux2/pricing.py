@@ -51,4 +51,4 @@ def estimate(model: ModelSpec, provider: str, width: int, height: int,
 def reference_sizes(references) -> tuple[list[tuple[int, int]], int]:
     """(sizes, how many are assumed) of a request's references, for `estimate`."""
     sizes = [(r.width, r.height) for r in references]
-    return sizes, sum(1 for r in references if getattr(r, "size_known", True) is False)
+    return sizes, sum(1 for r in references if not r.size_known)

@@ -49,11 +49,6 @@ def reference_size(width: int, height: int) -> tuple[int, int]:
 
 
 class Flux2Engine:
-    vae_tiling = "auto"                 # "auto" | "on" | "off"; set by LocalBackend
-
-    def vae_tile(self, height: int, width: int) -> int:
-        return decode_tile(self.vae_tiling, self.device, height, width)
-
     def __init__(self, m: Flux2Modules, cache_bytes: int = DEFAULT_BYTES):
         self.m = m
         # Prompt embeddings and reference latents of this model set (caches.py); 0 bytes = no caching.
@@ -100,9 +95,10 @@ class Flux2Engine:
     @torch.no_grad()
     def generate(self, prompt: str, width: int, height: int, seeds: list[int], steps: int, guidance: float,
                  references: list[np.ndarray] = (), on_step: Callable[[int, int], None] | None = None,
-                 cfg_one_forward: bool = True) -> list[np.ndarray]:
+                 cfg_one_forward: bool = True, vae_tiling: str = "auto") -> list[np.ndarray]:
         """cfg_one_forward: with CFG, run the conditional and unconditional halves as one batch of 2B per step
-        (the backend turns it off under block offload or when its memory plan says 2B will not fit)."""
+        (the backend turns it off under block offload or when its memory plan says 2B will not fit).
+        vae_tiling: "auto" | "on" | "off" (decode_tile), this call's alone: the engine is shared."""
         m = self.m
         preset, tr, dev = m.preset, m.transformer, self.device
         B = len(seeds)
@@ -153,12 +149,12 @@ class Flux2Engine:
             if kv is not None:
                 for c in kv:
                     c.clear()
-        return self.decode(x, h, w)
+        return self.decode(x, h, w, vae_tiling)
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, h: int, w: int) -> list[np.ndarray]:
+    def decode(self, x: torch.Tensor, h: int, w: int, vae_tiling: str = "auto") -> list[np.ndarray]:
         vae = self.m.vae
-        tile = self.vae_tile(h * 16, w * 16)
+        tile = decode_tile(vae_tiling, self.device, h * 16, w * 16)
         out = []
         for i in range(x.shape[0]):       # one at a time: the VAE decoder is the memory peak
             img = vae.decode(unpack(x[i:i + 1], h, w).to(vae.dtype), tile=tile)   # [1, 3, H, W]

@@ -36,7 +36,7 @@ from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..run_context import RunContext
 from ..redaction import scrub
-from .common import RemoteBackend, redact
+from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, origin, read_key
 from .bfl_request import BflRequest
 from .options import RemoteOptions
@@ -190,18 +190,10 @@ class BflBackend(RemoteBackend):
         if self._concurrency is not None:
             return max(1, min(int(self._concurrency), MAX_CONCURRENCY))
         # FLUX2_BFL_CONCURRENCY, else the pack-wide FLUX2_CONCURRENCY (capped at BFL's account limit).
-        for env in (CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV):
-            raw = os.environ.get(env, "").strip()
-            if not raw:
-                continue
-            try:
-                n = int(raw)
-            except ValueError:
-                n = 0
-            if n < 1 or (env == CONCURRENCY_ENV and n > MAX_CONCURRENCY):
-                raise ConfigError(f"{env} must be an integer 1..{MAX_CONCURRENCY}, got {raw!r}")
-            return min(n, MAX_CONCURRENCY)
-        return DEFAULT_CONCURRENCY
+        n = concurrency_from_env(CONCURRENCY_ENV, MAX_CONCURRENCY)
+        if n is None:
+            n = concurrency_from_env(GENERIC_CONCURRENCY_ENV)
+        return DEFAULT_CONCURRENCY if n is None else min(n, MAX_CONCURRENCY)
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         sizes, assumed = reference_sizes(request.references)

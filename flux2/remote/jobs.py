@@ -24,8 +24,9 @@ import numpy as np
 from ..backend import GenerationRequest, GenerationResult
 from ..errors import Cancelled, Flux2Error, ProviderError, ProviderTimeout
 from ..redaction import log_unexpected, scrub
-from ..run_context import RunContext
 from ..net.transport import Deadlines, sleep_with_cancel
+from ..rules import MAX_TORCH_SEED
+from ..run_context import RunContext
 from .wire import WireBody
 
 log = logging.getLogger("comfyui_flux2.remote")
@@ -204,7 +205,8 @@ def checked_seed(job: Job, seed, provider: str) -> None:
     """The provider's seed for the image, when it is one; a wrong type fails the job (image kept)."""
     if seed is None:
         return
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64:
+    # A provider may report a seed of its own choosing: any 64-bit value (the widest a backend takes) is one.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_TORCH_SEED:
         raise ProviderError(f"{provider}: task {job.task_id} reported seed {scrub(repr(seed), 40)}, not an "
                             "integer; the image was kept with the requested seed")
     job.result_seed = seed

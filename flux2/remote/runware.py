@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
@@ -19,7 +18,7 @@ from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..rules import REMOTE_MAX_BATCH
 from ..run_context import RunContext
-from .common import RemoteBackend, redact
+from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, read_key
 from .options import RemoteOptions
 from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
@@ -47,10 +46,8 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 def concurrency() -> int:
     """Tasks in flight per node (FLUX2_CONCURRENCY, default the largest batch, so a batch goes out at
     once; a 429 backs off only the request it hit. Lower it for accounts with small queue limits)."""
-    try:
-        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", str(REMOTE_MAX_BATCH))))
-    except ValueError:
-        return REMOTE_MAX_BATCH
+    n = concurrency_from_env("FLUX2_CONCURRENCY")
+    return REMOTE_MAX_BATCH if n is None else n
 
 
 def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
@@ -112,6 +109,7 @@ class RunwareBackend(RemoteBackend):
     def check_ready(self) -> None:
         base_url(URL_ENV, DEFAULT_URL)
         read_key(KEY_ENV)
+        concurrency()
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         sizes, assumed = reference_sizes(request.references)

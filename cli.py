@@ -166,7 +166,7 @@ def _run_in_worker(executor, ctx):
 
 def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None, dry_run: bool = False,
                  budget=None, allow_unpriced: bool = False, quiet: bool = False, use_cache: bool = True) -> int:
-    from .flux2.budget import check as check_cap
+    from .flux2.budget import BudgetGate, check as check_cap
     from .flux2.result_cache import ResultCache, enabled_by_env
     from .flux2.run_context import RunContext
     from .runner.graph import load_workflow
@@ -206,8 +206,9 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
 
     pending: list = []
     cancel = CancelFlag().install()
-    ctx = RunContext(budget_usd=cap.usd if cap else None, allow_unpriced=bool(cap and cap.allow_unpriced),
-                     cache=cache, progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
+    # The cap held task by task while the run is under way (the check above only saw estimates).
+    ctx = RunContext(gate=BudgetGate(cap) if cap else None, cache=cache,
+                     progress=None if quiet else _progress_printer(out), is_cancelled=cancel,
                      result_sink=lambda req, res: pending.append((req, res)))
     executor.on_node = on_node
     started = time.monotonic()
@@ -316,8 +317,9 @@ def batch_workflow(args) -> int:
         raise Cancelled("batch cancelled: re-run the same command to resume" if not aborted
                         else "batch aborted at once (second Ctrl-C): re-run the same command to resume")
     if t.stopped_by == "budget":
-        raise BudgetError(f"stopped before passing the budget cap: {t.not_started} item(s) not started; "
-                          "re-run with a larger --budget to finish")
+        raise BudgetError(f"stopped before passing the budget cap: {t.not_started} item(s) not started"
+                          + (f" (the next: {t.budget_reason})" if t.budget_reason else "")
+                          + "; re-run with a larger --budget to finish")
     return 1 if t.failed else 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..flux2.budget import Cap, check as check_cap
+from ..flux2.budget import BudgetGate, Cap, check as check_cap
 from ..flux2.errors import InputError
 from .batch_executors import ItemEnv, ItemOutcome, ItemRun
 from .batch_items import BatchItem, Template, plan_items, shared_backends
@@ -85,6 +85,7 @@ class BatchTotals:
     billed_usd: float = 0.0
     not_started: int = 0
     stopped_by: str | None = None      # "budget" | "cancel" | "abort"
+    budget_reason: str | None = None   # stopped_by budget: why the next item would pass the cap
     failures: list = field(default_factory=list)
 
 
@@ -190,7 +191,7 @@ class Batch:
             from .batch_ray import RayPool
             self._ray = RayPool(self.registry_factory, self.env, address=self.ray_address, actors=self.ray_actors)
         self.scheduler = Scheduler(plan.items, self._start, limits=ProviderLimits(self.limits()),
-                                   cap_usd=self.cap.usd if self.cap else None, is_cancelled=self.is_cancelled,
+                                   gate=BudgetGate(self.cap) if self.cap else None, is_cancelled=self.is_cancelled,
                                    interrupt=self.interrupt)
         try:
             for item, outcome in self.scheduler.run():
@@ -205,11 +206,13 @@ class Batch:
                 yield self._ended(item, outcome)
         self.close()
 
-    def _start(self, item: BatchItem):
+    def _start(self, item: BatchItem, ticket=None):
+        """`ticket`: what the budget gate admitted for the item; its provider tasks draw on it."""
         if self._ray is not None and "local" in item.needs:
             return self._ray.item_run(item, self.is_cancelled)
         scheduler = self.scheduler
-        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id))
+        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id),
+                       gate=ticket)
 
     def _ended(self, item: BatchItem, outcome: ItemOutcome) -> BatchResult:
         line = record(item, outcome)
@@ -232,6 +235,7 @@ class Batch:
     def close(self) -> None:
         if self.scheduler is not None:
             self.totals.stopped_by = self.scheduler.stopped_by
+            self.totals.budget_reason = self.scheduler.budget_reason
             self.totals.not_started = len(self.scheduler.not_started())
         self.manifest.close()
         if self._ray is not None:

@@ -85,7 +85,8 @@ class ItemRun:
     """One item on its way: its own RunContext (ledger, cancel hook, result sink), the paid results that
     reached it, the thread running it (a second Ctrl-C interrupts that thread)."""
 
-    def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process", on_calls_done=None):
+    def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process", on_calls_done=None,
+                 gate=None):
         """`on_calls_done()`: called once the item's last provider call has answered (it may still be saving),
         so the scheduler can give its provider slot to the next item."""
         self.item, self.env, self.worker = item, env, worker
@@ -98,7 +99,7 @@ class ItemRun:
         self.executor: Executor | None = None
         cache = _TrackingCache(env.cache, self) if env.cache is not None else None
         self.ctx = RunContext(cache=cache, is_cancelled=is_cancelled, uploads=env.uploads,
-                              result_sink=self._paid)
+                              result_sink=self._paid, gate=gate)
         self.started = time.monotonic()
 
     @property

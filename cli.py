@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -104,6 +105,17 @@ def _keep_paid(pending: list, executor, output_dir: Path, out) -> None:
         print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
 
 
+def _keep_unkept(pending: list, executor, output_dir: Path, out) -> None:
+    """After a run that succeeded: paid images that reach no SaveImage (a generation node feeding only
+    PreviewImage) are kept in flux2-unsaved/, with one line saying so (headless, a preview shows nothing)."""
+    from .runner.executor import save_unsaved_results
+    unkept = [(q, r) for q, r in list(pending) if not executor.reaches_save(q.node_id)]
+    kept = save_unsaved_results(unkept, output_dir)
+    if kept:
+        nodes = ", ".join(dict.fromkeys(str(q.node_id) for q, _ in unkept))
+        print(f"kept {len(kept)} paid image(s) that no SaveImage keeps (node {nodes}): {kept[0].parent}", file=out)
+
+
 def _may_be_billed(error: BaseException | None) -> list[str]:
     """Provider tasks that were sent and not answered, so may still be billed: the provider clients name
     them on the error they raise (`maybe_billed`: Runware taskUUIDs, BFL task ids / polling URLs)."""
@@ -169,6 +181,8 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     from .flux2.budget import BudgetGate, check as check_cap
     from .flux2.result_cache import ResultCache, enabled_by_env
     from .flux2.run_context import RunContext
+    from .runner.batch_executors import UNSAVED
+    from .runner.core_nodes import check_output_folder
     from .runner.graph import load_workflow
     from .runner.pricing import plan_graph
 
@@ -176,6 +190,8 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     cap = budget_cap(budget, allow_unpriced)
     workflow = load_workflow(path)
     out = sys.stderr
+    check_output_folder(Path(output_dir), "--output-dir")      # before anything is paid for
+    check_output_folder(Path(output_dir) / UNSAVED, "--output-dir")
 
     def on_node(node, index, total):
         if not quiet:
@@ -238,6 +254,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
         cancel.restore()
     for saved in report.saved:
         print(f"saved {saved}")
+    _keep_unkept(pending, executor, output_dir, out)
     print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)
     return 0
 
@@ -308,6 +325,9 @@ def batch_workflow(args) -> int:
         print(f"  failed {line}", file=out)
     if len(t.failures) > 20:
         print(f"  ... and {len(t.failures) - 20} more (see the manifest)", file=out)
+    if t.unkept:
+        print(f"  kept {t.unkept} paid image(s) that no SaveImage keeps: {Path(args.output_dir) / 'flux2-unsaved'}",
+              file=out)
     maybe = [f"{r['item']}: {', '.join(r['maybe_billed'])}" for r in batch.records.values()
              if r.get("maybe_billed") and r.get("status") != "ok"]
     for line in maybe[:20]:
@@ -410,6 +430,14 @@ def cmd_benchmark(args, rest) -> int:
     return bench_main(rest)
 
 
+def _whole_number(text: str) -> int:
+    """argparse type for counts: plain digits, maybe signed (int() also reads "1_0" as 10, and
+    non-ASCII digits); the range is checked where the count is used."""
+    if not re.fullmatch(r"-?[0-9]+", str(text).strip()):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {str(text)[:20]!r}")
+    return int(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (exit status 2), like every other error of the CLI."""
 
@@ -462,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "is billed plus what is in flight past it (also FLUX2_BUDGET_USD)")
     batch.add_argument("--allow-unpriced", action="store_true",
                        help="under a budget cap, also run models without a published price")
-    batch.add_argument("--concurrency", type=int, default=None, metavar="N",
+    batch.add_argument("--concurrency", type=_whole_number, default=None, metavar="N",
                        help="provider tasks in flight (default: FLUX2_CONCURRENCY or 8 for Runware, "
                             "FLUX2_BFL_CONCURRENCY or 4 for BFL; BFL at most 24)")
     batch.add_argument("--dry-run", action="store_true", help="validate and price every item; send nothing")
@@ -474,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--ray-address", default=None,
                        help="with --executor ray: a running cluster (ray start --head; default: RAY_ADDRESS, "
                             "else a local cluster started for the batch)")
-    batch.add_argument("--ray-actors", type=int, default=None, metavar="N",
+    batch.add_argument("--ray-actors", type=_whole_number, default=None, metavar="N",
                        help="with --executor ray: actors to start (default: one per GPU of the cluster, else 2)")
     batch.add_argument("--no-cache", action="store_true", help="do not use the result cache (a resume then pays again)")
     batch.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -32,12 +33,19 @@ class Cap:
     allow_unpriced: bool = False
 
 
+# Plain decimal only: Python's float() also takes "1_0" (as 10), "-0", "1e3", "nan", " +5 " - a cap read
+# differently from how it was meant is worse than one refused.
+_PLAIN_USD = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+
 def parse_usd(text, source: str) -> float:
-    """A cap in US dollars: a finite number >= 0 (refuses nan, inf, negatives, words)."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise InputError(f"{source} must be a number of US dollars, got {str(text)[:40]!r}") from None
+    """A cap in US dollars: a plain decimal number >= 0 such as 5, 0.40 or .5 (refuses nan, inf, signs,
+    exponents, digit separators, words)."""
+    raw = str(text).strip()
+    if not _PLAIN_USD.fullmatch(raw):
+        raise InputError(f"{source} must be a number of US dollars written plainly (like 5 or 0.40), "
+                         f"got {raw[:40]!r}")
+    value = float(raw)
     if not math.isfinite(value) or value < 0 or value > MAX_CAP_USD:
         raise InputError(f"{source} must be a number of US dollars from 0 to {MAX_CAP_USD:,.0f}, got {text}")
     return value

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from ..flux2.budget import BudgetGate, Cap, check as check_cap
 from ..flux2.errors import InputError
-from .batch_executors import ItemEnv, ItemOutcome, ItemRun
+from .batch_executors import UNSAVED, ItemEnv, ItemOutcome, ItemRun
 from .batch_items import BatchItem, Template, plan_items, shared_backends
 from .batch_manifest import Manifest, decide, record
 from .batch_scheduler import ProviderLimits, Scheduler
@@ -86,6 +86,7 @@ class BatchTotals:
     not_started: int = 0
     stopped_by: str | None = None      # "budget" | "cancel" | "abort"
     budget_reason: str | None = None   # stopped_by budget: why the next item would pass the cap
+    unkept: int = 0                    # paid images of items that ran through but reach no SaveImage
     failures: list = field(default_factory=list)
 
 
@@ -143,6 +144,8 @@ class Batch:
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, on_item: Callable | None = None) -> BatchPlan:
         """Read the table, build and dry-run every item, set aside what an earlier run finished."""
+        from .core_nodes import check_output_folder
+        check_output_folder(self.output_dir, "--output-dir")       # before anything is paid for
         if self.table is not None:
             rows, bad = read_table(self.table)
         else:
@@ -227,6 +230,8 @@ class Batch:
         else:
             t.stopped += 1
         t.images += len(outcome.outputs)
+        if outcome.status == "ok":
+            t.unkept += sum(1 for o in outcome.outputs if str(o).startswith(UNSAVED + "/"))
         t.billed_usd = round(t.billed_usd + (outcome.billed_usd or 0.0), 6)
         if time.monotonic() - self._sheet_written > SHEET_EVERY_S:
             self.write_sheet()

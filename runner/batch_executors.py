@@ -137,7 +137,7 @@ class ItemRun:
         if saved is None:               # it failed: what SaveImage wrote before that still counts
             folders = getattr(self.executor, "folders", None)
             saved = list(folders.saved) if folders is not None else []
-        files = [Path(p) for p in saved] + (self.keep_unsaved() if status != OK else [])
+        files = [Path(p) for p in saved] + self.keep_unsaved(ended_ok=status == OK)
         results = [r for _, r in list(self.paid)]
         seeds = [int(s) for r in results for s in r.seeds] + [int(s) for hit in self.cache_hits for s in hit]
         maybe = [str(t) for t in getattr(error, "maybe_billed", None) or ()]
@@ -160,10 +160,14 @@ class ItemRun:
             maybe_billed=maybe, recover=self._recoverable(maybe), worker=self.worker,
             seconds=time.monotonic() - self.started)
 
-    def keep_unsaved(self) -> list[Path]:
-        """Paid images no SaveImage of the item has written yet: OUTPUT/flux2-unsaved/<item>_node<id>_seed<n>.png."""
+    def keep_unsaved(self, ended_ok: bool = False) -> list[Path]:
+        """Paid images no SaveImage of the item has written: OUTPUT/flux2-unsaved/<item>_node<id>_seed<n>.png.
+        `ended_ok`: the graph ran through, so only images that reach no SaveImage (a PreviewImage only)."""
         executor = self.executor
-        keep = [(q, r) for q, r in list(self.paid) if executor is None or not executor.saved_by_graph(q.node_id)]
+        if ended_ok:
+            keep = [(q, r) for q, r in list(self.paid) if executor is not None and not executor.reaches_save(q.node_id)]
+        else:
+            keep = [(q, r) for q, r in list(self.paid) if executor is None or not executor.saved_by_graph(q.node_id)]
         folder = self.env.output_dir / UNSAVED
         paths = []
         for request, result in keep:

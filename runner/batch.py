@@ -25,6 +25,7 @@ from ..flux2.budget import BudgetGate, Cap, check as check_cap
 from ..flux2.errors import InputError
 from .batch_executors import UNSAVED, ItemEnv, ItemOutcome, ItemRun
 from .batch_items import BatchItem, Template, plan_items, shared_backends
+from .batch_lock import FolderLock
 from .batch_manifest import Manifest, decide, record
 from .batch_scheduler import ProviderLimits, Scheduler
 from .batch_sheet import write_sheet
@@ -134,6 +135,7 @@ class Batch:
             cache = ResultCache() if enabled_by_env() else None
         self.env = ItemEnv(self.registry, self.input_dirs[0], self.output_dir, self.input_dirs[1:], cache)
         self.manifest = Manifest(self.output_dir)
+        self.lock = FolderLock(self.output_dir)          # one batch at a time per folder (batch_lock.py)
         self.records: dict[str, dict] = {}
         self.plan: BatchPlan | None = None
         self.scheduler: Scheduler | None = None
@@ -146,6 +148,10 @@ class Batch:
         """Read the table, build and dry-run every item, set aside what an earlier run finished."""
         from .core_nodes import check_output_folder
         check_output_folder(self.output_dir, "--output-dir")       # before anything is paid for
+        if self.strict:
+            # A real run takes the folder before reading its manifest: another batch writing it meanwhile
+            # would make this one run (and pay for) the items the other is running.
+            self.lock.acquire()
         if self.table is not None:
             rows, bad = read_table(self.table)
         else:
@@ -172,10 +178,14 @@ class Batch:
     def check(self, skip_bad_rows: bool = False) -> None:
         """Refuse the batch before anything is sent: bad rows (unless skipped), an estimate over the cap."""
         plan = self.plan or self.prepare()
-        if plan.bad and not skip_bad_rows:
-            raise InputError(f"{len(plan.bad)} bad row(s), listed above; nothing was sent "
-                             "(--skip-bad-rows runs the others)")
-        check_cap(plan.estimate_usd, plan.unpriced_items, self.cap, subject="the batch")
+        try:
+            if plan.bad and not skip_bad_rows:
+                raise InputError(f"{len(plan.bad)} bad row(s), listed above; nothing was sent "
+                                 "(--skip-bad-rows runs the others)")
+            check_cap(plan.estimate_usd, plan.unpriced_items, self.cap, subject="the batch")
+        except Exception:
+            self.lock.release()       # this batch will not run: the folder is free again
+            raise
 
     # -- running ----------------------------------------------------------------------------------
     def limits(self) -> dict[str, int]:
@@ -188,6 +198,7 @@ class Batch:
 
     def run(self) -> Iterator[BatchResult]:
         plan = self.plan or self.prepare()
+        self.lock.acquire()           # held since prepare() in a real run; a no-op then
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._recover(plan.items)
         if self.executor == "ray" and any("local" in i.needs for i in plan.items):
@@ -248,6 +259,7 @@ class Batch:
             self._ray = None
         if self.records:
             self.write_sheet()
+        self.lock.release()
 
     def write_sheet(self) -> Path:
         self._sheet_written = time.monotonic()

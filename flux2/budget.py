@@ -94,7 +94,8 @@ class BudgetGate:
     kind (priced / unpriced) has been charged once, its tasks start one at a time: that first task shows
     what the provider really charges. So an in-flight task can pass the cap only by what it is charged
     over its learned estimate (the first task of a kind: over its table price; the first unpriced task:
-    its whole charge, and it starts only while some of the cap is left).
+    over what was left of the cap when it started - it starts only while some is left, and nothing else
+    starts while it is in flight).
     Thread-safe: run_jobs' workers and the batch scheduler ask it from several threads.
     """
 
@@ -135,6 +136,8 @@ class BudgetGate:
             return f"a call without a published price cannot be held to {self.cap.name}"
         if any(not self._seen(u) and self._unseen_in_flight(u, besides) for u in units):
             return WAIT
+        if self._unit_max is None and self._unseen_in_flight(None, besides):
+            return WAIT               # a first unpriced task counts $0 until billed: nothing joins it meanwhile
         committed = self._committed()
         wanted = sum(self._expected(u) for u in units)
         if committed + wanted > self.cap.usd + 1e-9:

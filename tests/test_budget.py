@@ -186,3 +186,35 @@ def test_budget_environment_is_read_in_one_place():
                if ".cache" not in p.parts and "tests" not in p.parts
                and re.search(r"environ.*(FLUX2_BUDGET_USD|CAP_ENV)", p.read_text())]
     assert readers == ["flux2/budget.py"]
+
+
+def test_the_gate_waits_for_a_first_charge_then_counts_the_highest_seen():
+    """The gate alone: a second unpriced task waits while the first is in flight (its price is unknown), then
+    each counts at the highest charge seen; a priced task counts at its table price x the worst ratio seen."""
+    import threading
+
+    from comfyui_flux2.flux2.budget import BudgetGate, Cap
+
+    gate = BudgetGate(Cap(1.0, "the budget cap", allow_unpriced=True))
+    first = gate.admit(None)
+    admitted = []
+    waiter = threading.Thread(target=lambda: admitted.append(gate.admit(None)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and admitted == []              # waits: the first charge is not in yet
+    first.ended(0.3, True)
+    waiter.join(5)
+    assert len(admitted) == 1 and gate.committed_usd == pytest.approx(0.6)   # billed 0.3 + 0.3 in flight
+    third = gate.admit(None)                                  # 0.9 of 1.0
+    with pytest.raises(BudgetError, match=r"not started: \$0.3 for 1 call\(s\) without a published price"):
+        gate.admit(None)
+    for task in (admitted[0], third):
+        task.ended(0.1, True)                                 # cheaper than feared: the highest stays 0.3
+    assert gate.committed_usd == pytest.approx(0.5)
+    priced = gate.admit(0.05)                                 # the first priced task runs alone...
+    priced.ended(0.1, False)                                  # ...and was not charged (refused): not learnt
+    priced = gate.admit(0.05)
+    priced.ended(0.15, True)                                  # charged 3x the table
+    with pytest.raises(BudgetError, match=r"\$0.6 estimated \(the price table x 3.00"):
+        gate.admit(0.2)                                       # 0.65 billed + 0.6 > 1.0
+    assert gate.admit(0.1).unit == 0.1                        # 0.65 + 0.3 fits

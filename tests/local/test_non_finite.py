@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from comfyui_flux2.flux2.backend import GenerationRequest, run
 from comfyui_flux2.flux2.errors import ModelLoadError
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import lora, params
+from comfyui_flux2.flux2.local.model import params
+from comfyui_flux2.flux2.local.weights import lora
 from comfyui_flux2.flux2.run_context import RunContext
 
 import lora_twins as tw

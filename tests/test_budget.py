@@ -218,3 +218,27 @@ def test_the_gate_waits_for_a_first_charge_then_counts_the_highest_seen():
     with pytest.raises(BudgetError, match=r"\$0.6 estimated \(the price table x 3.00"):
         gate.admit(0.2)                                       # 0.65 billed + 0.6 > 1.0
     assert gate.admit(0.1).unit == 0.1                        # 0.65 + 0.3 fits
+
+
+def test_results_served_from_the_cache_pass_a_zero_cap(runware, tmp_path, capsys):
+    """What the result cache serves costs nothing: a re-run of a paid graph under --budget 0 is served whole."""
+    assert run(tmp_path, t2i("FLUX.2 [pro]", batch=2)) == 0
+    assert run(tmp_path, t2i("FLUX.2 [pro]", batch=2), "--budget", "0") == 0
+    assert len(runware.billed_tasks) == 2
+
+
+def test_jobs_the_cache_serves_are_not_asked_of_the_gate():
+    """run_jobs: jobs served for free (result cache, an earlier run's task) start whatever the cap; a paid one
+    under a $0 cap is refused, and no later job starts."""
+    from comfyui_flux2.flux2.budget import BudgetGate, Cap
+    from comfyui_flux2.flux2.remote.jobs import Job, run_jobs
+    from comfyui_flux2.flux2.run_context import RunContext
+
+    jobs = [Job(i, i, body=None) for i in range(4)]
+    worked = []
+    ctx = RunContext(gate=BudgetGate(Cap(0.0, "the budget cap")))
+    outcome = run_jobs(jobs, lambda job, control: worked.append(job.index), ctx=ctx, node="2", label="x",
+                       concurrency=1, cancel_grace_s=None, unit_usd=0.03, cached=lambda job: job.index < 2)
+    assert outcome == "done" and worked == []
+    assert [type(j.error).__name__ if j.error else None for j in jobs] == [None, None, "BudgetError", None]
+    assert "x: image 3 (seed 2) not started: $0.03 estimated on top of $0 billed" in str(jobs[2].error)

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from comfyui_flux2.runner.batch_lock import LOCK_NAME, FolderLock
+from comfyui_flux2.runner.batch.lock import LOCK_NAME, FolderLock
 from test_batch import batch, records, small_workflow, write_csv
 
 
@@ -57,7 +57,7 @@ def test_a_lock_left_by_a_killed_process_is_no_obstacle(runware, tmp_path, capsy
     """kill -9 of a batch leaves its lock file (with its pid) behind; the kernel has dropped the lock itself."""
     out = tmp_path / "o"
     code = ("import sys, os, signal; sys.path[:0] = sys.argv[2:]; "
-            "from comfyui_flux2.runner.batch_lock import FolderLock; "
+            "from comfyui_flux2.runner.batch.lock import FolderLock; "
             "FolderLock(sys.argv[1]).acquire(); os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", code, str(out), *sys.path], capture_output=True)
     assert proc.returncode == -9
@@ -70,7 +70,7 @@ def test_a_lock_left_by_a_killed_process_is_no_obstacle(runware, tmp_path, capsy
 
 def test_without_flock_a_dead_holder_is_taken_over_and_a_live_one_refused(tmp_path, monkeypatch):
     """The O_EXCL fallback (systems without fcntl): the pid in the file decides."""
-    import comfyui_flux2.runner.batch_lock as batch_lock
+    import comfyui_flux2.runner.batch.lock as batch_lock
     monkeypatch.setattr(batch_lock, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout)}))

@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..flux2.errors import InputError
+from ...flux2.errors import InputError
 
 LOCK_NAME = ".flux2-batch.lock"
 

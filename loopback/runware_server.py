@@ -344,6 +344,8 @@ class RunwareHandler(JsonHandler):
         if price:
             first, extra, ref = price
             cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(ref_mp), 6)
+        if self.app.charge_usd is not None:
+            cost = self.app.charge_usd              # a provider whose price is not the published one
         results = []
         for i in range(n):
             image_seed = seed + i
@@ -393,9 +395,12 @@ def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:
 class RunwareLoopback(LoopbackServer):
     handler_class = RunwareHandler
 
-    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0, task_s: float = 0.0):
+    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0, task_s: float = 0.0,
+                 charge_usd: float | None = None):
         super().__init__(port, api_key)
         self.url_ttl_s = url_ttl_s
+        # Bill (and report) this per task instead of the price table: a price change the client has not heard of.
+        self.charge_usd = charge_usd
         self.task_s = task_s                  # seconds each imageInference task takes (0: as fast as it renders)
         self.peak_processing = 0              # most imageInference tasks in progress at once
         self.uploads: dict[str, np.ndarray] = {}

@@ -253,9 +253,6 @@ class BflBackend(RemoteBackend):
         ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch):
-                return
             try:
                 self._work(job, control, transport, url, key, ctx, estimate_one, request, cache_key)
             finally:
@@ -264,7 +261,9 @@ class BflBackend(RemoteBackend):
         # Polling stops within a moment of a cancel (polls are free and the task ids are named);
         # an abort leaves at once.
         outcome = run_jobs(jobs, work, ctx=ctx, node=request.node_id, label=self.describe(),
-                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S)
+                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch))
         charged = [j for j in jobs if j.charged]
         credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
         return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,

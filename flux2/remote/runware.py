@@ -199,9 +199,6 @@ class RunwareBackend(RemoteBackend):
         cache_key = partial(self.image_cache_key, request)
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, ctx, cache_key, request.batch):
-                return
             note_sent(job, ctx, cache_key, {"provider": RUNWARE, "host": self.host(), "task": job.task_id})
             try:
                 self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
@@ -220,7 +217,9 @@ class RunwareBackend(RemoteBackend):
         # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
         # answer carries the paid image); an abort leaves at once and names the tasks in flight.
         outcome = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
-                           cancel_grace_s=None)
+                           cancel_grace_s=None, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, ctx, cache_key, request.batch))
         return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome)
 

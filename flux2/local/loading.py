@@ -283,9 +283,11 @@ def _upcast_kept_fp8(sd: dict[str, torch.Tensor], dtype, keep=lambda key: False)
     return out
 
 
-def _into(module_cls, params, sd, name: str, dtype, device):
-    with torch.device("meta"):
-        module = module_cls(params)
+def _into(module_cls, params, sd, name: str, dtype, device, module=None):
+    """module: already built on meta (GGUF: its quantised Linears swapped for GGUFLinear first)."""
+    if module is None:
+        with torch.device("meta"):
+            module = module_cls(params)
     if any(t.dtype in FP8_DTYPES for t in sd.values()):
         swap_fp8_linears(module, sd, dtype)          # fp8 Linear weights stay float8 (ScaledFP8Linear)
         kept = {k for k, v in module.state_dict().items() if v.dtype in FP8_DTYPES}
@@ -311,6 +313,8 @@ def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, devi
     as it streams them (and the resident parts once)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"diffusion model {paths[0].name}"
+    if any(p.suffix.lower() == ".gguf" for p in paths):
+        return _load_gguf_transformer(paths, preset, dtype, device, name, mapped)
     sd = normalise_transformer_keys(read_safetensors(paths, dtype, name, keep_fp8=keep_fp8, defer_cast=mapped),
                                     name, dtype)
     p = infer_transformer_params(sd)
@@ -318,6 +322,26 @@ def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, devi
         _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
                                                      "guidance_embed"), preset.name)
     return _into(Flux2Transformer, p, sd, name, dtype, device)
+
+
+def _load_gguf_transformer(paths: list[Path], preset, dtype, device, name: str, mapped: bool) -> Flux2Transformer:
+    """A ComfyUI-GGUF FLUX.2 transformer (weights/gguf.py): quantised Linear weights stay in their blocks
+    (GGUFLinear, views into the mapped file until moved to the device), the rest is cast like a safetensors file."""
+    from .weights.gguf import check_transformer, read_gguf, settle, swap_gguf_linears
+
+    if len(paths) != 1:
+        raise ModelLoadError(f"{name}: a GGUF transformer is one file, got {len(paths)}")
+    f = read_gguf(paths[0], "diffusion model")
+    check_transformer(f, name)
+    sd = normalise_transformer_keys(f.tensors, name)
+    p = infer_transformer_params(sd)
+    if preset is not None:
+        _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
+                                                     "guidance_embed"), preset.name)
+    with torch.device("meta"):
+        module = Flux2Transformer(p)
+    sd = settle(swap_gguf_linears(module, sd, dtype), dtype, mapped)
+    return _into(Flux2Transformer, p, sd, name, dtype, device, module=module)
 
 
 # ---------------------------------------------------------------------------------------------- VAE

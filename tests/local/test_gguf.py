@@ -1,0 +1,103 @@
+"""GGUF transformers as ComfyUI-GGUF publishes them: detected from the header, weights kept quantised and
+de-quantised per layer, the same picture as the file's own de-quantised float32 twin, with offload and LoRA."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+
+from comfyui_flux2.flux2.errors import ModelLoadError  # noqa: E402
+from comfyui_flux2.flux2.local import backend as lb  # noqa: E402
+from comfyui_flux2.flux2.local.weights.gguf import GGUFLinear  # noqa: E402
+
+import gguf_twins  # noqa: E402
+
+
+def _run(backend, prompt="a red cat"):
+    return backend.engine().generate(prompt, 32, 32, [5], 2, backend.effective_guidance, [])[0]
+
+
+@pytest.fixture(scope="module")
+def gguf_files(klein, tmp_path_factory):
+    pipe, _, files = klein
+    d = tmp_path_factory.mktemp("gguf")
+    q = gguf_twins.write_gguf_transformer(pipe.transformer.state_dict(), d / "flux-2-klein-4b-Q8_0.gguf")
+    twin = gguf_twins.dequantized_twin(q, d / "flux-2-klein-4b-dequantized.safetensors")
+    return q, twin, files
+
+
+def _backend(tr, files, **kw):
+    return lb.LocalBackend("auto", lb.LocalFiles(transformer=tr, text_encoder=files["text_encoder"], vae=files["vae"]),
+                           dtype="fp32", device="cpu", steps=2, **kw)
+
+
+def test_published_layout(gguf_files):
+    q, _, _ = gguf_files
+    r = gguf.GGUFReader(str(q))
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert r.get_field("general.architecture").contents() == "flux"
+    assert types["img_in.weight"] == "BF16" and types["double_blocks.0.img_attn.norm.query_norm.scale"] == "F32"
+    assert {"Q8_0", "Q4_0", "Q5_1"} <= set(types.values())
+
+
+def test_same_picture_as_its_dequantized_twin(gguf_files):
+    q, twin, files = gguf_files
+    lb.clear_cache()
+    a = _backend(q, files)
+    img_q = _run(a)
+    tr = a.engine().m.transformer
+    lin = tr.double_blocks[0].img_attn.qkv
+    assert isinstance(lin, GGUFLinear) and lin.weight.dtype == torch.uint8       # stays quantised in memory
+    lb.clear_cache()
+    img_f = _run(_backend(twin, files))
+    lb.clear_cache()
+    diff = np.abs(img_q.astype(np.float64) - img_f.astype(np.float64)) * 255
+    assert diff.mean() <= 0.05 and diff.max() <= 2
+
+
+def test_detection_and_plan_from_the_header(gguf_files):
+    """Same model detected as the float twin; the plan counts the quantised bytes (Q8_0: 34 bytes a 32-element
+    block) and the largest layer de-quantised."""
+    from comfyui_flux2.flux2.backend import GenerationRequest
+    from comfyui_flux2.flux2.local.memory import sizes_from_headers
+
+    q, twin, files = gguf_files
+    a, b = _backend(q, files), _backend(twin, files)
+    assert a.detection().preset == b.detection().preset
+    (call,) = a.plan(GenerationRequest("a cat", 64, 64, seed=1))
+    assert "detected FLUX.2 [klein]" in call.summary
+
+    def sizes(det):
+        return sizes_from_headers(det.transformer, det.text_encoder, det.vae, dtype_bytes=4, keep_fp8=True,
+                                  text_layers_used=27)
+
+    sq, sf = sizes(a.detection()), sizes(b.detection())
+    assert sq.kept_fp8 and not sf.kept_fp8
+    assert sq.largest_linear_elements == sf.largest_linear_elements
+    # blocks hold only quantised matrices and F32 norms: between 34/32/4 (Q8_0) and 20/32/4 (Q4_1) of float32
+    assert 0.15 * sf.transformer_blocks < sq.transformer_blocks < 0.3 * sf.transformer_blocks
+    # resident parts: the modulation matrices are quantised too; img_in / txt_in / time_in / final_layer (BF16 in
+    # the file) are cast to the compute dtype as before
+    assert sq.transformer_resident < sf.transformer_resident
+
+
+def test_offload_blocks_streams_quantised_blocks(gguf_files):
+    q, _, files = gguf_files
+    lb.clear_cache()
+    ref = _run(_backend(q, files))
+    lb.clear_cache()
+    off = _backend(q, files, offload="blocks")
+    img = _run(off)
+    lb.clear_cache()
+    assert np.array_equal(img, ref)
+
+
+def test_text_encoder_file_as_diffusion_model_refused(gguf_files, tmp_path):
+    _, _, files = gguf_files
+    p = gguf_twins.write_gguf({"token_embd.weight": torch.randn(64, 32)}, tmp_path / "qwen3-4b-Q8_0.gguf", "qwen3",
+                              lambda k, t: gguf.GGMLQuantizationType.Q8_0)
+    with pytest.raises(ModelLoadError, match="qwen3"):
+        lb.LocalBackend("FLUX.2 [klein] 4B", lb.LocalFiles(transformer=p, text_encoder=files["text_encoder"],
+                                                            vae=files["vae"]), dtype="fp32", device="cpu").engine()

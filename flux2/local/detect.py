@@ -3,7 +3,7 @@
 As ComfyUI's model detection does, the family and size come from the tensors: a guidance embedder means
 [dev]; the text encoder's kind (Qwen3: per-head q/k norms; Mistral: none) and width; the transformer's width
 and block counts (klein 4B / 9B / dev, or any other FLUX.2-architecture size, which then runs at its own size).
-Whether a [klein] is step-distilled or Base is not in the weights: a diffusers folder's `model_index.json`
+Headers of GGUF files (weights/gguf.py) read the same way. Whether a [klein] is step-distilled or Base is not in the weights: a diffusers folder's `model_index.json`
 (`is_distilled`), the file's metadata or its name tell; where nothing does, distilled is assumed and said.
 Only what cannot work is refused, in one line naming the file: not FLUX.2, a text encoder whose width is not
 the transformer's context width, a VAE without 32 latent channels.
@@ -19,7 +19,8 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from .params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
                      TextEncoderParams, TransformerParams, VAEParams)
-from .safetensors_header import Header, TensorInfo, read_headers
+from .safetensors_header import Header, TensorInfo
+from .weights.headers import read_any_headers as read_headers
 
 AUTO = "auto"
 _TR_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")

@@ -273,10 +273,10 @@ def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
     No file: 0. A header that cannot be read is a ModelLoadError naming the file (never a silent bf16 guess)."""
     if path is None:
         return 0.0
-    from .safetensors_header import read_header
+    from .weights.headers import read_any_header
 
     fp8 = total = 0
-    for key, info in read_header(path).tensors.items():
+    for key, info in read_any_header(path).tensors.items():
         if upcast_marker and f".{upcast_marker}" in f".{key}":
             return 0.0
         if info.ndim != 2:

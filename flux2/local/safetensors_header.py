@@ -48,12 +48,8 @@ class Header:
 
 
 def read_header(path: Path | str, what: str = "weights") -> Header:
-    """The header of one safetensors file (or of a GGUF file: weights/gguf.py, TensorInfo.dtype a ggml type name).
-    Any unreadable header is a ModelLoadError naming the file."""
+    """The header of one safetensors file. Any unreadable header is a ModelLoadError naming the file."""
     path = Path(path)
-    if path.suffix.lower() == ".gguf":
-        from .weights.gguf import read_gguf_header
-        return read_gguf_header(path, what)
     if not path.is_file():
         raise ModelLoadError(f"{what} file not found: {path}")
     try:

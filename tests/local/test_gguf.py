@@ -101,3 +101,58 @@ def test_text_encoder_file_as_diffusion_model_refused(gguf_files, tmp_path):
     with pytest.raises(ModelLoadError, match="qwen3"):
         lb.LocalBackend("FLUX.2 [klein] 4B", lb.LocalFiles(transformer=p, text_encoder=files["text_encoder"],
                                                             vae=files["vae"]), dtype="fp32", device="cpu").engine()
+
+
+def test_lora_on_top_equals_lora_on_the_float_twin(gguf_files, tmp_path):
+    """Flux2LoRA's hooks add the patch to a GGUFLinear's output as to a plain Linear's."""
+    import lora_twins as tw
+    from comfyui_flux2.flux2.local import lora, params
+
+    q, twin, files = gguf_files
+    shapes = lora.linear_shapes(params.tiny_preset("klein", True).transformer)
+    path = tw.save(tw.ai_toolkit(tw.RandomLoRA.make(shapes, seed=2)), tmp_path / "lora.safetensors")
+    from comfyui_flux2.flux2.backend import GenerationRequest, run
+    from comfyui_flux2.flux2.run_context import RunContext
+
+    spec = (lora.LoRASpec(path, 1.0),)
+
+    def image(tr, loras=()):
+        return run(_backend(tr, files, loras=loras), GenerationRequest("a red cat", 64, 64, seed=5),
+                   RunContext()).images[0]
+
+    lb.clear_cache()
+    with_q, plain_q = image(q, spec), image(q)
+    lb.clear_cache()
+    with_f = image(twin, spec)
+    lb.clear_cache()
+    diff = np.abs(with_q.astype(np.int32) - with_f.astype(np.int32))
+    assert diff.mean() <= 0.05 and diff.max() <= 2
+    assert np.abs(with_q.astype(np.int32) - plain_q.astype(np.int32)).max() > 20      # the LoRA does move it
+
+
+def test_gguf_files_listed_beside_safetensors(tmp_path, monkeypatch):
+    import types
+
+    from comfyui_flux2.flux2.local import models_dir
+    from comfyui_flux2.nodes import local_backend
+
+    root = tmp_path / "models"
+    for rel in ("diffusion_models/a.safetensors", "unet/flux2-dev-Q4_K_M.gguf", "clip/Qwen3-4B-Q8_0.gguf",
+                "vae/x.gguf", "vae/ae.safetensors"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    assert models_dir.list_files("diffusion_models", root) == ["a.safetensors", "flux2-dev-Q4_K_M.gguf"]
+    assert models_dir.list_files("text_encoders", root) == ["Qwen3-4B-Q8_0.gguf"]
+    assert models_dir.list_files("vae", root) == ["ae.safetensors"]          # no GGUF VAE is published
+
+    # Inside ComfyUI, folder_paths lists only its own extensions; the node adds the .gguf files of those folders.
+    folders = {"diffusion_models": [root / "diffusion_models"], "unet": [root / "unet"],
+               "text_encoders": [root / "text_encoders"], "clip": [root / "clip"], "vae": [root / "vae"]}
+    fake = types.SimpleNamespace(
+        get_filename_list=lambda f: sorted(p.name for d in folders[f] if d.is_dir() for p in d.iterdir()
+                                           if p.suffix == ".safetensors"),
+        get_folder_paths=lambda f: [str(d) for d in folders[f]])
+    monkeypatch.setattr(local_backend, "folder_paths", lambda: fake)
+    assert local_backend._list("diffusion_models") == ["a.safetensors", "flux2-dev-Q4_K_M.gguf"]
+    assert local_backend._list("text_encoders") == ["Qwen3-4B-Q8_0.gguf"]
+    assert local_backend._list("vae") == ["ae.safetensors"]

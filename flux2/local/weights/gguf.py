@@ -98,8 +98,16 @@ def _open(path: Path, what: str):
 
 
 def _field(reader, key: str):
+    """A string or an integer array field, decoded from the reader's parts as ComfyUI-GGUF does (works with every
+    gguf release since 0.13, before ReaderField.contents existed)."""
     f = reader.get_field(key)
-    return None if f is None else f.contents()
+    if f is None:
+        return None
+    if f.types[0].name == "STRING":
+        return str(bytes(f.parts[f.data[-1]]), encoding="utf-8")
+    if f.types[0].name == "ARRAY":
+        return [int(f.parts[i][0]) for i in f.data]
+    return f.parts[f.data[-1]].tolist()[0]
 
 
 def _torch_shape(reader, t) -> tuple[int, ...]:
@@ -131,7 +139,7 @@ def read_gguf(path, what: str = "weights") -> GGUFFile:
     meta = {}
     for key, f in reader.fields.items():
         if len(f.types) == 1 and f.types[0].name == "STRING" and not key.startswith("tokenizer."):
-            meta[key] = str(f.contents())
+            meta[key] = _field(reader, key)
     tensors: dict[str, GGUFTensor] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

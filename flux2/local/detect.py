@@ -1,9 +1,9 @@
-"""Which FLUX.2 model a set of files is, from their safetensors headers alone (no weight is read).
+"""Which FLUX.2 model a set of files is, from their safetensors or GGUF headers alone (no weight is read).
 
 As ComfyUI's model detection does, the family and size come from the tensors: a guidance embedder means
 [dev]; the text encoder's kind (Qwen3: per-head q/k norms; Mistral: none) and width; the transformer's width
 and block counts (klein 4B / 9B / dev, or any other FLUX.2-architecture size, which then runs at its own size).
-Headers of GGUF files (weights/gguf.py) read the same way. Whether a [klein] is step-distilled or Base is not in the weights: a diffusers folder's `model_index.json`
+Whether a [klein] is step-distilled or Base is not in the weights: a diffusers folder's `model_index.json`
 (`is_distilled`), the file's metadata or its name tell; where nothing does, distilled is assumed and said.
 Only what cannot work is refused, in one line naming the file: not FLUX.2, a text encoder whose width is not
 the transformer's context width, a VAE without 32 latent channels.

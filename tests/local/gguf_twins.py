@@ -33,14 +33,19 @@ def published_type(key: str, t: torch.Tensor, quant: str):
     return QT[quant]
 
 
-def write_gguf(tensors: dict[str, torch.Tensor], path: Path, arch: str | None, types) -> Path:
-    """types(key, tensor) -> GGMLQuantizationType."""
+def write_gguf(tensors: dict[str, torch.Tensor], path: Path, arch: str | None, types, general_name: str | None = None,
+               fields=None) -> Path:
+    """types(key, tensor) -> GGMLQuantizationType; fields(writer) adds further key/values."""
     import gguf
 
     path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(path), arch=arch or "flux")
     if arch is None:                                  # sd.cpp-style file without the architecture key
         w.kv_data[0].pop("general.architecture", None)
+    if general_name:
+        w.add_name(general_name)
+    if fields is not None:
+        fields(w)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     for key, t in tensors.items():
@@ -56,14 +61,14 @@ def write_gguf(tensors: dict[str, torch.Tensor], path: Path, arch: str | None, t
 
 
 def write_gguf_transformer(diffusers_sd, path: Path, quants=("Q8_0", "Q4_0", "Q5_1", "Q4_1", "Q5_0"),
-                           prefix: str = "", arch: str | None = "flux") -> Path:
+                           prefix: str = "", arch: str | None = "flux", general_name: str | None = None) -> Path:
     """A FLUX.2 transformer as ComfyUI-GGUF publishes it; matrices cycle through `quants` (a mixed file)."""
     import twins
 
     sd = twins.bfl_transformer(diffusers_sd)
     order = {k: i for i, k in enumerate(sorted(sd))}
     types = lambda key, t: published_type(key[len(prefix):], t, quants[order[key[len(prefix):]] % len(quants)])  # noqa: E731
-    return write_gguf({prefix + k: v for k, v in sd.items()}, path, arch, types)
+    return write_gguf({prefix + k: v for k, v in sd.items()}, path, arch, types, general_name)
 
 
 def dequantized_twin(gguf_path: Path, out: Path, prefix: str = "") -> Path:

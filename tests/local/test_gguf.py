@@ -156,3 +156,34 @@ def test_gguf_files_listed_beside_safetensors(tmp_path, monkeypatch):
     assert local_backend._list("diffusion_models") == ["a.safetensors", "flux2-dev-Q4_K_M.gguf"]
     assert local_backend._list("text_encoders") == ["Qwen3-4B-Q8_0.gguf"]
     assert local_backend._list("vae") == ["ae.safetensors"]
+
+
+def test_base_from_the_gguf_name_or_metadata(gguf_files, tmp_path, klein):
+    import shutil
+
+    q, _, files = gguf_files
+    base = tmp_path / "flux-2-klein-base-4b-Q8_0.gguf"
+    shutil.copy(q, base)
+    det = _backend(base, files).detection()
+    assert not det.preset.distilled and "Base from the file name" in det.describe()
+    pipe = klein[0]
+    named = gguf_twins.write_gguf_transformer(pipe.transformer.state_dict(), tmp_path / "model.gguf",
+                                              general_name="FLUX.2 klein Base 4B")
+    det = _backend(named, files).detection()
+    assert not det.preset.distilled and "Base from the file's metadata" in det.describe()
+
+
+def test_prefixed_and_archless_files_read_the_same(gguf_files, klein, tmp_path):
+    """`model.diffusion_model.` names and a file without general.architecture (ComfyUI-GGUF: compat mode, tensor
+    names decide) give the same weights."""
+    q, _, files = gguf_files
+    pipe = klein[0]
+    other = gguf_twins.write_gguf_transformer(pipe.transformer.state_dict(), tmp_path / "p.gguf",
+                                              prefix="model.diffusion_model.", arch=None)
+    assert gguf.GGUFReader(str(other)).get_field("general.architecture") is None
+    lb.clear_cache()
+    a = _run(_backend(q, files))
+    lb.clear_cache()
+    b = _run(_backend(other, files))
+    lb.clear_cache()
+    assert np.array_equal(a, b)

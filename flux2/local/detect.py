@@ -251,7 +251,8 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
     tr_header = read_headers(tr, "diffusion model")
     t = _strip(tr_header.tensors, _TR_PREFIXES)
     tp = transformer_params(t, tr_name, cfg["transformer"])
-    te_t = _strip(read_headers(te, "text encoder").tensors, _TE_PREFIXES)
+    te_header = read_headers(te, "text encoder")
+    te_t = _strip(te_header.tensors, _TE_PREFIXES)
     te_t = {k: v for k, v in te_t.items() if "vision" not in k and not k.startswith("lm_head")}
     if "embed_tokens.weight" in te_t and te_t["embed_tokens.weight"].ndim == 2:
         width = te_t["embed_tokens.weight"].shape[1]
@@ -267,6 +268,9 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
     te_cfg = cfg["text_encoder"]
     if not te_cfg and len(te) == 1:              # a single file may bring its config as <stem>.config.json
         te_cfg = _json(te[0].with_name(te[0].stem + ".config.json"))
+    if not te_cfg and te[0].suffix.lower() == ".gguf":     # a llama.cpp file says its head counts and head size
+        from .weights.gguf import text_config
+        te_cfg = text_config(te_header)
     tep = text_encoder_params(te_t, te_name, te_cfg)
     vae_t, vp = vae_params(read_headers(vae, "vae").tensors, vae_name, cfg["vae"])
     if tep.out_dim != tp.context_dim:

@@ -470,7 +470,12 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
         m = re.search(r"layers\.(\d+)\.", key)
         return m is None or int(m.group(1)) < wanted
 
-    sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8, defer_cast=mapped)
+    gguf_file = paths[0].suffix.lower() == ".gguf"
+    if gguf_file:
+        from .weights.gguf import read_text_encoder
+        sd = read_text_encoder(paths[0], name, keep)      # HF names; quantised tensors as GGUFTensor
+    else:
+        sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8, defer_cast=mapped)
     for pre in _TE_PREFIXES:
         if f"{pre}embed_tokens.weight" in sd:
             sd = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
@@ -491,6 +496,12 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
     if p.hidden * len(p.out_layers) != base.hidden * len(base.out_layers):
         raise ModelLoadError(f"{name} has hidden size {p.hidden}, expected {base.hidden} for this model "
                              f"(wrong text encoder for the chosen model family?)")
+    if gguf_file:                       # quantised Linears stay in their blocks (GGUFLinear), the rest is cast
+        from .weights.gguf import settle, swap_gguf_linears
+        with torch.device("meta"):
+            module = TextEncoder(p)
+        sd = settle(swap_gguf_linears(module, sd, dtype), dtype, mapped)
+        return _into(TextEncoder, p, sd, name, dtype, device, module=module)
     return _into(TextEncoder, p, sd, name, dtype, device)
 
 

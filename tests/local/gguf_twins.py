@@ -84,3 +84,74 @@ def dequantized_twin(gguf_path: Path, out: Path, prefix: str = "") -> Path:
         sd[re.sub("^" + re.escape(prefix), "", t.name)] = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     save_file(sd, str(out))
     return out
+
+
+# llama.cpp's tensor names for Hugging Face causal LMs (convert_hf_to_gguf.py / gguf.constants TENSOR_NAMES)
+HF_TO_LLAMA = (("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("model.layers.", "blk."),
+               ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+               ("self_attn.o_proj", "attn_output"), ("self_attn.q_norm", "attn_q_norm"),
+               ("self_attn.k_norm", "attn_k_norm"), ("input_layernorm", "attn_norm"),
+               ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+               ("mlp.down_proj", "ffn_down"))
+
+
+def llama_permute(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """convert_hf_to_gguf.py LlamaModel.permute: q/k rows reordered for llama.cpp's interleaved RoPE."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf_text_encoder(hf_sd: dict[str, torch.Tensor], path: Path, arch: str, heads: int, kv_heads: int,
+                            quants=("Q8_0", "Q4_1", "Q5_0"), head_dim: int | None = None) -> Path:
+    """A llama.cpp text encoder: "qwen3" (Qwen3, names as is) or "llama" (Mistral: q/k rows permuted, head counts
+    in `llama.attention.head_count(_kv)`); norms F32, token_embd and matrices quantised (cycling `quants`)."""
+    import gguf
+
+    out = {}
+    for k, v in hf_sd.items():
+        if arch == "llama" and k.endswith("q_proj.weight"):
+            v = llama_permute(v, heads)
+        elif arch == "llama" and k.endswith("k_proj.weight"):
+            v = llama_permute(v, kv_heads)
+        for src, dst in HF_TO_LLAMA:
+            k = k.replace(src, dst)
+        out[k] = v
+    order = {k: i for i, k in enumerate(sorted(out))}
+    QT = gguf.GGMLQuantizationType
+
+    def types(key, t):
+        return QT.F32 if t.ndim == 1 else QT[quants[order[key] % len(quants)]]
+
+    def fields(w):
+        w.add_head_count(heads)
+        w.add_head_count_kv(kv_heads)
+        if head_dim:                     # llama.cpp writes it where the config names a head_dim (Mistral Small)
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+
+    return write_gguf(out, path, arch, types, fields=fields)
+
+
+def dequantized_text_encoder_twin(hf_sd: dict[str, torch.Tensor], gguf_path: Path, out: Path, arch: str,
+                                  heads: int, kv_heads: int) -> Path:
+    """The GGUF text encoder de-quantised by the gguf package, back under HF names (q/k un-permuted by the
+    inverse of llama_permute), as float32 safetensors."""
+    import gguf
+    from safetensors.torch import save_file
+
+    back = {dst: src for src, dst in HF_TO_LLAMA}
+    r = gguf.GGUFReader(str(gguf_path))
+    sd = {}
+    for t in r.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        x = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(np.array(t.data), t.tensor_type)
+                                                  .reshape(shape), np.float32))
+        name = t.name
+        for dst, src in reversed(list(back.items())):
+            name = name.replace(dst, src)
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            h = heads if "q_proj" in name else kv_heads
+            x = x.reshape(h, x.shape[0] // h // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        sd[name] = x
+    assert set(sd) == set(hf_sd), sorted(set(sd) ^ set(hf_sd))[:4]
+    save_file(sd, str(out))
+    return out

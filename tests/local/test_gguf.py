@@ -187,3 +187,53 @@ def test_prefixed_and_archless_files_read_the_same(gguf_files, klein, tmp_path):
     b = _run(_backend(other, files))
     lb.clear_cache()
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["klein", "dev"])
+def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_path):
+    """llama.cpp text encoders: Qwen3 ("qwen3", [klein]) and Mistral ("llama", [dev]: q/k rows permuted by the
+    converter, un-permuted on load); the picture equals that of the same weights de-quantised as float32."""
+    import shutil
+
+    import twins
+
+    pipe, root, _ = request.getfixturevalue(family)
+    arch = "qwen3" if family == "klein" else "llama"
+    params_te = pipe.text_encoder.config if family == "klein" else pipe.text_encoder.config.text_config
+    heads, kv = params_te.num_attention_heads, params_te.num_key_value_heads
+    hf = twins.hf_text_encoder(pipe.text_encoder)
+    q = gguf_twins.write_gguf_text_encoder(hf, tmp_path / "text-encoder-Q8_0.gguf", arch, heads, kv,
+                                           head_dim=getattr(params_te, "head_dim", None))
+    f32 = gguf_twins.dequantized_text_encoder_twin(hf, q, tmp_path / "text-encoder-f32.safetensors", arch, heads, kv)
+    tok = root / "diffusers" / "flux2-tiny" / "tokenizer" / "tokenizer.json"
+    for p in (q, f32):
+        shutil.copy(tok, p.with_name(p.stem + ".tokenizer.json"))
+    # the float twin says its head size in a config beside it (a safetensors file has no metadata for it)
+    f32.with_name(f32.stem + ".config.json").write_text(pipe.text_encoder.config.to_json_string())
+    folder = root / "diffusers" / "flux2-tiny"
+
+    def image(te):
+        lb.clear_cache()
+        b = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=folder, text_encoder=te), dtype="fp32",
+                            device="cpu", steps=2)
+        out = _run(b)
+        if te == q:
+            enc = b.engine().m.text_encoder
+            assert isinstance(enc.layers[0].self_attn.q_proj, GGUFLinear)
+        lb.clear_cache()
+        return out
+
+    a, b = image(q), image(f32)
+    diff = np.abs(a.astype(np.int32) - b.astype(np.int32))
+    assert diff.mean() <= 0.05 and diff.max() <= 2
+    # tiny random weights barely react to the prompt, so the layers are compared too: every quantised Linear
+    # de-quantises to exactly the float twin's weight (q/k in Hugging Face's row order again)
+    from comfyui_flux2.flux2.local import loading
+
+    base = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=folder, text_encoder=q)).model_preset.text_encoder
+    te_q = loading.load_text_encoder(q, base, torch.float32)
+    te_f = loading.load_text_encoder(f32, base, torch.float32)
+    swapped = [(n, m) for n, m in te_q.named_modules() if isinstance(m, GGUFLinear)]
+    assert any(n.endswith("q_proj") for n, _ in swapped) and any(n.endswith("k_proj") for n, _ in swapped)
+    for n, m in swapped:
+        assert torch.equal(m.dequantized(torch.float32), te_f.get_submodule(n).weight), n

@@ -128,6 +128,7 @@ class GGUFFile:
     arch: str | None
     metadata: dict[str, str]           # string fields (general.name, ...), for the distilled / Base hints
     tensors: dict[str, GGUFTensor]     # HF names for text encoders, file names otherwise
+    numbers: dict[str, int]            # integer fields (llama.attention.head_count, ...)
 
 
 def read_gguf(path, what: str = "weights") -> GGUFFile:
@@ -136,10 +137,12 @@ def read_gguf(path, what: str = "weights") -> GGUFFile:
     reader = _open(path, what)
     arch = _field(reader, "general.architecture")
     text = arch in TEXT_ARCHS
-    meta = {}
+    meta, numbers = {}, {}
     for key, f in reader.fields.items():
         if len(f.types) == 1 and f.types[0].name == "STRING" and not key.startswith("tokenizer."):
             meta[key] = _field(reader, key)
+        elif len(f.types) == 1 and f.types[0].name.startswith(("UINT", "INT")):
+            numbers[key] = int(_field(reader, key))
     tensors: dict[str, GGUFTensor] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -148,7 +151,7 @@ def read_gguf(path, what: str = "weights") -> GGUFFile:
             gq.check_supported(tid, f"{what} {path.name}: tensor {t.name}")
             raw = torch.from_numpy(t.data.reshape(-1).view("uint8"))
             tensors[_hf_name(t.name) if text else t.name] = GGUFTensor(raw, tid, _torch_shape(reader, t))
-    return GGUFFile(arch, meta, tensors)
+    return GGUFFile(arch, meta, tensors, numbers)
 
 
 @functools.lru_cache(maxsize=32)
@@ -156,6 +159,7 @@ def _header(path: str, _stamp: tuple, what: str) -> Header:
     f = read_gguf(path, what)
     infos = {k: TensorInfo(t.type_name, t.shape) for k, t in f.tensors.items()}
     meta = dict(f.metadata)
+    meta.update({k: str(v) for k, v in f.numbers.items()})
     if f.arch is not None:
         meta["general.architecture"] = f.arch
     return Header(infos, meta, sum(t.raw.numel() for t in f.tensors.values()))
@@ -244,3 +248,49 @@ def check_transformer(f: GGUFFile, name: str) -> None:
     if any(_DIFFUSERS.match(k) for k in f.tensors):
         raise ModelLoadError(f"{name} is a GGUF file in the diffusers layout, which ComfyUI-GGUF does not publish "
                              f"or read; convert the BFL/ComfyUI single file (fused qkv) instead")
+
+
+# ------------------------------------------------------------------------------------------ text encoders
+
+def _unpermute(t: GGUFTensor, heads: int) -> GGUFTensor:
+    """Undo llama.cpp's q/k row permutation (convert_hf_to_gguf.py LlamaModel.permute, for its interleaved RoPE)
+    as ComfyUI-GGUF's llama_permute does. Rows are whole blocks, so the raw bytes move row by row."""
+    rows = t.shape[0]
+    raw = t.raw.reshape(rows, -1)
+    raw = raw.reshape(heads, rows // heads // 2, 2, raw.shape[1]).transpose(1, 2).reshape(-1).contiguous()
+    return GGUFTensor(raw, t.tid, t.shape)
+
+
+def read_text_encoder(path, name: str, keep) -> dict[str, GGUFTensor]:
+    """A llama.cpp text encoder under Hugging Face names (`model.layers.N.self_attn.q_proj.weight`, ...): "qwen3"
+    (klein's Qwen3, no permutation: NEOX RoPE) or "llama" (Mistral Small: q/k rows un-permuted with the file's
+    head counts). keep(name) drops what FLUX.2 never reads."""
+    f = read_gguf(path, "text encoder")
+    if f.arch not in ("qwen3", "llama"):
+        what = "no architecture" if f.arch is None else f"architecture {f.arch!r}"
+        raise ModelLoadError(f"{name} is a GGUF file with {what}; GGUF text encoders are read for llama.cpp's "
+                             f"'qwen3' ([klein]) and 'llama' (Mistral Small, [dev]) only")
+    tensors = {k: t for k, t in f.tensors.items() if keep(k)}
+    if f.arch == "llama":
+        heads, kv = f.numbers.get("llama.attention.head_count"), f.numbers.get("llama.attention.head_count_kv")
+        if not heads:
+            raise ModelLoadError(f"{name} lacks llama.attention.head_count, needed to undo llama.cpp's q/k order")
+        for k, t in list(tensors.items()):
+            if k.endswith("self_attn.q_proj.weight"):
+                tensors[k] = _unpermute(t, heads)
+            elif k.endswith("self_attn.k_proj.weight"):
+                tensors[k] = _unpermute(t, kv or heads)
+    return tensors
+
+
+def text_config(header: Header) -> dict:
+    """The Hugging Face config fields a llama.cpp text encoder's metadata gives (`<arch>.attention.head_count`,
+    `head_count_kv`, `key_length` = head size, `rope.freq_base`, `attention.layer_norm_rms_epsilon`); {} for others.
+    The head size matters for Mistral Small, whose heads (128) are not hidden / heads (160)."""
+    meta = header.metadata
+    arch = meta.get("general.architecture")
+    if arch not in TEXT_ARCHS:
+        return {}
+    names = {"attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+             "attention.key_length": "head_dim"}
+    return {hf: int(meta[f"{arch}.{g}"]) for g, hf in names.items() if f"{arch}.{g}" in meta}

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from .params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
                      TextEncoderParams, TransformerParams, VAEParams)
+from .quant import in_features
 from .safetensors_header import Header, TensorInfo
 from .weights.headers import read_any_headers as read_headers
 
@@ -62,12 +63,12 @@ def transformer_params(t: dict, name: str, config: dict | None = None) -> Transf
     if "double_blocks.0.img_mod.lin.weight" in t or "transformer_blocks.0.norm1.linear.weight" in t:
         raise ModelLoadError(f"{name} is a FLUX.1 transformer (per-block modulation), not FLUX.2")
     if "double_blocks.0.img_attn.qkv.weight" in t and "single_stream_modulation.lin.weight" in t:
-        hidden, in_ch = t["img_in.weight"].shape
+        hidden, in_ch = t["img_in.weight"].shape[0], in_features(t, "img_in.weight")
         head_dim = t.get("double_blocks.0.img_attn.norm.query_norm.scale",
                          t.get("double_blocks.0.img_attn.norm.query_norm.weight")).shape[0]
         nd, ns = _blocks(t, "double_blocks."), _blocks(t, "single_blocks.")
-        ctx = t["txt_in.weight"].shape[1]
-        mlp = t["double_blocks.0.img_mlp.2.weight"].shape[1]
+        ctx = in_features(t, "txt_in.weight")
+        mlp = in_features(t, "double_blocks.0.img_mlp.2.weight")
         guidance = "guidance_in.in_layer.weight" in t
     elif "transformer_blocks.0.attn.to_q.weight" in t and "single_stream_modulation.linear.weight" in t:
         hidden, in_ch = t["x_embedder.weight"].shape

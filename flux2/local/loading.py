@@ -17,7 +17,8 @@ import torch
 from ..errors import ModelLoadError
 from .autoencoder import AutoencoderFlux2
 from .params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
-from .quant import FP8_DTYPES, dequantize_weight, swap_fp8_linears
+from .quant import (FP8_DTYPES, dequantize_nvfp4, dequantize_weight, in_features, is_nvfp4, swap_fp8_linears,
+                    swap_nvfp4_linears)
 from .safetensors_header import read_header
 from .text_encoder import TextEncoder
 from .transformer import Flux2Transformer
@@ -79,14 +80,13 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
                keep_fp8: bool = False, name: str = "weights", defer_cast: bool = False) -> dict[str, torch.Tensor]:
     """fp8 weights: ComfyUI `weight_scale` / `scale_weight` (scalar or per-row) and BFL per-row scales.
     NVFP4 weights (ComfyUI `nvfp4`: uint8 codes + fp8 block scales + `weight_scale_2`) are de-quantised to
-    `dtype` here, as ComfyUI does (quant.dequantize_nvfp4). Scale tensors and quantisation metadata are
+    `dtype` here, as ComfyUI does (quant.dequantize_nvfp4), or with keep_fp8 kept packed with their two scales
+    (`_into` makes them quant.NVFP4Linear layers, de-quantised per layer with the same numbers). Scale tensors and quantisation metadata are
     consumed; other tensors are cast to `dtype`.
     keep_fp8: float8 matrices `X.weight` stay float8, their scale (if any) as float32 `X.weight_scale`;
     `_into` turns them into ScaledFP8Linear layers (or up-casts them there, with the same numbers).
     defer_cast (offload=blocks): a tensor that needs no de-quantisation is returned as read, still a view into the
     mapped file, neither cast nor re-aligned; offload.py casts it per block, as it streams it, with this rule."""
-    from .quant import dequantize_nvfp4
-
     out = {}
     for key, t in sd.items():
         if _QUANT_META.search(key) or key.endswith(".pre_quant_scale"):
@@ -103,6 +103,12 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
                                      f"does not read; use the bf16 or fp8 file")
             if base + ".weight_scale" not in sd or base + ".weight_scale_2" not in sd:
                 raise ModelLoadError(f"{name}: NVFP4 layer {base} lacks its weight_scale / weight_scale_2")
+            if keep_fp8 and key.endswith(".weight") and t.ndim == 2 and t.dtype == torch.uint8:
+                # kept packed (quant.NVFP4Linear, de-quantised per layer with the same numbers)
+                out[key] = t
+                out[base + ".weight_scale"] = sd[base + ".weight_scale"]
+                out[base + ".weight_scale_2"] = sd[base + ".weight_scale_2"].to(torch.float32)
+                continue
             try:
                 t = dequantize_nvfp4(t, sd[base + ".weight_scale"], sd[base + ".weight_scale_2"],
                                      dtype or torch.float32)
@@ -248,7 +254,7 @@ def normalise_transformer_keys(sd: dict[str, torch.Tensor], name: str,
 
 
 def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:
-    hidden, in_ch = sd["img_in.weight"].shape
+    hidden, in_ch = sd["img_in.weight"].shape[0], in_features(sd, "img_in.weight")
     head_dim = sd["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
     n_double = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("double_blocks."))
     singles = [int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")]
@@ -256,8 +262,8 @@ def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:
     axes = (32, 32, 32, 32) if head_dim == 128 else (q, q, q, head_dim - 3 * q)
     return TransformerParams(hidden=hidden, heads=hidden // head_dim, head_dim=head_dim, depth_double=n_double,
                              depth_single=1 + max(singles) if singles else 0,
-                             context_dim=sd["txt_in.weight"].shape[1], in_channels=in_ch,
-                             mlp_hidden=sd["double_blocks.0.img_mlp.2.weight"].shape[1],
+                             context_dim=in_features(sd, "txt_in.weight"), in_channels=in_ch,
+                             mlp_hidden=in_features(sd, "double_blocks.0.img_mlp.2.weight"),
                              guidance_embed="guidance_in.in_layer.weight" in sd, axes_dim=axes)
 
 
@@ -273,11 +279,14 @@ def _upcast_kept_fp8(sd: dict[str, torch.Tensor], dtype, keep=lambda key: False)
     except those `keep(key)` says stay float8. Their consumed scales are dropped."""
     out = {}
     for key, t in sd.items():
-        if key.endswith(".weight_scale") and key[: -len("_scale")] in sd:
-            if keep(key[: -len("_scale")]):
+        if key.endswith((".weight_scale", ".weight_scale_2")) and key[: key.rindex("_scale")] in sd:
+            if keep(key[: key.rindex("_scale")]):
                 out[key] = t
             continue
-        if t.dtype in FP8_DTYPES and not keep(key):
+        if is_nvfp4(sd, key) and not keep(key):
+            base = key[: -len("weight")]
+            t = dequantize_nvfp4(t, sd[base + "weight_scale"], sd[base + "weight_scale_2"], dtype or torch.float32)
+        elif t.dtype in FP8_DTYPES and not keep(key):
             t = dequantize_weight(t, sd.get(key + "_scale"), dtype or torch.float32)
         out[key] = t
     return out
@@ -288,9 +297,10 @@ def _into(module_cls, params, sd, name: str, dtype, device, module=None):
     if module is None:
         with torch.device("meta"):
             module = module_cls(params)
-    if any(t.dtype in FP8_DTYPES for t in sd.values()):
+    nvfp4 = swap_nvfp4_linears(module, sd, dtype) if any(is_nvfp4(sd, k) for k in sd) else set()
+    if nvfp4 or any(t.dtype in FP8_DTYPES for t in sd.values()):
         swap_fp8_linears(module, sd, dtype)          # fp8 Linear weights stay float8 (ScaledFP8Linear)
-        kept = {k for k, v in module.state_dict().items() if v.dtype in FP8_DTYPES}
+        kept = {k for k, v in module.state_dict().items() if v.dtype in FP8_DTYPES} | nvfp4
         sd = _upcast_kept_fp8(sd, dtype, keep=lambda key: key in kept)
     expected = set(module.state_dict().keys())
     missing = sorted(expected - set(sd))

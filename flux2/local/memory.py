@@ -133,7 +133,8 @@ _BLOCK = re.compile(r"^(double_blocks|single_blocks|transformer_blocks|single_tr
 
 def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: bool) -> tuple[int, int]:
     """(bytes in memory, elements) of one tensor as the loader keeps it: float8 Linear weights stay 1 byte where
-    kept (quant.py), NVFP4 (uint8 codes + weight_scale_2) is de-quantised to the compute dtype, the rest is cast
+    kept (quant.py), NVFP4 (uint8 codes + weight_scale_2) kept packed likewise (else de-quantised to the compute
+    dtype), GGUF matrices stay in their blocks (weights/gguf.py), the rest is cast
     to it; scales and markers are consumed."""
     if _SCALE_KEY.search(key):
         return 0, 0
@@ -141,7 +142,8 @@ def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: boo
     if info.dtype in GGUF_QUANTS:                    # GGUF: 2-D (Linear) weights stay in their blocks (GGUFLinear)
         return (stored_bytes(info.dtype, n) if info.ndim == 2 else n * dtype_bytes), n
     if info.dtype == "U8" and key.endswith(".weight") and key[: -len("weight")] + "weight_scale_2" in tensors:
-        return 2 * n * dtype_bytes, 2 * n
+        # NVFP4 [out, in/2] codes: kept packed (quant.NVFP4Linear) with one fp8 block scale per 16 elements
+        return (n + n // 8 if keep_fp8 else 2 * n * dtype_bytes), 2 * n
     if info.dtype in ("F8_E4M3", "F8_E5M2") and keep_fp8 and info.ndim == 2:
         return n, n
     if info.dtype not in ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2"):
@@ -170,6 +172,8 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
                             (*([] if upcast_transformer else transformer.values()), *text_encoder.values()))
     # GGUF Linear weights are de-quantised one layer at a time too: the plan adds the largest one in the compute dtype
     kept = kept or any(i.dtype in GGUF_QUANTS and i.ndim == 2 for i in (*transformer.values(), *text_encoder.values()))
+    kept = kept or keep_fp8 and any(i.dtype == "U8" and k.endswith(".weight") and k[:-6] + "weight_scale_2" in t
+                                    for t in (transformer, text_encoder) for k, i in t.items())
     for k, info in transformer.items():
         b, n = _tensor_bytes(transformer, k, info, dtype_bytes, keep_fp8 and not upcast_transformer)
         if m := _BLOCK.match(k):

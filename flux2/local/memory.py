@@ -139,8 +139,9 @@ def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: boo
     if _SCALE_KEY.search(key):
         return 0, 0
     n = info.numel()
-    if info.dtype in GGUF_QUANTS:                    # GGUF: 2-D (Linear) weights stay in their blocks (GGUFLinear)
-        return (stored_bytes(info.dtype, n) if info.ndim == 2 else n * dtype_bytes), n
+    if info.dtype in GGUF_QUANTS:   # GGUF: Linear weights stay in their blocks (GGUFLinear); a token embedding and
+        linear = info.ndim == 2 and "embed_tokens" not in key      # anything else is de-quantised at load
+        return (stored_bytes(info.dtype, n) if linear else n * dtype_bytes), n
     if info.dtype == "U8" and key.endswith(".weight") and key[: -len("weight")] + "weight_scale_2" in tensors:
         # NVFP4 [out, in/2] codes: kept packed (quant.NVFP4Linear) with one fp8 block scale per 16 elements
         return (n + n // 8 if keep_fp8 else 2 * n * dtype_bytes), 2 * n

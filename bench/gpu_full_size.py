@@ -35,7 +35,7 @@ MODULE = __spec__.name if __spec__ else "comfyui_flux2.bench.gpu_full_size"
 def params_for(model: str, tiny: bool):
     from dataclasses import replace
 
-    from ..flux2.local.params import DEV_T, KLEIN4B_T
+    from ..flux2.local.model.params import DEV_T, KLEIN4B_T
 
     p = DEV_T if model == "dev" else KLEIN4B_T
     if tiny:
@@ -84,7 +84,7 @@ def _to_fp8(module, compute_dtype) -> int:
     import torch
     from torch import nn
 
-    from ..flux2.local.quant import ScaledFP8Linear
+    from ..flux2.local.weights.quant import ScaledFP8Linear
 
     n = 0
     for blocks in (module.double_blocks, module.single_blocks):
@@ -105,7 +105,7 @@ def _to_fp8(module, compute_dtype) -> int:
 def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     import torch
 
-    from ..flux2.local.sampling import euler_step, image_ids, text_ids
+    from ..flux2.local.model.sampling import euler_step, image_ids, text_ids
 
     p = params_for(model, tiny)
     size = size_for(tiny)
@@ -138,7 +138,7 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
                           guidance=guidance, return_dict=False)[0]
     else:
         from ..flux2.local.offload import offload_transformer
-        from ..flux2.local.transformer import Flux2Transformer
+        from ..flux2.local.model.transformer import Flux2Transformer
 
         with torch.device("meta"):
             model_ = Flux2Transformer(p)

@@ -106,7 +106,8 @@ def test_text_encoder_file_as_diffusion_model_refused(gguf_files, tmp_path):
 def test_lora_on_top_equals_lora_on_the_float_twin(gguf_files, tmp_path):
     """Flux2LoRA's hooks add the patch to a GGUFLinear's output as to a plain Linear's."""
     import lora_twins as tw
-    from comfyui_flux2.flux2.local import lora, params
+    from comfyui_flux2.flux2.local.model import params
+    from comfyui_flux2.flux2.local.weights import lora
 
     q, twin, files = gguf_files
     shapes = lora.linear_shapes(params.tiny_preset("klein", True).transformer)
@@ -133,7 +134,7 @@ def test_lora_on_top_equals_lora_on_the_float_twin(gguf_files, tmp_path):
 def test_gguf_files_listed_beside_safetensors(tmp_path, monkeypatch):
     import types
 
-    from comfyui_flux2.flux2.local import models_dir
+    from comfyui_flux2.flux2.local.weights import models_dir
     from comfyui_flux2.nodes import local_backend
 
     root = tmp_path / "models"
@@ -228,7 +229,7 @@ def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_p
     assert diff.mean() <= 0.05 and diff.max() <= 2
     # tiny random weights barely react to the prompt, so the layers are compared too: every quantised Linear
     # de-quantises to exactly the float twin's weight (q/k in Hugging Face's row order again)
-    from comfyui_flux2.flux2.local import loading
+    from comfyui_flux2.flux2.local.weights import loading
 
     base = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=folder, text_encoder=q)).model_preset.text_encoder
     te_q = loading.load_text_encoder(q, base, torch.float32)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import quant
+from comfyui_flux2.flux2.local.weights import quant
 from comfyui_flux2.flux2.local.memory import sizes_from_headers
 
 import twins
@@ -41,7 +41,7 @@ def test_kept_packed_same_picture_as_dequantised_at_load(nvfp4, monkeypatch):
     lb.clear_cache()
     off = _run(_backend(path, files, offload="blocks"))
     lb.clear_cache()
-    from comfyui_flux2.flux2.local import loading
+    from comfyui_flux2.flux2.local.weights import loading
 
     real = loading.load_modules
     monkeypatch.setattr(loading, "load_modules", lambda *a, **k: real(*a, **{**k, "keep_fp8": False}))

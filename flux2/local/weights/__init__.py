@@ -1,1 +1,5 @@
-"""Weight files: headers, detection, loading per component, quantised formats (fp8, NVFP4, GGUF), LoRA files."""
+"""Model files: safetensors and GGUF headers, detection, loading per component, quantized formats (fp8, NVFP4,
+GGUF), LoRA files, models folder.
+
+Builds model/ classes from files; never imports the runtime (backend, pipeline, memory, offload).
+"""

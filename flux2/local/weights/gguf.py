@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ModelLoadError
-from ..safetensors_header import Header, TensorInfo
+from .safetensors_header import Header, TensorInfo
 from . import gguf_quants as gq
 
 SUFFIX = ".gguf"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..safetensors_header import Header, read_header
+from .safetensors_header import Header, read_header
 
 
 def read_any_header(path, what: str = "weights") -> Header:

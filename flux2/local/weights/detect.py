@@ -16,12 +16,12 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ModelLoadError
-from .params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
+from ...errors import ModelLoadError
+from ..model.params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
                      TextEncoderParams, TransformerParams, VAEParams)
 from .quant import in_features
 from .safetensors_header import Header, TensorInfo
-from .weights.headers import read_any_headers as read_headers
+from .headers import read_any_headers as read_headers
 
 AUTO = "auto"
 _TR_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
@@ -270,7 +270,7 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
     if not te_cfg and len(te) == 1:              # a single file may bring its config as <stem>.config.json
         te_cfg = _json(te[0].with_name(te[0].stem + ".config.json"))
     if not te_cfg and te[0].suffix.lower() == ".gguf":     # a llama.cpp file says its head counts and head size
-        from .weights.gguf import text_config
+        from .gguf import text_config
         te_cfg = text_config(te_header)
     tep = text_encoder_params(te_t, te_name, te_cfg)
     vae_t, vp = vae_params(read_headers(vae, "vae").tensors, vae_name, cfg["vae"])

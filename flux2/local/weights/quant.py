@@ -124,11 +124,6 @@ def swap_fp8_linears(module: nn.Module, sd: dict[str, torch.Tensor], compute_dty
     return n
 
 
-def compute_dtype(linear: nn.Module) -> torch.dtype:
-    """The dtype a Linear (plain or fp8) computes in."""
-    return getattr(linear, "compute_dtype", None) or linear.weight.dtype
-
-
 class NVFP4Linear(nn.Module):
     """Drop-in for nn.Linear whose weight stays NVFP4 (uint8 codes [out, in/2], float8 block scales in the 128x4
     tiled layout, float32 per-tensor scale): a quarter of bf16's bytes. Each forward de-quantises with

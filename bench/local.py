@@ -23,11 +23,12 @@ CONFIGS = {
 }
 
 
-ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench"
-PEER_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_peer"   # outside the engine: imports ComfyUI
-PIPELINE_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.local_pipeline"   # whole-pipeline rows
+ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.bench.local"
+BENCH_PACKAGE = ENGINE_MODULE.rpartition(".")[0]        # the pack's bench/, under whatever name it is imported
+PEER_MODULE = BENCH_PACKAGE + ".comfyui_peer"          # imports ComfyUI
+PIPELINE_MODULE = BENCH_PACKAGE + ".local_pipeline"    # whole-pipeline rows
 PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
-COMFY_SWEEP_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_sweep"   # starts a ComfyUI server
+COMFY_SWEEP_MODULE = BENCH_PACKAGE + ".comfyui_sweep"  # starts a ComfyUI server
 ROWS = ("step", "pipeline", "lora", "comfyui-sweep", "quant-plan", "quant-step")
 
 
@@ -51,7 +52,7 @@ def _build(impl: str, cfg: str, dtype, device: str, comfyui_builder=None):
     """-> (model, step) for one implementation at one config, inputs made on the device."""
     import torch
 
-    from .sampling import image_ids, text_ids
+    from ..flux2.local.model.sampling import image_ids, text_ids
 
     torch.manual_seed(0)
     hidden, heads, nd, ns, tdim, w, h, lt = CONFIGS[cfg]
@@ -75,8 +76,8 @@ def _build(impl: str, cfg: str, dtype, device: str, comfyui_builder=None):
             return model(hidden_states=img, encoder_hidden_states=txt, timestep=t, img_ids=iid, txt_ids=tid,
                          guidance=None, return_dict=False)[0]
     else:
-        from .params import TransformerParams
-        from .transformer import Flux2Transformer
+        from ..flux2.local.model.params import TransformerParams
+        from ..flux2.local.model.transformer import Flux2Transformer
 
         model = Flux2Transformer(TransformerParams(hidden=hidden, heads=heads, head_dim=hd, depth_double=nd,
                                                    depth_single=ns, context_dim=tdim, mlp_hidden=3 * hidden,
@@ -133,7 +134,7 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
 
     import torch
 
-    from .lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
+    from ..flux2.local.weights.lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     cuda = device.startswith("cuda")
@@ -251,8 +252,11 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.worker and args.worker[0] == "quant":
-        from .bench_quant import step_worker
-        print(json.dumps(step_worker(args.worker[1], args.reps)))
+        import torch
+
+        from .local_quant import step_worker
+        model, _ = _build("ours", args.worker[1], torch.float32, "cpu")
+        print(json.dumps(step_worker(model, CONFIGS[args.worker[1]], args.worker[1], args.reps)))
         return 0
     if args.worker and args.worker[0] == "lora":
         print(json.dumps(_lora_worker(args.worker[1], args.dtype, args.device, args.reps, args.lora_rank)))
@@ -285,10 +289,10 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     if "lora" in kinds and _lora_rows(args, python) != 0:
         return 1
     if "quant-plan" in kinds:
-        from .bench_quant import plan_rows, print_plan
+        from .local_quant import plan_rows, print_plan
         print_plan(plan_rows())
     if "quant-step" in kinds:
-        from .bench_quant import print_steps
+        from .local_quant import print_steps
         for cfg in args.configs.split(","):
             r = _run_json([python, "-m", ENGINE_MODULE, "--worker", "quant", cfg, "--reps", str(args.reps)],
                           f"quant {cfg}")

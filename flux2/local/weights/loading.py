@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
-from .autoencoder import AutoencoderFlux2
-from .params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
+from ...errors import ModelLoadError
+from ..model.autoencoder import AutoencoderFlux2
+from ..model.params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
 from .quant import (FP8_DTYPES, dequantize_nvfp4, dequantize_weight, in_features, is_nvfp4, swap_fp8_linears,
                     swap_nvfp4_linears)
 from .safetensors_header import read_header
-from .text_encoder import TextEncoder
-from .transformer import Flux2Transformer
+from ..model.text_encoder import TextEncoder
+from ..model.transformer import Flux2Transformer
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 
@@ -337,7 +337,7 @@ def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, devi
 def _load_gguf_transformer(paths: list[Path], preset, dtype, device, name: str, mapped: bool) -> Flux2Transformer:
     """A ComfyUI-GGUF FLUX.2 transformer (weights/gguf.py): quantised Linear weights stay in their blocks
     (GGUFLinear, views into the mapped file until moved to the device), the rest is cast like a safetensors file."""
-    from .weights.gguf import check_transformer, read_gguf, settle, swap_gguf_linears
+    from .gguf import check_transformer, read_gguf, settle, swap_gguf_linears
 
     if len(paths) != 1:
         raise ModelLoadError(f"{name}: a GGUF transformer is one file, got {len(paths)}")
@@ -482,7 +482,7 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
 
     gguf_file = paths[0].suffix.lower() == ".gguf"
     if gguf_file:
-        from .weights.gguf import read_text_encoder
+        from .gguf import read_text_encoder
         sd = read_text_encoder(paths[0], name, keep)      # HF names; quantised tensors as GGUFTensor
     else:
         sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8, defer_cast=mapped)
@@ -507,7 +507,7 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
         raise ModelLoadError(f"{name} has hidden size {p.hidden}, expected {base.hidden} for this model "
                              f"(wrong text encoder for the chosen model family?)")
     if gguf_file:                       # quantised Linears stay in their blocks (GGUFLinear), the rest is cast
-        from .weights.gguf import settle, swap_gguf_linears
+        from .gguf import settle, swap_gguf_linears
         with torch.device("meta"):
             module = TextEncoder(p)
         sd = settle(swap_gguf_linears(module, sd, dtype), dtype, mapped)
@@ -532,7 +532,7 @@ def tokenizer_for(text_encoder, params: TextEncoderParams, tokenizer: Path | Non
     """The prompt tokenizer for a text encoder, first found of: the given tokenizer.json; one beside the
     text-encoder file (find_tokenizer); the Tekken tokenizer ComfyUI embeds in [dev] text-encoder files
     (`tekken_model`); for Qwen3 (klein) the bundled Qwen3 tokenizer."""
-    from .tokenizer import PromptTokenizer, read_tekken
+    from ..model.tokenizer import PromptTokenizer, read_tekken
 
     files = [Path(p) for p in ([text_encoder] if isinstance(text_encoder, (str, Path)) else text_encoder)]
     tokenizer = tokenizer or find_tokenizer(files[0])
@@ -555,7 +555,7 @@ def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, tran
     keep_fp8 (default: yes, except on MPS which has no float8): fp8 files stay fp8 in memory.
     mapped (offload=blocks): the transformer's and text encoder's weights stay in the mapped files, uncast, until
     offload.apply_offload settles the resident parts and streams the rest."""
-    from .pipeline import Flux2Modules
+    from ..model.modules import Flux2Modules
 
     device = torch.device(device)
     d = Path(diffusers_dir) if diffusers_dir else None

@@ -19,7 +19,7 @@ GGUF_KEPT = ("img_in.", "txt_in.", "time_in.", "guidance_in.", "final_layer.")  
 
 
 def _info(dtype: str, shape):
-    from .safetensors_header import TensorInfo
+    from ..flux2.local.weights.safetensors_header import TensorInfo
     return TensorInfo(dtype, tuple(shape))
 
 
@@ -59,11 +59,11 @@ def header_twin(shapes: dict, fmt: str, block_linear) -> dict:
 def plan_rows(names=("FLUX.2 [dev]", "FLUX.2 [klein] 9B"), width: int = 1024, height: int = 1024) -> list[dict]:
     import torch
 
-    from .autoencoder import AutoencoderFlux2
-    from .memory import plan_memory, sizes_from_headers
-    from .params import get_preset
-    from .text_encoder import TextEncoder
-    from .transformer import Flux2Transformer
+    from ..flux2.local.memory import plan_memory, sizes_from_headers
+    from ..flux2.local.model.autoencoder import AutoencoderFlux2
+    from ..flux2.local.model.params import get_preset
+    from ..flux2.local.model.text_encoder import TextEncoder
+    from ..flux2.local.model.transformer import Flux2Transformer
 
     rows = []
     for name in names:
@@ -88,7 +88,7 @@ def plan_rows(names=("FLUX.2 [dev]", "FLUX.2 [klein] 9B"), width: int = 1024, he
 
 
 def _stored(info) -> int:
-    from .memory import _stored as stored
+    from ..flux2.local.memory import _stored as stored
     return stored(info)
 
 
@@ -113,8 +113,8 @@ def _quantised_copy(model, qtype: str):
     import numpy as np
     import torch
 
-    from .weights.gguf import GGUFTensor, settle, swap_gguf_linears
-    from .weights.gguf_quants import BY_NAME, TYPES
+    from ..flux2.local.weights.gguf import GGUFTensor, settle, swap_gguf_linears
+    from ..flux2.local.weights.gguf_quants import BY_NAME, TYPES
 
     tid = BY_NAME[qtype]
     _, block, size = TYPES[tid]
@@ -140,17 +140,15 @@ def _quantised_copy(model, qtype: str):
     return q
 
 
-def step_worker(cfg: str, reps: int) -> dict:
-    """fp32, Q8_0 and Q4_K variants of one model, the same inputs, interleaved rep by rep (a busy machine slows
-    them alike), CPU seconds of this process on one thread."""
+def step_worker(model, config: tuple, name: str, reps: int) -> dict:
+    """fp32 `model` (bench/local.py `_build` of config `name`) and its Q8_0 and Q4_K variants, the same inputs,
+    interleaved rep by rep (a busy machine slows them alike), CPU seconds of this process on one thread."""
     import torch
 
-    from .bench import CONFIGS, _build
-    from .sampling import image_ids, text_ids
+    from ..flux2.local.model.sampling import image_ids, text_ids
 
     torch.set_num_threads(1)
-    model, _ = _build("ours", cfg, torch.float32, "cpu")
-    _, _, _, _, tdim, w, h, lt = CONFIGS[cfg]
+    _, _, _, _, tdim, w, h, lt = config
     g = torch.Generator().manual_seed(0)
     args = (torch.randn(1, (w // 16) * (h // 16), 128, generator=g), image_ids(h // 16, w // 16),
             torch.randn(1, lt, tdim, generator=g), text_ids(lt), torch.tensor([0.5]))
@@ -164,7 +162,7 @@ def step_worker(cfg: str, reps: int) -> dict:
                 if rep:
                     times[k].append(time.process_time() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"config": cfg, **{f"{k}_s": v for k, v in med.items()}, "clock": "CPU s, 1 thread"}
+    return {"config": name, **{f"{k}_s": v for k, v in med.items()}, "clock": "CPU s, 1 thread"}
 
 
 def print_steps(r: dict, reps: int) -> None:

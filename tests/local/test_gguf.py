@@ -83,6 +83,7 @@ def test_detection_and_plan_from_the_header(gguf_files):
     assert sq.transformer_resident < sf.transformer_resident
 
 
+@pytest.mark.slow
 def test_offload_blocks_streams_quantised_blocks(gguf_files):
     q, _, files = gguf_files
     lb.clear_cache()
@@ -103,6 +104,7 @@ def test_text_encoder_file_as_diffusion_model_refused(gguf_files, tmp_path):
                                                             vae=files["vae"]), dtype="fp32", device="cpu").engine()
 
 
+@pytest.mark.slow
 def test_lora_on_top_equals_lora_on_the_float_twin(gguf_files, tmp_path):
     """Flux2LoRA's hooks add the patch to a GGUFLinear's output as to a plain Linear's."""
     import lora_twins as tw
@@ -174,6 +176,7 @@ def test_base_from_the_gguf_name_or_metadata(gguf_files, tmp_path, klein):
     assert not det.preset.distilled and "Base from the file's metadata" in det.describe()
 
 
+@pytest.mark.slow
 def test_prefixed_and_archless_files_read_the_same(gguf_files, klein, tmp_path):
     """`model.diffusion_model.` names and a file without general.architecture (ComfyUI-GGUF: compat mode, tensor
     names decide) give the same weights."""
@@ -190,6 +193,7 @@ def test_prefixed_and_archless_files_read_the_same(gguf_files, klein, tmp_path):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["klein", "dev"])
 def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_path):
     """llama.cpp text encoders: Qwen3 ("qwen3", [klein]) and Mistral ("llama", [dev]: q/k rows permuted by the
@@ -238,3 +242,16 @@ def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_p
     assert any(n.endswith("q_proj") for n, _ in swapped) and any(n.endswith("k_proj") for n, _ in swapped)
     for n, m in swapped:
         assert torch.equal(m.dequantized(torch.float32), te_f.get_submodule(n).weight), n
+
+
+def test_mistral_gguf_without_a_tokenizer_is_refused_in_one_line(tmp_path):
+    """A llama.cpp Mistral file carries its vocabulary as GGUF metadata, not ComfyUI's `tekken_model`; rebuilding
+    Tekken from it is not done here, so a tokenizer.json beside it is asked for by name."""
+    from comfyui_flux2.flux2.local.model.params import MISTRAL_SMALL
+    from comfyui_flux2.flux2.local.weights.loading import tokenizer_for
+
+    p = gguf_twins.write_gguf({"token_embd.weight": torch.randn(64, 32)}, tmp_path / "Mistral-Small-Q4_K_M.gguf",
+                              "llama", lambda k, t: gguf.GGMLQuantizationType.Q8_0)
+    with pytest.raises(ModelLoadError, match="Mistral-Small-Q4_K_M.tokenizer.json") as e:
+        tokenizer_for(p, MISTRAL_SMALL)
+    assert "\n" not in str(e.value)

@@ -139,6 +139,8 @@ def read_gguf(path, what: str = "weights") -> GGUFFile:
     text = arch in TEXT_ARCHS
     meta, numbers = {}, {}
     for key, f in reader.fields.items():
+        if key.startswith("GGUF."):        # the reader's own entries (version, tensor_count, kv_count): not metadata
+            continue
         if len(f.types) == 1 and f.types[0].name == "STRING" and not key.startswith("tokenizer."):
             meta[key] = _field(reader, key)
         elif len(f.types) == 1 and f.types[0].name.startswith(("UINT", "INT")):

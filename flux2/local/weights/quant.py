@@ -182,6 +182,6 @@ def swap_nvfp4_linears(module: nn.Module, sd: dict[str, torch.Tensor], compute_d
 def in_features(sd: dict, key: str) -> int:
     """Columns of a Linear weight given as a tensor or a header's TensorInfo: an NVFP4 weight packs two a byte."""
     w = sd[key]
-    packed = str(w.dtype) in ("U8", "torch.uint8") and key.endswith(".weight") \
+    packed = str(getattr(w, "dtype", "")) in ("U8", "torch.uint8") and key.endswith(".weight") \
         and key[: -len("weight")] + "weight_scale_2" in sd
     return w.shape[1] * (2 if packed else 1)

@@ -255,3 +255,17 @@ def test_mistral_gguf_without_a_tokenizer_is_refused_in_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="Mistral-Small-Q4_K_M.tokenizer.json") as e:
         tokenizer_for(p, MISTRAL_SMALL)
     assert "\n" not in str(e.value)
+
+
+def test_quant_plan_rows_match_published_sizes():
+    """The header twins of `benchmark local --rows quant-plan` follow the published layout closely enough that the
+    [dev] Q8_0 twin has the size of a published flux2_dev_Q8_0.gguf (34.5 GB, docs/model-files.md) and the Q4_K one
+    is just under a Q4_K_M (18.7 GB, which mixes in Q5_K/Q6_K); smaller files plan less memory."""
+    from comfyui_flux2.bench.local_quant import plan_rows
+
+    rows = {r["format"]: r for r in plan_rows(names=("FLUX.2 [dev]",))}
+    assert abs(rows["Q8_0"]["file_gb"] - 34.5) < 0.3
+    assert 17.5 < rows["Q4_K"]["file_gb"] < 18.7
+    v = {f: r["vram_none"] for f, r in rows.items()}
+    assert v["bf16"] > v["fp8mixed"] > v["NVFP4"] and v["bf16"] > v["Q8_0"] > v["NVFP4"] > v["Q4_K"]
+    assert all(r["vram_blocks"] < 8 for r in rows.values())

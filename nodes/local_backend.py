@@ -105,8 +105,10 @@ class Flux2LocalBackend(BackendNode):
                                            "bf16, fp8, NVFP4 or a ComfyUI-GGUF .gguf). (none): take it from the "
                                            "diffusers folder."}),
             "text_encoder": (te, {"default": te[0],
-                             "tooltip": "Qwen3 (klein) or Mistral Small 3.2 (dev) in models/text_encoders; its "
-                                        "tokenizer.json must sit beside it as <name>.tokenizer.json."}),
+                             "tooltip": "Qwen3 (klein) or Mistral Small 3.2 (dev) in models/text_encoders "
+                                        "(safetensors, or a llama.cpp .gguf: qwen3 / llama). klein uses the bundled "
+                                        "Qwen3 tokenizer; a tokenizer.json beside the file as <name>.tokenizer.json "
+                                        "wins (a Mistral .gguf needs one)."}),
             "vae": (vae, {"default": vae[0], "tooltip": "The FLUX.2 VAE (32 latent channels) in models/vae."}),
             "diffusers_folder": (diffusers, {"default": diffusers[0],
                                  "tooltip": "A diffusers FLUX.2 folder (with model_index.json) under models/diffusers; "

@@ -269,3 +269,29 @@ def test_quant_plan_rows_match_published_sizes():
     v = {f: r["vram_none"] for f, r in rows.items()}
     assert v["bf16"] > v["fp8mixed"] > v["NVFP4"] and v["bf16"] > v["Q8_0"] > v["NVFP4"] > v["Q4_K"]
     assert all(r["vram_blocks"] < 8 for r in rows.values())
+
+
+def test_unported_type_and_diffusers_layout_refused_in_one_line(tmp_path, klein):
+    import numpy as np
+
+    pipe, _, files = klein
+    QT = gguf.GGMLQuantizationType
+    p = tmp_path / "iq2.gguf"
+    w = gguf.GGUFWriter(str(p), arch="flux")
+    w.add_tensor("double_blocks.0.img_attn.qkv.weight", np.zeros((4, 66), np.uint8),
+                 raw_dtype=QT.IQ2_XXS)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    b = lb.LocalBackend("FLUX.2 [klein] 4B", lb.LocalFiles(transformer=p, text_encoder=files["text_encoder"],
+                                                            vae=files["vae"]), dtype="fp32", device="cpu")
+    with pytest.raises(ModelLoadError, match=r"IQ2_XXS, a GGUF type this engine does not de-quantise") as e:
+        b.engine()
+    assert "\n" not in str(e.value)
+    d = gguf_twins.write_gguf({k: v for k, v in pipe.transformer.state_dict().items()}, tmp_path / "diffusers.gguf",
+                              "flux", lambda k, t: QT.F32)
+    b = lb.LocalBackend("FLUX.2 [klein] 4B", lb.LocalFiles(transformer=d, text_encoder=files["text_encoder"],
+                                                            vae=files["vae"]), dtype="fp32", device="cpu")
+    with pytest.raises(ModelLoadError, match="diffusers layout"):
+        b.engine()

@@ -69,7 +69,7 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "comfyui"
 # Environment variables handed to the server process (fnmatch patterns); everything else is
 # dropped, so a developer's real keys never leak into a test server by accident.
 DEFAULT_ENV_PASSTHROUGH = ("RUNWARE_*", "BFL_*", "FLUX2_*", "COMFYUI_FLUX2_*")
-_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER",
+_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "OMP_NUM_THREADS",
              "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 # core extras that cannot import here (no torchaudio wheel for the CPU torch): expected

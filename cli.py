@@ -5,7 +5,7 @@
     comfyui-flux2 demo [--output-dir DIR]          # offline: loopback Runware server + example workflows
     comfyui-flux2 models                           # models, limits, prices
     comfyui-flux2 serve-loopback runware|bfl [--port N]
-    comfyui-flux2 benchmark remote|local|load|batch [...]
+    comfyui-flux2 benchmark remote|local|load|batch|gpu [...]
 
 Exit status: 0 success, 1 a clear one-line error, 2 usage, 130 cancelled.
 """
@@ -403,6 +403,8 @@ def cmd_benchmark(args, rest) -> int:
         from .bench.load import main as bench_main
     elif args.target == "batch":
         from .bench.batch import main as bench_main
+    elif args.target == "gpu":
+        from .bench.gpu import main as bench_main
     else:
         from .flux2.local.bench import main as bench_main
     return bench_main(rest)
@@ -488,9 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     serve.add_argument("--key", default="loopback-key", help="the API key the server accepts")
     bench = sub.add_parser("benchmark", help="client overhead (remote), step time/memory (local) or pack load time (load)")
-    bench.add_argument("target", choices=("remote", "local", "load", "batch"),
+    bench.add_argument("target", choices=("remote", "local", "load", "batch", "gpu"),
                        help="remote: client overhead on loopback servers; local: transformer step time/memory; "
-                            "load: the pack's import time; batch: batch throughput and Ray (more options: comfyui-flux2 benchmark TARGET --help)")
+                            "load: the pack's import time; batch: batch throughput and Ray; gpu: the prepared run for a lent "
+                            "GPU, writing docs/benchmarks-gpu.md (more options: comfyui-flux2 benchmark TARGET --help)")
     return parser
 
 

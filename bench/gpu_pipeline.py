@@ -32,8 +32,9 @@ def _setup(device: str, tiny: bool):
     return preset, (64 if tiny else 1024), dtype, sync, peak_gib
 
 
-def _our_modules(preset, device: str, dtype, transformer=None, vae=None):
-    """Flux2Modules of random weights (or the given transformer / VAE) with the bundled Qwen3 tokenizer."""
+def _our_modules(preset, device: str, dtype, transformer=None, vae=None, text_encoder: bool = True):
+    """Flux2Modules of random weights (or the given transformer / VAE) with the bundled Qwen3 tokenizer;
+    text_encoder=False leaves it out (8 GB at full size) for a caller that supplies the prompt embedding."""
     import torch
 
     from ..flux2.local.autoencoder import AutoencoderFlux2
@@ -44,7 +45,7 @@ def _our_modules(preset, device: str, dtype, transformer=None, vae=None):
     from .gpu_random import built_random
 
     tr = transformer or built_random(lambda: Flux2Transformer(preset.transformer), device, dtype, seed=1)
-    te = built_random(lambda: TextEncoder(preset.text_encoder), device, dtype, seed=2)
+    te = built_random(lambda: TextEncoder(preset.text_encoder), device, dtype, seed=2) if text_encoder else None
     vae = vae or built_random(lambda: AutoencoderFlux2(preset.vae), device, dtype, seed=3)
     return Flux2Modules(preset=preset, transformer=tr, text_encoder=te, vae=vae, device=torch.device(device),
                         tokenizer=PromptTokenizer.bundled_qwen3(preset.text_encoder), dtype=dtype)
@@ -122,8 +123,8 @@ def _ours_from(pipe, preset, device: str, dtype):
     vsd = normalise_vae_keys(dict(pipe.vae.state_dict()), "random VAE")
     vsd = {k: (v.float() if k.startswith("bn.") else v) for k, v in vsd.items()}   # as load_vae keeps them
     vae = _into(AutoencoderFlux2, preset.vae, vsd, "random VAE", dtype, device)
-    eng = Flux2Engine(_our_modules(preset, device, dtype, transformer=tr, vae=vae), cache_bytes=0)
-    return eng
+    return Flux2Engine(_our_modules(preset, device, dtype, transformer=tr, vae=vae, text_encoder=False),
+                       cache_bytes=0)
 
 
 def parity_worker(device: str, tiny: bool) -> dict:

@@ -80,10 +80,9 @@ def _progress_printer(stream=sys.stderr):
 
 
 def node_registry() -> dict:
-    """What a headless run executes: the pack's node classes plus the core LoadImage/SaveImage stand-ins."""
-    from .nodes import NODE_CLASS_MAPPINGS
-    from .runner.core_nodes import headless_registry
-    return headless_registry(NODE_CLASS_MAPPINGS)
+    """What a headless run executes (nodes/registry.py); named here too, as the batch API's docs show it."""
+    from .nodes.registry import node_registry as registry
+    return registry()
 
 
 def budget_cap(budget, allow_unpriced: bool = False):
@@ -345,7 +344,7 @@ def cmd_demo(args) -> int:
     """Offline tour: a loopback Runware server stands in for the provider (no key, no network);
     with --local, a tiny random FLUX.2 [klein] runs through the local engine on the CPU instead."""
     if args.local:
-        from .flux2.local.demo import run_local_demo
+        from .demo import run_local_demo
         models = Path(args.models_dir) if args.models_dir else Path(args.output_dir) / "flux2-tiny-models"
         print(f"tiny random FLUX.2 [klein] weights in {models} (random weights: the pictures are noise; "
               "the point is the local path end to end)", file=sys.stderr)
@@ -406,7 +405,7 @@ def cmd_benchmark(args, rest) -> int:
     elif args.target == "gpu":
         from .bench.gpu import main as bench_main
     else:
-        from .flux2.local.bench import main as bench_main
+        from .bench.local import main as bench_main
     return bench_main(rest)
 
 

@@ -44,7 +44,7 @@ def _workflow(folder: Path) -> Path:
 
 
 def remote(items: int, task_s: float, concurrency: int) -> dict:
-    from ..cli import node_registry
+    from ..nodes.registry import node_registry
     from ..runner.batch import Batch
 
     ctx = multiprocessing.get_context("spawn")
@@ -75,8 +75,8 @@ def remote(items: int, task_s: float, concurrency: int) -> dict:
 
 
 def local(items: int, use_ray: bool) -> dict:
-    from ..cli import node_registry
-    from ..flux2.local.demo import FILES, write_tiny_models
+    from ..demo import FILES, write_tiny_models
+    from ..nodes.registry import node_registry
     from ..runner.batch import Batch
 
     out = {}

@@ -1,6 +1,6 @@
 """The ComfyUI-core row of `comfyui-flux2 benchmark local`: ComfyUI's own FLUX.2 transformer.
 
-Run by flux2/local/bench.py as `python -m <pack>.bench.comfyui_peer --worker comfyui CONFIG ... --comfyui DIR`
+Run by bench/local.py as `python -m <pack>.bench.comfyui_peer --worker comfyui CONFIG ... --comfyui DIR`
 (in an interpreter with ComfyUI's requirements); it lives outside flux2/ because it imports ComfyUI.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def comfyui_model(hidden, heads, nd, ns, tdim, axes, device, dtype, w, h, txt, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..flux2.local import bench
+    from . import local as bench
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--comfyui" in argv:

@@ -58,7 +58,7 @@ def comfy_config(cfg: str) -> dict:
 def preset_for(cfg: str):
     """Our preset of the same model: tiny [dev] at these sizes; the text encoder as ComfyUI's Mistral3Small24B
     builds it (head_dim fixed at 128, 2 heads, 1 KV head, 31 layers of which FLUX.2 reads up to 30)."""
-    from ..flux2.local.params import VAEParams, tiny_preset
+    from ..flux2.local.model.params import VAEParams, tiny_preset
 
     c = CONFIGS[cfg]
     p = tiny_preset("dev", hidden=c["hidden"], heads=c["heads"], depth_double=c["depth_double"],
@@ -145,7 +145,7 @@ def run_comfyui(root: Path, cfg: str, n: int) -> dict:
 def run_ours(root: Path, cfg: str, n: int) -> dict:
     import torch
 
-    from ..flux2.local.loading import load_modules
+    from ..flux2.local.weights.loading import load_modules
     from ..flux2.local.pipeline import Flux2Engine
 
     c = CONFIGS[cfg]

@@ -38,7 +38,7 @@ MODULE = __spec__.name if __spec__ else "comfyui_flux2.bench.gpu_full_size"
 def params_for(model: str, tiny: bool):
     from dataclasses import replace
 
-    from ..flux2.local.params import DEV_T, KLEIN4B_T, KLEIN9B_T
+    from ..flux2.local.model.params import DEV_T, KLEIN4B_T, KLEIN9B_T
 
     p = {"klein4b": KLEIN4B_T, "klein9b": KLEIN9B_T}.get(model, DEV_T)
     if model in CUTS:
@@ -74,7 +74,7 @@ def _to_fp8(module, compute_dtype) -> int:
     import torch
     from torch import nn
 
-    from ..flux2.local.quant import ScaledFP8Linear
+    from ..flux2.local.weights.quant import ScaledFP8Linear
 
     n = 0
     for blocks in (module.double_blocks, module.single_blocks):
@@ -95,7 +95,7 @@ def _to_fp8(module, compute_dtype) -> int:
 def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     import torch
 
-    from ..flux2.local.sampling import euler_step, image_ids, text_ids
+    from ..flux2.local.model.sampling import euler_step, image_ids, text_ids
     from .gpu_random import built_random
 
     p = params_for(model, tiny)
@@ -125,7 +125,7 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
                           guidance=guidance, return_dict=False)[0]
     else:
         from ..flux2.local.offload import offload_transformer
-        from ..flux2.local.transformer import Flux2Transformer
+        from ..flux2.local.model.transformer import Flux2Transformer
 
         model_ = built_random(lambda: Flux2Transformer(p), device, dtype)
         if impl.endswith("fp8"):

@@ -20,7 +20,7 @@ def _setup(device: str, tiny: bool):
     """-> (preset, image size, dtype, sync, peak-memory reader) for this run."""
     import torch
 
-    from ..flux2.local.params import get_preset, tiny_preset
+    from ..flux2.local.model.params import get_preset, tiny_preset
 
     preset = tiny_preset("klein", True) if tiny else get_preset("FLUX.2 [klein] 4B")
     cuda = device.startswith("cuda")
@@ -37,11 +37,11 @@ def _our_modules(preset, device: str, dtype, transformer=None, vae=None, text_en
     text_encoder=False leaves it out (8 GB at full size) for a caller that supplies the prompt embedding."""
     import torch
 
-    from ..flux2.local.autoencoder import AutoencoderFlux2
+    from ..flux2.local.model.autoencoder import AutoencoderFlux2
     from ..flux2.local.pipeline import Flux2Modules
-    from ..flux2.local.text_encoder import TextEncoder
-    from ..flux2.local.tokenizer import PromptTokenizer
-    from ..flux2.local.transformer import Flux2Transformer
+    from ..flux2.local.model.text_encoder import TextEncoder
+    from ..flux2.local.model.tokenizer import PromptTokenizer
+    from ..flux2.local.model.transformer import Flux2Transformer
     from .gpu_random import built_random
 
     tr = transformer or built_random(lambda: Flux2Transformer(preset.transformer), device, dtype, seed=1)
@@ -113,10 +113,10 @@ def _ours_from(pipe, preset, device: str, dtype):
     converts a diffusers folder)."""
     import torch
 
-    from ..flux2.local.autoencoder import AutoencoderFlux2
-    from ..flux2.local.loading import _into, diffusers_to_bfl, normalise_vae_keys
+    from ..flux2.local.model.autoencoder import AutoencoderFlux2
+    from ..flux2.local.weights.loading import _into, diffusers_to_bfl, normalise_vae_keys
     from ..flux2.local.pipeline import Flux2Engine
-    from ..flux2.local.transformer import Flux2Transformer
+    from ..flux2.local.model.transformer import Flux2Transformer
 
     tr = _into(Flux2Transformer, preset.transformer, diffusers_to_bfl(dict(pipe.transformer.state_dict())),
                "random transformer", dtype, device)

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-HEAVY = ("httpx", "tokenizers", "safetensors", "PIL", "comfyui_flux2.flux2.local.transformer",
-         "comfyui_flux2.flux2.local.pipeline", "comfyui_flux2.flux2.remote.transport")
+HEAVY = ("httpx", "tokenizers", "safetensors", "PIL", "comfyui_flux2.flux2.local.model.transformer",
+         "comfyui_flux2.flux2.local.pipeline", "comfyui_flux2.flux2.net.transport")
 
 _IN_COMFYUI = f"""
 import json, sys, time

@@ -8,7 +8,7 @@ process, one run):
 - cfg: [klein] Base with CFG 4.0, time per image (after a first one): ours in one 2B forward, ours in two
   calls, diffusers (which runs two).
 
-Run by flux2/local/bench.py as `python -m <pack>.bench.local_pipeline --build CFG DIR` (writes a diffusers
+Run by bench/local.py as `python -m <pack>.bench.local_pipeline --build CFG DIR` (writes a diffusers
 folder of random weights; needs diffusers and transformers) and `... --worker IMPL CFG DIR` (prints one JSON line).
 The tokenizer is Qwen3's real one (the pack's bundled vocab and merges, with Qwen3's added tokens).
 """
@@ -38,7 +38,7 @@ QWEN_TEMPLATE = ("{%- for message in messages %}{{ '<|im_start|>' + message['rol
 
 
 def preset_for(cfg: str, distilled: bool = True):
-    from ..flux2.local.params import tiny_preset
+    from ..flux2.local.model.params import tiny_preset
 
     (hidden, heads, nd, ns), (te_hidden, te_inter), vae, _, _ = PIPELINES[cfg]
     p = tiny_preset("klein", distilled, hidden=hidden, heads=heads, depth_double=nd, depth_single=ns,
@@ -52,7 +52,7 @@ def build(cfg: str, folder: Path) -> None:
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen2TokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-    from ..flux2.local.tokenizer import qwen3_tokenizer
+    from ..flux2.local.model.tokenizer import qwen3_tokenizer
 
     p = preset_for(cfg)
     t, te, v = p.transformer, p.text_encoder, p.vae
@@ -97,7 +97,7 @@ def references(size: int):
 
 def _ours(cfg: str, folder: Path, dtype, device: str):
     """-> (sweep, chain, cfg) callables on this engine. Each returns uint8 images [H, W, 3]."""
-    from ..flux2.local.loading import load_modules
+    from ..flux2.local.weights.loading import load_modules
     from ..flux2.local.pipeline import Flux2Engine, prepare_reference
 
     _, _, _, size, steps = PIPELINES[cfg]

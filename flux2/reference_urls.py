@@ -74,7 +74,7 @@ def loopback_mode() -> bool:
 def _refused_literal(ip: ipaddress._BaseAddress, allow_loopback: bool) -> str | None:
     """Why a literal address may not be fetched from, or None. The rule is netguard's; this only
     names the kind of address for the message (and lets loopback through in the tests' mode)."""
-    from . import netguard          # lazily: it brings httpx, which loading the pack must not import
+    from .net import netguard          # lazily: it brings httpx, which loading the pack must not import
 
     if netguard.is_public_address(str(ip)):
         return None
@@ -143,7 +143,7 @@ def _read(url: str, limit: int, *, whole: bool) -> tuple[bytes, int | None]:
     Returns (bytes read, total size when the server tells it)."""
     import httpx
 
-    from . import netguard
+    from .net import netguard
 
     current = url
     with httpx.Client(transport=netguard.guarded_transport(), timeout=httpx.Timeout(READ_S, connect=CONNECT_S),

@@ -2,7 +2,9 @@
 
 An identical re-run (same provider, host, model, prompt, size, seed, batch, options and reference
 content) is served from disk and costs nothing, also after a restart. Results are written the moment
-they arrive, so an image that was paid for survives a failure later in the graph or a crash.
+they arrive -- each image of a batch as it arrives, not when the batch settles -- so an image that was
+paid for survives a failure later in the graph, a crash or kill -9. A task sent and not yet answered is
+noted beside its entry (`note_sent`), so a run after a kill asks the provider for it instead of paying again.
 Disable with FLUX2_RESULT_CACHE=0 (or the CLI's --no-cache); move it with FLUX2_CACHE_DIR.
 
 Concurrency:
@@ -211,6 +213,32 @@ class ResultCache:
         except Exception as exc:  # noqa: BLE001 - any damage means "not cached", never a failed run
             log.warning("ignoring damaged cache entry %s (%s)", path.name[:12], type(exc).__name__)
             return None
+
+    # -- tasks sent and not yet answered (a run killed with kill -9 leaves them here) ----------------
+    def note_sent(self, key: str, task: dict) -> None:
+        """Before a paid task is sent: which provider task will make the image of `key` ({provider, host,
+        task}). A later run finding it (and no image) asks the provider for that task instead of paying
+        again; removed once the image is cached or the provider refused the task."""
+        path = self._entry(key).with_suffix(".sent")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(task, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not note a sent task in the result cache (%s)", exc.strerror)
+
+    def sent(self, key: str) -> dict | None:
+        try:
+            task = json.loads(self._entry(key).with_suffix(".sent").read_text())
+        except (OSError, ValueError):
+            return None
+        return task if isinstance(task, dict) else None
+
+    def forget_sent(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._entry(key).with_suffix(".sent").unlink()
 
     def put(self, key: str, images, seeds, billed_usd, describe: str) -> None:
         from .images import encode

@@ -57,7 +57,7 @@ def remote_rules(model: ModelSpec, provider: str, pm: ProviderModel | None = Non
 
 
 def local_rules(model_name: str, max_refs: int) -> Rules:
-    """A model on local weights; max_refs from its preset (flux2/local/params.py)."""
+    """A model on local weights; max_refs from its preset (flux2/local/model/params.py)."""
     return Rules(f"{model_name} on {LABELS[LOCAL]}", max_refs=max_refs)
 
 

@@ -60,8 +60,10 @@ class Faults:
         """fault: route ('submit'|'poll'|'download'|'upload'|'any'), status, body, retry_after,
         delay_s (wait before the work), error_code, and faults that strike after the work is done
         (and billed): drop (close without answering), garble (a 200 whose body is this text),
-        cut_json (a 200 whose JSON is cut in half), hold_s (answer only after this long), dribble_s
-        (send the answer one byte per dribble_s), patch (fields merged into each result item).
+        cut_json (a 200 whose JSON is cut in half), truncate_at (the whole length announced, this many
+        bytes sent, connection closed), huge_bytes (a 200 JSON answer this long; -1 endless), hold_s
+        (answer only after this long), dribble_s (send the answer one byte per dribble_s), patch
+        (fields merged into each result item).
         Downloads also take: truncate, endless (an endless body), claim_bytes (a content-length of
         this many bytes, then an endless body), redirect (answer 302 to this location)."""
         with self._lock:
@@ -93,8 +95,15 @@ class LoopbackServer:
         self.lock = threading.Lock()
         handler = type("Handler", (self.handler_class,), {"app": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.handle_error = self._handle_error
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    def _handle_error(self, request, client_address) -> None:
+        """A client that hung up on a held or endless answer is part of the test, not a server fault."""
+        import sys
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            ThreadingHTTPServer.handle_error(self.httpd, request, client_address)
 
     @property
     def port(self) -> int:
@@ -187,6 +196,21 @@ class JsonHandler(BaseHTTPRequestHandler):
         if fault.get("drop"):
             self.drop()          # the work is done (and billed) but the answer never arrives
             return
+        if fault.get("truncate_at") is not None:
+            # Cut short on the wire: the whole length announced, `truncate_at` bytes sent, connection closed.
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: fault["truncate_at"]])
+            self.wfile.flush()
+            self.drop()
+            return
+        if fault.get("huge_bytes"):
+            # An answer of this many bytes (JSON that never ends: a string of spaces), or endless if -1.
+            self.huge_answer(fault["huge_bytes"])
+            return
         if fault.get("garble") is not None or fault.get("cut_json"):
             text = json.dumps(body)
             data = (text[: len(text) // 2] if fault.get("cut_json") else str(fault["garble"])).encode()
@@ -203,6 +227,26 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.dribble(head + data, fault["dribble_s"])
             return
         self.send_json(status, body)
+
+    def huge_answer(self, size: int) -> None:
+        """A 200 JSON answer of `size` bytes (-1: endless, no content-length), written until the client
+        hangs up; counts what went out in `endless_bytes_sent`."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if size >= 0:
+            self.send_header("content-length", str(size))
+        self.end_headers()
+        chunk, sent = b" " * (1 << 20), 0
+        try:
+            self.wfile.write(b'{"data": [], "pad": "')
+            while size < 0 or sent < size:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                with self.app.lock:
+                    self.app.endless_bytes_sent += len(chunk)
+        except OSError:
+            pass
 
     def dribble(self, data: bytes, every_s: float) -> None:
         """Write one byte every `every_s` seconds until done or the client goes away."""

@@ -15,7 +15,8 @@
   delay_s, truncate (download) and the after-the-work faults of `Faults.push` (garble, cut_json,
   hold_s, dribble_s, patch; downloads: endless, claim_bytes, redirect); on submit also `final_status`
   (the task ends with that status, e.g. "Error" or "Request Moderated"), `details` (the `details` of
-  that final answer) and `forget` (accepted, then unknown to polls); on poll `patch_answer`.
+  that final answer), `pending_polls` (this task stays Pending for that many polls) and `forget`
+  (accepted, then unknown to polls); on poll `patch_answer`.
 Prices are this server's own table (BFL's published ones), not imported from the pack, so the
 client's estimate is checked against an independent source.
 """
@@ -164,7 +165,7 @@ class BflHandler(JsonHandler):
             if not refused:
                 task = Task(id=str(uuid.uuid4()), endpoint=path, body=body, width=width, height=height,
                             refs=refs, cost=cost, created=time.monotonic(), final_status=fault.get("final_status"),
-                            meta={"details": fault["details"]} if "details" in fault else {})
+                            meta={k: fault[k] for k in ("details", "pending_polls") if k in fault})
                 if not fault.get("forget"):
                     app.task_map[task.id] = task
                 app.accepted.append(task)
@@ -374,8 +375,9 @@ class BflLoopback(LoopbackServer):
             if task.answer is not None:
                 return task.answer
             elapsed = time.monotonic() - task.created
-            if task.polls < self.polls_until_ready or elapsed < self.task_delay_s:
-                frac = task.polls / max(self.polls_until_ready, 1)
+            needed = task.meta.get("pending_polls", self.polls_until_ready)    # a fault may slow one task
+            if task.polls < needed or elapsed < self.task_delay_s:
+                frac = task.polls / max(needed, 1)
                 if self.task_delay_s > 0:
                     frac = min(frac, elapsed / self.task_delay_s)
                 return {"id": task.id, "status": "Pending", "result": None, "progress": round(min(frac, 0.99), 3)}

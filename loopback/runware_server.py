@@ -2,7 +2,8 @@
 
 - `POST /v1` with a JSON array of tasks; auth by `Authorization: Bearer <key>` or a leading
   `{"taskType": "authentication", "apiKey": ...}` task.
-- `imageInference`, `imageUpload`, `getResponse`; results matched by `taskUUID`.
+- `imageInference` (sync, or async: acknowledged at once), `imageUpload`, `getResponse` (async tasks only,
+  as documented), `getTaskDetails` (any executed task); results matched by `taskUUID`.
 - Answers `{"data": [...]}` and/or `{"errors": [{code, message, parameter, taskType, taskUUID}]}`
   with the documented HTTP statuses (400 bad parameter, 401 key, 402 balance, 429/503 capacity).
 - Result images are served from this server (`imageURL`) and expire after `url_ttl_s`; their
@@ -114,10 +115,13 @@ class RunwareHandler(JsonHandler):
                                                   {"taskType": "authentication"})]})
             return
         route = "upload" if all(t.get("taskType") == "imageUpload" for t in tasks if isinstance(t, dict)) else (
-            "poll" if all(t.get("taskType") == "getResponse" for t in tasks if isinstance(t, dict)) else "submit")
-        with self.app.lock:     # known to getResponse from now on, as "processing" until it finishes
-            self.app.processing.update(t["taskUUID"] for t in tasks if isinstance(t, dict)
-                                       and t.get("taskType") == "imageInference" and isinstance(t.get("taskUUID"), str))
+            "poll" if all(t.get("taskType") in ("getResponse", "getTaskDetails") for t in tasks if isinstance(t, dict))
+            else "submit")
+        inference = [t for t in tasks if isinstance(t, dict) and t.get("taskType") == "imageInference"
+                     and isinstance(t.get("taskUUID"), str)]
+        with self.app.lock:     # received (and, once run, billed): "processing" until it finishes
+            self.app.processing.update(t["taskUUID"] for t in inference)
+            self.app.async_tasks.update(t["taskUUID"] for t in inference if t.get("deliveryMethod") == "async")
             self.app.peak_processing = max(self.app.peak_processing, len(self.app.processing))
         handled, fault = self.apply_fault(route)
         if handled:
@@ -129,8 +133,17 @@ class RunwareHandler(JsonHandler):
         data, errors = [], []
         for task in tasks:
             try:
-                data.extend(self.run_task(task, fault))
+                items = self.run_task(task, fault)
+                if isinstance(task, dict) and task.get("taskType") == "imageInference" \
+                        and task.get("deliveryMethod") == "async":
+                    # Documented: an async task is acknowledged at once; its result is fetched by getResponse.
+                    items = [{"taskType": "imageInference", "taskUUID": task["taskUUID"]}]
+                data.extend(items)
             except TaskError as exc:
+                if isinstance(task, dict) and task.get("taskType") == "imageInference":
+                    with self.app.lock:         # kept for getTaskDetails, like a finished task
+                        self.app.task_log[task.get("taskUUID")] = (task, {"errors": [dict(exc.error)]})
+                        self.app.processing.discard(task.get("taskUUID"))
                 errors.append(exc.error)
         if fault and fault.get("patch"):
             data = [dict(d, **fault["patch"]) for d in data]     # a malformed field in the answer only
@@ -157,6 +170,8 @@ class RunwareHandler(JsonHandler):
             return [self.image_upload(task)]
         if kind == "getResponse":
             return self.get_response(task)
+        if kind == "getTaskDetails":
+            return self.get_task_details(task)
         raise TaskError(_err("invalidTaskType", f"Unknown taskType {kind!r}", task, "taskType"))
 
     def image_upload(self, task) -> dict:
@@ -170,14 +185,33 @@ class RunwareHandler(JsonHandler):
                 "imageURL": f"{self.app.origin}/image/{image_uuid}.png"}
 
     def get_response(self, task) -> list[dict]:
+        """Documented for async tasks only ("checks active operations, finds the running async task"):
+        a sync task is unknown here unless `get_response_finds_sync` (an assumption some clients make).
+        The error for an unknown taskUUID is the one a peer server answered (issue 21); Runware's own is
+        not documented."""
+        uuid_ = task["taskUUID"]
         with self.app.lock:
-            done = self.app.results.get(task["taskUUID"])
-            running = task["taskUUID"] in self.app.processing
-        if done is None and running:
-            return [{"taskType": "imageInference", "taskUUID": task["taskUUID"], "status": "processing"}]
+            done = self.app.results.get(uuid_)
+            running = uuid_ in self.app.processing
+            known = uuid_ in self.app.async_tasks or self.app.get_response_finds_sync
+        if not known or (done is None and not running):
+            raise TaskError(_err("invalidParameter", "unknown taskUUID", task, "taskUUID"))
         if done is None:
-            raise TaskError(_err("taskNotFound", "No task with this taskUUID", task, "taskUUID"))
+            return [{"taskType": "imageInference", "taskUUID": uuid_, "status": "processing"}]
         return [dict(done, status="success")]
+
+    def get_task_details(self, task) -> list[dict]:
+        """Documented (platform/task-details): the original request and the whole response envelope of
+        any previously executed task, sync or async (`data` on success, `errors` on failure). A task still
+        running has not been executed yet: unknown, like a taskUUID never sent (this error is our own)."""
+        uuid_ = task["taskUUID"]
+        with self.app.lock:
+            found = self.app.task_log.get(uuid_) if self.app.task_details else None
+        if found is None:
+            raise TaskError(_err("invalidParameter", "unknown taskUUID", task, "taskUUID"))
+        request, response = found
+        return [{"taskType": "getTaskDetails", "taskUUID": uuid_, "request": [request],
+                 "response": json.loads(json.dumps(response))}]
 
     def decode_image(self, value, task, parameter) -> np.ndarray:
         if not isinstance(value, str) or not value:
@@ -332,6 +366,8 @@ class RunwareHandler(JsonHandler):
                 self.app.results[task["taskUUID"]] = item
                 self.app.processing.discard(task["taskUUID"])
             results.append(item)
+        with self.app.lock:
+            self.app.task_log[task["taskUUID"]] = (task, {"data": results})
         return results
 
 
@@ -365,6 +401,10 @@ class RunwareLoopback(LoopbackServer):
         self.downloads: list[dict] = []       # result downloads: path, whether a key header came along
         self.image_born: dict[str, float] = {}
         self.billed = 0.0
+        self.async_tasks: set[str] = set()   # taskUUIDs sent with deliveryMethod "async"
+        self.task_log: dict[str, tuple] = {}  # taskUUID -> (request, response envelope): getTaskDetails
+        self.get_response_finds_sync = False  # True: getResponse also answers for sync tasks (undocumented)
+        self.task_details = True              # False: getTaskDetails knows no task (recovery must fail)
 
     @property
     def api_url(self) -> str:

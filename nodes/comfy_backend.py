@@ -38,7 +38,7 @@ def _schedule(steps: int, width: int, height: int) -> torch.Tensor:
     try:
         from comfy_extras.nodes_flux import get_schedule  # type: ignore  # ComfyUI only
     except ImportError:      # headless, or a ComfyUI without it: the same formula from our engine
-        from ..flux2.local.sampling import sigmas
+        from ..flux2.local.model.sampling import sigmas
         return sigmas(steps, seq_len)
     return get_schedule(steps, seq_len)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 
 from ..flux2.errors import ConfigError, InputError
-from ..flux2.local.detect import AUTO
-from ..flux2.local.params import PRESETS
+from ..flux2.local.weights.detect import AUTO
+from ..flux2.local.model.params import PRESETS
 from .comfy_hooks import folder_paths, free_comfy_memory
 from .common import BackendNode
 
@@ -21,7 +21,7 @@ _COMFY_KINDS = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders
 
 
 def _models_root():
-    from ..flux2.local.models_dir import models_root
+    from ..flux2.local.weights.models_dir import models_root
     try:
         return models_root()
     except ConfigError:
@@ -46,7 +46,7 @@ def _list(kind: str) -> list[str]:
             from pathlib import Path
             root = Path(base)
     if root is not None:
-        from ..flux2.local.models_dir import list_files
+        from ..flux2.local.weights.models_dir import list_files
         names += list_files(kind, root)
     return sorted(set(names))
 
@@ -55,7 +55,7 @@ def _resolve(name: str, kind: str):
     """Widget value -> full path; names never leave the models directory."""
     from pathlib import Path
 
-    from ..flux2.local.models_dir import resolve
+    from ..flux2.local.weights.models_dir import resolve
 
     fp = folder_paths()
     if fp is not None and kind != "diffusers":
@@ -65,7 +65,7 @@ def _resolve(name: str, kind: str):
                 return Path(full)
     if fp is not None and kind == "diffusers" and hasattr(fp, "models_dir"):
         return resolve(name, kind, Path(fp.models_dir).resolve())
-    from ..flux2.local.models_dir import models_root
+    from ..flux2.local.weights.models_dir import models_root
     return resolve(name, kind, models_root())
 
 

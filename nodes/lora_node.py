@@ -1,8 +1,8 @@
 """Flux2LoRA: backend in, backend out with one more LoRA; chain several.
 
 Local weights: a file from ComfyUI's `loras` folder (folder_paths), or `<models dir>/loras` outside ComfyUI (CLI),
-applied on the fly (flux2/local/lora.py). Runware: the LoRA's Runware model id (AIR) and weight, sent in the request
-where the model takes LoRAs. Other backends refuse in one line (the dry run stops there too).
+applied on the fly (flux2/local/weights/lora.py). Runware: the LoRA's Runware model id (AIR) and weight, sent in the
+request where the model takes LoRAs. Other backends refuse in one line (the dry run stops there too).
 No ComfyUI import at module level.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def list_loras() -> list[str]:
             log.warning("cannot list ComfyUI's 'loras' folder: %s", exc)
             return []
     from ..flux2.errors import ConfigError
-    from ..flux2.local.models_dir import list_files, models_root
+    from ..flux2.local.weights.models_dir import list_files, models_root
 
     try:
         return list_files("loras", models_root())
@@ -40,7 +40,7 @@ def resolve_lora(name: str):
     """Widget value -> full path inside the loras folder (never outside it)."""
     from pathlib import Path
 
-    from ..flux2.local.models_dir import models_root, resolve
+    from ..flux2.local.weights.models_dir import models_root, resolve
 
     fp = folder_paths()
     if fp is not None:
@@ -82,7 +82,7 @@ class Flux2LoRA:
         kind = getattr(backend, "kind", None)
         strength = float(strength)
         if kind == "local":
-            from ..flux2.local.lora import LoRASpec
+            from ..flux2.local.weights.lora import LoRASpec
 
             if lora_name in (NONE, "", None):
                 raise InputError("Flux2LoRA: choose a LoRA file (models/loras) for the local backend")

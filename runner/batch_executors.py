@@ -71,6 +71,9 @@ class _TrackingCache:
     def put(self, *args, **kwargs):
         return self._cache.put(*args, **kwargs)
 
+    def __getattr__(self, name):              # the rest (notes of tasks sent) is the cache's own
+        return getattr(self._cache, name)
+
     @contextlib.contextmanager
     def claim(self, key, is_cancelled=None):
         with self._cache.claim(key, is_cancelled):

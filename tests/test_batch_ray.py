@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from comfyui_flux2.cli import node_registry
-from comfyui_flux2.flux2.local.demo import FILES, write_tiny_models
+from comfyui_flux2.demo import FILES, write_tiny_models
 from comfyui_flux2.runner.batch import Batch
 
 pytestmark = pytest.mark.slow

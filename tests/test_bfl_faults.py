@@ -13,7 +13,7 @@ from comfyui_flux2.flux2.errors import (AuthError, BudgetError, Cancelled, Confi
 from comfyui_flux2.flux2.images import ref_from_array
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
-from comfyui_flux2.flux2.remote.transport import Deadlines, LostResponse
+from comfyui_flux2.flux2.net.transport import Deadlines, LostResponse
 from comfyui_flux2.flux2.run_context import RunContext
 
 BFL_TEST_KEY = "bfl-test-key-8d41e7c2"   # the key conftest's `serve_bfl` servers expect

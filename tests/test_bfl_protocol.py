@@ -15,7 +15,7 @@ from comfyui_flux2.flux2.images import ref_from_array
 from comfyui_flux2.flux2.remote.bfl import BflBackend, BflTransport, resolve_base_url
 from comfyui_flux2.flux2.remote.factory import make_remote_backend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
-from comfyui_flux2.flux2.remote.transport import Deadlines
+from comfyui_flux2.flux2.net.transport import Deadlines
 from comfyui_flux2.flux2.run_context import RunContext
 
 BFL_TEST_KEY = "bfl-test-key-8d41e7c2"   # the key conftest's `bfl` / `serve_bfl` servers expect

@@ -297,12 +297,10 @@ def test_requirements_cover_every_import_comfyui_does_not_provide():
     optional = {canonicalize_name(Requirement(r).name) for name, reqs in extras.items() if name != "test"
                 for r in reqs}
     dists = packages_distributions()
-    runtime = [REPO_ROOT / "__init__.py", REPO_ROOT / "cli.py",
+    runtime = [REPO_ROOT / "__init__.py", REPO_ROOT / "cli.py", REPO_ROOT / "demo.py",
                *[p for d in ("flux2", "nodes", "runner", "loopback") for p in (REPO_ROOT / d).rglob("*.py")]]
     missing = {}
     for path in runtime:
-        if path.name == "bench.py":   # `benchmark local` compares against diffusers: a test extra
-            continue
         tree = ast.parse(path.read_text())
         lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                 for n in ast.walk(f)}

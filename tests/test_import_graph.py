@@ -1,12 +1,14 @@
 """The pack's own import graph, lazy (function-level) imports included: no circles, and the layers run
-one way: flux2/ (engine) <- runner/ (headless executor, graph pricing) <- nodes/ (ComfyUI) <- cli.py."""
+one way: flux2/ (engine) <- runner/ (headless executor, graph pricing) <- nodes/ (ComfyUI) <- cli.py, bench/.
+Inside the engine the rooms run one way too: flux2/net/ is below the providers; in flux2/local/ the network
+code (model/) knows no files, the file formats (weights/) know no runtime."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = {".cache", ".venv", "tests", "bench", "scripts", "loopback", "docs", "web"}
+SKIP = {".cache", ".venv", "tests", "scripts", "loopback", "docs", "web"}
 
 
 def module_name(path: Path) -> str:
@@ -76,6 +78,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read():
     graph = import_graph()
     assert "runner.executor" in graph["runner.pricing"] and "nodes.catalog" in graph["nodes.budget"]
+    assert "flux2.local.model.params" in graph["flux2.local.weights.loading"] and "bench.local" in graph
+
+
+def edges(graph: dict[str, set[str]], source: str, target: str) -> set[tuple[str, str]]:
+    """Imports from modules under `source` to modules under `target` (dotted prefixes)."""
+    def under(module: str, prefix: str) -> bool:
+        return module == prefix or module.startswith(prefix + ".")
+    return {(m, d) for m, deps in graph.items() for d in deps if under(m, source) and under(d, target)}
 
 
 def test_no_import_circles():
@@ -93,3 +103,28 @@ def test_engine_and_runner_never_import_the_nodes():
     upward = {(m, d) for m, deps in graph.items() for d in deps
               if m.split(".")[0] in ("flux2", "runner") and d.split(".")[0] in ("nodes", "cli")}
     assert upward == set()
+
+
+def test_nothing_below_imports_the_benchmarks_or_the_demo():
+    graph = import_graph()
+    for low in ("flux2", "runner", "nodes"):
+        assert edges(graph, low, "bench") | edges(graph, low, "demo") | edges(graph, low, "cli") == set()
+
+
+def test_the_network_room_knows_no_provider_and_no_local_engine():
+    graph = import_graph()
+    assert edges(graph, "flux2.net", "flux2.remote") | edges(graph, "flux2.net", "flux2.local") == set()
+
+
+def test_model_code_imports_no_weight_files_and_no_runtime():
+    graph = import_graph()
+    outside = {(m, d) for m, d in edges(graph, "flux2.local.model", "flux2.local")
+               if not d.startswith("flux2.local.model")}
+    assert outside == set()
+
+
+def test_weight_files_import_no_runtime():
+    graph = import_graph()
+    runtime = {(m, d) for m, d in edges(graph, "flux2.local.weights", "flux2.local")
+               if not d.startswith(("flux2.local.weights", "flux2.local.model"))}
+    assert runtime == set()

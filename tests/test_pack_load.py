@@ -25,11 +25,12 @@ def test_comfyui_load_imports_no_heavy_module():
     out = _run(code)
     assert {"Flux2TextToImage", "Flux2Edit", "Flux2RemoteBackend", "Flux2Size", "Flux2Seed"} <= set(out["nodes"])
     loaded = set(out["loaded"])
-    for heavy in load.HEAVY + ("rich", "click", "comfyui_flux2.flux2.local.autoencoder",
-                               "comfyui_flux2.flux2.local.text_encoder", "comfyui_flux2.flux2.local.tokenizer",
+    for heavy in load.HEAVY + ("rich", "click", "comfyui_flux2.flux2.local.model.autoencoder",
+                               "comfyui_flux2.flux2.local.model.text_encoder",
+                               "comfyui_flux2.flux2.local.model.tokenizer",
                                "comfyui_flux2.flux2.remote.runware", "comfyui_flux2.flux2.remote.bfl",
                                # this session's additions: LoRA math, batch runner, its Ray executor
-                               "ray", "peft", "comfyui_flux2.flux2.local.lora", "comfyui_flux2.runner.batch",
+                               "ray", "peft", "comfyui_flux2.flux2.local.weights.lora", "comfyui_flux2.runner.batch",
                                "comfyui_flux2.runner.batch_ray", "comfyui_flux2.flux2.remote.wire"):
         assert heavy not in loaded, f"{heavy} is imported when ComfyUI loads the pack"
 

@@ -19,11 +19,11 @@ import pytest
 from comfyui_flux2.flux2.backend import GenerationRequest, run
 from comfyui_flux2.flux2.errors import AuthError, Cancelled, Flux2Error, ModerationError, ProviderError, ProviderTimeout
 from comfyui_flux2.flux2.redaction import scrub
-from comfyui_flux2.flux2 import netguard
+from comfyui_flux2.flux2.net import netguard
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import MAX_DOWNLOAD_BYTES, Deadlines, LostResponse, Transport
+from comfyui_flux2.flux2.net.transport import MAX_DOWNLOAD_BYTES, Deadlines, LostResponse, Transport
 from comfyui_flux2.flux2.result_cache import ResultCache
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.loopback import bfl_server

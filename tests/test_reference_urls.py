@@ -31,7 +31,7 @@ from comfyui_flux2.flux2.reference_urls import UrlReference, fetch, parse_refere
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import Deadlines
+from comfyui_flux2.flux2.net.transport import Deadlines
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.nodes import NODE_CLASS_MAPPINGS
 

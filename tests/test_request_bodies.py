@@ -29,7 +29,7 @@ from comfyui_flux2.flux2.remote.bfl_request import BflRequest
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
 from comfyui_flux2.flux2.remote.runware_tasks import ImageInference
-from comfyui_flux2.flux2.remote.transport import Deadlines
+from comfyui_flux2.flux2.net.transport import Deadlines
 from comfyui_flux2.flux2.run_context import RunContext
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "request_bodies_golden.json").read_text())["bodies"]

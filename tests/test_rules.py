@@ -8,7 +8,7 @@ import pytest
 
 from comfyui_flux2.flux2.backend import GenerationRequest
 from comfyui_flux2.flux2.errors import InputError
-from comfyui_flux2.flux2.local.params import PRESETS
+from comfyui_flux2.flux2.local.model.params import PRESETS
 from comfyui_flux2.flux2.models import MODELS, get_model
 from comfyui_flux2.flux2.preview import preview
 from comfyui_flux2.flux2.rules import (DEFAULT_RULES, MAX_SEED, comfy_rules, local_rules, remote_rules, rules_table,

@@ -13,7 +13,7 @@ from comfyui_flux2.flux2.errors import InputError
 from comfyui_flux2.flux2.models import MODELS, RUNWARE
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import Deadlines
+from comfyui_flux2.flux2.net.transport import Deadlines
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.nodes.lora_node import Flux2LoRA
 

@@ -11,7 +11,7 @@ from comfyui_flux2.flux2.errors import AuthError, BudgetError, InputError, Moder
 from comfyui_flux2.flux2.images import ref_from_array
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import Deadlines
+from comfyui_flux2.flux2.net.transport import Deadlines
 from comfyui_flux2.flux2.run_context import RunContext
 
 SALT = "Wind-Carved Salt Cathedral"

@@ -11,7 +11,7 @@ from comfyui_flux2.cli import main
 from comfyui_flux2.flux2.backend import GenerationRequest, run
 from comfyui_flux2.flux2.errors import ConfigError, Flux2Error
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
-from comfyui_flux2.flux2.remote.transport import Transport
+from comfyui_flux2.flux2.net.transport import Transport
 from comfyui_flux2.flux2.run_context import RunContext
 
 

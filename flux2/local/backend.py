@@ -19,9 +19,9 @@ from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
 from ..rules import Rules, local_rules, validate_request
-from .detect import AUTO, with_reference_kv
-from .params import ModelPreset, get_preset
+from .model.params import ModelPreset, get_preset
 from .pipeline import decode_tile, reference_size
+from .weights.detect import AUTO, with_reference_kv
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "blocks")
@@ -66,7 +66,7 @@ class LocalFiles:
 
 @dataclass
 class LocalBackend:
-    model_name: str                     # a preset name, or "auto": the model is detected from the files (detect.py)
+    model_name: str                     # a preset name, or "auto": detected from the files (weights/detect.py)
     files: LocalFiles
     dtype: str = "bf16"
     device: str = "auto"
@@ -98,8 +98,8 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ detection
     def detection(self):
-        """What the files are (detect.py, headers only; cached per file version)."""
-        from .detect import detect
+        """What the files are (weights/detect.py, headers only; cached per file version)."""
+        from .weights.detect import detect
 
         return detect(self.files)
 
@@ -162,13 +162,13 @@ class LocalBackend:
     def lora_files(self) -> list:
         """The chain's LoRA files as this model takes them (headers only); a file for another architecture or
         size, or one that matches no layer, is a one-line ModelLoadError naming it."""
-        from .lora import inspect_lora
+        from .weights.lora import inspect_lora
 
         return [inspect_lora(s.path, self.model_preset.transformer) for s in self.loras]
 
     def lora_bytes(self) -> int:
         """Device bytes of the chain's patches in the compute dtype (strength 0 adds nothing)."""
-        from .lora import linear_shapes
+        from .weights.lora import linear_shapes
 
         shapes = linear_shapes(self.model_preset.transformer)
         return sum(f.device_bytes(DTYPES[self.dtype].itemsize, shapes)
@@ -267,7 +267,7 @@ class LocalBackend:
 
     def lora_patches(self, engine) -> dict:
         """The chain's patches for this engine's transformer, in its compute dtype on its device."""
-        from .lora import build_patches, inspect_lora, linear_shapes, load_deltas
+        from .weights.lora import build_patches, inspect_lora, linear_shapes, load_deltas
 
         p = engine.m.transformer.params
         files = [(load_deltas(inspect_lora(s.path, p)), s.strength) for s in self.loras if s.strength != 0]
@@ -313,8 +313,8 @@ class LocalBackend:
 
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
-        from .loading import load_modules
-        from .lora import AppliedLoRAs
+        from .weights.loading import load_modules
+        from .weights.lora import AppliedLoRAs
         from .memory import check_fits
         from .offload import apply_offload
         from .pipeline import Flux2Engine

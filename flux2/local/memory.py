@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .params import ModelPreset, TransformerParams
+from .model.params import ModelPreset, TransformerParams
 
 GIB = 1024 ** 3
 CUDA_OVERHEAD = 1 * GIB           # CUDA context, cuBLAS workspace, allocator slack
@@ -89,7 +89,7 @@ class MemoryPlan:
 
 def _bytes(module: nn.Module, dtype_bytes: int, fp8: float) -> int:
     """Bytes in memory. fp8: the share (0..1) of Linear weight elements an fp8 file stores as float8, which stay
-    1 byte each (quant.py); everything else is in the compute dtype."""
+    1 byte each (weights/quant.py); everything else is in the compute dtype."""
     total = 0.0
     for mod in module.modules():
         for name, p in mod.named_parameters(recurse=False):
@@ -101,9 +101,9 @@ def _bytes(module: nn.Module, dtype_bytes: int, fp8: float) -> int:
 
 @functools.lru_cache(maxsize=16)
 def module_sizes(preset: ModelPreset, dtype_bytes: int, fp8_transformer: float, fp8_text: float) -> ModuleSizes:
-    from .autoencoder import AutoencoderFlux2
-    from .text_encoder import TextEncoder
-    from .transformer import Flux2Transformer
+    from .model.autoencoder import AutoencoderFlux2
+    from .model.text_encoder import TextEncoder
+    from .model.transformer import Flux2Transformer
 
     with torch.device("meta"):
         tr = Flux2Transformer(preset.transformer)
@@ -132,7 +132,7 @@ _BLOCK = re.compile(r"^(double_blocks|single_blocks|transformer_blocks|single_tr
 
 def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: bool) -> tuple[int, int]:
     """(bytes in memory, elements) of one tensor as the loader keeps it: float8 Linear weights stay 1 byte where
-    kept (quant.py), NVFP4 (uint8 codes + weight_scale_2) is de-quantised to the compute dtype, the rest is cast
+    kept (weights/quant.py), NVFP4 (uint8 codes + weight_scale_2) is de-quantised to the compute dtype, the rest is cast
     to it; scales and markers are consumed."""
     if _SCALE_KEY.search(key):
         return 0, 0
@@ -151,7 +151,7 @@ _STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2
 
 def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtype_bytes: int, keep_fp8: bool,
                        text_layers_used: int, upcast_transformer: bool = False) -> ModuleSizes:
-    """ModuleSizes from safetensors headers (detect.py): no module is built and no weight read, so a 64 GB
+    """ModuleSizes from safetensors headers (weights/detect.py): no module is built and no weight read, so a 64 GB
     file is planned in milliseconds. upcast_transformer: diffusers-layout fp8 weights are up-cast at load."""
     resident, blocks, stored = 0, {}, {}
     largest = 0
@@ -200,7 +200,7 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     """Peak device bytes (and RAM) of one generate call. reference_pixels: w*h of each prepared reference;
     vae_tile: latent pixels per tile side when the decode is tiled (0: whole image). sizes: from the files'
     headers (sizes_from_headers); without them, from the preset's modules built on the meta device. lora_bytes:
-    the LoRA patches (lora.py), resident on the device in both offload modes.
+    the LoRA patches (weights/lora.py), resident on the device in both offload modes.
     device_type: "cuda" (blocks prefetched: two on the device) or "cpu" (one; the device is the RAM).
     prompt_kinds: 2 when CFG runs the prompts as two forwards (the KV variant then keeps one cache per kind)."""
     s = sizes or module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
@@ -256,11 +256,11 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
 
 def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
     """Share (0..1) of the 2-D weight elements a safetensors file stores as float8 (header only, no tensor read).
-    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (loading.py): 0.
+    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (weights/loading.py): 0.
     No file: 0. A header that cannot be read is a ModelLoadError naming the file (never a silent bf16 guess)."""
     if path is None:
         return 0.0
-    from .safetensors_header import read_header
+    from .weights.safetensors_header import read_header
 
     fp8 = total = 0
     for key, info in read_header(path).tensors.items():

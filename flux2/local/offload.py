@@ -2,7 +2,7 @@
 layer) is copied to the device only while it runs.
 
 With offload=blocks the loader leaves every block tensor as the view safetensors gives into the mapped file (no
-copy in anonymous RAM, no cast at load; loading.py), so [dev] needs neither its 64 GB on the GPU nor in RAM: the
+copy in anonymous RAM, no cast at load; weights/loading.py), so [dev] needs neither its 64 GB on the GPU nor in RAM: the
 OS page cache holds what fits and drops it under pressure. Per block, `BlockStreamer` copies the block's tensors to
 the device in the dtype the model runs in (`runtime_dtype`), points the parameters at those copies, and after the
 block points them back at the mapped host tensors (nothing is copied back; the device copies are dropped).
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import FP8_DTYPES
+from .weights.quant import FP8_DTYPES
 
 FLOAT32_NAMES = ("weight_scale", "running_mean", "running_var")    # stay float32 whatever the compute dtype
 STAGING_ALIGN = 256                                                   # bytes; any dtype can view an aligned slice
@@ -249,7 +249,7 @@ def _settle_resident(module: nn.Module, device: torch.device, dtype: torch.dtype
             if t.device != device or t.dtype != want:
                 t.data = t.data.to(device, want)
             elif t.data_ptr() % 64:
-                t.data = t.data.clone()          # an aligned copy, as loading without offload makes (loading.py)
+                t.data = t.data.clone()  # an aligned copy, as loading without offload makes (weights/loading.py)
 
 
 def offload_transformer(tr: nn.Module, device: torch.device, transfer=None, dtype: torch.dtype | None = None) -> None:

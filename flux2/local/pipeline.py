@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .autoencoder import AutoencoderFlux2
 from .caches import DEFAULT_BYTES, TensorLRU, content_hash, module_token
-from .params import ModelPreset
-from .sampling import euler_step, image_ids, initial_noise, model_timestep, pack, sigmas, text_ids, unpack
-from .text_encoder import TextEncoder
-from .tokenizer import PromptTokenizer
-from .transformer import Flux2Transformer, RefKV
+from .model.modules import Flux2Modules
+from .model.sampling import euler_step, image_ids, initial_noise, model_timestep, pack, sigmas, text_ids, unpack
+from .model.transformer import RefKV
 
 REF_MAX_PIXELS = 1024 * 1024
 
@@ -50,17 +46,6 @@ def reference_size(width: int, height: int) -> tuple[int, int]:
         scale = math.sqrt(REF_MAX_PIXELS / (width * height))
         width, height = int(width * scale), int(height * scale)
     return width // 16 * 16, height // 16 * 16
-
-
-@dataclass
-class Flux2Modules:
-    preset: ModelPreset
-    transformer: Flux2Transformer
-    text_encoder: TextEncoder
-    tokenizer: PromptTokenizer
-    vae: AutoencoderFlux2
-    device: torch.device
-    dtype: torch.dtype
 
 
 class Flux2Engine:

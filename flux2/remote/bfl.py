@@ -37,11 +37,12 @@ from ..reference_urls import as_sent
 from ..run_context import RunContext
 from ..redaction import scrub
 from .common import RemoteBackend, redact
-from .keys import base_url, origin, read_key
+from ..net.keys import base_url, origin, read_key
 from .bfl_request import BflRequest
 from .options import RemoteOptions
-from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
-from .transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
+from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
+                   sent_earlier, settle, store_arrived)
+from ..net.transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.bfl")
 
@@ -260,27 +261,13 @@ class BflBackend(RemoteBackend):
         ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch):
+            if cached_image(job, ctx, cache_key, request.batch) \
+                    or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch):
                 return
-            tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
             try:
-                try:
-                    self._submit(job, transport, url, key, ctx, estimate_one)
-                except Flux2Error as exc:
-                    control.stop_new(exc)    # a refused submit: the others would be refused too
-                    raise
-                job.progress = 0.05
-                result = self._poll(job, transport, key, ctx)
-                self._download(job, result, transport)
-            except ModerationError as exc:
-                if self.options.on_moderation != "placeholder":
-                    raise _tagged(exc, tag) from None
-                log.warning("%s; returning a placeholder image", exc)
-                job.image, job.placeholder = placeholder(request.width, request.height), True
-            except Flux2Error as exc:
-                raise _tagged(exc, tag) from None
-            except httpx.HTTPError as exc:  # e.g. a malformed URL in an answer
-                raise ProviderError(f"bfl: {tag}{type(exc).__name__} talking to BFL") from None
+                self._work(job, control, transport, url, key, ctx, estimate_one, request, cache_key)
+            finally:
+                store_arrived(job, ctx, cache_key, self.describe(), request.batch)
 
         # Polling stops within a moment of a cancel (polls are free and the task ids are named);
         # an abort leaves at once.
@@ -290,6 +277,59 @@ class BflBackend(RemoteBackend):
         credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
         return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome, info={"credits": credits})
+
+    def _work(self, job: Job, control: JobControl, transport: BflTransport, url: str, key: str, ctx: RunContext,
+              estimate_one: float | None, request: GenerationRequest, cache_key) -> None:
+        """One image: submit, note the task (a run after a kill polls it instead of paying again), poll
+        until `total_s` from the submit, download."""
+        tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
+        try:
+            submitted = time.monotonic()     # the task's deadline counts from here, whatever the polls do
+            try:
+                self._submit(job, transport, url, key, ctx, estimate_one)
+            except Flux2Error as exc:
+                control.stop_new(exc)        # a refused submit: the others would be refused too
+                raise
+            note_sent(job, ctx, cache_key, {"provider": BFL, "host": resolve_base_url(), "task": job.task_id,
+                                            "locator": job.locator})
+            job.progress = 0.05
+            result = self._poll(job, transport, key, ctx, submitted)
+            self._download(job, result, transport)
+        except ModerationError as exc:
+            if self.options.on_moderation != "placeholder":
+                raise _tagged(exc, tag) from None
+            log.warning("%s; returning a placeholder image", exc)
+            job.image, job.placeholder = placeholder(request.width, request.height), True
+        except Flux2Error as exc:
+            raise _tagged(exc, tag) from None
+        except httpx.HTTPError as exc:      # e.g. a malformed URL in an answer
+            raise ProviderError(f"bfl: {tag}{type(exc).__name__} talking to BFL") from None
+
+    def _fetch_earlier(self, job: Job, transport: BflTransport, key: str, ctx: RunContext, cache_key,
+                       batch: int) -> bool:
+        """An earlier run submitted this image's task, got its id, and never got the image (killed): poll
+        that task and download its result instead of paying again. False where there is none, or it is
+        unknown, expired, moderated or failed at BFL (then the image is made anew)."""
+        earlier = sent_earlier(job, ctx, cache_key)
+        task, locator = (earlier.get("task"), earlier.get("locator")) if earlier else (None, None)
+        if not earlier or earlier.get("provider") != BFL or earlier.get("host") != resolve_base_url() \
+                or not isinstance(task, str) or not _ID_IN_TEXT.fullmatch(f'"id":"{task}"') \
+                or not isinstance(locator, str) or not transport.may_authenticate(locator):
+            return False
+        probe = Job(job.index, job.seed, job.body, task_id=task, locator=locator, sent=True)
+        try:
+            self._download(probe, self._poll(probe, transport, key, ctx, time.monotonic()), transport)
+        except Cancelled:
+            raise
+        except (Flux2Error, httpx.HTTPError) as exc:
+            log.warning("bfl: task %s of an earlier run did not come back (%s); making the image anew", task, exc)
+            return False
+        job.image, job.result_seed, job.settled = probe.image, probe.result_seed, True
+        job.notes.append(f"bfl: image {job.index + 1} recovered from task {task} of an earlier run")
+        log.warning("%s", job.notes[-1])
+        store_arrived(job, ctx, cache_key, self.describe(), batch)
+        job.cached = True                     # paid by the earlier run, not by this one
+        return True
 
     def _submit(self, job: Job, transport: BflTransport, url: str, key: str, ctx: RunContext,
                 estimate_one: float | None) -> None:
@@ -301,17 +341,22 @@ class BflBackend(RemoteBackend):
             raise _reworded(exc, f"{exc} - check {URL_ENV}/{REGION_ENV} and the network") from None
         except LostResponse as exc:
             # BFL has no idempotency key and gives no task id before it answers: sending again could
-            # start (and bill) a second task, and the first one cannot be looked up.
-            raise LostResponse(f"{exc}; BFL gives no task id before it answers, so the task cannot be "
-                               "recovered and may have been billed - check dashboard.bfl.ai before running "
-                               "again (not resubmitted)") from None
+            # start (and bill) a second task. An answer cut short may still name it: then it is polled.
+            found = _ID_IN_TEXT.search(exc.partial.decode("utf-8", "replace"))
+            if not found:
+                raise LostResponse(f"{exc}; BFL gives no task id before it answers, so the task cannot be "
+                                   "recovered and may have been billed - check dashboard.bfl.ai before running "
+                                   "again (not resubmitted)") from None
+            log.warning("bfl: the submit answer was cut short; polling task %s named in what arrived", found.group(1))
+            response, body = None, {"id": found.group(1)}
         except Cancelled:
             job.sent = False
             raise
-        if response.status_code != 200:
+        if response is not None and response.status_code != 200:
             job.settled = response.status_code < 500        # refused; after a 5xx nobody knows
             raise http_error(response.status_code, _json_or_text(response, key), key, "submit")
-        body = submit_answer(response, key)
+        if response is not None:
+            body = submit_answer(response, key)
         job.task_id = body["id"]
         polling_url = body.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
@@ -338,14 +383,16 @@ class BflBackend(RemoteBackend):
             job.notes[-1] += f" (BFL counted {body.get('output_mp')} output MP, {body.get('input_mp')} input MP)"
         log.info("bfl: task %s accepted (%s credits)", job.task_id, "?" if credits is None else scrub(str(credits), 20))
 
-    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext) -> dict:
+    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext, submitted: float) -> dict:
         """Poll until a terminal status; returns the `result` object of a Ready task. Failing polls
-        (5xx, dropped connections, garbled answers) are retried until the task's deadline."""
+        (5xx, dropped connections, garbled answers) are retried until the task's deadline: `total_s`
+        from `submitted` (BFL's documented 600 s), which no poll, hanging or retried, may pass."""
         not_found = [0]
+        deadline = submitted + self.deadlines.total_s
 
         def fetch():
             try:
-                response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled)
+                response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled, deadline=deadline)
             except Cancelled:
                 raise
             except ProviderError as exc:
@@ -370,7 +417,7 @@ class BflBackend(RemoteBackend):
                 raise Transient(f"polling task {job.task_id} answered something that is not a JSON object")
             return self._poll_status(job, body, key)
 
-        return poll_until(fetch, deadlines=self.deadlines, started=time.monotonic(), is_cancelled=ctx.is_cancelled,
+        return poll_until(fetch, deadlines=self.deadlines, started=submitted, is_cancelled=ctx.is_cancelled,
                           what=f"bfl: task {job.task_id}")
 
     def _poll_status(self, job: Job, body: dict, key: str) -> dict | None:

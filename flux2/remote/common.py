@@ -6,7 +6,7 @@ from ..redaction import scrub
 from ..models import get_model
 from ..rules import LABELS, Rules, remote_rules, validate_request
 from .options import RemoteOptions
-from .transport import Deadlines
+from ..net.transport import Deadlines
 
 
 def redact(text: str, secret: str | None, limit: int | None = None) -> str:

@@ -25,7 +25,7 @@ from ..backend import GenerationRequest, GenerationResult
 from ..errors import Cancelled, Flux2Error, ProviderError, ProviderTimeout
 from ..redaction import log_unexpected, scrub
 from ..run_context import RunContext
-from .transport import Deadlines, sleep_with_cancel
+from ..net.transport import Deadlines, sleep_with_cancel
 from .wire import WireBody
 
 log = logging.getLogger("comfyui_flux2.remote")
@@ -51,6 +51,7 @@ class Job:
     charged: bool = False           # the provider billed the task (its image may still be lost)
     placeholder: bool = False
     cached: bool = False
+    stored: bool = False            # written to the result cache (the moment it arrived)
     error: Flux2Error | None = None
     progress: float = 0.0           # 0..1, read by the reporting thread
     notes: list[str] = field(default_factory=list)
@@ -276,15 +277,55 @@ def _cache_images(jobs, request, ctx, describe, cache_key, failed: bool) -> None
     """Each paid image under the key of its own one-image request (seed + i, batch 1), the moment the
     batch settles: a re-run after a partial failure pays only for the images that were lost. A batch
     of one that succeeded is cached by `backend.run` under the same key."""
-    if ctx.cache is None or cache_key is None or (len(jobs) == 1 and not failed):
+    if ctx.cache is None or cache_key is None:
         return
     for job in jobs:
-        if job.image is None or job.placeholder or job.cached:
+        if not job.may_be_billed() and not job.cached:
+            key = cache_key(job.index)
+            if key:                   # answered one way or the other: nothing left to recover later
+                ctx.cache.forget_sent(key)
+    if len(jobs) == 1 and not failed:
+        return
+    for job in jobs:
+        if job.image is None or job.placeholder or job.cached or job.stored:
             continue
         key = cache_key(job.index)
         if key:
             seed = job.result_seed if job.result_seed is not None else job.seed
             ctx.cache.put(key, [job.image], [seed], job.cost_usd, describe)
+
+
+def store_arrived(job: Job, ctx: RunContext, cache_key: Callable[[int], str | None] | None, describe: str,
+                  batch: int) -> None:
+    """Write one paid image to the result cache the moment it arrives, not when the whole batch settles:
+    a run killed (kill -9) after some images arrived pays, when run again, only for the others. A batch of
+    one is cached by `backend.run` under the same key."""
+    if ctx.cache is None or cache_key is None or batch == 1 or job.image is None or job.placeholder \
+            or job.cached or job.stored:
+        return
+    key = cache_key(job.index)
+    if key:
+        seed = job.result_seed if job.result_seed is not None else job.seed
+        ctx.cache.put(key, [job.image], [seed], job.cost_usd, describe)
+        ctx.cache.forget_sent(key)
+        job.stored = True
+
+
+def note_sent(job: Job, ctx: RunContext, cache_key: Callable[[int], str | None] | None, task: dict) -> None:
+    """Before a paid task goes out: note it beside the image's cache entry (see ResultCache.note_sent)."""
+    if ctx.cache is None or cache_key is None:
+        return
+    key = cache_key(job.index)
+    if key:
+        ctx.cache.note_sent(key, task)
+
+
+def sent_earlier(job: Job, ctx: RunContext, cache_key: Callable[[int], str | None] | None) -> dict | None:
+    """The task an earlier run sent for this image and never heard back from (killed), if noted."""
+    if ctx.cache is None or cache_key is None:
+        return None
+    key = cache_key(job.index)
+    return ctx.cache.sent(key) if key else None
 
 
 def cached_image(job: Job, ctx: RunContext, cache_key: Callable[[int], str | None] | None, batch: int) -> bool:

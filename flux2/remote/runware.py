@@ -20,12 +20,13 @@ from ..reference_urls import as_sent
 from ..rules import REMOTE_MAX_BATCH
 from ..run_context import RunContext
 from .common import RemoteBackend, redact
-from .keys import base_url, read_key
+from ..net.keys import base_url, read_key
 from .options import RemoteOptions
-from .runware_tasks import (BflSettings, GetResponse, ImageInference, ImageUpload, Inputs, Lora, ProviderSettings,
-                            RunwareTask)
-from .jobs import Job, JobControl, Transient, cached_image, checked_cost, checked_seed, poll_until, run_jobs, settle
-from .transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
+from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
+                            ProviderSettings, RunwareTask)
+from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
+                   sent_earlier, settle, store_arrived)
+from ..net.transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.runware")
 
@@ -36,7 +37,8 @@ IMAGE_FIELDS = ("imageURL", "imageBase64Data", "imageDataURI")
 _MODERATION_HINTS = ("contentpolicy", "moderat", "nsfw", "safety")
 _BUDGET_HINTS = ("credit", "balance", "quota", "payment")
 PENDING = ("processing", "pending", "queued", "running")
-NOT_FOUND_TOLERANCE = 3          # getResponse may not know a task that is still being registered
+EARLIER_TASK_PATIENCE_S = 10.0   # a task of an earlier run that no lookup knows this long is not coming back
+_PENDING = object()              # a lookup's "still processing"
 MAX_INLINE_CHARS = 90 * 1024 * 1024   # base64 of the 64 MiB download limit
 AIR_RE = re.compile(r"^[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$")   # source:model@version
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -157,10 +159,11 @@ class RunwareBackend(RemoteBackend):
                                         self.deadlines, self._http_transport)
         return self._transport, url, key
 
-    def _post_tasks(self, tasks: list[RunwareTask], ctx: RunContext) -> Reply:
-        """POST a task array and parse the answer (request-level refusals raise here)."""
+    def _post_tasks(self, tasks: list[RunwareTask], ctx: RunContext, deadline: float | None = None) -> Reply:
+        """POST a task array and parse the answer (request-level refusals raise here); no exchange
+        passes `deadline` (time.monotonic(): the task's own)."""
         transport, url, key = self._client()
-        response = transport.submit(url, [t.to_json() for t in tasks], is_cancelled=ctx.is_cancelled)
+        response = transport.submit(url, [t.to_json() for t in tasks], is_cancelled=ctx.is_cancelled, deadline=deadline)
         return parse_reply(response, {t.taskUUID for t in tasks}, key)
 
     def upload_reference(self, ref, ctx: RunContext) -> str:
@@ -198,8 +201,10 @@ class RunwareBackend(RemoteBackend):
         cache_key = partial(self.image_cache_key, request)
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch):
+            if cached_image(job, ctx, cache_key, request.batch) \
+                    or self._fetch_earlier(job, ctx, cache_key, request.batch):
                 return
+            note_sent(job, ctx, cache_key, {"provider": RUNWARE, "host": self.host(), "task": job.task_id})
             try:
                 self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
             except (AuthError, BudgetError) as exc:
@@ -210,6 +215,8 @@ class RunwareBackend(RemoteBackend):
                     raise
                 log.warning("%s; returning a placeholder image", exc)
                 job.image, job.placeholder = placeholder(request.width, request.height), True
+            finally:
+                store_arrived(job, ctx, cache_key, self.describe(), request.batch)
 
         # One task per HTTP request, several in flight: a slow image does not hold the others back,
         # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
@@ -219,12 +226,37 @@ class RunwareBackend(RemoteBackend):
         return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome)
 
+    def _fetch_earlier(self, job: Job, ctx: RunContext, cache_key, batch: int) -> bool:
+        """An earlier run sent this image's task and never heard back (killed): ask Runware for that task
+        (getResponse, getTaskDetails) instead of paying again. False where there is none or it is not found
+        (then the image is made anew)."""
+        earlier = sent_earlier(job, ctx, cache_key)
+        task = earlier.get("task") if earlier else None
+        if not earlier or earlier.get("provider") != RUNWARE or earlier.get("host") != self.host() \
+                or not isinstance(task, str) or not UUID_RE.match(task):
+            return False
+        try:
+            found = self.fetch_task(task, ctx)
+        except Cancelled:
+            raise
+        except Flux2Error as exc:
+            log.warning("runware: task %s of an earlier run was not found again (%s); making the image anew", task, exc)
+            return False
+        job.image, job.settled = found.images[0], True
+        job.result_seed = found.seeds[0] if found.seeds else None
+        job.notes.append(f"runware: image {job.index + 1} recovered from task {task} of an earlier run "
+                         f"(billed then: {'unknown' if found.cost_usd is None else f'${found.cost_usd:g}'})")
+        log.warning("%s", job.notes[-1])
+        store_arrived(job, ctx, cache_key, self.describe(), batch)
+        job.cached = True                     # paid by the earlier run, not by this one
+        return True
+
     def _run_task(self, job: Job, ctx: RunContext) -> dict:
         """Send one inference task; returns its result item (recovered by getResponse if the answer was lost)."""
         started = time.monotonic()
         job.sent = True
         try:
-            reply = self._post_tasks([job.body], ctx)
+            reply = self._post_tasks([job.body], ctx, started + self.deadlines.total_s)
         except NotSent:
             job.sent = False
             raise
@@ -248,40 +280,63 @@ class RunwareBackend(RemoteBackend):
             raise runware_error(reply.status, err, None)
         return item
 
-    def _recover(self, job: Job, ctx: RunContext, started: float, cause: str) -> dict:
-        """The submit's answer was lost: ask for the task's result (getResponse) instead of submitting
-        again (no idempotency key: a second submit could bill twice), until the task's deadline."""
-        not_found = [0]
+    def _recover(self, job: Job, ctx: RunContext, started: float, cause: str, patience_s: float | None = None) -> dict:
+        """The submit's answer was lost (dropped, garbled, cut short, not naming the task, past its
+        deadline): look the task up instead of submitting it again (no idempotency key: a second submit
+        could bill twice). Each round asks getResponse (documented for async tasks; the SDKs also ask it
+        for sync ones), then getTaskDetails (documented for any executed task). A lookup's own error
+        ("unknown taskUUID") is never taken as the task's outcome: a task no lookup knows for
+        `patience_s` (default `lookup_s`), or by the task's deadline, fails with job.settled False, so it
+        is named as may still be billed."""
+        patience = self.deadlines.lookup_s if patience_s is None else patience_s
+        unknown_since, last = [time.monotonic()], ["none answered"]
+        deadline = started + self.deadlines.total_s
 
         def fetch():
-            try:
-                reply = self._post_tasks([GetResponse(taskUUID=job.task_id)], ctx)
-            except (LostResponse, NotSent) as exc:
-                raise Transient(str(exc)) from None
-            except ProviderError as exc:
-                if exc.retryable or (exc.status or 0) >= 500:
-                    raise Transient(str(exc)) from None
-                raise
-            item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
-            if item is not None:
-                return None if str(item.get("status") or "").lower() in PENDING else item
-            if err is not None and str(err.get("code") or "").lower() != "tasknotfound":
-                return {"status": "error", "error": err}
-            not_found[0] += 1                 # not (yet) known there: it may still be registering
-            if not_found[0] > NOT_FOUND_TOLERANCE:
-                raise ProviderError(f"runware: the answer to task {job.task_id} was lost ({cause}) and the task "
-                                    "cannot be found again; it may have been billed")
+            found = self._lookup(job, ctx, GetResponse, last, deadline)
+            if found is None:
+                found = self._lookup(job, ctx, GetTaskDetails, last, deadline)
+            if found is _PENDING:
+                unknown_since[0] = time.monotonic()      # known and running: wait for it until the deadline
+                return None
+            if found is not None:
+                return found
+            if time.monotonic() - unknown_since[0] > patience:
+                raise ProviderError(f"runware: the answer to task {job.task_id} was lost ({cause}) and no lookup "
+                                    f"finds the task after {patience:g}s (last lookup: {last[0]})")
             return None
 
         return poll_until(fetch, deadlines=self.deadlines, started=started, is_cancelled=ctx.is_cancelled,
                           what=f"runware: task {job.task_id} (answer lost: {cause})")
+
+    def _lookup(self, job: Job, ctx: RunContext, kind, last: list, deadline: float) -> dict | object | None:
+        """One lookup of a task: its result item, _PENDING while it runs, or None where this lookup does
+        not know it (its error is kept in `last` for the message, never raised as the task's outcome)."""
+        try:
+            reply = self._post_tasks([kind(taskUUID=job.task_id)], ctx, deadline)
+        except (AuthError, BudgetError, Cancelled):
+            raise                             # every other call would be refused the same way
+        except Flux2Error as exc:             # lost, not sent, 4xx/5xx of the lookup itself
+            last[0] = f"{kind.taskType}: {str(exc)[:160]}"
+            return None
+        item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
+        if item is not None and kind is GetTaskDetails:
+            return stored_outcome(item, job.task_id)
+        if item is not None:
+            return _PENDING if str(item.get("status") or "").lower() in PENDING else item
+        if err is not None:
+            last[0] = f"{kind.taskType}: {str(runware_error(reply.status, err, None))[:160]}"
+        return None
 
     def fetch_task(self, task_uuid: str, ctx: RunContext) -> GenerationResult:
         """The result of a task an earlier process sent and never heard back from (an aborted batch), by
         getResponse on its taskUUID; never a second submit. Raises ProviderError when Runware no longer
         knows the task or it failed."""
         job = Job(0, 0, GetResponse(taskUUID=task_uuid), task_id=task_uuid, sent=True)
-        self._take_item(job, self._recover(job, ctx, time.monotonic(), "an earlier run stopped waiting"), ctx, None)
+        # An earlier run's task has long finished or never will: a short wait for the lookups to know it.
+        item = self._recover(job, ctx, time.monotonic(), "an earlier run stopped waiting",
+                             patience_s=min(self.deadlines.lookup_s, EARLIER_TASK_PATIENCE_S))
+        self._take_item(job, item, ctx, None)
         seeds = [job.result_seed] if job.result_seed is not None else []
         return GenerationResult(images=[job.image], seeds=seeds, cost_usd=job.cost_usd, info={"tasks": [task_uuid]})
 
@@ -382,3 +437,28 @@ def parse_reply(response, ours: set[str], key: str | None) -> Reply:
     if status >= 400 and not items and not errors:
         raise runware_error(status, {"message": f"HTTP {status}"}, key)
     return Reply(status, items, {e.get("taskUUID"): e for e in errors if e.get("taskUUID") in ours})
+
+
+def stored_outcome(details: dict, task_uuid: str) -> dict | None:
+    """A getTaskDetails item -> the task's own result item, or {"status": "error", "error": ...} where the
+    stored answer says it failed, or None where it holds neither. `response` is the whole answer envelope
+    as documented ({data} or {errors}); Runware's JS SDK types it as a list of envelopes: both are read."""
+    response = details.get("response")
+    envelopes = response if isinstance(response, list) else [response]
+    data, errors = [], []
+    for env in envelopes:
+        if not isinstance(env, dict):
+            continue
+        data += env.get("data") if isinstance(env.get("data"), list) else []
+        errors += env.get("errors") if isinstance(env.get("errors"), list) else []
+        errors += [env["error"]] if isinstance(env.get("error"), dict) else []
+    for item in data:
+        if isinstance(item, dict) and item.get("taskUUID") == task_uuid \
+                and item.get("taskType", "imageInference") == "imageInference":
+            if item.get("status") == "error" or isinstance(item.get("error"), dict):
+                return {"status": "error", "error": item.get("error") if isinstance(item.get("error"), dict) else item}
+            return item
+    for err in errors:
+        if isinstance(err, dict) and err.get("taskUUID") in (task_uuid, None):
+            return {"status": "error", "error": err}
+    return None

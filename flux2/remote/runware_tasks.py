@@ -70,10 +70,21 @@ class ImageUpload(WireBody):
 
 @dataclass(frozen=True, kw_only=True)
 class GetResponse(WireBody):
-    """Asks for the result of a task whose submit answer was lost (instead of submitting it again)."""
+    """Asks for the result of a task whose submit answer was lost (instead of submitting it again).
+    Documented for async tasks ("checks active operations"); Runware's SDKs also send it for a task whose
+    sync answer was lost (sdk-python base.py, after a conflictTaskUUID), so it is asked first."""
 
     taskType: str = field(default="getResponse", init=False)
     taskUUID: str
 
 
-RunwareTask = Union[ImageInference, ImageUpload, GetResponse]
+@dataclass(frozen=True, kw_only=True)
+class GetTaskDetails(WireBody):
+    """The original request and whole answer of any previously executed task, sync ones included
+    (runware.ai/docs/platform/task-details: "recovering responses that your application didn't store")."""
+
+    taskType: str = field(default="getTaskDetails", init=False)
+    taskUUID: str
+
+
+RunwareTask = Union[ImageInference, ImageUpload, GetResponse, GetTaskDetails]

@@ -28,7 +28,7 @@ PROMPT = "a lighthouse on a cliff at dusk"
 
 
 def preset(**sizes):
-    from comfyui_flux2.flux2.local.params import tiny_preset
+    from comfyui_flux2.flux2.local.model.params import tiny_preset
 
     return replace(tiny_preset("klein", True, **sizes), name="FLUX.2 [klein] mapped test")
 
@@ -37,7 +37,7 @@ def write_models(root: Path, p, *, fp8_blocks: bool = False, seed: int = 0) -> P
     """Random weights for preset `p` in `root` (a models folder); bf16 files, fp8 block Linears if asked."""
     from safetensors.torch import save_file
 
-    from comfyui_flux2.flux2.local.demo import _random_state
+    from comfyui_flux2.demo import _random_state
 
     block_linear = re.compile(r"^model\.diffusion_model\.(double|single)_blocks\.\d+\..*\.weight$")
     for kind, sd in _random_state(p, seed).items():

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from comfyui_flux2.flux2.backend import GenerationRequest
 from comfyui_flux2.flux2.errors import ModelLoadError
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import params
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.run_context import RunContext
 
 import twins
@@ -203,7 +203,7 @@ def test_dev_single_file_twins_load_and_generate(dev, tmp_path):
 
 
 def loading_modules(preset, tr, te, vae):
-    from comfyui_flux2.flux2.local import loading
+    from comfyui_flux2.flux2.local.weights import loading
 
     return loading.load_modules(preset, transformer=tr, text_encoder=te, vae=vae, dtype=torch.float32)
 

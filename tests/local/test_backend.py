@@ -9,7 +9,7 @@ from comfyui_flux2.flux2.backend import GenerationRequest, run
 from comfyui_flux2.flux2.errors import Cancelled
 from comfyui_flux2.flux2.images import ref_from_array
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import params
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.run_context import RunContext
 
 TINY = params.tiny_preset("klein", True)
@@ -24,7 +24,7 @@ def test_run_generates_batch_with_progress_and_caches(klein, monkeypatch):
     _, root, _ = klein
     lb.clear_cache()
     loads = []
-    from comfyui_flux2.flux2.local import loading
+    from comfyui_flux2.flux2.local.weights import loading
 
     real = loading.load_modules
     monkeypatch.setattr(loading, "load_modules", lambda *a, **k: loads.append(1) or real(*a, **k))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_flux2.flux2.local import bench
+from comfyui_flux2.bench import local as bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

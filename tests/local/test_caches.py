@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from comfyui_flux2.flux2.local import loading, params
+from comfyui_flux2.flux2.local.weights import loading
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.local.caches import TensorLRU, content_hash, module_token
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine, prepare_reference
 

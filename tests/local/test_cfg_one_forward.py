@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from comfyui_flux2.flux2.backend import GenerationRequest
-from comfyui_flux2.flux2.local import loading, params
+from comfyui_flux2.flux2.local.weights import loading
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.local.backend import LocalBackend, LocalFiles
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine
 

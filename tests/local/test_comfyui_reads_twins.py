@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_flux2.flux2.local import loading
+from comfyui_flux2.flux2.local.weights import loading
 
 import twins
 

@@ -18,7 +18,7 @@ def test_local_demo_runs_without_diffusers(tmp_path):
         import sys, time
         sys.modules["diffusers"] = None       # import of either now fails
         sys.modules["transformers"] = None
-        from comfyui_flux2.flux2.local.demo import run_local_demo
+        from comfyui_flux2.demo import run_local_demo
         t = time.perf_counter()
         paths = run_local_demo({str(tmp_path / "out")!r}, {str(tmp_path / "models")!r})
         print(f"demo took {{time.perf_counter() - t:.1f}} s")
@@ -44,7 +44,7 @@ def test_local_demo_runs_without_diffusers(tmp_path):
 
 def test_demo_model_is_refused_by_real_presets(tmp_path):
     from comfyui_flux2.flux2.local import backend as lb
-    from comfyui_flux2.flux2.local.demo import DEMO_PRESET, demo_backend
+    from comfyui_flux2.demo import DEMO_PRESET, demo_backend
 
     b = demo_backend(tmp_path)
     assert b.preset is DEMO_PRESET and b.model_name == "FLUX.2 [klein] tiny (demo)"

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_flux2.flux2.local import loading, params, quant, sampling
-from comfyui_flux2.flux2.local.text_encoder import TextEncoder
-from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+from comfyui_flux2.flux2.local.weights import loading, quant
+from comfyui_flux2.flux2.local.model import params, sampling
+from comfyui_flux2.flux2.local.model.text_encoder import TextEncoder
+from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 TINY = params.tiny_preset("klein", True)

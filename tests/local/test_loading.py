@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_flux2.flux2.backend import GenerationRequest
 from comfyui_flux2.flux2.errors import ConfigError, InputError, ModelLoadError
-from comfyui_flux2.flux2.local import loading, models_dir, params
+from comfyui_flux2.flux2.local.weights import loading, models_dir
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.local.backend import LocalBackend, LocalFiles
 
 F32 = torch.float32

@@ -1,4 +1,4 @@
-"""LoRA on local weights (flux2/local/lora.py): key layouts, parity with diffusers' `load_lora_weights`, strength,
+"""LoRA on local weights (flux2/local/weights/lora.py): key layouts, parity with diffusers' `load_lora_weights`, strength,
 stacking, refusals, switching without a reload, fp8 and block offload, memory plan and dry run.
 
 Parity runs a tiny random FLUX.2 [klein] with a tiny random LoRA in each layout (tests/local/lora_twins.py) through
@@ -12,7 +12,8 @@ import torch
 from comfyui_flux2.flux2.backend import GenerationRequest, run
 from comfyui_flux2.flux2.errors import ModelLoadError
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import lora, params
+from comfyui_flux2.flux2.local.weights import lora
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.run_context import RunContext
 
 import lora_twins as tw
@@ -53,7 +54,7 @@ def levels(a, b) -> int:
 # ------------------------------------------------------------------------------------------- key layouts
 
 def test_linear_shapes_are_the_modules():
-    from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+    from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 
     for p in (TINY.transformer, params.tiny_preset("dev").transformer, params.get_preset("FLUX.2 [dev]").transformer):
         with torch.device("meta"):
@@ -276,7 +277,7 @@ def test_memory_plan_counts_the_lora_patches(klein, tmp_path):
 # ------------------------------------------------------------------------------------------- application
 
 def test_switching_loras_reuses_the_loaded_model(klein, tmp_path, monkeypatch):
-    from comfyui_flux2.flux2.local import loading
+    from comfyui_flux2.flux2.local.weights import loading
 
     _, root, _ = klein
     a = tw.save(tw.ai_toolkit(tw.RandomLoRA.make(SHAPES, seed=12)), tmp_path / "a.safetensors")
@@ -293,7 +294,7 @@ def test_switching_loras_reuses_the_loaded_model(klein, tmp_path, monkeypatch):
 
 
 def test_fp8_weights_stay_fp8_under_a_lora():
-    from comfyui_flux2.flux2.local.quant import FP8_DTYPES, ScaledFP8Linear
+    from comfyui_flux2.flux2.local.weights.quant import FP8_DTYPES, ScaledFP8Linear
 
     if not FP8_DTYPES:
         pytest.skip("this torch has no float8")
@@ -318,8 +319,8 @@ def test_block_offload_streams_blocks_with_the_lora_resident():
     """offload=blocks moves each block's own weights per step (offload.py); the LoRA patches are not block
     parameters and stay where they were built, so the streamed model gives the same output."""
     from comfyui_flux2.flux2.local import offload
-    from comfyui_flux2.flux2.local.sampling import image_ids, text_ids
-    from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+    from comfyui_flux2.flux2.local.model.sampling import image_ids, text_ids
+    from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 
     torch.manual_seed(0)
     tr = Flux2Transformer(TINY.transformer).eval()

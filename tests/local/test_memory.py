@@ -12,11 +12,13 @@ from comfyui_flux2.flux2.backend import GenerationRequest
 from comfyui_flux2.flux2.errors import ConfigError
 from comfyui_flux2.flux2.images import ref_from_array
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import loading, memory, params
-from comfyui_flux2.flux2.local.autoencoder import AutoencoderFlux2
+from comfyui_flux2.flux2.local.weights import loading
+from comfyui_flux2.flux2.local import memory
+from comfyui_flux2.flux2.local.model import params
+from comfyui_flux2.flux2.local.model.autoencoder import AutoencoderFlux2
 from comfyui_flux2.flux2.local.memory import GIB, module_sizes, plan_memory
-from comfyui_flux2.flux2.local.text_encoder import TextEncoder
-from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+from comfyui_flux2.flux2.local.model.text_encoder import TextEncoder
+from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 
 DEV = params.PRESETS["FLUX.2 [dev]"]
 CARD_24GB = 24 * 10**9

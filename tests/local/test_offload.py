@@ -21,11 +21,11 @@ import torch
 
 from comfyui_flux2.flux2.backend import GenerationRequest
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import params, sampling
-from comfyui_flux2.flux2.local.autoencoder import AutoencoderFlux2
+from comfyui_flux2.flux2.local.model import params, sampling
+from comfyui_flux2.flux2.local.model.autoencoder import AutoencoderFlux2
 from comfyui_flux2.flux2.local.offload import HostEmbedding, HostTransfer, apply_offload
-from comfyui_flux2.flux2.local.text_encoder import TextEncoder
-from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+from comfyui_flux2.flux2.local.model.text_encoder import TextEncoder
+from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 from comfyui_flux2.flux2.run_context import RunContext
 
 import mapped

@@ -10,7 +10,8 @@ from PIL import Image
 
 diffusers = pytest.importorskip("diffusers")
 
-from comfyui_flux2.flux2.local import loading, params, sampling  # noqa: E402
+from comfyui_flux2.flux2.local.weights import loading  # noqa: E402
+from comfyui_flux2.flux2.local.model import params, sampling  # noqa: E402
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine, prepare_reference  # noqa: E402
 
 F32 = torch.float32
@@ -72,7 +73,7 @@ def test_transformer_forward(klein, dev, family):
     pipe = (klein if family == "klein" else dev)[0]
     tr = pipe.transformer
     sd = loading.normalise_transformer_keys({k: v.clone() for k, v in tr.state_dict().items()}, "t")
-    from comfyui_flux2.flux2.local.transformer import Flux2Transformer
+    from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 
     mine = loading._into(Flux2Transformer, loading.infer_transformer_params(sd), sd, "t", F32, "cpu")
     g = torch.Generator().manual_seed(0)
@@ -122,7 +123,7 @@ def test_text_conditioning(klein, dev, family):
 def test_dev_system_message_matches_diffusers():
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
-    from comfyui_flux2.flux2.local.tokenizer import DEV_SYSTEM_MESSAGE
+    from comfyui_flux2.flux2.local.model.tokenizer import DEV_SYSTEM_MESSAGE
 
     assert DEV_SYSTEM_MESSAGE == SYSTEM_MESSAGE
 

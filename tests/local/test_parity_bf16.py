@@ -19,7 +19,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from comfyui_flux2.flux2.local import loading, params  # noqa: E402
+from comfyui_flux2.flux2.local.weights import loading  # noqa: E402
+from comfyui_flux2.flux2.local.model import params  # noqa: E402
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine, prepare_reference  # noqa: E402
 
 import tiny  # noqa: E402

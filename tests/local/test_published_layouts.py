@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_flux2.flux2.errors import ModelLoadError
-from comfyui_flux2.flux2.local import loading, params, quant
-from comfyui_flux2.flux2.local.safetensors_header import read_header
+from comfyui_flux2.flux2.local.weights import loading, quant
+from comfyui_flux2.flux2.local.model import params
+from comfyui_flux2.flux2.local.weights.safetensors_header import read_header
 
 import twins
 
@@ -41,7 +42,7 @@ def test_bfl_ae_layout_loads_and_equals_the_diffusers_vae(published):
     with torch.no_grad():
         a = ours.decode(z)
         # diffusers: un-normalise with its BatchNorm statistics, unpatchify, decode
-        from comfyui_flux2.flux2.local.autoencoder import unpatchify
+        from comfyui_flux2.flux2.local.model.autoencoder import unpatchify
         std = torch.sqrt(ref.bn.running_var.view(1, -1, 1, 1) + ref.config.batch_norm_eps)
         b = ref.decode(unpatchify(z * std + ref.bn.running_mean.view(1, -1, 1, 1))).sample
     assert torch.equal(a, b)
@@ -68,7 +69,7 @@ def test_small_decoder_vae_gets_separate_encoder_and_decoder_widths(published):
     img = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
     z = _latent(1)
     with torch.no_grad():
-        from comfyui_flux2.flux2.local.autoencoder import patchify, unpatchify
+        from comfyui_flux2.flux2.local.model.autoencoder import patchify, unpatchify
         std = torch.sqrt(ref.bn.running_var.view(1, -1, 1, 1) + 1e-4)
         mean = ref.bn.running_mean.view(1, -1, 1, 1)
         want_dec = ref.decode(unpatchify(z * std + mean)).sample

@@ -14,10 +14,11 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from comfyui_flux2.flux2.local import backend as lb  # noqa: E402
-from comfyui_flux2.flux2.local import loading, params, sampling  # noqa: E402
-from comfyui_flux2.flux2.local.detect import detect  # noqa: E402
+from comfyui_flux2.flux2.local.weights import loading  # noqa: E402
+from comfyui_flux2.flux2.local.model import params, sampling  # noqa: E402
+from comfyui_flux2.flux2.local.weights.detect import detect  # noqa: E402
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine, prepare_reference  # noqa: E402
-from comfyui_flux2.flux2.local.transformer import Flux2Transformer, RefKV  # noqa: E402
+from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer, RefKV  # noqa: E402
 
 import tiny  # noqa: E402
 import twins  # noqa: E402

@@ -8,7 +8,7 @@ from PIL import Image
 
 from comfyui_flux2.cli import node_registry
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local import params
+from comfyui_flux2.flux2.local.model import params
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.runner import executor as ex
 

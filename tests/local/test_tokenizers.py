@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_flux2.flux2.errors import ModelLoadError
-from comfyui_flux2.flux2.local import loading, params
-from comfyui_flux2.flux2.local import tokenizer as T
+from comfyui_flux2.flux2.local.weights import loading
+from comfyui_flux2.flux2.local.model import params
+from comfyui_flux2.flux2.local.model import tokenizer as T
 
 PROMPTS = [
     "a photo of a red cat sitting on a blue chair",
@@ -228,7 +229,7 @@ def test_tekken_matches_transformers_converter(tekken, tmp_path):
 
 def test_tekken_from_text_encoder_file(tekken, tmp_path):
     """ComfyUI's [dev] text-encoder single file: the Tekken JSON as a uint8 tensor `tekken_model`."""
-    from comfyui_flux2.flux2.local.text_encoder import TextEncoder
+    from comfyui_flux2.flux2.local.model.text_encoder import TextEncoder
 
     p = params.tiny_preset("dev").text_encoder
     torch.manual_seed(0)

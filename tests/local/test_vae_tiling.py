@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from comfyui_flux2.flux2.local import autoencoder, params
+from comfyui_flux2.flux2.local.model import autoencoder, params
 from comfyui_flux2.flux2.local import backend as lb
-from comfyui_flux2.flux2.local.autoencoder import AutoencoderFlux2
+from comfyui_flux2.flux2.local.model.autoencoder import AutoencoderFlux2
 
 TINY = params.tiny_preset("klein", True)
 

@@ -174,7 +174,7 @@ def save_single_files(pipe, folder: Path, comfy_prefix: bool = True) -> dict[str
     text_encoders/ (HF keys) + tokenizer.json beside it, vae/ (diffusers keys)."""
     from safetensors.torch import save_file
 
-    from comfyui_flux2.flux2.local.loading import diffusers_to_bfl
+    from comfyui_flux2.flux2.local.weights.loading import diffusers_to_bfl
 
     folder = Path(folder)
     for sub in ("diffusion_models", "text_encoders", "vae"):

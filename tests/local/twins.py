@@ -83,7 +83,7 @@ def quantize_nvfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 def bfl_transformer(diffusers_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """BFL key layout (flux2 repo `model.py`: fused qkv, `final_layer.adaLN_modulation.1` as (shift, scale))."""
-    from comfyui_flux2.flux2.local.loading import diffusers_to_bfl
+    from comfyui_flux2.flux2.local.weights.loading import diffusers_to_bfl
 
     return diffusers_to_bfl({k: v.detach().clone() for k, v in diffusers_sd.items()})
 
@@ -422,7 +422,7 @@ def text_encoder_table(p, layers: int, dtype: str = "BF16", quant: str = "bf16")
 
 def vae_table(vp, dtype: str = "F32") -> dict:
     """BFL `ae.safetensors` key names and shapes for VAEParams vp (from our module on the meta device)."""
-    from comfyui_flux2.flux2.local.autoencoder import AutoencoderFlux2
+    from comfyui_flux2.flux2.local.model.autoencoder import AutoencoderFlux2
 
     with torch.device("meta"):
         sd = dict(AutoencoderFlux2(vp).state_dict())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..models import get_model
-from ..rules import LOCAL_MAX_REFS
+from ...models import get_model
+from ...rules import LOCAL_MAX_REFS
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def _axes_for(head_dim: int) -> tuple[int, ...]:
 
 
 def get_preset(name: str) -> ModelPreset:
-    from ..errors import InputError
+    from ...errors import InputError
 
     try:
         return PRESETS[name]

@@ -122,8 +122,3 @@ def swap_fp8_linears(module: nn.Module, sd: dict[str, torch.Tensor], compute_dty
         setattr(module.get_submodule(parent) if parent else module, attr, new)
         n += 1
     return n
-
-
-def compute_dtype(linear: nn.Module) -> torch.dtype:
-    """The dtype a Linear (plain or fp8) computes in."""
-    return getattr(linear, "compute_dtype", None) or linear.weight.dtype

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import ModelLoadError
-from .params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
+from ...errors import ModelLoadError
+from ..model.params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
                      TextEncoderParams, TransformerParams, VAEParams)
 from .safetensors_header import Header, TensorInfo, read_headers
 

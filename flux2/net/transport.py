@@ -19,9 +19,9 @@ from typing import Callable
 
 import httpx
 
-from ..errors import Cancelled, ConfigError, ProviderError
+from ..errors import Cancelled, ConfigError, ProviderError, ProviderTimeout
 from .keys import origin
-from ..netguard import PrivateAddress, guarded_transport, is_public_address, limits
+from .netguard import PrivateAddress, guarded_transport, is_public_address, limits
 
 log = logging.getLogger("comfyui_flux2.remote")
 
@@ -29,6 +29,11 @@ USER_AGENT = "comfyui-flux2/0.1 (+https://github.com/comfyui-flux2)"
 SUBMIT_RETRY_STATUSES = frozenset({429, 503, 504})
 GET_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+# An API answer (submit, poll, lookup) is read streaming and given up past this size. Neither provider
+# documents a size for its JSON answers; the pack asks for results as URLs (outputType "URL"; BFL always
+# answers with a result.sample URL), so an answer is a few hundred bytes per task, and 8 MiB still holds
+# a 4 MP image inline as base64 (about 5.6 MB for a 4 MP JPEG) should a provider send one anyway.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 MAX_REDIRECTS = 5
 
 
@@ -39,14 +44,20 @@ class Deadlines:
     request_s: float = 300.0     # overall deadline of one HTTP exchange: a synchronous FLUX.2 [max] task
                                  # with references can take minutes, a peer dribbling bytes cannot hold longer
     download_s: float = 60.0     # overall deadline of one download attempt, redirects included (retries: more attempts)
-    total_s: float = 600.0       # overall deadline for one task, polling and recovery included (BFL: 600 s)
+    total_s: float = 600.0       # overall deadline for one task counted from its submit, polling and recovery
+                                 # included, whatever each poll does (BFL documents 600 s)
+    lookup_s: float = 120.0      # after a lost answer: how long the task may stay unknown to every lookup
+                                 # (Runware getResponse, getTaskDetails) before it is named "may still be billed"
     retries: int = 4
     backoff_s: float = 1.0
     backoff_cap_s: float = 10.0
 
 
 class LostResponse(ProviderError):
-    """The submit was sent but its answer was lost; the provider may have accepted (and billed) it."""
+    """The submit was sent but its answer was lost; the provider may have accepted (and billed) it.
+    `partial`: the bytes of the answer that did arrive before it was cut (they may name the task)."""
+
+    partial: bytes = b""
 
 
 class Garbled(LostResponse):
@@ -128,15 +139,51 @@ class Transport:
         d = self.deadlines
         return min(d.backoff_s * (1.5 ** attempt), d.backoff_cap_s) * (0.8 + 0.4 * random.random())
 
-    def submit(self, url: str, body, is_cancelled=None) -> httpx.Response:
-        """POST a billable task. Retries only where the provider cannot have accepted it."""
+    def _window(self, deadline: float | None, what: str) -> float:
+        """Seconds this exchange may take: `request_s`, cut to what is left of the task's deadline."""
+        if deadline is None:
+            return self.deadlines.request_s
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProviderTimeout(f"{self.provider}: {what}: the task's deadline has passed")
+        return min(self.deadlines.request_s, left)
+
+    def _exchange(self, method: str, url: str, headers: dict, window: float, body=None) -> httpx.Response:
+        """One request whose answer is read streaming, all within `window` seconds, and stopped past
+        MAX_ANSWER_BYTES (a huge or endless answer is never held whole). Returns a response with the
+        whole (decoded) body; a read cut short raises the httpx error with the bytes read so far in
+        `partial` (a cut submit answer may still name its task)."""
+        request = self._client.build_request(method, url, json=body, headers=headers)
+        chunks: list[bytes] = []
+        with limits(window):
+            response = self._client.send(request, stream=True)
+            try:
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise _TooLarge(f"{self.provider}: the answer is larger than {MAX_ANSWER_BYTES >> 20} MiB; "
+                                        "not read")
+                    chunks.append(chunk)
+            except httpx.TransportError as exc:
+                exc.partial = b"".join(chunks)
+                raise
+            finally:
+                response.close()
+        headers_out = [(k, v) for k, v in response.headers.multi_items()
+                       if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers_out, content=b"".join(chunks), request=request)
+
+    def submit(self, url: str, body, is_cancelled=None, deadline: float | None = None) -> httpx.Response:
+        """POST a billable task. Retries only where the provider cannot have accepted it. `deadline`
+        (time.monotonic()): the task's own deadline, which no exchange may pass."""
         headers = self._keyed_headers(url)
         for attempt in range(self.deadlines.retries + 1):
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled by the user")
+            window = self._window(deadline, "submit")
             try:
-                with limits(self.deadlines.request_s):
-                    response = self._client.post(url, json=body, headers=headers)
+                response = self._exchange("POST", url, headers, window, body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == self.deadlines.retries:
                     raise NotSent(f"{self.provider}: cannot connect to {origin(url)[1]} "
@@ -145,8 +192,12 @@ class Transport:
                 continue
             except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                     httpx.WriteError, httpx.PoolTimeout) as exc:
-                raise LostResponse(f"{self.provider}: the request was sent but no answer came "
-                                   f"({type(exc).__name__}, deadline {self.deadlines.request_s:g}s)") from None
+                lost = LostResponse(f"{self.provider}: the request was sent but no whole answer came "
+                                    f"({type(exc).__name__}, deadline {window:g}s)")
+                lost.partial = getattr(exc, "partial", b"")
+                raise lost from None
+            except _TooLarge as exc:
+                raise Garbled(str(exc), status=200) from None     # the task may have run: as good as lost
             if response.status_code in SUBMIT_RETRY_STATUSES and attempt < self.deadlines.retries:
                 wait = retry_after_s(response, self._backoff(attempt), self.deadlines.backoff_cap_s)
                 log.info("%s answered %s; retrying in %.1fs", self.provider, response.status_code, wait)
@@ -155,29 +206,34 @@ class Transport:
             return response
         raise AssertionError("unreachable")
 
-    def get(self, url: str, *, keyed: bool, is_cancelled=None, retry_statuses=GET_RETRY_STATUSES) -> httpx.Response:
-        """Idempotent keyed GET (a poll) with retries on transient faults; never follows a redirect."""
+    def get(self, url: str, *, keyed: bool, is_cancelled=None, retry_statuses=GET_RETRY_STATUSES,
+            deadline: float | None = None) -> httpx.Response:
+        """Idempotent keyed GET (a poll) with retries on transient faults; never follows a redirect.
+        Every attempt, and the retries together, end by `deadline` (the task's, time.monotonic())."""
         headers = self._keyed_headers(url) if keyed else {}
         last = "no attempt"
         for attempt in range(self.deadlines.retries + 1):
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled by the user")
+            window = self._window(deadline, "poll")
             try:
-                with limits(self.deadlines.request_s):
-                    response = self._client.get(url, headers=headers)
+                response = self._exchange("GET", url, headers, window)
                 if response.status_code in retry_statuses and attempt < self.deadlines.retries:
                     last = f"HTTP {response.status_code}"
                     sleep_with_cancel(retry_after_s(response, self._backoff(attempt), self.deadlines.backoff_cap_s),
                                       is_cancelled)
                     continue
                 return response
+            except _TooLarge as exc:
+                last = str(exc)
+                break                          # the same answer would come again
             except httpx.TransportError as exc:
                 last = type(exc).__name__
                 if attempt == self.deadlines.retries:
                     break
                 sleep_with_cancel(self._backoff(attempt), is_cancelled)
         raise ProviderError(f"{self.provider}: GET {origin(url)[1]} failed after "
-                            f"{self.deadlines.retries + 1} tries ({last})", retryable=True)
+                            f"{attempt + 1} tries ({last})", retryable=True)
 
     # -- result downloads ---------------------------------------------------------------------
     def check_result_url(self, url, what: str) -> str:
@@ -278,6 +334,10 @@ class Transport:
 
 class _CutShort(Exception):
     """A download ended before its announced length (retried like a dropped connection)."""
+
+
+class _TooLarge(Exception):
+    """An API answer past MAX_ANSWER_BYTES: dropped unread."""
 
 
 def _is_ip(text: str) -> bool:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
-from .autoencoder import AutoencoderFlux2
-from .params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
+from ...errors import ModelLoadError
+from ..model.autoencoder import AutoencoderFlux2
+from ..model.params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
 from .quant import FP8_DTYPES, dequantize_weight, swap_fp8_linears
 from .safetensors_header import read_header
-from .text_encoder import TextEncoder
-from .transformer import Flux2Transformer
+from ..model.text_encoder import TextEncoder
+from ..model.transformer import Flux2Transformer
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 
@@ -487,7 +487,7 @@ def tokenizer_for(text_encoder, params: TextEncoderParams, tokenizer: Path | Non
     """The prompt tokenizer for a text encoder, first found of: the given tokenizer.json; one beside the
     text-encoder file (find_tokenizer); the Tekken tokenizer ComfyUI embeds in [dev] text-encoder files
     (`tekken_model`); for Qwen3 (klein) the bundled Qwen3 tokenizer."""
-    from .tokenizer import PromptTokenizer, read_tekken
+    from ..model.tokenizer import PromptTokenizer, read_tekken
 
     files = [Path(p) for p in ([text_encoder] if isinstance(text_encoder, (str, Path)) else text_encoder)]
     tokenizer = tokenizer or find_tokenizer(files[0])
@@ -510,7 +510,7 @@ def load_modules(preset: ModelPreset, *, diffusers_dir: Path | None = None, tran
     keep_fp8 (default: yes, except on MPS which has no float8): fp8 files stay fp8 in memory.
     mapped (offload=blocks): the transformer's and text encoder's weights stay in the mapped files, uncast, until
     offload.apply_offload settles the resident parts and streams the rest."""
-    from .pipeline import Flux2Modules
+    from ..model.modules import Flux2Modules
 
     device = torch.device(device)
     d = Path(diffusers_dir) if diffusers_dir else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .params import ModelPreset, tiny_preset
+from .flux2.local.model.params import ModelPreset, tiny_preset
 
 DEMO_PRESET: ModelPreset = replace(tiny_preset("klein", True), name="FLUX.2 [klein] tiny (demo)")
 FILES = {
@@ -28,9 +28,9 @@ EDIT_PROMPT = "make it night, add a full moon"
 
 
 def _random_state(preset: ModelPreset, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    from .autoencoder import AutoencoderFlux2
-    from .text_encoder import TextEncoder
-    from .transformer import Flux2Transformer
+    from .flux2.local.model.autoencoder import AutoencoderFlux2
+    from .flux2.local.model.text_encoder import TextEncoder
+    from .flux2.local.model.transformer import Flux2Transformer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -68,8 +68,8 @@ def write_tiny_models(folder: str | Path, seed: int = 0) -> Path:
 
 def demo_backend(models_dir: str | Path, steps: int = 0):
     """LocalBackend for the tiny demo model in `models_dir` (written first if missing), resolved as the CLI does."""
-    from . import models_dir as md
-    from .backend import LocalBackend, LocalFiles
+    from .flux2.local.weights import models_dir as md
+    from .flux2.local.backend import LocalBackend, LocalFiles
 
     root = Path(models_dir)
     if not all((root / kind / name).is_file() for kind, name in FILES.items()):
@@ -82,9 +82,9 @@ def demo_backend(models_dir: str | Path, steps: int = 0):
 
 def run_local_demo(output_dir: str | Path, models_dir: str | Path, seed: int = 0) -> list[Path]:
     """64x64 text-to-image, then a 64x64 edit of it, with the tiny random klein on the CPU. -> the two PNGs."""
-    from ..backend import GenerationRequest, run
-    from ..images import encode, ref_from_array
-    from ..run_context import RunContext
+    from .flux2.backend import GenerationRequest, run
+    from .flux2.images import encode, ref_from_array
+    from .flux2.run_context import RunContext
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 MAX_HEADER = 100 * 1024 * 1024        # safetensors' own limit on the JSON header
 FP8 = ("F8_E4M3", "F8_E5M2")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .params import TextEncoderParams
 
 # BFL's system prompt for FLUX.2 [dev] (black-forest-labs/flux2, also in diffusers' system_messages.py).

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelLoadError
-from .params import TransformerParams
+from ...errors import ModelLoadError
+from ..model.params import TransformerParams
 
 # (up, down) suffix pairs ComfyUI 0.3.75 reads (comfy/weight_adapter/lora.py, LoRAAdapter.load), most specific first.
 LORA_PAIRS = ((".lora_up.weight", ".lora_down.weight"), ("_lora.up.weight", "_lora.down.weight"),

@@ -23,11 +23,12 @@ CONFIGS = {
 }
 
 
-ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.flux2.local.bench"
-PEER_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_peer"   # outside the engine: imports ComfyUI
-PIPELINE_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.local_pipeline"   # whole-pipeline rows
+ENGINE_MODULE = __spec__.name if __spec__ else "comfyui_flux2.bench.local"
+BENCH_PACKAGE = ENGINE_MODULE.rpartition(".")[0]        # the pack's bench/, under whatever name it is imported
+PEER_MODULE = BENCH_PACKAGE + ".comfyui_peer"          # imports ComfyUI
+PIPELINE_MODULE = BENCH_PACKAGE + ".local_pipeline"    # whole-pipeline rows
 PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
-COMFY_SWEEP_MODULE = ENGINE_MODULE.rsplit(".flux2.", 1)[0] + ".bench.comfyui_sweep"   # starts a ComfyUI server
+COMFY_SWEEP_MODULE = BENCH_PACKAGE + ".comfyui_sweep"  # starts a ComfyUI server
 ROWS = ("step", "pipeline", "lora", "comfyui-sweep")
 
 
@@ -51,7 +52,7 @@ def _build(impl: str, cfg: str, dtype, device: str, comfyui_builder=None):
     """-> (model, step) for one implementation at one config, inputs made on the device."""
     import torch
 
-    from .sampling import image_ids, text_ids
+    from ..flux2.local.model.sampling import image_ids, text_ids
 
     torch.manual_seed(0)
     hidden, heads, nd, ns, tdim, w, h, lt = CONFIGS[cfg]
@@ -75,8 +76,8 @@ def _build(impl: str, cfg: str, dtype, device: str, comfyui_builder=None):
             return model(hidden_states=img, encoder_hidden_states=txt, timestep=t, img_ids=iid, txt_ids=tid,
                          guidance=None, return_dict=False)[0]
     else:
-        from .params import TransformerParams
-        from .transformer import Flux2Transformer
+        from ..flux2.local.model.params import TransformerParams
+        from ..flux2.local.model.transformer import Flux2Transformer
 
         model = Flux2Transformer(TransformerParams(hidden=hidden, heads=heads, head_dim=hd, depth_double=nd,
                                                    depth_single=ns, context_dim=tdim, mlp_hidden=3 * hidden,
@@ -133,7 +134,7 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
 
     import torch
 
-    from .lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
+    from ..flux2.local.weights.lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     cuda = device.startswith("cuda")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ConfigError, InputError, ModelLoadError
+from ...errors import ConfigError, InputError, ModelLoadError
 
 ENV = "FLUX2_MODELS_DIR"
 FOLDERS = {

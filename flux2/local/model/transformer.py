@@ -2,7 +2,7 @@
 
 Parameter names follow Black Forest Labs' reference layout (fused `qkv`, `img_mlp.0`, `final_layer`
 with (shift, scale) order), so BFL/Comfy single files load without renaming; diffusers folders are
-converted on load (loading.py). Attention is one SDPA call over [text, image, references].
+converted on load (weights/loading.py). Attention is one SDPA call over [text, image, references].
 
 The [klein] 9B KV variant (`RefKV`) runs references differently, as BFL's `forward_kv_extract` /
 `forward_kv_cached` and diffusers' `Flux2KleinKVPipeline` do: on the first step the reference tokens are
@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .params import TransformerParams
-from .quant import compute_dtype
+
+
+def compute_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a Linear computes in: its weight's, or `compute_dtype` where the weight is stored quantized
+    (weights/quant.py's ScaledFP8Linear declares it), so the model never needs to know the weight formats."""
+    return getattr(linear, "compute_dtype", None) or linear.weight.dtype
 
 
 class RMSNorm(nn.Module):

@@ -311,6 +311,19 @@ class LocalBackend:
                            lora_bytes=self.lora_bytes() if self.loras else 0, device_type=device.type,
                            prompt_kinds=2 if cfg and not cfg_batched else 1)
 
+    def _weight_restorer(self):
+        """restore(names) for AppliedLoRAs: the loaded weights read again from the transformer's files. None under
+        offload=blocks, whose streamed blocks keep a LoRA on the fly (their weights are not resident)."""
+        from functools import partial
+
+        from .weights.loading import reread_linear_weights, shard_files
+
+        if self.offload == "blocks":
+            return None
+        f = self.files
+        paths = f.transformer or shard_files(Path(f.diffusers_dir) / "transformer", "diffusion_pytorch_model")
+        return partial(reread_linear_weights, paths, DTYPES[self.dtype])
+
     def engine(self, request: GenerationRequest | None = None):
         """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
         from .weights.loading import load_modules
@@ -350,6 +363,7 @@ class LocalBackend:
                 apply_offload(modules, device)
             engine = Flux2Engine(modules)
             engine.vae_tiling = self.vae_tiling
-            engine.loras = AppliedLoRAs(modules.transformer)   # LoRA sets switch on this engine without a reload
+            # LoRA sets switch on this engine without a reload: merged into float weights, restored from the files
+            engine.loras = AppliedLoRAs(modules.transformer, restore=self._weight_restorer())
             _cache[key] = engine
             return engine

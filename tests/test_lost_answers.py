@@ -159,12 +159,14 @@ def test_bfl_submit_answer_cut_on_the_wire_is_polled_by_the_id_that_arrived(bfl,
     assert len(result.images) == 1 and len(bfl.submits()) == 1
 
 
-def test_bfl_submit_answer_cut_before_its_id_names_the_task(bfl, ctx):
+def test_bfl_submit_answer_cut_before_its_id_names_the_task_and_keeps_the_others(serve_bfl, monkeypatch, ctx):
+    bfl = serve_bfl()
+    monkeypatch.setenv("FLUX2_BFL_CONCURRENCY", "1")
     bfl.faults.push(route="submit", truncate_at=20)             # '{"id": "d0a1…' : no whole id
     with pytest.raises(LostResponse) as err:
-        run(BflBackend("FLUX.2 [pro]", RemoteOptions(), deadlines=FAST), GenerationRequest("x", 256, 256, 1), ctx)
-    assert len(bfl.submits()) == 1 and err.value.maybe_billed == ("bfl task for seed 1 (no id: its submit answer "
-                                                                   "never came)",)
+        run(BflBackend("FLUX.2 [pro]", RemoteOptions(), deadlines=FAST), batch_of(8), ctx)
+    assert len(bfl.submits()) == 8 and len(err.value.salvaged.images) == 7      # the other 7 still made
+    assert err.value.maybe_billed == ("bfl task for seed 100 (no id: its submit answer never came)",)
     assert "may have been billed" in str(err.value) and "not resubmitted" in str(err.value)
 
 

@@ -287,6 +287,8 @@ class BflBackend(RemoteBackend):
             submitted = time.monotonic()     # the task's deadline counts from here, whatever the polls do
             try:
                 self._submit(job, transport, url, key, ctx, estimate_one)
+            except LostResponse:
+                raise                        # one answer lost says nothing about the other images
             except Flux2Error as exc:
                 control.stop_new(exc)        # a refused submit: the others would be refused too
                 raise

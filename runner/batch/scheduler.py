@@ -16,9 +16,9 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable, Iterator
 
-from ..flux2.errors import Cancelled
-from ..flux2.redaction import log_unexpected
-from .batch_manifest import INTERRUPTED
+from ...flux2.errors import Cancelled
+from ...flux2.redaction import log_unexpected
+from .manifest import INTERRUPTED
 
 log = logging.getLogger("comfyui_flux2.batch")
 ABORT_GRACE_S = 1.0        # after a second Ctrl-C, items get this long to take their own abort path

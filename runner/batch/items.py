@@ -13,10 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flux2.errors import Flux2Error, InputError
-from .batch_table import BadRow, Columns, Row, Target, convert
-from .graph import Link, parse
-from .pricing import plan_graph
+from ...flux2.errors import Flux2Error, InputError
+from ..graph import Link, parse
+from ..pricing import plan_graph
+from .table import BadRow, Columns, Row, Target, convert
 
 REMOTE = ("runware", "bfl")
 

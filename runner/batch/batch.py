@@ -9,7 +9,7 @@
     for result in batch.run():        # as items finish, in any order
         print(result.item.id, result.status, result.paths, result.billed_usd)
 
-Steps: table -> items (batch_items) -> dry run of every item (the estimate, bad rows) -> what an earlier run
+Steps: table -> items (items.py) -> dry run of every item (the estimate, bad rows) -> what an earlier run
 left (manifest: finished items skipped, tasks to recover) -> the scheduler runs the rest, each item's end
 written to DIR/manifest.jsonl at once -> DIR/index.html.
 """
@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..flux2.budget import Cap, check as check_cap
-from ..flux2.errors import InputError
-from .batch_executors import ItemEnv, ItemOutcome, ItemRun
-from .batch_items import BatchItem, Template, plan_items, shared_backends
-from .batch_manifest import Manifest, decide, record
-from .batch_scheduler import ProviderLimits, Scheduler
-from .batch_sheet import write_sheet
-from .batch_table import BadRow, Row, read_table
-from .graph import load_workflow
+from ...flux2.budget import Cap, check as check_cap
+from ...flux2.errors import InputError
+from ..graph import load_workflow
+from .executors import ItemEnv, ItemOutcome, ItemRun
+from .items import BatchItem, Template, plan_items, shared_backends
+from .manifest import Manifest, decide, record
+from .scheduler import ProviderLimits, Scheduler
+from .sheet import write_sheet
+from .table import BadRow, Row, read_table
 
 log = logging.getLogger("comfyui_flux2.batch")
 BFL_MAX_ACTIVE = 24          # BFL's limit of active tasks per account
@@ -128,7 +128,7 @@ class Batch:
             self.input_dirs = tuple(dict.fromkeys(dirs or [Path(".")]))
         cache = None
         if use_cache:
-            from ..flux2.result_cache import ResultCache, enabled_by_env
+            from ...flux2.result_cache import ResultCache, enabled_by_env
             cache = ResultCache() if enabled_by_env() else None
         self.env = ItemEnv(self.registry, self.input_dirs[0], self.output_dir, self.input_dirs[1:], cache)
         self.manifest = Manifest(self.output_dir)
@@ -175,8 +175,8 @@ class Batch:
 
     # -- running ----------------------------------------------------------------------------------
     def limits(self) -> dict[str, int]:
-        from ..flux2.remote.bfl import BflBackend
-        from ..flux2.remote.runware import concurrency as runware_default
+        from ...flux2.remote.bfl import BflBackend
+        from ...flux2.remote.runware import concurrency as runware_default
         runware = self.concurrency or runware_default()
         bfl = min(self.concurrency, BFL_MAX_ACTIVE) if self.concurrency else BflBackend("FLUX.2 [pro]").concurrency()
         local = self._ray.size if self._ray is not None else 1     # one item per loaded model
@@ -187,7 +187,7 @@ class Batch:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._recover(plan.items)
         if self.executor == "ray" and any("local" in i.needs for i in plan.items):
-            from .batch_ray import RayPool
+            from .ray_executor import RayPool
             self._ray = RayPool(self.registry_factory, self.env, address=self.ray_address, actors=self.ray_actors)
         self.scheduler = Scheduler(plan.items, self._start, limits=ProviderLimits(self.limits()),
                                    cap_usd=self.cap.usd if self.cap else None, is_cancelled=self.is_cancelled,
@@ -249,7 +249,7 @@ class Batch:
     def _recover(self, items: list[BatchItem]) -> None:
         """Tasks an interrupted earlier run left in flight: fetched from the provider into the result cache,
         so their items are served from it instead of paid again."""
-        from .batch_recover import recover_tasks
+        from .recover import recover_tasks
         wanted = [entry for item in items for entry in (self.records.get(item.id) or {}).get("recover") or ()]
         if wanted and self.env.cache is not None:
             recover_tasks(wanted, self.env.cache, self.is_cancelled)

@@ -1,7 +1,7 @@
 """Running one batch item: its graph on the runner's Executor, with its own run context, and what it left.
 
 `ItemRun` is the in-process executor (threads of this process; remote providers and, one at a time,
-local weights). Ray actors (batch_ray.py) run the very same `ItemRun` in their own process. Whatever
+local weights). Ray actors (ray_executor.py) run the very same `ItemRun` in their own process. Whatever
 happens inside an item ends as an `ItemOutcome`: one failing item never stops the others, and every
 paid image that reached the process is on disk and named in the outcome.
 """
@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flux2.errors import Cancelled, Flux2Error
-from ..flux2.images import encode
-from ..flux2.redaction import log_unexpected, scrub
-from ..flux2.run_context import RunContext
-from .batch_manifest import CANCELLED, FAILED, INTERRUPTED, OK
-from .executor import Executor, file_token
+from ...flux2.errors import Cancelled, Flux2Error
+from ...flux2.images import encode
+from ...flux2.redaction import log_unexpected, scrub
+from ...flux2.run_context import RunContext
+from ..executor import Executor, file_token
+from .manifest import CANCELLED, FAILED, INTERRUPTED, OK
 
 log = logging.getLogger("comfyui_flux2.batch")
 UNSAVED = "flux2-unsaved"

@@ -6,11 +6,13 @@ a file for another architecture or size in one line, then scans the matched tens
 black image otherwise); the dry run and the memory plan use it. `load_deltas` reads the tensors of the matched
 layers for use. Key formats and their sources: docs/loras.md.
 
-Application: every patched Linear gets a forward hook that adds `x·Aᵀ·Bᵀ` (all LoRAs of that layer stacked
-along the rank, strength·alpha/rank folded into B) or `x·ΔWᵀ` for the dense kinds. The base weights are never
-touched, so fp8 weights stay fp8, switching LoRAs is detaching hooks and attaching others, and under block
-offload the (small) LoRA tensors simply stay on the device while the blocks stream. `merge_patches` (merged
-once) exists for the benchmark, which measured it against on the fly (README, "LoRA").
+Application (AppliedLoRAs.use): a Linear with float weights (bf16 / fp16 / fp32) gets the LoRA merged into its
+weight when the set is attached, as ComfyUI does, so a step costs what it costs without a LoRA (on the fly cost
++18 % per step at the benchmark's mid size, merged +3 %, its noise). When the set changes, the merged weights are
+restored bit for bit by reading them again from the mapped model file (loading.reread_linear_weights), not from
+a copy kept in memory. Quantised weights (fp8 kept as float8, ...) and streamed blocks (offload=blocks: the
+weights are not resident) keep the LoRA on the fly: a forward hook adds `x·Aᵀ·Bᵀ` (all LoRAs of that layer
+stacked along the rank, strength·alpha/rank folded into B) or `x·ΔWᵀ` for the dense kinds, the weights untouched.
 """
 from __future__ import annotations
 
@@ -506,10 +508,23 @@ def detach(handles: list) -> None:
     handles.clear()
 
 
+MERGEABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def mergeable(module: nn.Module) -> bool:
+    """A plain Linear with float weights takes a LoRA merged; a quantised one keeps it on the fly (merging would
+    up-cast it, twice the memory, or re-quantise it, not the LoRA's numbers)."""
+    return type(module) is nn.Linear and module.weight.dtype in MERGEABLE_DTYPES
+
+
+def patch_bytes(patches: dict[str, Patch]) -> int:
+    return sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up, p.dense)
+               if t is not None)
+
+
 @torch.no_grad()
 def merge_patches(transformer: nn.Module, patches: dict[str, Patch]) -> None:
-    """Merged once: W += ΔW in the weight's own dtype (plain Linears only; an fp8 weight would have to be up-cast
-    to merge into, which is what on-the-fly application avoids). The benchmark's comparison row."""
+    """W += ΔW in the weight's own dtype, ΔW computed in float32 (plain Linears only, see mergeable)."""
     for m, p in patches.items():
         lin = transformer.get_submodule(m)
         if type(lin) is not nn.Linear:
@@ -532,24 +547,44 @@ class LoRASpec:
 
 @dataclass
 class AppliedLoRAs:
-    """The LoRA set currently hooked into one engine's transformer. Generations hold `lock` from applying their set
-    to their last step, so two requests with different sets never mix."""
+    """The LoRA set currently applied to one engine's transformer: merged into its float Linears, hooked onto the
+    others. Generations hold `lock` from applying their set to their last step, so two requests with different
+    sets never mix. restore(names) -> the weights those Linears were loaded with (read again from the files);
+    None: nothing is merged (offload=blocks streams weights that are not resident), all on the fly."""
 
     transformer: nn.Module
+    restore: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     key: tuple = ()
     handles: list = field(default_factory=list)
-    bytes: int = 0
+    merged: list[str] = field(default_factory=list)
+    bytes: int = 0                  # device memory the on-the-fly patches hold (merged ones hold none)
 
     def use(self, key: tuple, build: Callable[[], dict[str, Patch]]) -> None:
         """Make `key`'s set the applied one (build() is called only when it changes); () = no LoRA."""
         if key == self.key:
             return
         detach(self.handles)
-        self.key, self.bytes = (), 0
+        self.key, self.bytes = ("restoring",), 0       # a failed restore leaves no set that looks applied
+        self.unmerge()
+        self.key = ()
         if key:
             patches = build()
-            self.handles = attach(self.transformer, patches)
-            self.bytes = sum(t.numel() * t.element_size() for p in patches.values()
-                             for t in (p.down, p.up, p.dense) if t is not None)
+            merge = {m: p for m, p in patches.items()
+                     if self.restore is not None and mergeable(self.transformer.get_submodule(m))}
+            live = {m: p for m, p in patches.items() if m not in merge}
+            self.merged = sorted(merge)
+            merge_patches(self.transformer, merge)
+            self.handles = attach(self.transformer, live)
+            self.bytes = patch_bytes(live)
         self.key = key
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Every merged Linear back to the exact weight it was loaded with."""
+        if not self.merged:
+            return
+        for m, w in self.restore(self.merged).items():
+            weight = self.transformer.get_submodule(m).weight
+            weight.copy_(w.to(weight.device, weight.dtype))
+        self.merged = []

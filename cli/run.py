@@ -124,6 +124,9 @@ def _run(plan, cap, cache, output_dir: Path, quiet: bool, out) -> int:
     for saved in report.saved:
         print(f"saved {saved}")
     keep_unkept(pending, executor, output_dir, out)
+    for node_id, prompts in ctx.expanded_prompts.items():      # FLUX 3: what the provider drew from
+        for prompt in prompts:
+            print(f"expanded prompt (node {node_id}): {prompt}", file=out)
     print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)
     return 0
 

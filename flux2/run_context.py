@@ -81,6 +81,8 @@ class RunContext:
     warnings: list = field(default_factory=list)          # "node N: message", one per node
     # provider -> content sha256 -> (provider image id, expiry epoch seconds)
     uploads: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    # node id -> the prompts as the provider expanded them (FLUX 3), kept in saved PNGs' metadata
+    expanded_prompts: dict[str, list] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ class RefImage:
     # Of the uint8 pixels: equal for an image this pack generated and the same image coming back as a
     # reference (IMAGE float round trip included), so a provider can be sent its own image id instead.
     pixels_sha256: str = ""
+    size_known: ClassVar[bool] = True   # decoded pixels; a UrlReference's size is assumed until fetched
 
     @property
     def data_uri(self) -> str:

@@ -70,4 +70,4 @@ def _per_image(model: ModelSpec, provider: str, price, width: int, height: int, 
 def reference_sizes(references) -> tuple[list[tuple[int, int]], int]:
     """(sizes, how many are assumed) of a request's references, for `estimate`."""
     sizes = [(r.width, r.height) for r in references]
-    return sizes, sum(1 for r in references if getattr(r, "size_known", True) is False)
+    return sizes, sum(1 for r in references if not r.size_known)

@@ -131,21 +131,7 @@ class RunwareHandler(JsonHandler):
             self.send_json(402, {"errors": [_err("insufficientCredits", "Insufficient credits to run this task",
                                                   tasks[0])]})
             return
-        data, errors = [], []
-        for task in tasks:
-            try:
-                items = self.run_task(task, fault)
-                if isinstance(task, dict) and task.get("taskType") == "imageInference" \
-                        and task.get("deliveryMethod") == "async":
-                    # Documented: an async task is acknowledged at once; its result is fetched by getResponse.
-                    items = [{"taskType": "imageInference", "taskUUID": task["taskUUID"]}]
-                data.extend(items)
-            except TaskError as exc:
-                if isinstance(task, dict) and task.get("taskType") == "imageInference":
-                    with self.app.lock:         # kept for getTaskDetails, like a finished task
-                        self.app.task_log[task.get("taskUUID")] = (task, {"errors": [dict(exc.error)]})
-                        self.app.processing.discard(task.get("taskUUID"))
-                errors.append(exc.error)
+        data, errors = self.run_tasks(tasks, fault)
         if fault and fault.get("patch"):
             data = [dict(d, **fault["patch"]) for d in data]     # a malformed field in the answer only
         body = {}
@@ -159,6 +145,25 @@ class RunwareHandler(JsonHandler):
         self.answer(status, body, fault)
 
     # -- tasks ----------------------------------------------------------------------------------
+    def run_tasks(self, tasks: list, fault) -> tuple[list, list]:
+        """Every task of one request -> (data items, error objects)."""
+        data, errors = [], []
+        for task in tasks:
+            inference = isinstance(task, dict) and task.get("taskType") == "imageInference"
+            try:
+                items = self.run_task(task, fault)
+                if inference and task.get("deliveryMethod") == "async":
+                    # Documented: an async task is acknowledged at once; its result is fetched by getResponse.
+                    items = [{"taskType": "imageInference", "taskUUID": task["taskUUID"]}]
+                data.extend(items)
+            except TaskError as exc:
+                if inference:
+                    with self.app.lock:         # kept for getTaskDetails, like a finished task
+                        self.app.task_log[task.get("taskUUID")] = (task, {"errors": [dict(exc.error)]})
+                        self.app.processing.discard(task.get("taskUUID"))
+                errors.append(exc.error)
+        return data, errors
+
     def run_task(self, task, fault) -> list[dict]:
         if not isinstance(task, dict):
             raise TaskError(_err("invalidTask", "Each task must be an object"))
@@ -342,6 +347,8 @@ class RunwareHandler(JsonHandler):
         if price:
             first, extra, ref = price
             cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(ref_mp), 6)
+        if self.app.charge_usd is not None:
+            cost = self.app.charge_usd              # a provider whose price is not the published one
         results = []
         for i in range(n):
             image_seed = seed + i
@@ -425,10 +432,12 @@ class RunwareLoopback(LoopbackServer):
     handler_class = RunwareHandler
 
     def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0, task_s: float = 0.0,
-                 retired: tuple = ()):
+                 charge_usd: float | None = None, retired: tuple = ()):
         super().__init__(port, api_key)
         self.retired = set(retired)           # AIR ids answered like an unknown model (invalidModel)
         self.url_ttl_s = url_ttl_s
+        # Bill (and report) this per task instead of the price table: a price change the client has not heard of.
+        self.charge_usd = charge_usd
         self.task_s = task_s                  # seconds each imageInference task takes (0: as fast as it renders)
         self.peak_processing = 0              # most imageInference tasks in progress at once
         self.uploads: dict[str, np.ndarray] = {}

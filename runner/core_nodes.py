@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextvars
 import glob
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
@@ -70,6 +72,35 @@ def save_target(root: Path, prefix: str, what: str = "SaveImage filename_prefix"
     if target == root.resolve():          # e.g. a symlink inside the folder that points at the folder
         raise InputError(f"{what}: {prefix!r} points outside its folder")
     return target
+
+
+def check_output_folder(folder: Path, what: str) -> None:
+    """Before any paid call: `folder` is a folder this process can write in, or one it can create.
+
+    The nearest part of the path that exists must be a folder, and a file can be made in it (tried with a
+    temporary file that is removed at once: permission bits say nothing for root, nor for a read-only
+    or virtual file system such as /proc). Nothing is created otherwise, so a dry run leaves no trace."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.is_symlink():
+            raise InputError(f"{what} {folder}: {probe} is a broken symbolic link")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file, not a folder" if probe == folder else f"cannot be made: {probe} is a file"
+        raise InputError(f"{what} {folder} {where}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".flux2-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+        if probe != folder:           # the first folder to create: can it be made here?
+            test = Path(tempfile.mkdtemp(prefix=".flux2-write-check-", dir=probe))
+            test.rmdir()
+    except OSError as exc:
+        raise InputError(f"{what} {folder} cannot be written"
+                         + (f" ({probe}: {exc.strerror})" if exc.strerror else "")) from None
 
 
 @dataclass
@@ -173,6 +204,8 @@ class SaveImage:
         # Checked in the dry run too, so a bad prefix fails before the first paid call of the graph.
         target = save_target(folders.output_dir, filename_prefix)
         if not folders.save:
+            if target.parent != Path(folders.output_dir).resolve():     # a subfolder the prefix names
+                check_output_folder(target.parent, f"SaveImage filename_prefix {filename_prefix!r}:")
             return {"ui": {"images": []}}
         target.parent.mkdir(parents=True, exist_ok=True)
         counter = _next_counter(target)

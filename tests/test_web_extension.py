@@ -4,7 +4,8 @@ Fast tests: the JSON the browser gets is generated from flux2/models.py and the 
 the engine's own size and price functions.
 
 Slow tests (``--run-slow``): a real ComfyUI 0.3.75 (tests/comfy_server.py) with this pack, driven by
-Debian's chromium through playwright, on two frontends -- 1.32.9 (what ComfyUI 0.3.75 ships) and the
+Debian's chromium through playwright, on two frontends -- the one the ComfyUI under test ships (1.32.9 in
+0.3.75, 1.49.6 in 0.33; its version is read from the server's interpreter, never assumed) and the
 newest ``comfyui-frontend-package`` (served with ``--front-end-root``) -- each in the classic canvas
 and in Nodes 2.0 (Vue nodes): the example workflows load without errors from the extension, the
 readout and the cost badge show what the engine computes and follow edits -- what the readout widget
@@ -164,7 +165,7 @@ CHROMIUM_ARGS = ["--disable-dev-shm-usage", "--disable-background-networking", "
                  "--no-first-run", "--disable-sync"]
 READY = ("() => !!(window.app?.graph && window.app.canvas && "
          "window.app.extensionManager?.workflow?.activeWorkflow)")
-BUNDLED_FRONTEND = "1.32.9"   # ComfyUI 0.3.75's requirements.txt pin
+BUNDLED_FRONTEND = "bundled"  # what the ComfyUI under test ships; labelled with its installed version
 NEWEST_FRONTEND = "1.58.1"    # the newest comfyui-frontend-package on the package index when written
 FRONTENDS = (BUNDLED_FRONTEND, NEWEST_FRONTEND)
 MODES = ("classic", "nodes2")  # the LiteGraph canvas; Nodes 2.0 = Vue nodes (setting Comfy.VueNodes.Enabled)
@@ -200,7 +201,8 @@ def _post_json(url, body):
 def web_servers(tmp_path_factory):
     """``get(frontend) -> server``: one ComfyUI per frontend, started on first use, shared by the module."""
     _need_browser()
-    from comfy_server import provision_frontend, start_server  # tests/comfy_server.py: ComfyUI 0.3.75, cached
+    # tests/comfy_server.py: ComfyUI 0.3.75 (cached) or the one COMFYUI_FLUX2_COMFY_DIR names
+    from comfy_server import installed_frontend_version, provision_frontend, start_server
 
     from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
@@ -208,6 +210,8 @@ def web_servers(tmp_path_factory):
     with RunwareLoopback(api_key=RUNWARE_KEY) as runware:
         def get(frontend):
             if frontend not in servers:
+                get.labels[frontend] = (installed_frontend_version() if frontend == BUNDLED_FRONTEND
+                                        else frontend)
                 extra = [] if frontend == BUNDLED_FRONTEND else ["--front-end-root", str(provision_frontend(frontend))]
                 server = start_server(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": RUNWARE_KEY,
                                            "BFL_API_KEY": None, "BFL_API_URL": None,
@@ -220,6 +224,7 @@ def web_servers(tmp_path_factory):
                 # nothing copied by hand: the pack provides the examples' images in input/
             return servers[frontend]
 
+        get.labels = {}
         try:
             yield get
         finally:
@@ -255,8 +260,9 @@ WATCH_DEPRECATIONS = """() => {
 class Page:
     """One editor tab on one frontend in one mode, with the console messages that concern this extension."""
 
-    def __init__(self, browser, server, frontend, mode):
+    def __init__(self, browser, server, frontend, mode, label=None):
         self.frontend, self.mode = frontend, mode
+        self.label = label or frontend   # the frontend's version, for file names
         _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
                                                   "Comfy.Minimap.Visible": False,
                                                   "Comfy.VueNodes.Enabled": mode == "nodes2"})
@@ -355,7 +361,7 @@ class Page:
     def screenshot(self, name):
         """``name`` as is for the default frontend and mode, else with ``-<frontend>-<mode>``."""
         if (self.frontend, self.mode) != DEFAULT:
-            name = name.replace(".png", f"-{self.frontend}-{self.mode}.png")
+            name = name.replace(".png", f"-{self.label}-{self.mode}.png")
         self.fit(legible=self.mode == "nodes2")
         self.page.wait_for_timeout(300)
         png = _small_png(self.page.screenshot())
@@ -392,7 +398,8 @@ def combo(request):
 @pytest.fixture
 def page(browser, web_servers, combo):
     frontend, mode = combo
-    p = Page(browser, web_servers(frontend), frontend, mode)
+    server = web_servers(frontend)
+    p = Page(browser, server, frontend, mode, web_servers.labels[frontend])
     try:
         yield p
         assert p.ours == [], "console errors from the extension:\n" + "\n".join(p.ours)

@@ -36,7 +36,7 @@ from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..run_context import RunContext
 from ..redaction import scrub
-from .common import RemoteBackend, redact
+from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, origin, read_key
 from .bfl_flux3 import flux3_body, mask_b64, summary as flux3_summary
 from .bfl_request import BflRequest
@@ -194,18 +194,10 @@ class BflBackend(RemoteBackend):
         if self._concurrency is not None:
             return max(1, min(int(self._concurrency), MAX_CONCURRENCY))
         # FLUX2_BFL_CONCURRENCY, else the pack-wide FLUX2_CONCURRENCY (capped at BFL's account limit).
-        for env in (CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV):
-            raw = os.environ.get(env, "").strip()
-            if not raw:
-                continue
-            try:
-                n = int(raw)
-            except ValueError:
-                n = 0
-            if n < 1 or (env == CONCURRENCY_ENV and n > MAX_CONCURRENCY):
-                raise ConfigError(f"{env} must be an integer 1..{MAX_CONCURRENCY}, got {raw!r}")
-            return min(n, MAX_CONCURRENCY)
-        return DEFAULT_CONCURRENCY
+        n = concurrency_from_env(CONCURRENCY_ENV, MAX_CONCURRENCY)
+        if n is None:
+            n = concurrency_from_env(GENERIC_CONCURRENCY_ENV)
+        return DEFAULT_CONCURRENCY if n is None else min(n, MAX_CONCURRENCY)
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         sizes, assumed = reference_sizes(request.references)
@@ -276,9 +268,6 @@ class BflBackend(RemoteBackend):
         ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch):
-                return
             try:
                 self._work(job, control, transport, url, key, ctx, estimate_one, request, cache_key, expanded)
             finally:
@@ -287,7 +276,9 @@ class BflBackend(RemoteBackend):
         # Polling stops within a moment of a cancel (polls are free and the task ids are named);
         # an abort leaves at once.
         outcome = run_jobs(jobs, work, ctx=ctx, node=request.node_id, label=self.describe(),
-                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S)
+                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch))
         charged = [j for j in jobs if j.charged]
         credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
         info = {"credits": credits}

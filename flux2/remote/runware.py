@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
@@ -19,7 +18,7 @@ from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..rules import REMOTE_MAX_BATCH
 from ..run_context import RunContext
-from .common import RemoteBackend, redact
+from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, read_key
 from .options import RemoteOptions
 from .retired import is_model_gone, retired_error
@@ -48,10 +47,8 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 def concurrency() -> int:
     """Tasks in flight per node (FLUX2_CONCURRENCY, default the largest batch, so a batch goes out at
     once; a 429 backs off only the request it hit. Lower it for accounts with small queue limits)."""
-    try:
-        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", str(REMOTE_MAX_BATCH))))
-    except ValueError:
-        return REMOTE_MAX_BATCH
+    n = concurrency_from_env("FLUX2_CONCURRENCY")
+    return REMOTE_MAX_BATCH if n is None else n
 
 
 def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
@@ -113,6 +110,7 @@ class RunwareBackend(RemoteBackend):
     def check_ready(self) -> None:
         base_url(URL_ENV, DEFAULT_URL)
         read_key(KEY_ENV)
+        concurrency()
 
     def validate_options(self) -> None:
         if self.model.generation == 3 and self.options.grounding != "default":
@@ -228,9 +226,6 @@ class RunwareBackend(RemoteBackend):
         cache_key = partial(self.image_cache_key, request)
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, ctx, cache_key, request.batch):
-                return
             note_sent(job, ctx, cache_key, {"provider": RUNWARE, "host": self.host(), "task": job.task_id})
             try:
                 self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
@@ -255,7 +250,9 @@ class RunwareBackend(RemoteBackend):
         # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
         # answer carries the paid image); an abort leaves at once and names the tasks in flight.
         outcome = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
-                           cancel_grace_s=None)
+                           cancel_grace_s=None, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, ctx, cache_key, request.batch))
         return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome)
 

@@ -29,7 +29,7 @@ PEER_MODULE = BENCH_PACKAGE + ".comfyui_peer"          # imports ComfyUI
 PIPELINE_MODULE = BENCH_PACKAGE + ".local_pipeline"    # whole-pipeline rows
 PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
 COMFY_SWEEP_MODULE = BENCH_PACKAGE + ".comfyui_sweep"  # starts a ComfyUI server
-ROWS = ("step", "pipeline", "lora", "comfyui-sweep")
+ROWS = ("step", "pipeline", "lora", "comfyui-sweep", "quant-plan", "quant-step")
 
 
 def _reset_peak_rss() -> None:
@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
                          "chain reusing two references, CFG one forward vs two (tiny and mid configs only); lora: "
                          "step time with no LoRA, a LoRA on the fly, the same LoRA merged (same process); "
                          "comfyui-sweep: the seed sweep against ComfyUI core's graph queued in the provisioned "
-                         "ComfyUI 0.3.75 server (tests/comfy_server.py; [dev]-shaped tiny and mid configs)")
+                         "ComfyUI 0.3.75 server (tests/comfy_server.py; [dev]-shaped tiny and mid configs); "
+                         "quant-plan: planned VRAM / RAM of [dev] and [klein] 9B at 1024x1024 for bf16, fp8mixed, "
+                         "NVFP4, GGUF Q8_0 and Q4_K files (header twins, no data); quant-step: CPU step time of "
+                         "GGUF Q8_0 / Q4_K against fp32 (same process)")
     ap.add_argument("--sweep", type=int, default=8, help="images in the pipeline rows' seed sweep (>= 2)")
     ap.add_argument("--lora-rank", type=int, default=0,
                     help="lora rows: LoRA rank (default hidden/24, the Turbo LoRA's ratio on [dev])")
@@ -277,6 +280,13 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.worker and args.worker[0] == "quant":
+        import torch
+
+        from .local_quant import step_worker
+        model, _ = _build("ours", args.worker[1], torch.float32, "cpu")
+        print(json.dumps(step_worker(model, CONFIGS[args.worker[1]], args.worker[1], args.reps)))
+        return 0
     if args.worker and args.worker[0] == "lora":
         print(json.dumps(_lora_worker(args.worker[1], args.dtype, args.device, args.reps, args.lora_rank)))
         return 0
@@ -307,6 +317,17 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         return 1
     if "lora" in kinds and _lora_rows(args, python) != 0:
         return 1
+    if "quant-plan" in kinds:
+        from .local_quant import plan_rows, print_plan
+        print_plan(plan_rows())
+    if "quant-step" in kinds:
+        from .local_quant import print_steps
+        for cfg in args.configs.split(","):
+            r = _run_json([python, "-m", ENGINE_MODULE, "--worker", "quant", cfg, "--reps", str(args.reps)],
+                          f"quant {cfg}")
+            if r is None:
+                return 1
+            print_steps(r, args.reps)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     if threads and ("pipeline" in kinds or "comfyui-sweep" in kinds):
         os.environ["OMP_NUM_THREADS"] = str(threads)         # the row workers (and the ComfyUI server) inherit it

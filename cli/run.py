@@ -8,7 +8,8 @@ from pathlib import Path
 from ..flux2.errors import Cancelled
 from ..flux2.pricing import format_usd
 from . import interrupts
-from .common import budget_cap, keep_paid, may_be_billed, node_registry, progress_printer, set_models_dir
+from .common import (budget_cap, keep_paid, keep_unkept, may_be_billed, node_registry, progress_printer,
+                     set_models_dir)
 
 
 def add_parser(sub) -> None:
@@ -46,6 +47,8 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
                  budget=None, allow_unpriced: bool = False, quiet: bool = False, use_cache: bool = True) -> int:
     from ..flux2.budget import check as check_cap
     from ..flux2.result_cache import ResultCache, enabled_by_env
+    from ..runner.batch.executors import UNSAVED
+    from ..runner.core_nodes import check_output_folder
     from ..runner.graph import load_workflow
     from ..runner.pricing import plan_graph
 
@@ -53,6 +56,8 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     cap = budget_cap(budget, allow_unpriced)
     workflow = load_workflow(path)
     out = sys.stderr
+    check_output_folder(Path(output_dir), "--output-dir")      # before anything is paid for
+    check_output_folder(Path(output_dir) / UNSAVED, "--output-dir")
     # The examples keep API-format files in api/ beside the UI files and their images: either finds them.
     more = (path.parent.parent,) if input_dir is None and path.parent.name == "api" else ()
 
@@ -84,13 +89,15 @@ def print_plan(name: str, plan, out) -> None:
 
 def _run(plan, cap, cache, output_dir: Path, quiet: bool, out) -> int:
     """Pass 2: the graph on a worker thread under Ctrl-C; on any end but success, keep what was paid."""
+    from ..flux2.budget import BudgetGate
     from ..flux2.run_context import RunContext
 
     executor = plan.executor
     pending: list = []
     cancel = interrupts.CancelFlag().install()
-    ctx = RunContext(budget_usd=cap.usd if cap else None, allow_unpriced=bool(cap and cap.allow_unpriced),
-                     cache=cache, progress=None if quiet else progress_printer(out), is_cancelled=cancel,
+    # The cap held task by task while the run is under way (the check before it only saw estimates).
+    ctx = RunContext(gate=BudgetGate(cap) if cap else None, cache=cache,
+                     progress=None if quiet else progress_printer(out), is_cancelled=cancel,
                      result_sink=lambda req, res: pending.append((req, res)))
 
     def on_node(node, index, total):
@@ -116,6 +123,10 @@ def _run(plan, cap, cache, output_dir: Path, quiet: bool, out) -> int:
         cancel.restore()
     for saved in report.saved:
         print(f"saved {saved}")
+    keep_unkept(pending, executor, output_dir, out)
+    for node_id, prompts in ctx.expanded_prompts.items():      # FLUX 3: what the provider drew from
+        for prompt in prompts:
+            print(f"expanded prompt (node {node_id}): {prompt}", file=out)
     print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)
     return 0
 

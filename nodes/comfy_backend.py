@@ -65,12 +65,19 @@ class ComfyCoreBackend:
     sampler_name: str = "euler"
     model_name: str = "FLUX.2 (ComfyUI MODEL)"
     kind: str = field(default="comfy", init=False)
+    takes_reference_urls = ()           # URL references arrive fetched: ComfyUI's VAE encodes pixels
 
     def __post_init__(self):
         if not 1 <= self.steps <= 200:
             raise InputError(f"steps must be 1..200, got {self.steps}")
         if self.guidance < 0 or self.cfg < 0:
             raise InputError("guidance and cfg must be >= 0")
+
+    def host(self) -> str:
+        return ""                       # runs in this process
+
+    def cache_identity(self) -> None:
+        return None                     # ComfyUI core objects have no stable identity to key a cache on
 
     def describe(self) -> str:
         return (f"ComfyUI core {self.model_name} ({self.steps} steps, {self.sampler_name}, guidance "

@@ -29,7 +29,7 @@ import pytest
 
 from comfyui_flux2.flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from comfyui_flux2.flux2.pricing import estimate, format_usd
-from comfyui_flux2.flux2.rules import remote_rules
+from comfyui_flux2.flux2.rules import delivered_size, remote_rules
 from comfyui_flux2.flux2.sizes import ASPECT_RATIOS, SizeLimits, megapixels, size_from_aspect
 from comfyui_flux2.flux2.preview import ASSUMED_REF_SIZE
 from comfyui_flux2.nodes import web_routes
@@ -98,7 +98,8 @@ def test_preview_uses_the_engine_for_every_model(model, provider, aspect, mp, re
                                                         "width": 1024, "height": 1024,
                                                         "backend": _backend(model, provider)}}}
     [res] = web_routes.preview({"items": [item]})["items"]
-    w, h = size_from_aspect(aspect, mp, limits)
+    # FLUX 3 Image delivers its nearest aspect ratio x resolution: the readout shows that size.
+    w, h = delivered_size(remote_rules(spec, provider), *size_from_aspect(aspect, mp, limits))
     ref_sizes = [tuple(r) if r else ASSUMED_REF_SIZE for r in refs]
     est = estimate(spec, provider, w, h, ref_sizes, batch)
     assert (res["width"], res["height"]) == (w, h)
@@ -594,3 +595,20 @@ def test_billed_cost_shows_after_a_run(page, web_servers, combo):
     except Exception:
         pass
     page.screenshot("text_to_image_billed.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", [DEFAULT, ALL_COMBOS[-1].values[0]], indirect=True)
+def test_flux3_layout_boxes_are_drawn_and_the_delivered_size_shown(page):
+    wf = page.load("flux3_layout.json")
+    [layout_id] = _nodes_of(wf, "Flux2Layout")
+    [t2i_id] = _nodes_of(wf, "Flux2TextToImage")
+    page.page.wait_for_function("(id) => (window.app.graph.getNodeById(id).__flux2?.result?.boxes ?? []).length === 2",
+                                arg=layout_id, timeout=15_000)
+    assert page.readout(layout_id)["lines"] == ["2 boxes (canvas = the output)"]
+    assert page.readout(t2i_id)["lines"][0] == "1184×880 · 0.99 MP | $0.048"
+    page.screenshot("flux3_layout.png")
+    page.set_widget(layout_id, "boxes", "sun | 0.5 0.5 0.2 0.9 | x")       # top below bottom: the engine says so
+    page.page.wait_for_function("(id) => /top < bottom/.test(window.app.graph.getNodeById(id).__flux2?.error ?? '')",
+                                arg=layout_id, timeout=15_000)
+    assert "top < bottom" in page.readout(layout_id)["lines"][0]

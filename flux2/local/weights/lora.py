@@ -1,9 +1,10 @@
 """LoRA (and LoKr / LoHa / full-diff) files for the FLUX.2 transformer, applied on the fly.
 
-A file is read in two passes. `inspect_lora` reads the safetensors header only (names and shapes): it maps
+A file is read in two passes. `inspect_lora` reads the safetensors header (names and shapes): it maps
 every key to one of our Linear layers (and a row range of it), checks the shapes against the model and refuses
-a file for another architecture or size in one line; the dry run and the memory plan use it. `load_deltas`
-reads the tensors of the matched layers only. Key formats and their sources: docs/loras.md.
+a file for another architecture or size in one line, then scans the matched tensors for NaN/Inf (refused: a
+black image otherwise); the dry run and the memory plan use it. `load_deltas` reads the tensors of the matched
+layers for use. Key formats and their sources: docs/loras.md.
 
 Application (AppliedLoRAs.use): a Linear with float weights (bf16 / fp16 / fp32) gets the LoRA merged into its
 weight when the set is attached, as ComfyUI does, so a step costs what it costs without a LoRA (on the fly cost
@@ -296,7 +297,8 @@ def file_stamp(path: Path) -> tuple:
 
 
 def inspect_lora(path: Path, p: TransformerParams) -> LoRAFile:
-    """Header-only inspection (cached per file version and model): no tensor is read."""
+    """Inspection (cached per file version and model): the header maps keys to layers; the matched tensors are
+    then scanned for NaN/Inf (_require_finite)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"LoRA file not found: {path}")
@@ -310,7 +312,30 @@ def _inspect(stamp: tuple, p: TransformerParams, path: Path) -> LoRAFile:
 
     header = read_header(path, "LoRA")
     found = classify({k: i.shape for k, i in header.tensors.items()}, p, path.name)
+    _require_finite(path, [k for lay in found.layers for _, k in lay.keys])
     return LoRAFile(path, found.layers, found.total_keys, found.unused)
+
+
+def _require_finite(path: Path, keys: list[str]) -> None:
+    """Refuse a LoRA holding NaN/Inf in a tensor it would apply: one such value spreads through every step and
+    the image comes out black. The only pass here that reads values (a LoRA is small; once per file version)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in keys:
+                t = f.get_tensor(key)
+                if not t.is_floating_point():
+                    continue
+                if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                    t = t.float()                    # fp8: isfinite wants a wider float
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise ModelLoadError(f"LoRA file {path.name}: tensor {key} holds {bad} NaN/Inf value(s) of "
+                                         f"{t.numel()}; refused (it would turn every image black)")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"LoRA file {path.name} cannot be read ({msg})") from None
 
 
 # ------------------------------------------------------------------------------------------- deltas

@@ -295,3 +295,17 @@ def test_unported_type_and_diffusers_layout_refused_in_one_line(tmp_path, klein)
                                                             vae=files["vae"]), dtype="fp32", device="cpu")
     with pytest.raises(ModelLoadError, match="diffusers layout"):
         b.engine()
+
+
+def test_float_linears_of_a_gguf_file_are_read_again_exactly_for_a_lora_restore(gguf_files):
+    """A LoRA is merged into the unquantised Linears of a GGUF model (the quantised ones keep it on the fly);
+    switching sets reads those weights again from the .gguf file, bit for bit as they were loaded."""
+    from comfyui_flux2.flux2.local.weights import loading, lora
+
+    q, _, _ = gguf_files
+    tr = loading.load_transformer([q], None, torch.float32)
+    plain = sorted(n for n, m in tr.named_modules() if lora.mergeable(m))
+    quantised = [n for n, m in tr.named_modules() if type(m) is GGUFLinear]
+    assert plain and quantised
+    again = loading.reread_linear_weights([q], torch.float32, plain)
+    assert all(torch.equal(again[n], tr.get_submodule(n).weight) for n in plain)

@@ -217,12 +217,12 @@ def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_p
     f32.with_name(f32.stem + ".config.json").write_text(pipe.text_encoder.config.to_json_string())
     folder = root / "diffusers" / "flux2-tiny"
 
-    def image(te):
+    def image(te, offload="none"):
         lb.clear_cache()
         b = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=folder, text_encoder=te), dtype="fp32",
-                            device="cpu", steps=2)
+                            device="cpu", steps=2, offload=offload)
         out = _run(b)
-        if te == q:
+        if te == q and offload == "none":
             enc = b.engine().m.text_encoder
             assert isinstance(enc.layers[0].self_attn.q_proj, GGUFLinear)
         lb.clear_cache()
@@ -231,6 +231,7 @@ def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_p
     a, b = image(q), image(f32)
     diff = np.abs(a.astype(np.int32) - b.astype(np.int32))
     assert diff.mean() <= 0.05 and diff.max() <= 2
+    assert np.array_equal(image(q, "blocks"), a)          # its quantised layers stream under offload=blocks
     # tiny random weights barely react to the prompt, so the layers are compared too: every quantised Linear
     # de-quantises to exactly the float twin's weight (q/k in Hugging Face's row order again)
     from comfyui_flux2.flux2.local.weights import loading

@@ -129,7 +129,8 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int, comfyu
 def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -> dict:
     """One process: step time with no LoRA, with a LoRA of `rank` on every Linear applied on the fly (lora.attach),
     and with the same LoRA merged once into a copy of the weights (lora.merge_patches). The three run interleaved,
-    rep by rep, so a busy machine slows them alike; plus what building, attaching and merging cost."""
+    rep by rep, so a busy machine slows them alike; plus what building, attaching and merging cost, and what the
+    engine's switch between LoRA sets costs (_switch_times)."""
     import copy
 
     import torch
@@ -190,7 +191,32 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
                 times["merged"].append(t_merged)
     for k, v in times.items():
         out[f"{k}_s"] = sorted(v)[len(v) // 2]
+    out.update(_switch_times(model, shapes, deltas, dtype, device, timed))
     out["lora_mb"] = sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up)) / 2**20
+    return out
+
+
+def _switch_times(model, shapes, deltas, dtype, device, timed) -> dict:
+    """What the engine does when a request brings another LoRA set (lora.AppliedLoRAs): merge set A, switch to set B
+    (A's merged weights restored from the model file, B merged), back to no LoRA. The weights are written to a
+    safetensors file first, so the restore reads a file as the engine reads its model's."""
+    import tempfile
+    from functools import partial
+
+    from safetensors.torch import save_file
+
+    from ..flux2.local.weights.loading import reread_linear_weights
+    from ..flux2.local.weights.lora import AppliedLoRAs, build_patches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+        applied = AppliedLoRAs(model, restore=partial(reread_linear_weights, path, dtype))
+        out = {"merge_in_s": timed(lambda: applied.use(("a",), lambda: build_patches([(deltas, 1.0)], shapes, dtype,
+                                                                                         device))),
+               "switch_s": timed(lambda: applied.use(("b",), lambda: build_patches([(deltas, 0.5)], shapes, dtype,
+                                                                                      device))),
+               "unmerge_s": timed(lambda: applied.use((), dict))}
     return out
 
 
@@ -205,12 +231,15 @@ def _lora_rows(args, python: str) -> int:
     print(f"\nLoRA rows: device {args.device}, dtype {args.dtype}, median of {args.reps} steps ({rows[0]['clock']}), "
           f"one process per config, the three interleaved; a LoRA on every Linear; +% = vs no LoRA")
     print(f"{'config':<14}{'rank':>5}{'LoRA MB':>9}{'none s':>10}{'on the fly s':>18}{'merged s':>18}"
-          f"{'merge once s':>14}{'attach s':>10}{'max |fly - merged|':>20}")
+          f"{'merge once s':>14}{'attach s':>10}{'switch s':>10}{'off s':>8}{'max |fly - merged|':>20}")
     for r in rows:
         fly, merged = r["fly_s"] / r["none_s"] - 1, r["merged_s"] / r["none_s"] - 1
         print(f"{r['config']:<14}{r['rank']:>5}{r['lora_mb']:>9.1f}{r['none_s']:>10.4f}"
               f"{r['fly_s']:>11.4f} ({fly:+4.0%}){r['merged_s']:>11.4f} ({merged:+4.0%})"
-              f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['max_diff']:>20.2e}")
+              f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['switch_s']:>10.3f}"
+              f"{r['unmerge_s']:>8.3f}{r['max_diff']:>20.2e}")
+    print("switch s: the engine going from one LoRA set to another (the first set's merged weights read again from "
+          "the model file, the second merged in); off s: back to no LoRA")
     return 0
 
 

@@ -21,19 +21,18 @@ import pytest
 
 from comfyui_flux2.cli import main
 from comfyui_flux2.flux2.backend import GenerationRequest, run
-from comfyui_flux2.flux2.errors import Flux2Error, ModerationError, ProviderError, ProviderTimeout
+from comfyui_flux2.flux2.errors import ModerationError, ProviderError, ProviderTimeout
 from comfyui_flux2.flux2.remote import common
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
 from comfyui_flux2.flux2.net.transport import MAX_ANSWER_BYTES, Deadlines, LostResponse
-from comfyui_flux2.flux2.result_cache import ResultCache
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
 from test_batch import records, small_workflow, write_csv
 
-FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=8, request_s=1, lookup_s=0.4)
+FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=12, request_s=4, lookup_s=0.4)   # request_s with room for a loaded machine
 PRO_USD = 0.03
 # Each way an answer is lost after the provider ran (and billed) the task, as the loopback server plays it.
 LOST = {
@@ -42,7 +41,7 @@ LOST = {
     "truncated on the wire": {"truncate_at": 40},
     "cut JSON": {"cut_json": True},
     "changed taskUUID": {"patch": {"taskUUID": str(uuid.uuid4())}},
-    "dribbled past the deadline": {"dribble_s": 0.05},      # ~700 bytes: 35 s against request_s 1
+    "dribbled past the deadline": {"dribble_s": 0.05},      # ~700 bytes: 35 s against request_s 4
 }
 
 
@@ -159,12 +158,14 @@ def test_bfl_submit_answer_cut_on_the_wire_is_polled_by_the_id_that_arrived(bfl,
     assert len(result.images) == 1 and len(bfl.submits()) == 1
 
 
-def test_bfl_submit_answer_cut_before_its_id_names_the_task(bfl, ctx):
+def test_bfl_submit_answer_cut_before_its_id_names_the_task_and_keeps_the_others(serve_bfl, monkeypatch, ctx):
+    bfl = serve_bfl()
+    monkeypatch.setenv("FLUX2_BFL_CONCURRENCY", "1")
     bfl.faults.push(route="submit", truncate_at=20)             # '{"id": "d0a1…' : no whole id
     with pytest.raises(LostResponse) as err:
-        run(BflBackend("FLUX.2 [pro]", RemoteOptions(), deadlines=FAST), GenerationRequest("x", 256, 256, 1), ctx)
-    assert len(bfl.submits()) == 1 and err.value.maybe_billed == ("bfl task for seed 1 (no id: its submit answer "
-                                                                   "never came)",)
+        run(BflBackend("FLUX.2 [pro]", RemoteOptions(), deadlines=FAST), batch_of(8), ctx)
+    assert len(bfl.submits()) == 8 and len(err.value.salvaged.images) == 7      # the other 7 still made
+    assert err.value.maybe_billed == ("bfl task for seed 100 (no id: its submit answer never came)",)
     assert "may have been billed" in str(err.value) and "not resubmitted" in str(err.value)
 
 

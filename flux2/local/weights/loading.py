@@ -253,6 +253,23 @@ def normalise_transformer_keys(sd: dict[str, torch.Tensor], name: str,
     return sd
 
 
+def reread_linear_weights(paths, dtype: torch.dtype, names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights of the Linears `names` exactly as load_transformer gave them (same read, de-quantisation, cast
+    and key layout), read again from the mapped files: what undoes a LoRA merged into them, with no copy of the
+    originals kept in memory meanwhile. Only those tensors are read from a BFL / ComfyUI file; a diffusers folder
+    names them differently (q, k, v apart), so its files are read whole, as at load."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    wanted = {f"{pre}{n}.weight" for n in names for pre in _PREFIXES + ("",)}
+    sd = _strip(read_safetensors(paths, dtype, "diffusion model", keep=wanted.__contains__), _PREFIXES)
+    if not all(n + ".weight" in sd for n in names):
+        sd = normalise_transformer_keys(read_safetensors(paths, dtype, "diffusion model"), "diffusion model", dtype)
+    missing = [n for n in names if n + ".weight" not in sd]
+    if missing:
+        raise ModelLoadError(f"diffusion model {paths[0].name} no longer holds {missing[0]}.weight (changed since "
+                             f"it was loaded?)")
+    return {n: sd[n + ".weight"] for n in names}
+
+
 def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:
     hidden, in_ch = sd["img_in.weight"].shape[0], in_features(sd, "img_in.weight")
     head_dim = sd["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]

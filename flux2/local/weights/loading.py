@@ -259,15 +259,25 @@ def reread_linear_weights(paths, dtype: torch.dtype, names: list[str]) -> dict[s
     originals kept in memory meanwhile. Only those tensors are read from a BFL / ComfyUI file; a diffusers folder
     names them differently (q, k, v apart), so its files are read whole, as at load."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    wanted = {f"{pre}{n}.weight" for n in names for pre in _PREFIXES + ("",)}
-    sd = _strip(read_safetensors(paths, dtype, "diffusion model", keep=wanted.__contains__), _PREFIXES)
-    if not all(n + ".weight" in sd for n in names):
-        sd = normalise_transformer_keys(read_safetensors(paths, dtype, "diffusion model"), "diffusion model", dtype)
+    if paths[0].suffix.lower() == ".gguf":           # only float (BF16 / F32 kept) Linears are ever merged into
+        from .gguf import read_gguf, settle
+        t = _strip(read_gguf(paths[0], "diffusion model").tensors, _PREFIXES)
+        sd = settle({n + ".weight": t[n + ".weight"] for n in names if n + ".weight" in t}, dtype, mapped=False)
+    else:
+        sd = _reread_safetensors(paths, dtype, names)
     missing = [n for n in names if n + ".weight" not in sd]
     if missing:
         raise ModelLoadError(f"diffusion model {paths[0].name} no longer holds {missing[0]}.weight (changed since "
                              f"it was loaded?)")
     return {n: sd[n + ".weight"] for n in names}
+
+
+def _reread_safetensors(paths: list[Path], dtype: torch.dtype, names: list[str]) -> dict[str, torch.Tensor]:
+    wanted = {f"{pre}{n}.weight" for n in names for pre in _PREFIXES + ("",)}
+    sd = _strip(read_safetensors(paths, dtype, "diffusion model", keep=wanted.__contains__), _PREFIXES)
+    if not all(n + ".weight" in sd for n in names):
+        sd = normalise_transformer_keys(read_safetensors(paths, dtype, "diffusion model"), "diffusion model", dtype)
+    return sd
 
 
 def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from comfyui_flux2.cli import main
+from comfyui_flux2.nodes.generate_nodes import MAX_REFS_ANY
 from test_batch import batch, small_workflow, write_csv
 from test_budget import backend, t2i
 from test_malformed_workflows import UI_CHAIN, dry_run, one_line
@@ -32,14 +33,28 @@ def edit_with_references(folder: Path, count: int, model: str = "FLUX.2 [pro]") 
 
 @pytest.mark.parametrize("dry", [True, False])
 def test_references_beyond_the_sockets_are_refused_naming_the_limit(runware, tmp_path, capsys, dry):
-    """Before: reference_9 was dropped without a word and the first 8 were sent (and paid for)."""
-    data = edit_with_references(tmp_path, 9)
+    """Before: a reference past the last socket was dropped without a word and the rest sent (and paid for).
+    Flux2Edit has MAX_REFS_ANY sockets (10, for FLUX 3)."""
+    data = edit_with_references(tmp_path, MAX_REFS_ANY + 1)
     path = tmp_path / "w.json"
     path.write_text(json.dumps(data))
     code = main(["run", str(path), "--output-dir", str(tmp_path / "o"), *(["--dry-run"] if dry else [])])
     assert code == 1
     err = one_line(capsys)
-    assert "node 2 (Flux2Edit): 9 references linked (reference_9 beyond its sockets); it takes at most 8" in err
+    extra = f"reference_{MAX_REFS_ANY + 1}"
+    assert (f"node 2 (Flux2Edit): {MAX_REFS_ANY + 1} references linked ({extra} beyond its sockets); "
+            f"it takes at most {MAX_REFS_ANY}") in err
+    assert runware.requests == []
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_more_references_than_the_model_takes_are_refused_naming_its_limit(runware, tmp_path, capsys, dry):
+    """Within the sockets but past the model: FLUX.2 [pro] takes 8, the 9th is refused, not dropped."""
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(edit_with_references(tmp_path, 9)))
+    code = main(["run", str(path), "--output-dir", str(tmp_path / "o"), *(["--dry-run"] if dry else [])])
+    assert code == 1
+    assert "node 2 (Flux2Edit): 9 reference images; FLUX.2 [pro] on Runware (bfl:5@1) takes at most 8" in one_line(capsys)
     assert runware.requests == []
 
 

@@ -1,8 +1,7 @@
-"""What several commands print or read the same way: one-line errors, progress, the budget cap, paid images."""
+"""What several commands print or read the same way: one-line errors, progress, the budget cap, the registry."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 def err(message: str) -> None:
@@ -36,20 +35,6 @@ def budget_cap(budget, allow_unpriced: bool = False):
         return Cap(parse_usd(budget, "--budget"), "the budget cap", allow)
     cap = cap_from_env("the budget cap")
     return Cap(cap.usd, cap.name, allow) if cap else None
-
-
-def keep_paid(pending: list, executor, output_dir: Path, out) -> None:
-    from ..runner.executor import save_unsaved_results
-    kept = save_unsaved_results([(q, r) for q, r in list(pending) if not executor.saved_by_graph(q.node_id)],
-                                output_dir)
-    if kept:
-        print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
-
-
-def may_be_billed(error: BaseException | None) -> list[str]:
-    """Provider tasks that were sent and not answered, so may still be billed: the provider clients name
-    them on the error they raise (`maybe_billed`: Runware taskUUIDs, BFL task ids / polling URLs)."""
-    return [str(task) for task in getattr(error, "maybe_billed", None) or ()]
 
 
 def set_models_dir(args) -> None:

@@ -5,7 +5,7 @@
     comfyui-flux2 demo [--output-dir DIR]          # offline: loopback Runware server + example workflows
     comfyui-flux2 models                           # models, limits, prices
     comfyui-flux2 serve-loopback runware|bfl [--port N]
-    comfyui-flux2 benchmark remote|local|load|batch [...]
+    comfyui-flux2 benchmark remote|local|load|batch|gpu [...]
 
 Exit status: 0 success, 1 a clear one-line error, 2 usage, 130 cancelled.
 

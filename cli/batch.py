@@ -8,7 +8,7 @@ from pathlib import Path
 from ..flux2.errors import BudgetError, Cancelled, InputError
 from ..flux2.pricing import format_usd
 from . import interrupts
-from .common import budget_cap, node_registry, set_models_dir
+from .common import budget_cap, node_registry, set_models_dir, whole_number
 
 
 def add_parser(sub) -> None:
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                             "is billed plus what is in flight past it (also FLUX2_BUDGET_USD)")
     batch.add_argument("--allow-unpriced", action="store_true",
                        help="under a budget cap, also run models without a published price")
-    batch.add_argument("--concurrency", type=int, default=None, metavar="N",
+    batch.add_argument("--concurrency", type=whole_number, default=None, metavar="N",
                        help="provider tasks in flight (default: FLUX2_CONCURRENCY or 8 for Runware, "
                             "FLUX2_BFL_CONCURRENCY or 4 for BFL; BFL at most 24)")
     batch.add_argument("--dry-run", action="store_true", help="validate and price every item; send nothing")
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     batch.add_argument("--ray-address", default=None,
                        help="with --executor ray: a running cluster (ray start --head; default: RAY_ADDRESS, "
                             "else a local cluster started for the batch)")
-    batch.add_argument("--ray-actors", type=int, default=None, metavar="N",
+    batch.add_argument("--ray-actors", type=whole_number, default=None, metavar="N",
                        help="with --executor ray: actors to start (default: one per GPU of the cluster, else 2)")
     batch.add_argument("--no-cache", action="store_true", help="do not use the result cache (a resume then pays again)")
     batch.add_argument("--models-dir", type=Path, default=None, help="local weights folder (also FLUX2_MODELS_DIR)")
@@ -87,8 +87,9 @@ def batch_workflow(args) -> int:
         raise Cancelled("batch cancelled: re-run the same command to resume" if not aborted
                         else "batch aborted at once (second Ctrl-C): re-run the same command to resume")
     if t.stopped_by == "budget":
-        raise BudgetError(f"stopped before passing the budget cap: {t.not_started} item(s) not started; "
-                          "re-run with a larger --budget to finish")
+        raise BudgetError(f"stopped before passing the budget cap: {t.not_started} item(s) not started"
+                          + (f" (the next: {t.budget_reason})" if t.budget_reason else "")
+                          + "; re-run with a larger --budget to finish")
     return 1 if t.failed else 0
 
 
@@ -146,6 +147,9 @@ def _print_totals(batch, plan, args, seconds: float, out) -> None:
         print(f"  failed {line}", file=out)
     if len(t.failures) > 20:
         print(f"  ... and {len(t.failures) - 20} more (see the manifest)", file=out)
+    if t.unkept:
+        print(f"  kept {t.unkept} paid image(s) that no SaveImage keeps: {Path(args.output_dir) / 'flux2-unsaved'}",
+              file=out)
     maybe = [f"{r['item']}: {', '.join(r['maybe_billed'])}" for r in batch.records.values()
              if r.get("maybe_billed") and r.get("status") != "ok"]
     for line in maybe[:20]:

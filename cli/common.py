@@ -37,6 +37,16 @@ def budget_cap(budget, allow_unpriced: bool = False):
     return Cap(cap.usd, cap.name, allow) if cap else None
 
 
+def whole_number(text: str) -> int:
+    """argparse type for counts: plain digits, maybe signed (int() also reads "1_0" as 10, and
+    non-ASCII digits); the range is checked where the count is used."""
+    import argparse
+    import re
+    if not re.fullmatch(r"-?[0-9]+", str(text).strip()):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {str(text)[:20]!r}")
+    return int(text)
+
+
 def set_models_dir(args) -> None:
     """--models-dir: the local weights folder, for this process (the engine reads FLUX2_MODELS_DIR)."""
     import os

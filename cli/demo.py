@@ -1,4 +1,5 @@
-"""`comfyui-flux2 demo`: an offline tour against a loopback Runware server, or (--local) a tiny local model."""
+"""`comfyui-flux2 demo`: an offline tour against loopback Runware and BFL servers (FLUX.2, then FLUX 3 Image and
+FLUX 3.1 Image), or (--local) a tiny local model."""
 from __future__ import annotations
 
 import os
@@ -10,10 +11,11 @@ from .run import run_workflow
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 TOUR = ("flux2_text_to_image.json", "flux2_multi_reference_edit.json", "flux2_local_references_edit.json",
         "flux2_chain_edit.json")
+FLUX3_TOUR = ("flux3_text_to_image.json", "flux3_1_masked_edit.json", "flux3_layout.json")
 
 
 def add_parser(sub) -> None:
-    demo = sub.add_parser("demo", help="offline tour against a loopback Runware server")
+    demo = sub.add_parser("demo", help="offline tour against loopback Runware and BFL servers (FLUX.2, FLUX 3)")
     demo.add_argument("--output-dir", default="output", help="where the demo's images go (default: ./output)")
     demo.add_argument("--local", action="store_true",
                       help="run a tiny random local model instead of the loopback provider (CPU, seconds)")
@@ -43,4 +45,19 @@ def command(args) -> int:
             print(f"\n== {name} (dry run, then run)", file=sys.stderr)
             run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir), dry_run=True, quiet=True)
             run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir))
+    demo_flux3(Path(args.output_dir))
     return 0
+
+
+def demo_flux3(output_dir: Path) -> None:
+    """FLUX 3 Image and FLUX 3.1 Image against a loopback BFL server speaking their closed schemas."""
+    from ..loopback.bfl_server import BflLoopback
+
+    with BflLoopback(api_key="demo-key") as server:
+        os.environ["BFL_API_URL"] = server.api_url
+        os.environ["BFL_API_KEY"] = "demo-key"
+        print(f"\nloopback BFL server on {server.api_url} (FLUX 3 Image / FLUX 3.1 Image)", file=sys.stderr)
+        for name in FLUX3_TOUR:
+            print(f"\n== {name} (dry run, then run)", file=sys.stderr)
+            run_workflow(WORKFLOWS / name, output_dir=output_dir, dry_run=True, quiet=True)
+            run_workflow(WORKFLOWS / name, output_dir=output_dir)

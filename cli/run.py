@@ -52,7 +52,7 @@ def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None,
     # Pass 1: always a dry run. Real runs make it strict (a missing key is an error, not a warning).
     cache = ResultCache() if use_cache and enabled_by_env() else None
     plan = plan_run(Path(path), node_registry(), output_dir=output_dir, input_dir=input_dir,
-                    strict=not dry_run, cache=cache)
+                    strict=not dry_run, cache=cache, output_dir_name="--output-dir")
     print_plan(Path(path).name, plan, out)
     check_budget(plan, cap)
     if dry_run:
@@ -105,6 +105,13 @@ def _run(plan, cap, cache, output_dir: Path, quiet: bool, out) -> int:
         raise outcome.error
     for saved in outcome.saved:
         print(f"saved {saved}")
+    if outcome.kept:
+        nodes = ", ".join(outcome.kept_nodes)
+        print(f"kept {len(outcome.kept)} paid image(s) that no SaveImage keeps (node {nodes}): {outcome.kept[0].parent}",
+              file=out)
+    for node_id, prompts in outcome.expanded_prompts.items():      # FLUX 3: what the provider drew from
+        for prompt in prompts:
+            print(f"expanded prompt (node {node_id}): {prompt}", file=out)
     print(f"done in {outcome.seconds:.1f}s; {outcome.ledger}", file=out)
     return 0
 

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .images import RefImage
+from .layout import Layout
 from .pricing import Estimate
 from .reference_urls import UrlReference
 from .rules import Rules
@@ -31,6 +32,8 @@ class GenerationRequest:
     references: tuple[Reference, ...] = ()
     batch: int = 1
     node_id: str = ""                   # for progress/log lines ("node 7")
+    mask: RefImage | None = None        # FLUX 3.1 Image: white changes, black is kept (grey PNG, reference 1's aspect)
+    layout: Layout | None = None        # layout boxes (flux2/layout.py); refused by models that take none
 
     @property
     def seeds(self) -> list[int]:
@@ -97,8 +100,14 @@ def cache_identity(backend: Backend, request: GenerationRequest) -> dict | None:
     identity = backend.cache_identity()
     if identity is None:
         return None
-    return {**identity, "prompt": request.prompt, "width": request.width, "height": request.height,
-            "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+    ident = {**identity, "prompt": request.prompt, "width": request.width, "height": request.height,
+             "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+    # Only when present, so the keys of requests without them stay what they were.
+    if request.mask is not None:
+        ident["mask"] = request.mask.sha256
+    if request.layout is not None:
+        ident["layout"] = request.layout.identity()
+    return ident
 
 
 def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = None) -> GenerationResult:
@@ -152,10 +161,11 @@ def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str
         return GenerationResult(images=[img] * request.batch, seeds=request.seeds,
                                 cost_usd=None, info={"dry_run": True})
     backend.check_ready()
-    ctx.ledger.add_estimate(request.node_id, est)
-    ctx.check_budget()
+    ctx.ledger.add_estimate(request.node_id, est)       # the cap is held task by task (ctx.gate)
     result = backend.generate(request, ctx)
     ctx.ledger.add_billed(request.node_id, result.cost_usd)
+    if result.info.get("expanded_prompts"):
+        ctx.expanded_prompts[request.node_id or "?"] = list(result.info["expanded_prompts"])
     if key and len(result.images) == request.batch and not result.info.get("placeholders"):
         ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe())
     ctx.on_result(request, result)

@@ -84,6 +84,17 @@ def ref_from_array(array: np.ndarray) -> RefImage:
                     sha256=hashlib.sha256(png).hexdigest(), pixels_sha256=pixel_digest(array))
 
 
+def mask_from_tensor(mask) -> RefImage:
+    """ComfyUI MASK ([H, W] or [B, H, W] float 0..1, 1 = the part to change; the first of a batch) -> a
+    black/white PNG as BFL's FLUX 3.1 takes it: white changes, black is kept exactly, grey blends."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or mask.numel() == 0:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"expected a MASK tensor [H, W] or [B, H, W], got {shape}")
+    m = mask[0] if mask.ndim == 3 else mask                                    # [H, W]
+    grey = (m.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    return ref_from_array(np.repeat(grey[..., None], 3, axis=2))                # [H, W, 3]
+
+
 def decode(data: bytes, what: str = "image", error: type = InputError) -> np.ndarray:
     """Bytes of PNG/JPEG/WebP -> uint8 [H, W, 3]; a corrupt or truncated file raises `error`."""
     Image = _pil_image()

@@ -20,6 +20,7 @@ from .graph import Link, Node, execution_order, parse
 from .validate import check_graph
 
 log = logging.getLogger("comfyui_flux2.runner")
+UNSAVED = "flux2-unsaved"            # paid images no SaveImage wrote, kept under the output folder
 
 
 @dataclass
@@ -79,6 +80,26 @@ class Executor:
                    and isinstance(n.inputs.get("images"), Link) and n.inputs["images"].node == node_id
                    for n in self.nodes.values())
 
+    def reaches_save(self, node_id: str) -> bool:
+        """Whether a SaveImage takes this node's output, directly or through other nodes (a chained edit
+        whose result is saved); PreviewImage keeps nothing headless."""
+        users: dict[str, list[str]] = {}
+        for n in self.nodes.values():
+            for value in n.inputs.values():
+                if isinstance(value, Link):
+                    users.setdefault(value.node, []).append(n.id)
+        seen, todo = set(), [node_id]
+        while todo:
+            current = todo.pop()
+            for user in users.get(current, ()):
+                if user in seen:
+                    continue
+                if self.nodes[user].class_type == "SaveImage":
+                    return True
+                seen.add(user)
+                todo.append(user)
+        return False
+
     def _call(self, node: Node, outputs: dict) -> tuple:
         cls = self.registry[node.class_type]
         kwargs = {}
@@ -117,7 +138,7 @@ def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
     written does not stop the others.
     """
     paths = []
-    folder = Path(output_dir) / "flux2-unsaved"
+    folder = Path(output_dir) / UNSAVED
     for request, result in results:
         node = file_token(str(request.node_id or "x"))
         for i, image in enumerate(result.images):

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..flux2.budget import Cap, check as check_cap
+from ..flux2.budget import BudgetGate, Cap, check as check_cap
 from ..flux2.run_context import RunContext
-from .executor import Executor, RunReport, save_unsaved_results
+from .core_nodes import check_output_folder
+from .executor import UNSAVED, Executor, RunReport, save_unsaved_results
 from .graph import load_workflow
 from .pricing import GraphPlan, plan_graph
 
@@ -32,6 +33,9 @@ class RunOutcome:
 
     saved: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)      # paid images no SaveImage got to write (flux2-unsaved/)
+    kept_nodes: list[str] = field(default_factory=list)  # after a finished run: the nodes whose images no
+                                                          # SaveImage keeps (a generation feeding only a preview)
+    expanded_prompts: dict[str, list] = field(default_factory=dict)   # FLUX 3: node -> the provider's prompts
     billed_usd: float = 0.0
     ledger: str = ""                                      # the ledger's one-line summary
     seconds: float = 0.0
@@ -41,11 +45,14 @@ class RunOutcome:
 
 
 def plan_run(path: Path, registry: dict, *, output_dir: Path, input_dir: Path | None = None,
-             strict: bool = True, cache=None) -> GraphPlan:
-    """The whole graph validated and priced, nothing sent. `strict`: a missing key is an error, not a
-    warning (a real run follows)."""
+             strict: bool = True, cache=None, output_dir_name: str = "output_dir") -> GraphPlan:
+    """The whole graph validated and priced, nothing sent; the output folder (and flux2-unsaved/ in it)
+    checked writable first. `strict`: a missing key is an error, not a warning (a real run follows).
+    `output_dir_name`: how errors name the folder (the CLI: --output-dir)."""
     path = Path(path)
     workflow = load_workflow(path)
+    check_output_folder(Path(output_dir), output_dir_name)      # before anything is paid for
+    check_output_folder(Path(output_dir) / UNSAVED, output_dir_name)
     # The examples keep API-format files in api/ beside the UI files and their images: either finds them.
     more = (path.parent.parent,) if input_dir is None and path.parent.name == "api" else ()
     return plan_graph(workflow, registry, input_dir=input_dir or path.parent, output_dir=output_dir,
@@ -65,9 +72,9 @@ def run_planned(plan: GraphPlan, *, output_dir: Path, cap: Cap | None = None, ca
     An error ends up in `outcome.error` (after the paid images were kept), never lost."""
     executor = plan.executor
     pending: list = []
-    ctx = RunContext(budget_usd=cap.usd if cap else None, allow_unpriced=bool(cap and cap.allow_unpriced),
-                     cache=cache, progress=progress, is_cancelled=is_cancelled,
-                     result_sink=lambda req, res: pending.append((req, res)))
+    # The cap held task by task while the run is under way (check_budget only saw estimates).
+    ctx = RunContext(gate=BudgetGate(cap) if cap else None, cache=cache, progress=progress,
+                     is_cancelled=is_cancelled, result_sink=lambda req, res: pending.append((req, res)))
     if on_node is not None:
         executor.on_node = on_node
     started = time.monotonic()
@@ -77,8 +84,13 @@ def run_planned(plan: GraphPlan, *, output_dir: Path, cap: Cap | None = None, ca
         return RunOutcome(kept=keep_paid(pending, executor, output_dir), billed_usd=ctx.ledger.billed_total,
                           ledger=ctx.ledger.summary(), seconds=time.monotonic() - started,
                           maybe_billed=may_be_billed(exc), running=executor.running, error=exc)
-    return RunOutcome(saved=list(report.saved), billed_usd=ctx.ledger.billed_total, ledger=ctx.ledger.summary(),
-                      seconds=time.monotonic() - started)
+    # Finished: paid images that reach no SaveImage (a generation node feeding only PreviewImage) are kept
+    # too, since headless a preview shows nothing.
+    unkept = [(q, r) for q, r in list(pending) if not executor.reaches_save(q.node_id)]
+    return RunOutcome(saved=list(report.saved), kept=save_unsaved_results(unkept, output_dir),
+                      kept_nodes=list(dict.fromkeys(str(q.node_id) for q, _ in unkept)),
+                      expanded_prompts=dict(ctx.expanded_prompts), billed_usd=ctx.ledger.billed_total,
+                      ledger=ctx.ledger.summary(), seconds=time.monotonic() - started)
 
 
 def keep_paid(pending: list, executor: Executor, output_dir: Path) -> list[Path]:

@@ -21,13 +21,12 @@ import pytest
 
 from comfyui_flux2.cli import main
 from comfyui_flux2.flux2.backend import GenerationRequest, run
-from comfyui_flux2.flux2.errors import Flux2Error, ModerationError, ProviderError, ProviderTimeout
+from comfyui_flux2.flux2.errors import ModerationError, ProviderError, ProviderTimeout
 from comfyui_flux2.flux2.remote import common
 from comfyui_flux2.flux2.remote.bfl import BflBackend
 from comfyui_flux2.flux2.remote.options import RemoteOptions
 from comfyui_flux2.flux2.remote.runware import RunwareBackend
 from comfyui_flux2.flux2.net.transport import MAX_ANSWER_BYTES, Deadlines, LostResponse
-from comfyui_flux2.flux2.result_cache import ResultCache
 from comfyui_flux2.flux2.run_context import RunContext
 from comfyui_flux2.loopback.runware_server import RunwareLoopback
 

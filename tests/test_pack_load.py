@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from comfyui_flux2.bench import load
 
 
@@ -55,6 +57,7 @@ def test_mappings_and_web_directory_are_what_comfyui_reads():
     assert not hasattr(comfyui_flux2, "comfy_entrypoint")   # ComfyUI reads the mappings, not a v3 entry point
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_benchmark_load_prints_medians(capsys):
     assert load.main(["--runs", "1"]) == 0
     out = capsys.readouterr().out

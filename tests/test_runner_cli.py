@@ -236,6 +236,7 @@ def test_ctrl_c_stops_the_run_and_keeps_the_paid_image(runware, tmp_path):
     assert [p.name for p in kept] == ["node3_seed5150.png"]
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_second_ctrl_c_aborts_at_once_and_keeps_the_paid_image(runware, tmp_path):
     """Node 3 is paid, node 4's request hangs at the provider: a second SIGINT does not wait for it; the paid
     image of node 3 (which no SaveImage had taken yet) is kept, and the node still in flight is named."""

@@ -19,7 +19,7 @@ from ..run_context import RunContext
 from ..rules import Rules, local_rules, validate_request
 from .engine_cache import DTYPES, ENGINES, file_stamps, load_engine
 from .model.params import ModelPreset, get_preset
-from .pipeline import decode_tile, reference_size
+from .pipeline import NonFiniteValues, decode_tile, reference_size
 from .weights.detect import AUTO, with_reference_kv
 
 OFFLOAD = ("none", "blocks")
@@ -154,8 +154,9 @@ class LocalBackend:
             self.model_preset          # the files must be one FLUX.2 model: refused here, before any step
 
     def lora_files(self) -> list:
-        """The chain's LoRA files as this model takes them (headers only); a file for another architecture or
-        size, or one that matches no layer, is a one-line ModelLoadError naming it."""
+        """The chain's LoRA files as this model takes them (headers, and a NaN/Inf scan of the matched tensors);
+        a file for another architecture or size, one that matches no layer, or one holding NaN/Inf is a one-line
+        ModelLoadError naming it."""
         from .weights.lora import inspect_lora
 
         return [inspect_lora(s.path, self.model_preset.transformer) for s in self.loras]
@@ -243,13 +244,28 @@ class LocalBackend:
         ctx.check_cancelled()
         with engine.loras.lock:           # this request's LoRA set stays hooked in until its last step
             engine.loras.use(self.lora_key(), lambda: self.lora_patches(engine))
-            images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
-                                     self.effective_guidance, refs, on_step=on_step,
-                                     cfg_one_forward=self.cfg_one_forward(request, engine.device),
-                                     vae_tiling=self.vae_tiling)
+            try:
+                images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
+                                         self.effective_guidance, refs, on_step=on_step,
+                                         cfg_one_forward=self.cfg_one_forward(request, engine.device),
+                                         vae_tiling=self.vae_tiling)
+            except NonFiniteValues as exc:
+                raise ModelLoadError(f"{exc}; the likely cause: {self.likely_file(exc.part)} holds NaN/Inf "
+                                     "weights (damaged or badly converted: check or download it again)") from None
         return GenerationResult(images=images, seeds=seeds, cost_usd=0.0,
                                 info={"model": self.model_preset.name, "steps": steps,
                                       "guidance": self.effective_guidance, "device": str(engine.device)})
+
+    def likely_file(self, part: str) -> str:
+        """The file(s) a non-finite stage points at: the component's single file or its diffusers subfolder;
+        for the transformer, also the LoRAs applied to it."""
+        f = self.files
+        single = {"transformer": f.transformer, "text_encoder": f.text_encoder, "vae": f.vae}.get(part)
+        where = (f"{part.replace('_', ' ')} file {Path(single).name}" if single is not None
+                 else f"{part.replace('_', ' ')} weights in {Path(f.diffusers_dir).name}/{part}/" if f.diffusers_dir
+                 else f"the {part.replace('_', ' ')}")
+        loras = [Path(s.path).name for s in self.loras if s.strength != 0] if part == "transformer" else []
+        return where + (f" or LoRA {', '.join(loras)}" if loras else "")
 
     def cfg_one_forward(self, request: GenerationRequest, device: torch.device) -> bool:
         """Whether CFG's two halves run as one batch of 2B: not under block offload (memory is what it saves

@@ -83,5 +83,19 @@ def load_engine(preset, files, *, dtype: str, device: torch.device, offload: str
     if offload == "blocks":
         apply_offload(modules, device)
     engine = Flux2Engine(modules)
-    engine.loras = AppliedLoRAs(modules.transformer)   # LoRA sets switch on this engine without a reload
+    # LoRA sets switch on this engine without a reload: merged into float weights, restored from the files
+    engine.loras = AppliedLoRAs(modules.transformer, restore=weight_restorer(files, dtype, offload))
     return engine
+
+
+def weight_restorer(files, dtype: str, offload: str):
+    """restore(names) for AppliedLoRAs: the loaded weights read again from the transformer's files. None under
+    offload=blocks, whose streamed blocks keep a LoRA on the fly (their weights are not resident)."""
+    from functools import partial
+
+    from .weights.loading import reread_linear_weights, shard_files
+
+    if offload == "blocks":
+        return None
+    paths = files.transformer or shard_files(Path(files.diffusers_dir) / "transformer", "diffusion_pytorch_model")
+    return partial(reread_linear_weights, paths, DTYPES[dtype])

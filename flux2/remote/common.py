@@ -80,7 +80,10 @@ class RemoteBackend:
         return self.estimate(replace(request, batch=1)).usd
 
     def cache_identity(self) -> dict:
-        return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": vars(self.options)}
+        # The FLUX 3 options only when set, so the keys of results cached before they existed still match.
+        options = {k: v for k, v in vars(self.options).items()
+                   if not (k in ("grounding", "mode") and v == "default")}
+        return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": options}
 
     def rules(self) -> Rules:
         return remote_rules(self.model, self.kind, self.pm)
@@ -90,5 +93,6 @@ class RemoteBackend:
 
     def validate(self, request: GenerationRequest) -> None:
         self.options.validate()
+        self.options.validate_for(self.model)
         self.validate_options()
         validate_request(request, self.rules())

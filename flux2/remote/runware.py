@@ -11,7 +11,7 @@ from functools import partial
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, ModerationError, ProviderError
+from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
@@ -21,6 +21,7 @@ from ..run_context import RunContext
 from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, read_key
 from .options import RemoteOptions
+from .retired import is_model_gone, retired_error
 from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
                             ProviderSettings, RunwareTask)
 from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
@@ -111,6 +112,12 @@ class RunwareBackend(RemoteBackend):
         read_key(KEY_ENV)
         concurrency()
 
+    def validate_options(self) -> None:
+        if self.model.generation == 3 and self.options.grounding != "default":
+            # Runware's FLUX 3 pages we could read name no grounding setting (docs/flux3.md).
+            raise InputError(f"grounding is not established for {self.model_name} on Runware; set it to default "
+                             "or use provider bfl")
+
     def estimate(self, request: GenerationRequest) -> Estimate:
         sizes, assumed = reference_sizes(request.references)
         return estimate(self.model, RUNWARE, request.width, request.height, sizes, request.batch, assumed)
@@ -119,7 +126,9 @@ class RunwareBackend(RemoteBackend):
         url = base_url(URL_ENV, DEFAULT_URL)
         refs = [as_sent(r) or f"<upload {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
         tasks = [self.inference_task(request, i, refs, task_uuid="<uuid4>") for i in range(request.batch)]
-        summary = (f"{request.width}x{request.height} seed {request.seed}"
+        seed = (f" seed {request.seed}" if self.model.generation == 2
+                else " (no seed: the provider picks and reports one)")
+        summary = (f"{request.width}x{request.height}{seed}"
                    + (f" x{request.batch}" if request.batch > 1 else "")
                    + (f", {len(refs)} reference(s)" if refs else "")
                    + ("".join(f", LoRA {air} x{w:g}" for air, w in self.sent_loras())))
@@ -130,6 +139,8 @@ class RunwareBackend(RemoteBackend):
     def inference_task(self, request: GenerationRequest, index: int, references: list[str],
                        task_uuid: str | None = None) -> ImageInference:
         opts, pm = self.options, self.pm
+        if self.model.generation == 3:
+            return self.flux3_task(request, references, task_uuid)
         return ImageInference(
             taskUUID=task_uuid or str(uuid.uuid4()),
             model=pm.model_id,
@@ -147,6 +158,22 @@ class RunwareBackend(RemoteBackend):
             if pm.model_id.startswith("bfl:") else None,
             inputs=Inputs(tuple(references)) if references else None,
         )
+
+    def flux3_task(self, request: GenerationRequest, references: list[str], task_uuid: str | None) -> ImageInference:
+        """FLUX 3 Image on Runware (`bfl:flux@3-image`): the delivered width x height from FLUX 3's size
+        table (flux2/flux3.py), no seed (the result reports one), the layout appended to the prompt as BFL
+        documents it, and only safetyTolerance among BFL's settings."""
+        from .. import flux3
+        from .bfl_flux3 import prompt_with_layout
+        width, height = flux3.deliver(request.width, request.height)
+        opts = self.options
+        return ImageInference(
+            taskUUID=task_uuid or str(uuid.uuid4()), model=self.pm.model_id,
+            positivePrompt=prompt_with_layout(request), width=width, height=height, seed=None,
+            outputFormat=opts.output_format,
+            outputQuality=opts.output_quality if opts.output_format != "PNG" else None,
+            providerSettings=ProviderSettings(BflSettings(None, int(opts.safety_tolerance))),
+            inputs=Inputs(tuple(references)) if references else None)
 
     # -- execution ----------------------------------------------------------------------------
     def _client(self) -> tuple[Transport, str, str]:
@@ -199,9 +226,6 @@ class RunwareBackend(RemoteBackend):
         cache_key = partial(self.image_cache_key, request)
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, ctx, cache_key, request.batch):
-                return
             note_sent(job, ctx, cache_key, {"provider": RUNWARE, "host": self.host(), "task": job.task_id})
             try:
                 self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
@@ -213,6 +237,12 @@ class RunwareBackend(RemoteBackend):
                     raise
                 log.warning("%s; returning a placeholder image", exc)
                 job.image, job.placeholder = placeholder(request.width, request.height), True
+            except ProviderError as exc:
+                if not is_model_gone(exc):
+                    raise
+                gone = retired_error(self.model, "runware", f"model {self.pm.model_id}: {exc}", exc.status)
+                control.stop_new(gone)
+                raise gone from None
             finally:
                 store_arrived(job, ctx, cache_key, self.describe(), request.batch)
 
@@ -220,7 +250,9 @@ class RunwareBackend(RemoteBackend):
         # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
         # answer carries the paid image); an abort leaves at once and names the tasks in flight.
         outcome = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
-                           cancel_grace_s=None)
+                           cancel_grace_s=None, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, ctx, cache_key, request.batch))
         return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome)
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ...flux2.budget import Cap, check as check_cap
+from ...flux2.budget import BudgetGate, Cap, check as check_cap
 from ...flux2.errors import InputError
 from ..graph import load_workflow
-from .executors import ItemEnv, ItemOutcome, ItemRun
+from .executors import UNSAVED, ItemEnv, ItemOutcome, ItemRun
 from .items import BatchItem, Template, plan_items, shared_backends
+from .lock import FolderLock
 from .manifest import Manifest, decide, record
 from .scheduler import ProviderLimits, Scheduler
 from .sheet import write_sheet
@@ -85,6 +86,8 @@ class BatchTotals:
     billed_usd: float = 0.0
     not_started: int = 0
     stopped_by: str | None = None      # "budget" | "cancel" | "abort"
+    budget_reason: str | None = None   # stopped_by budget: why the next item would pass the cap
+    unkept: int = 0                    # paid images of items that ran through but reach no SaveImage
     failures: list = field(default_factory=list)
 
 
@@ -132,6 +135,7 @@ class Batch:
             cache = ResultCache() if enabled_by_env() else None
         self.env = ItemEnv(self.registry, self.input_dirs[0], self.output_dir, self.input_dirs[1:], cache)
         self.manifest = Manifest(self.output_dir)
+        self.lock = FolderLock(self.output_dir)          # one batch at a time per folder (lock.py)
         self.records: dict[str, dict] = {}
         self.plan: BatchPlan | None = None
         self.scheduler: Scheduler | None = None
@@ -142,6 +146,12 @@ class Batch:
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, on_item: Callable | None = None) -> BatchPlan:
         """Read the table, build and dry-run every item, set aside what an earlier run finished."""
+        from ..core_nodes import check_output_folder
+        check_output_folder(self.output_dir, "--output-dir")       # before anything is paid for
+        if self.strict:
+            # A real run takes the folder before reading its manifest: another batch writing it meanwhile
+            # would make this one run (and pay for) the items the other is running.
+            self.lock.acquire()
         if self.table is not None:
             rows, bad = read_table(self.table)
         else:
@@ -168,10 +178,14 @@ class Batch:
     def check(self, skip_bad_rows: bool = False) -> None:
         """Refuse the batch before anything is sent: bad rows (unless skipped), an estimate over the cap."""
         plan = self.plan or self.prepare()
-        if plan.bad and not skip_bad_rows:
-            raise InputError(f"{len(plan.bad)} bad row(s), listed above; nothing was sent "
-                             "(--skip-bad-rows runs the others)")
-        check_cap(plan.estimate_usd, plan.unpriced_items, self.cap, subject="the batch")
+        try:
+            if plan.bad and not skip_bad_rows:
+                raise InputError(f"{len(plan.bad)} bad row(s), listed above; nothing was sent "
+                                 "(--skip-bad-rows runs the others)")
+            check_cap(plan.estimate_usd, plan.unpriced_items, self.cap, subject="the batch")
+        except Exception:
+            self.lock.release()       # this batch will not run: the folder is free again
+            raise
 
     # -- running ----------------------------------------------------------------------------------
     def limits(self) -> dict[str, int]:
@@ -184,13 +198,14 @@ class Batch:
 
     def run(self) -> Iterator[BatchResult]:
         plan = self.plan or self.prepare()
+        self.lock.acquire()           # held since prepare() in a real run; a no-op then
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._recover(plan.items)
         if self.executor == "ray" and any("local" in i.needs for i in plan.items):
             from .ray_executor import RayPool
             self._ray = RayPool(self.registry_factory, self.env, address=self.ray_address, actors=self.ray_actors)
         self.scheduler = Scheduler(plan.items, self._start, limits=ProviderLimits(self.limits()),
-                                   cap_usd=self.cap.usd if self.cap else None, is_cancelled=self.is_cancelled,
+                                   gate=BudgetGate(self.cap) if self.cap else None, is_cancelled=self.is_cancelled,
                                    interrupt=self.interrupt)
         try:
             for item, outcome in self.scheduler.run():
@@ -205,11 +220,13 @@ class Batch:
                 yield self._ended(item, outcome)
         self.close()
 
-    def _start(self, item: BatchItem):
+    def _start(self, item: BatchItem, ticket=None):
+        """`ticket`: what the budget gate admitted for the item; its provider tasks draw on it."""
         if self._ray is not None and "local" in item.needs:
             return self._ray.item_run(item, self.is_cancelled)
         scheduler = self.scheduler
-        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id))
+        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id),
+                       gate=ticket)
 
     def _ended(self, item: BatchItem, outcome: ItemOutcome) -> BatchResult:
         line = record(item, outcome)
@@ -224,6 +241,8 @@ class Batch:
         else:
             t.stopped += 1
         t.images += len(outcome.outputs)
+        if outcome.status == "ok":
+            t.unkept += sum(1 for o in outcome.outputs if str(o).startswith(UNSAVED + "/"))
         t.billed_usd = round(t.billed_usd + (outcome.billed_usd or 0.0), 6)
         if time.monotonic() - self._sheet_written > SHEET_EVERY_S:
             self.write_sheet()
@@ -232,6 +251,7 @@ class Batch:
     def close(self) -> None:
         if self.scheduler is not None:
             self.totals.stopped_by = self.scheduler.stopped_by
+            self.totals.budget_reason = self.scheduler.budget_reason
             self.totals.not_started = len(self.scheduler.not_started())
         self.manifest.close()
         if self._ray is not None:
@@ -239,6 +259,7 @@ class Batch:
             self._ray = None
         if self.records:
             self.write_sheet()
+        self.lock.release()
 
     def write_sheet(self) -> Path:
         self._sheet_written = time.monotonic()

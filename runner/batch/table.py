@@ -215,6 +215,8 @@ def convert(target: Target, value):
     if kind == "FLOAT":
         if isinstance(value, bool):
             raise InputError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, str) and "_" in value:      # float() reads "1_0" as 10
+            raise InputError(f"{where} must be a number, got {value[:40]!r}")
         try:
             number = float(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError):

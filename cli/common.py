@@ -1,8 +1,7 @@
-"""What several commands print or read the same way: one-line errors, progress, the budget cap, paid images."""
+"""What several commands print or read the same way: one-line errors, progress, the budget cap, the registry."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 def err(message: str) -> None:
@@ -38,25 +37,6 @@ def budget_cap(budget, allow_unpriced: bool = False):
     return Cap(cap.usd, cap.name, allow) if cap else None
 
 
-def keep_paid(pending: list, executor, output_dir: Path, out) -> None:
-    from ..runner.executor import save_unsaved_results
-    kept = save_unsaved_results([(q, r) for q, r in list(pending) if not executor.saved_by_graph(q.node_id)],
-                                output_dir)
-    if kept:
-        print(f"kept {len(kept)} paid image(s) the graph did not save: {kept[0].parent}", file=out)
-
-
-def keep_unkept(pending: list, executor, output_dir: Path, out) -> None:
-    """After a run that succeeded: paid images that reach no SaveImage (a generation node feeding only
-    PreviewImage) are kept in flux2-unsaved/, with one line saying so (headless, a preview shows nothing)."""
-    from ..runner.executor import save_unsaved_results
-    unkept = [(q, r) for q, r in list(pending) if not executor.reaches_save(q.node_id)]
-    kept = save_unsaved_results(unkept, output_dir)
-    if kept:
-        nodes = ", ".join(dict.fromkeys(str(q.node_id) for q, _ in unkept))
-        print(f"kept {len(kept)} paid image(s) that no SaveImage keeps (node {nodes}): {kept[0].parent}", file=out)
-
-
 def whole_number(text: str) -> int:
     """argparse type for counts: plain digits, maybe signed (int() also reads "1_0" as 10, and
     non-ASCII digits); the range is checked where the count is used."""
@@ -65,12 +45,6 @@ def whole_number(text: str) -> int:
     if not re.fullmatch(r"-?[0-9]+", str(text).strip()):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {str(text)[:20]!r}")
     return int(text)
-
-
-def may_be_billed(error: BaseException | None) -> list[str]:
-    """Provider tasks that were sent and not answered, so may still be billed: the provider clients name
-    them on the error they raise (`maybe_billed`: Runware taskUUIDs, BFL task ids / polling URLs)."""
-    return [str(task) for task in getattr(error, "maybe_billed", None) or ()]
 
 
 def set_models_dir(args) -> None:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from ..flux2.errors import Cancelled
 from ..flux2.pricing import format_usd
 from . import interrupts
-from .common import (budget_cap, keep_paid, keep_unkept, may_be_billed, node_registry, progress_printer,
-                     set_models_dir)
+from .common import budget_cap, node_registry, progress_printer, set_models_dir
 
 
 def add_parser(sub) -> None:
@@ -45,28 +43,18 @@ def command(args) -> int:
 
 def run_workflow(path: Path, *, output_dir: Path, input_dir: Path | None = None, dry_run: bool = False,
                  budget=None, allow_unpriced: bool = False, quiet: bool = False, use_cache: bool = True) -> int:
-    from ..flux2.budget import check as check_cap
+    """Prints what runner/run.py plans and returns; exit status 0, or the run's error raised."""
     from ..flux2.result_cache import ResultCache, enabled_by_env
-    from ..runner.batch.executors import UNSAVED
-    from ..runner.core_nodes import check_output_folder
-    from ..runner.graph import load_workflow
-    from ..runner.pricing import plan_graph
+    from ..runner.run import check_budget, plan_run
 
-    path = Path(path)
-    cap = budget_cap(budget, allow_unpriced)
-    workflow = load_workflow(path)
     out = sys.stderr
-    check_output_folder(Path(output_dir), "--output-dir")      # before anything is paid for
-    check_output_folder(Path(output_dir) / UNSAVED, "--output-dir")
-    # The examples keep API-format files in api/ beside the UI files and their images: either finds them.
-    more = (path.parent.parent,) if input_dir is None and path.parent.name == "api" else ()
-
+    cap = budget_cap(budget, allow_unpriced)
     # Pass 1: always a dry run. Real runs make it strict (a missing key is an error, not a warning).
     cache = ResultCache() if use_cache and enabled_by_env() else None
-    plan = plan_graph(workflow, node_registry(), input_dir=input_dir or path.parent, output_dir=output_dir,
-                      more_input_dirs=more, strict=not dry_run, cache=cache)
-    print_plan(path.name, plan, out)
-    check_cap(plan.total_usd, plan.unpriced_nodes, cap)
+    plan = plan_run(Path(path), node_registry(), output_dir=output_dir, input_dir=input_dir,
+                    strict=not dry_run, cache=cache, output_dir_name="--output-dir")
+    print_plan(Path(path).name, plan, out)
+    check_budget(plan, cap)
     if dry_run:
         print("dry run: nothing was sent", file=out)
         return 0
@@ -88,57 +76,59 @@ def print_plan(name: str, plan, out) -> None:
 
 
 def _run(plan, cap, cache, output_dir: Path, quiet: bool, out) -> int:
-    """Pass 2: the graph on a worker thread under Ctrl-C; on any end but success, keep what was paid."""
-    from ..flux2.budget import BudgetGate
-    from ..flux2.run_context import RunContext
+    """Pass 2: the graph on a worker thread under Ctrl-C (runner/run.py keeps what was paid), then printed."""
+    from ..runner.run import run_planned
 
-    executor = plan.executor
-    pending: list = []
     cancel = interrupts.CancelFlag().install()
-    # The cap held task by task while the run is under way (the check before it only saw estimates).
-    ctx = RunContext(gate=BudgetGate(cap) if cap else None, cache=cache,
-                     progress=None if quiet else progress_printer(out), is_cancelled=cancel,
-                     result_sink=lambda req, res: pending.append((req, res)))
 
     def on_node(node, index, total):
         if not quiet:
             print(f"[{index + 1}/{total}] node {node.id} {node.class_type}", file=out, flush=True)
 
-    executor.on_node = on_node
-    started = time.monotonic()
+    def execute(executor, ctx):
+        try:
+            return interrupts.run_in_worker(executor, ctx)
+        except interrupts.Aborted:
+            cancel.restore()               # a third Ctrl-C (while the paid images are written) interrupts at once
+            interrupts.abandoned.set()     # threads still waiting on the network must not hold the exit back
+            raise
+
     try:
-        report = interrupts.run_in_worker(executor, ctx)
-    except interrupts.Aborted as aborted:
-        cancel.restore()       # a third Ctrl-C (while the paid images are written) interrupts at once
-        _after_abort(aborted, pending, executor, ctx, output_dir, out)
-        raise Cancelled("aborted at once (second Ctrl-C)") from None
-    except BaseException as exc:
-        keep_paid(pending, executor, output_dir, out)
-        print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
-        tasks = may_be_billed(exc)
-        if tasks:
-            print(f"may still be billed: {', '.join(tasks)}", file=out)
-        raise
+        outcome = run_planned(plan, output_dir=output_dir, cap=cap, cache=cache, is_cancelled=cancel,
+                              progress=None if quiet else progress_printer(out), on_node=on_node, execute=execute)
     finally:
         cancel.restore()
-    for saved in report.saved:
+    if outcome.error is not None:
+        _print_failure(outcome, out)
+        if isinstance(outcome.error, interrupts.Aborted):
+            raise Cancelled("aborted at once (second Ctrl-C)") from None
+        raise outcome.error
+    for saved in outcome.saved:
         print(f"saved {saved}")
-    keep_unkept(pending, executor, output_dir, out)
-    for node_id, prompts in ctx.expanded_prompts.items():      # FLUX 3: what the provider drew from
+    if outcome.kept:
+        nodes = ", ".join(outcome.kept_nodes)
+        print(f"kept {len(outcome.kept)} paid image(s) that no SaveImage keeps (node {nodes}): {outcome.kept[0].parent}",
+              file=out)
+    for node_id, prompts in outcome.expanded_prompts.items():      # FLUX 3: what the provider drew from
         for prompt in prompts:
             print(f"expanded prompt (node {node_id}): {prompt}", file=out)
-    print(f"done in {time.monotonic() - started:.1f}s; {ctx.ledger.summary()}", file=out)
+    print(f"done in {outcome.seconds:.1f}s; {outcome.ledger}", file=out)
     return 0
 
 
-def _after_abort(aborted, pending, executor, ctx, output_dir: Path, out) -> None:
-    """Second Ctrl-C: no waiting for a request in flight; keep what was paid and say what may be billed."""
-    interrupts.abandoned.set()       # threads still waiting on the network must not hold the exit back
-    keep_paid(pending, executor, output_dir, out)
-    print(f"cost so far: billed {format_usd(ctx.ledger.billed_total)}", file=out)
-    tasks = may_be_billed(aborted.error)
-    if tasks:
-        print(f"may still be billed (in flight when aborted): {', '.join(tasks)}", file=out)
-    elif executor.running:
-        print(f"node {executor.running} was still waiting for the provider; what it submitted may still "
-              "be billed", file=out)
+def _print_failure(outcome, out) -> None:
+    """What a run that did not finish leaves: the paid images kept, the cost, the tasks that may be billed."""
+    from ..runner.run import may_be_billed         # the runner (and torch) only once a run is under way
+
+    if outcome.kept:
+        print(f"kept {len(outcome.kept)} paid image(s) the graph did not save: {outcome.kept[0].parent}", file=out)
+    print(f"cost so far: billed {format_usd(outcome.billed_usd)}", file=out)
+    if isinstance(outcome.error, interrupts.Aborted):    # second Ctrl-C: no waiting for a request in flight
+        tasks = may_be_billed(outcome.error.error)
+        if tasks:
+            print(f"may still be billed (in flight when aborted): {', '.join(tasks)}", file=out)
+        elif outcome.running:
+            print(f"node {outcome.running} was still waiting for the provider; what it submitted may still "
+                  "be billed", file=out)
+    elif outcome.maybe_billed:
+        print(f"may still be billed: {', '.join(outcome.maybe_billed)}", file=out)

@@ -140,7 +140,7 @@ def validate_request(request, rules: Rules) -> None:
 
 def _validate_references(references, rules: Rules) -> None:
     for i, ref in enumerate(references, 1):
-        if getattr(ref, "size_known", True) is False:
+        if not ref.size_known:
             continue                               # a URL the provider fetches: checked there
         w, h = ref.width, ref.height
         if min(w, h) < rules.ref_min_side:
@@ -149,14 +149,13 @@ def _validate_references(references, rules: Rules) -> None:
         if rules.ref_max_pixels and w * h > rules.ref_max_pixels:
             raise InputError(f"reference {i} is {w}x{h}; {rules.name} takes references of at most "
                              f"{rules.ref_max_pixels / MEGAPIXEL:g} MP")
-        png = getattr(ref, "png", None)
-        if rules.ref_max_b64 and png is not None and (len(png) + 2) // 3 * 4 > rules.ref_max_b64:
+        if rules.ref_max_b64 and (len(ref.png) + 2) // 3 * 4 > rules.ref_max_b64:   # pixels: a RefImage
             raise InputError(f"reference {i} is over {rules.ref_max_b64 // 1000000} MB as base64 for {rules.name}; "
                              "make it smaller")
 
 
 def _validate_mask(request, rules: Rules) -> None:
-    mask = getattr(request, "mask", None)
+    mask = request.mask
     if mask is None:
         return
     if not rules.takes_mask:
@@ -168,7 +167,7 @@ def _validate_mask(request, rules: Rules) -> None:
         raise InputError(f"{rules.name} takes at most {rules.max_refs - 1} reference images with a mask, "
                          f"got {len(refs)}")
     first = refs[0]
-    if getattr(first, "size_known", True) is not False:
+    if first.size_known:
         ref_ratio, mask_ratio = first.width / first.height, mask.width / mask.height
         if abs(ref_ratio / mask_ratio - 1) > 0.01:
             raise InputError(f"the mask is {mask.width}x{mask.height} but reference 1 is {first.width}x{first.height}; "
@@ -176,7 +175,7 @@ def _validate_mask(request, rules: Rules) -> None:
 
 
 def _validate_layout(request, rules: Rules) -> None:
-    layout = getattr(request, "layout", None)
+    layout = request.layout
     if layout is None:
         return
     if not rules.layout:

@@ -20,6 +20,7 @@ from .graph import Link, Node, execution_order, parse
 from .validate import check_graph
 
 log = logging.getLogger("comfyui_flux2.runner")
+UNSAVED = "flux2-unsaved"            # paid images no SaveImage wrote, kept under the output folder
 
 
 @dataclass
@@ -137,7 +138,7 @@ def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
     written does not stop the others.
     """
     paths = []
-    folder = Path(output_dir) / "flux2-unsaved"
+    folder = Path(output_dir) / UNSAVED
     for request, result in results:
         node = file_token(str(request.node_id or "x"))
         for i, image in enumerate(result.images):

@@ -287,7 +287,7 @@ def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypa
     import time
 
     from comfyui_flux2.cli import interrupts
-    from comfyui_flux2.cli.common import may_be_billed
+    from comfyui_flux2.runner.run import may_be_billed
     from comfyui_flux2.flux2.errors import Cancelled
 
     class WaitsInPython:

@@ -19,11 +19,11 @@ from ...flux2.errors import Cancelled, Flux2Error
 from ...flux2.images import encode
 from ...flux2.redaction import log_unexpected, scrub
 from ...flux2.run_context import RunContext
-from ..executor import Executor, file_token
+from ..executor import UNSAVED, Executor, file_token
+from ..run import may_be_billed
 from .manifest import CANCELLED, FAILED, INTERRUPTED, OK
 
 log = logging.getLogger("comfyui_flux2.batch")
-UNSAVED = "flux2-unsaved"
 _RUNWARE_TASK = re.compile(r"runware task ([0-9a-fA-F-]{36})")
 
 
@@ -143,7 +143,7 @@ class ItemRun:
         files = [Path(p) for p in saved] + self.keep_unsaved(ended_ok=status == OK)
         results = [r for _, r in list(self.paid)]
         seeds = [int(s) for r in results for s in r.seeds] + [int(s) for hit in self.cache_hits for s in hit]
-        maybe = [str(t) for t in getattr(error, "maybe_billed", None) or ()]
+        maybe = may_be_billed(error)
         if status == INTERRUPTED and not maybe and self.executor is not None and self.executor.running:
             maybe = [f"node {self.executor.running} was waiting for the provider; what it sent may be billed"]
         if error is None:

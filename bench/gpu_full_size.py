@@ -25,6 +25,9 @@ import sys
 import time
 
 MODELS = ("klein4b", "dev")
+# Shapes beyond the released models: [dev] cut to a few blocks at its full width (6144), so one block's time and a
+# block-streaming run fit a GPU window; per-block numbers are what the full depth repeats.
+CUTS = {"dev-1blk": (1, 1), "dev-6blk": (2, 4)}
 IMPLS = ("diffusers-bf16", "ours-bf16", "ours-fp8", "ours-bf16-offload")
 # Dense bf16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets (SXM parts; without sparsity).
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.05}
@@ -35,9 +38,11 @@ MODULE = __spec__.name if __spec__ else "comfyui_flux2.bench.gpu_full_size"
 def params_for(model: str, tiny: bool):
     from dataclasses import replace
 
-    from ..flux2.local.model.params import DEV_T, KLEIN4B_T
+    from ..flux2.local.model.params import DEV_T, KLEIN4B_T, KLEIN9B_T
 
-    p = DEV_T if model == "dev" else KLEIN4B_T
+    p = {"klein4b": KLEIN4B_T, "klein9b": KLEIN9B_T}.get(model, DEV_T)
+    if model in CUTS:
+        p = replace(p, depth_double=CUTS[model][0], depth_single=CUTS[model][1])
     if tiny:
         p = replace(p, hidden=64, heads=2, head_dim=32, depth_double=1, depth_single=2, context_dim=96,
                     mlp_hidden=192, axes_dim=(8, 8, 8, 8))
@@ -62,21 +67,6 @@ def forward_flops(p, image_tokens: int, text_tokens: int) -> float:
 def _peak_ram_gib() -> float:
     with open("/proc/self/status") as f:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 2**20
-
-
-def _init_(module, device) -> None:
-    """Random weights made on `device` (fast on a GPU): matrices N(0, 0.02), vectors (norm scales) 1."""
-    import torch
-
-    module.to_empty(device=device)
-    g = torch.Generator(device).manual_seed(0)
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            if t.is_floating_point():
-                if t.ndim >= 2:
-                    t.normal_(0.0, 0.02, generator=g)
-                else:
-                    t.fill_(1.0)
 
 
 def _to_fp8(module, compute_dtype) -> int:
@@ -106,6 +96,7 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     import torch
 
     from ..flux2.local.model.sampling import euler_step, image_ids, text_ids
+    from .gpu_random import built_random
 
     p = params_for(model, tiny)
     size = size_for(tiny)
@@ -113,7 +104,6 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     offload = impl.endswith("offload")
-    build_device = "cpu" if offload else device
     Li, Lt = (size // 16) ** 2, 512
     g = torch.Generator().manual_seed(1)
     img = torch.randn(1, Li, 128, generator=g).to(device, dtype)
@@ -124,14 +114,11 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     if impl.startswith("diffusers"):
         from diffusers import Flux2Transformer2DModel
 
-        with torch.device("meta"):
-            model_ = Flux2Transformer2DModel(
-                in_channels=128, num_layers=p.depth_double, num_single_layers=p.depth_single,
-                attention_head_dim=p.head_dim, num_attention_heads=p.heads, joint_attention_dim=p.context_dim,
-                axes_dims_rope=tuple(p.axes_dim), rope_theta=p.theta, guidance_embeds=p.guidance_embed,
-                timestep_guidance_channels=256, mlp_ratio=p.mlp_hidden / p.hidden)
-        _init_(model_, build_device)
-        model_.to(dtype).eval().requires_grad_(False)
+        model_ = built_random(lambda: Flux2Transformer2DModel(
+            in_channels=128, num_layers=p.depth_double, num_single_layers=p.depth_single,
+            attention_head_dim=p.head_dim, num_attention_heads=p.heads, joint_attention_dim=p.context_dim,
+            axes_dims_rope=tuple(p.axes_dim), rope_theta=p.theta, guidance_embeds=p.guidance_embed,
+            timestep_guidance_channels=256, mlp_ratio=p.mlp_hidden / p.hidden), device, dtype)
 
         def forward(x, t):
             return model_(hidden_states=x, encoder_hidden_states=txt, timestep=t, img_ids=iid, txt_ids=tid,
@@ -140,13 +127,13 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
         from ..flux2.local.offload import offload_transformer
         from ..flux2.local.model.transformer import Flux2Transformer
 
-        with torch.device("meta"):
-            model_ = Flux2Transformer(p)
-        _init_(model_, build_device)
-        model_.to(dtype).eval().requires_grad_(False)
+        model_ = built_random(lambda: Flux2Transformer(p), device, dtype)
         if impl.endswith("fp8"):
             _to_fp8(model_, dtype)
-        if offload:                     # on the CPU (--tiny) the same streaming code runs with the host transfer
+        if offload:    # made on the device (fast), then held in host RAM; on the CPU (--tiny) the same code runs
+            model_.to("cpu")
+            if cuda:
+                torch.cuda.empty_cache()
             offload_transformer(model_, torch.device(device))
 
         def forward(x, t):

@@ -29,7 +29,7 @@ PEER_MODULE = BENCH_PACKAGE + ".comfyui_peer"          # imports ComfyUI
 PIPELINE_MODULE = BENCH_PACKAGE + ".local_pipeline"    # whole-pipeline rows
 PIPELINE_CONFIGS = ("tiny", "mid")    # bench/local_pipeline.py PIPELINES (its mid has a 768-wide text context)
 COMFY_SWEEP_MODULE = BENCH_PACKAGE + ".comfyui_sweep"  # starts a ComfyUI server
-ROWS = ("step", "pipeline", "lora", "comfyui-sweep")
+ROWS = ("step", "pipeline", "lora", "comfyui-sweep", "quant-plan", "quant-step")
 
 
 def _reset_peak_rss() -> None:
@@ -129,7 +129,8 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int, comfyu
 def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -> dict:
     """One process: step time with no LoRA, with a LoRA of `rank` on every Linear applied on the fly (lora.attach),
     and with the same LoRA merged once into a copy of the weights (lora.merge_patches). The three run interleaved,
-    rep by rep, so a busy machine slows them alike; plus what building, attaching and merging cost."""
+    rep by rep, so a busy machine slows them alike; plus what building, attaching and merging cost, and what the
+    engine's switch between LoRA sets costs (_switch_times)."""
     import copy
 
     import torch
@@ -190,7 +191,32 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
                 times["merged"].append(t_merged)
     for k, v in times.items():
         out[f"{k}_s"] = sorted(v)[len(v) // 2]
+    out.update(_switch_times(model, shapes, deltas, dtype, device, timed))
     out["lora_mb"] = sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up)) / 2**20
+    return out
+
+
+def _switch_times(model, shapes, deltas, dtype, device, timed) -> dict:
+    """What the engine does when a request brings another LoRA set (lora.AppliedLoRAs): merge set A, switch to set B
+    (A's merged weights restored from the model file, B merged), back to no LoRA. The weights are written to a
+    safetensors file first, so the restore reads a file as the engine reads its model's."""
+    import tempfile
+    from functools import partial
+
+    from safetensors.torch import save_file
+
+    from ..flux2.local.weights.loading import reread_linear_weights
+    from ..flux2.local.weights.lora import AppliedLoRAs, build_patches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+        applied = AppliedLoRAs(model, restore=partial(reread_linear_weights, path, dtype))
+        out = {"merge_in_s": timed(lambda: applied.use(("a",), lambda: build_patches([(deltas, 1.0)], shapes, dtype,
+                                                                                         device))),
+               "switch_s": timed(lambda: applied.use(("b",), lambda: build_patches([(deltas, 0.5)], shapes, dtype,
+                                                                                      device))),
+               "unmerge_s": timed(lambda: applied.use((), dict))}
     return out
 
 
@@ -205,12 +231,15 @@ def _lora_rows(args, python: str) -> int:
     print(f"\nLoRA rows: device {args.device}, dtype {args.dtype}, median of {args.reps} steps ({rows[0]['clock']}), "
           f"one process per config, the three interleaved; a LoRA on every Linear; +% = vs no LoRA")
     print(f"{'config':<14}{'rank':>5}{'LoRA MB':>9}{'none s':>10}{'on the fly s':>18}{'merged s':>18}"
-          f"{'merge once s':>14}{'attach s':>10}{'max |fly - merged|':>20}")
+          f"{'merge once s':>14}{'attach s':>10}{'switch s':>10}{'off s':>8}{'max |fly - merged|':>20}")
     for r in rows:
         fly, merged = r["fly_s"] / r["none_s"] - 1, r["merged_s"] / r["none_s"] - 1
         print(f"{r['config']:<14}{r['rank']:>5}{r['lora_mb']:>9.1f}{r['none_s']:>10.4f}"
               f"{r['fly_s']:>11.4f} ({fly:+4.0%}){r['merged_s']:>11.4f} ({merged:+4.0%})"
-              f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['max_diff']:>20.2e}")
+              f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['switch_s']:>10.3f}"
+              f"{r['unmerge_s']:>8.3f}{r['max_diff']:>20.2e}")
+    print("switch s: the engine going from one LoRA set to another (the first set's merged weights read again from "
+          "the model file, the second merged in); off s: back to no LoRA")
     return 0
 
 
@@ -225,7 +254,10 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
                          "chain reusing two references, CFG one forward vs two (tiny and mid configs only); lora: "
                          "step time with no LoRA, a LoRA on the fly, the same LoRA merged (same process); "
                          "comfyui-sweep: the seed sweep against ComfyUI core's graph queued in the provisioned "
-                         "ComfyUI 0.3.75 server (tests/comfy_server.py; [dev]-shaped tiny and mid configs)")
+                         "ComfyUI 0.3.75 server (tests/comfy_server.py; [dev]-shaped tiny and mid configs); "
+                         "quant-plan: planned VRAM / RAM of [dev] and [klein] 9B at 1024x1024 for bf16, fp8mixed, "
+                         "NVFP4, GGUF Q8_0 and Q4_K files (header twins, no data); quant-step: CPU step time of "
+                         "GGUF Q8_0 / Q4_K against fp32 (same process)")
     ap.add_argument("--sweep", type=int, default=8, help="images in the pipeline rows' seed sweep (>= 2)")
     ap.add_argument("--lora-rank", type=int, default=0,
                     help="lora rows: LoRA rank (default hidden/24, the Turbo LoRA's ratio on [dev])")
@@ -248,6 +280,13 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.worker and args.worker[0] == "quant":
+        import torch
+
+        from .local_quant import step_worker
+        model, _ = _build("ours", args.worker[1], torch.float32, "cpu")
+        print(json.dumps(step_worker(model, CONFIGS[args.worker[1]], args.worker[1], args.reps)))
+        return 0
     if args.worker and args.worker[0] == "lora":
         print(json.dumps(_lora_worker(args.worker[1], args.dtype, args.device, args.reps, args.lora_rank)))
         return 0
@@ -278,6 +317,17 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
         return 1
     if "lora" in kinds and _lora_rows(args, python) != 0:
         return 1
+    if "quant-plan" in kinds:
+        from .local_quant import plan_rows, print_plan
+        print_plan(plan_rows())
+    if "quant-step" in kinds:
+        from .local_quant import print_steps
+        for cfg in args.configs.split(","):
+            r = _run_json([python, "-m", ENGINE_MODULE, "--worker", "quant", cfg, "--reps", str(args.reps)],
+                          f"quant {cfg}")
+            if r is None:
+                return 1
+            print_steps(r, args.reps)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     if threads and ("pipeline" in kinds or "comfyui-sweep" in kinds):
         os.environ["OMP_NUM_THREADS"] = str(threads)         # the row workers (and the ComfyUI server) inherit it

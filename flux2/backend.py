@@ -12,9 +12,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .images import RefImage
+from .layout import Layout
 from .pricing import Estimate
+from .reference_urls import UrlReference
 from .rules import Rules
 from .run_context import RunContext
+
+# A reference image: pixels (encoded once, hashed), or a URL / Runware imageUUID (reference_urls.py) that a
+# backend taking URLs sends as it is and any other gets fetched. Both give width, height, sha256, size_known.
+Reference = RefImage | UrlReference
 
 
 @dataclass(frozen=True)
@@ -23,9 +29,11 @@ class GenerationRequest:
     width: int
     height: int
     seed: int
-    references: tuple[RefImage, ...] = ()  # or UrlReference (reference_urls.py) where given by URL
+    references: tuple[Reference, ...] = ()
     batch: int = 1
     node_id: str = ""                   # for progress/log lines ("node 7")
+    mask: RefImage | None = None        # FLUX 3.1 Image: white changes, black is kept (grey PNG, reference 1's aspect)
+    layout: Layout | None = None        # layout boxes (flux2/layout.py); refused by models that take none
 
     @property
     def seeds(self) -> list[int]:
@@ -56,10 +64,19 @@ class GenerationResult:
 class Backend(Protocol):
     """A configured backend. Holds no secret: keys are read from the environment at call time."""
 
-    kind: str                           # "runware" | "bfl" | "local"
+    kind: str                           # "runware" | "bfl" | "local" | "comfy"
     model_name: str
+    # What it takes beyond pixels, declared rather than probed: the URL reference forms it sends as they are
+    # ("url", Runware's "uuid"); every other backend is handed the fetched pixels (reference_urls.py).
+    takes_reference_urls: tuple[str, ...]
 
     def describe(self) -> str: ...
+
+    def host(self) -> str:
+        """The provider base URL it sends to ("" for none: local weights, ComfyUI core)."""
+
+    def cache_identity(self) -> dict | None:
+        """What decides its output besides the request (result cache key), or None: it is not cached."""
 
     def rules(self) -> Rules:
         """What a request may be on this model and backend (flux2/rules.py): validate, Flux2Size and
@@ -80,11 +97,17 @@ class Backend(Protocol):
 
 def cache_identity(backend: Backend, request: GenerationRequest) -> dict | None:
     """Everything that decides the output; None where the backend does not cache (e.g. local)."""
-    fn = getattr(backend, "cache_identity", None)
-    if fn is None:
+    identity = backend.cache_identity()
+    if identity is None:
         return None
-    return {**fn(), "prompt": request.prompt, "width": request.width, "height": request.height,
-            "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+    ident = {**identity, "prompt": request.prompt, "width": request.width, "height": request.height,
+             "seed": request.seed, "batch": request.batch, "references": [r.sha256 for r in request.references]}
+    # Only when present, so the keys of requests without them stay what they were.
+    if request.mask is not None:
+        ident["mask"] = request.mask.sha256
+    if request.layout is not None:
+        ident["layout"] = request.layout.identity()
+    return ident
 
 
 def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = None) -> GenerationResult:
@@ -138,10 +161,11 @@ def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str
         return GenerationResult(images=[img] * request.batch, seeds=request.seeds,
                                 cost_usd=None, info={"dry_run": True})
     backend.check_ready()
-    ctx.ledger.add_estimate(request.node_id, est)
-    ctx.check_budget()
+    ctx.ledger.add_estimate(request.node_id, est)       # the cap is held task by task (ctx.gate)
     result = backend.generate(request, ctx)
     ctx.ledger.add_billed(request.node_id, result.cost_usd)
+    if result.info.get("expanded_prompts"):
+        ctx.expanded_prompts[request.node_id or "?"] = list(result.info["expanded_prompts"])
     if key and len(result.images) == request.batch and not result.info.get("placeholders"):
         ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe())
     ctx.on_result(request, result)

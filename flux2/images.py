@@ -5,6 +5,7 @@ import base64
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ class RefImage:
     # Of the uint8 pixels: equal for an image this pack generated and the same image coming back as a
     # reference (IMAGE float round trip included), so a provider can be sent its own image id instead.
     pixels_sha256: str = ""
+    size_known: ClassVar[bool] = True   # decoded pixels; a UrlReference's size is assumed until fetched
 
     @property
     def data_uri(self) -> str:
@@ -80,6 +82,17 @@ def ref_from_array(array: np.ndarray) -> RefImage:
     png = encode(array, "PNG")
     return RefImage(png=png, width=array.shape[1], height=array.shape[0],
                     sha256=hashlib.sha256(png).hexdigest(), pixels_sha256=pixel_digest(array))
+
+
+def mask_from_tensor(mask) -> RefImage:
+    """ComfyUI MASK ([H, W] or [B, H, W] float 0..1, 1 = the part to change; the first of a batch) -> a
+    black/white PNG as BFL's FLUX 3.1 takes it: white changes, black is kept exactly, grey blends."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or mask.numel() == 0:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"expected a MASK tensor [H, W] or [B, H, W], got {shape}")
+    m = mask[0] if mask.ndim == 3 else mask                                    # [H, W]
+    grey = (m.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    return ref_from_array(np.repeat(grey[..., None], 3, axis=2))                # [H, W, 3]
 
 
 def decode(data: bytes, what: str = "image", error: type = InputError) -> np.ndarray:

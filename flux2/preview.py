@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from . import flux3
 from .errors import Flux2Error
 from .models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from .pricing import estimate, format_usd
@@ -107,14 +108,37 @@ def _resolve_size(size: Any, target: SizeLimits) -> tuple[int | None, int | None
     return _int(size.get("width"), "width"), _int(size.get("height"), "height"), None
 
 
+def layout_item(item: dict) -> dict[str, Any]:
+    """Flux2Layout's drawing: the boxes the engine reads from the node's text (flux2/layout.py)."""
+    from .layout import parse_layout
+
+    layout = parse_layout(item.get("boxes", ""))
+    return {"boxes": [{"id": b.id, "box": list(b.bbox or b.tgt_bbox),
+                       "source_box": list(b.src_bbox) if b.src_bbox else None, "moved": b.source is not None}
+                      for b in layout.boxes]}
+
+
 def preview_item(item: dict) -> dict[str, Any]:
     """One node's readout. Raises ValueError/Flux2Error for input it cannot use."""
+    if item.get("kind") == "layout":
+        return layout_item(item)
     backend = item.get("backend") or None
+    if backend is None and item.get("kind") == "size":
+        # Flux2Size's own backend input: with FLUX 3 Image it outputs the delivered size, so the readout does too.
+        fs = (item.get("size") or {}).get("flux2_size")
+        backend = (fs.get("backend") if isinstance(fs, dict) else None) or None
     local = bool(backend and backend.get("type") in LOCAL_BACKEND_TYPES)
     rules = _rules(None if local else backend)
     remote = rules is not DEFAULT_RULES
     limits = rules.sizes
     width, height, note = _resolve_size(item.get("size") or {}, limits)
+    if width is not None and height is not None and rules.sizing == "tiers" and width > 0 and height > 0:
+        # FLUX 3 Image makes its nearest aspect ratio x resolution: show what will be delivered.
+        aspect, tier = flux3.nearest(width, height)
+        delivered = flux3.delivered(aspect, tier)
+        if delivered != (width, height):
+            note = (note + "; " if note else "") + f"delivers {aspect} x {tier} = {delivered[0]}x{delivered[1]}"
+        width, height = delivered
     out: dict[str, Any] = {"width": width, "height": height, "note": note, "problems": [],
                            "backend": rules.name if remote else None, "limits": asdict(limits)}
     if width is not None and height is not None:
@@ -141,7 +165,8 @@ def preview_item(item: dict) -> dict[str, Any]:
             out["problems"].append(f"{len(refs)} references; this model takes at most {rules.max_refs}")
         # Unknown output size (edit following an unseen reference): price the 1 MP minimum and say so.
         ew, eh = (width, height) if width is not None else ASSUMED_REF_SIZE
-        est = estimate(get_model(str(backend["model"])), str(backend["provider"]), ew, eh, ref_sizes, batch)
+        est = estimate(get_model(str(backend["model"])), str(backend["provider"]), ew, eh, ref_sizes, batch,
+                       mode=str(backend.get("mode") or "quality"))       # FLUX 3.1's price depends on its mode
         out.update(usd=est.usd, cost=format_usd(est.usd) if est.usd is not None else None,
                    detail=est.detail, output_assumed=width is None)
     elif local:
@@ -153,7 +178,8 @@ def preview_item(item: dict) -> dict[str, Any]:
 
 
 def preview(body: Any) -> dict[str, Any]:
-    """``{"items": [{"id", "kind": "size"|"generate", "backend", "size", "references", "batch"}]}``
+    """``{"items": [{"id", "kind": "size"|"generate", "backend", "size", "references", "batch"}
+    | {"id", "kind": "layout", "boxes": text}]}``
     -> ``{"items": [{"id", ...readout} | {"id", "error"}]}``; one bad item never fails the others."""
     items = body.get("items") if isinstance(body, dict) else None
     if not isinstance(items, list):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .models import ModelSpec
+from . import flux3
+from .models import ModelSpec, ModePrice, TierPrice
 from .sizes import billed_megapixels
 
 
@@ -24,7 +25,8 @@ def format_usd(usd: float | None) -> str:
 
 
 def estimate(model: ModelSpec, provider: str, width: int, height: int,
-             reference_sizes: list[tuple[int, int]] = (), batch: int = 1, assumed_references: int = 0) -> Estimate:
+             reference_sizes: list[tuple[int, int]] = (), batch: int = 1, assumed_references: int = 0,
+             mode: str = "quality") -> Estimate:
     """USD for `batch` images of width x height with the given references.
 
     Rule (BFL's published per-MP pricing, also what Runware bills for BFL-hosted models): the first
@@ -36,6 +38,8 @@ def estimate(model: ModelSpec, provider: str, width: int, height: int,
     price = model.on(provider).price
     if price is None:
         return Estimate(None, f"{model.name} on {provider}: no published price; the billed cost is shown after the run")
+    if isinstance(price, (TierPrice, ModePrice)):
+        return _per_image(model, provider, price, width, height, batch, mode)
     out_mp = billed_megapixels(width, height)
     ref_mp = sum(billed_megapixels(w, h) for w, h in reference_sizes)
     one = price.first_output_mp + price.extra_output_mp * (out_mp - 1) + price.reference_mp * ref_mp
@@ -48,7 +52,22 @@ def estimate(model: ModelSpec, provider: str, width: int, height: int,
     return Estimate(round(one * batch, 6), detail, approximate=assumed_references > 0)
 
 
+def _per_image(model: ModelSpec, provider: str, price, width: int, height: int, batch: int, mode: str) -> Estimate:
+    """FLUX 3 Image: a price per image by resolution tier; FLUX 3.1 Image: by mode and size, approximate
+    (formula not published). References are free on both; each image of a batch is its own task."""
+    if isinstance(price, TierPrice):
+        aspect, tier = flux3.nearest(width, height)
+        one, what, approx = price.usd(tier), f"{aspect} x {tier}", False
+    else:
+        mode = mode if mode in ("fast", "quality") else "quality"
+        one, what, approx = flux3.flux31_price(mode, width, height), f"{width}x{height} {mode}", True
+    detail = (f"{model.name} on {provider}: {what} per image" + (f" x {batch} images" if batch > 1 else "")
+              + "; references free"
+              + ("; 3.1's price formula is not published: approximate" if approx else ""))
+    return Estimate(round(one * batch, 6), detail, approximate=approx)
+
+
 def reference_sizes(references) -> tuple[list[tuple[int, int]], int]:
     """(sizes, how many are assumed) of a request's references, for `estimate`."""
     sizes = [(r.width, r.height) for r in references]
-    return sizes, sum(1 for r in references if getattr(r, "size_known", True) is False)
+    return sizes, sum(1 for r in references if not r.size_known)

@@ -276,14 +276,14 @@ def prepare_references(backend, request, ctx):
     urls = [r for r in request.references if isinstance(r, UrlReference)]
     if not urls:
         return request
-    takes = tuple(getattr(backend, "takes_reference_urls", ()))
+    takes = backend.takes_reference_urls
     for r in urls:
         if r.kind == "uuid" and "uuid" not in takes:
             raise InputError(f"reference {r.value}: a Runware imageUUID can only be sent to the Runware backend")
     if ctx.dry_run and not ctx.strict:
         return request
     if "url" in takes:
-        host = backend.host() if hasattr(backend, "host") else ""
+        host = backend.host()
         # A loopback provider (demo, tests) fetches nothing, so there is nothing to protect, and the
         # documented example's URLs are unreachable offline; loopback mode probes anyway (tests).
         if not _is_loopback_host(host) or loopback_mode():

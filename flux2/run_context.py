@@ -50,16 +50,6 @@ class Ledger:
         return [n for n, e in self.estimates.items() if e.usd is None and self.billed.get(n) is None]
 
     @property
-    def committed_total(self) -> float:
-        """What the run has spent or is about to: billed where the provider said, else the estimate."""
-        with self._lock:
-            total = 0.0
-            for node, est in self.estimates.items():
-                billed = self.billed.get(node)
-                total += billed if billed is not None else (est.usd or 0.0)
-            return round(total, 6)
-
-    @property
     def approximate(self) -> bool:
         """Some estimate rests on an assumption (e.g. a URL reference of unknown size priced as 1 MP)."""
         return any(e.approximate for e in self.estimates.values())
@@ -79,6 +69,9 @@ class RunContext:
     strict: bool = False                 # dry run as a pre-flight check: missing keys are errors, not warnings
     budget_usd: float | None = None      # validated by flux2.budget.parse_usd
     allow_unpriced: bool = False         # under a cap, run calls without a published price (opt-in)
+    # The cap held task by task (flux2.budget.BudgetGate, or a batch item's Ticket drawn from one);
+    # made from budget_usd when not given.
+    gate: object | None = None
     progress: Callable[[str, float, float, str], None] | None = None   # (node, done, total, message)
     is_cancelled: Callable[[], bool] | None = None
     result_sink: Callable[[object, object], None] | None = None        # saves paid results at once
@@ -88,7 +81,14 @@ class RunContext:
     warnings: list = field(default_factory=list)          # "node N: message", one per node
     # provider -> content sha256 -> (provider image id, expiry epoch seconds)
     uploads: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    # node id -> the prompts as the provider expanded them (FLUX 3), kept in saved PNGs' metadata
+    expanded_prompts: dict[str, list] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.gate is None and self.budget_usd is not None:
+            from .budget import BudgetGate, Cap
+            self.gate = BudgetGate(Cap(self.budget_usd, "the budget cap", self.allow_unpriced))
 
     def record_plan(self, call, est: Estimate) -> None:
         self.planned.append((call, est))
@@ -115,13 +115,6 @@ class RunContext:
                 nodes_by_text.setdefault(line, [])
         return [text + (f" (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes)})" if nodes else "")
                 for text, nodes in nodes_by_text.items()]
-
-    def check_budget(self) -> None:
-        """Before each paid call: what is billed or estimated so far must stay under the cap."""
-        from .budget import Cap, check
-        if self.budget_usd is not None:
-            check(self.ledger.committed_total, self.ledger.unpriced_nodes(),
-                  Cap(self.budget_usd, "the budget cap", self.allow_unpriced), subject="the run so far")
 
     def on_result(self, request, result) -> None:
         if self.result_sink is not None:

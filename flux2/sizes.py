@@ -20,6 +20,7 @@ class SizeLimits:
     min_side: int = 64
     max_side: int = 2048
     max_pixels: int = 2048 * 2048
+    max_aspect: float | None = None   # longer side / shorter side at most this (FLUX 3.1: 8)
 
 
 FLUX2_SIZES = SizeLimits()
@@ -90,6 +91,8 @@ def validate_size(width: int, height: int, limits: SizeLimits, what: str = "size
     if width * height > limits.max_pixels:
         raise InputError(f"{what}: {width}x{height} is {megapixels(width, height):.2f} MP, "
                          f"over the limit of {limits.max_pixels / MEGAPIXEL:.2f} MP")
+    if limits.max_aspect and max(width, height) > limits.max_aspect * min(width, height):
+        raise InputError(f"{what}: {width}x{height} is more elongated than {limits.max_aspect:g}:1")
 
 
 def describe(width: int, height: int) -> str:

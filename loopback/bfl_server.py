@@ -17,6 +17,9 @@
   (the task ends with that status, e.g. "Error" or "Request Moderated"), `details` (the `details` of
   that final answer), `pending_polls` (this task stays Pending for that many polls) and `forget`
   (accepted, then unknown to polls); on poll `patch_answer`.
+- FLUX 3 Image / FLUX 3.1 Image (`/v1/flux-3-image`, `/v1/flux-3.1-image`): their closed schemas,
+  statuses Pending -> Reasoning -> Generating -> Ready and the expanded prompt and provider seed in the
+  result, in `loopback/flux3.py`. `retired=(path, ...)`: endpoints answering 410 Gone.
 Prices are this server's own table (BFL's published ones), not imported from the pack, so the
 client's estimate is checked against an independent source.
 """
@@ -36,6 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
+from . import flux3
 from .base import JsonHandler, LoopbackServer, render, url_stand_in
 
 # endpoint -> (max references, (first MP, each extra output MP, each reference MP) in credits,
@@ -43,7 +47,8 @@ from .base import JsonHandler, LoopbackServer, render, url_stand_in
 ENDPOINTS = {
     "/v1/flux-2-pro": (8, (3.0, 1.5, 1.5), {"prompt_upsampling"}),
     "/v1/flux-2-max": (8, (7.0, 3.0, 3.0), {"prompt_upsampling"}),
-    "/v1/flux-2-flex": (8, (6.0, 6.0, 6.0), {"prompt_upsampling", "steps", "guidance"}),
+    # [flex]: 5 credits per MP in and out (BFL's skills repository, model-selection-guide.md; docs.bfl.ai pricing)
+    "/v1/flux-2-flex": (8, (5.0, 5.0, 5.0), {"prompt_upsampling", "steps", "guidance"}),
     "/v1/flux-2-klein-4b": (4, (1.4, 0.1, 0.1), set()),
     "/v1/flux-2-klein-9b": (4, (1.5, 0.2, 0.2), set()),
 }
@@ -140,7 +145,10 @@ class BflHandler(JsonHandler):
             body = None
         self.app.record({"route": "submit", "path": path, "x_key_sent": sent, "x_key_ok": ok,
                          "body": body, "at": time.monotonic()})
-        if path not in ENDPOINTS:
+        if path in self.app.retired:             # an endpoint BFL stopped serving: 410 Gone
+            self.send_json(410, {"detail": f"{path} has been retired"})
+            return
+        if path not in ENDPOINTS and path not in flux3.ENDPOINTS:
             self.send_json(404, {"detail": "Not Found"})
             return
         if self.refuse_auth(sent, ok):
@@ -149,15 +157,10 @@ class BflHandler(JsonHandler):
         if handled:
             return
         fault = fault or {}
-        problems, refs = self.check_body(path, body)
+        problems, refs, width, height, cost = self.checked(path, body)
         if problems:
             self.send_json(422, {"detail": problems})
             return
-        width, height = self.output_size(body, refs)
-        max_refs, price, _ = ENDPOINTS[path]
-        first, extra, per_ref = price
-        cost = round(first + extra * (_mp(width, height) - 1)
-                     + per_ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 4)
         app = self.app
         with app.lock:
             refused = 429 if len(app.active) >= app.max_active else (
@@ -188,8 +191,24 @@ class BflHandler(JsonHandler):
             "input_mp": round(sum(r.shape[0] * r.shape[1] for r in refs) / (1024 * 1024), 4),
             "output_mp": round(width * height / (1024 * 1024), 4),
         }
+        if path in flux3.ENDPOINTS:          # FLUX 3 answers {id, polling_url}; the cost comes with the poll
+            answer = {"id": task.id, "polling_url": answer["polling_url"]}
         # drop / garble / cut_json / hold_s / dribble_s: accepted (and billed) but the answer is lost.
         self.answer(200, dict(answer, **fault.get("patch", {})), fault)
+
+    def checked(self, path: str, body) -> tuple[list[dict], list, int, int, float]:
+        """(422 problems, references, output width, height, cost in credits) of a submit body."""
+        if path in flux3.ENDPOINTS:
+            problems, refs, _mask, (width, height) = flux3.check(path, body, self.decode_image)
+            return problems, refs, width, height, (flux3.credits(path, body, width, height) if not problems else 0)
+        problems, refs = self.check_body(path, body)
+        if problems:
+            return problems, refs, 0, 0, 0
+        width, height = self.output_size(body, refs)
+        _, (first, extra, per_ref), _ = ENDPOINTS[path]
+        cost = round(first + extra * (_mp(width, height) - 1)
+                     + per_ref * sum(_mp(r.shape[1], r.shape[0]) for r in refs), 4)
+        return problems, refs, width, height, cost
 
     def check_body(self, path: str, body) -> tuple[list[dict], list]:
         if not isinstance(body, dict):
@@ -331,8 +350,9 @@ class BflLoopback(LoopbackServer):
 
     def __init__(self, port: int = 0, api_key: str = "loopback-key", polls_until_ready: int = 2,
                  task_delay_s: float = 0.0, url_ttl_s: float = 600.0, max_active: int = 24,
-                 credits: float | None = None, polling_origin: str | None = None):
+                 credits: float | None = None, polling_origin: str | None = None, retired: tuple = ()):
         super().__init__(port, api_key)
+        self.retired = set(retired)           # endpoint paths answering 410 Gone (a model BFL stopped serving)
         self.polls_until_ready = polls_until_ready
         self.task_delay_s = task_delay_s
         self.url_ttl_s = url_ttl_s
@@ -369,6 +389,16 @@ class BflLoopback(LoopbackServer):
         return round(self.billed_credits / 100, 6)
 
     # -- task progression ---------------------------------------------------------------------
+    def flux3_ready(self, task: Task) -> dict:
+        """FLUX 3's Ready answer: the provider's own seed, the expanded prompt, times and the cost."""
+        seed, prompt = flux3.provider_seed(), flux3.expand(task.body["prompt"])
+        data, mime = _encode(render(prompt, seed, task.width, task.height, task.refs), "JPEG")
+        self.store_image(task.id, data, mime)
+        now = time.time()
+        result = {"sample": f"{self.origin}/results/{task.id}/sample.jpeg", "prompt": prompt, "seed": seed,
+                  "start_time": round(now - 1.0, 3), "end_time": round(now, 3), "duration": 1.0, "cost": task.cost}
+        return {"id": task.id, "status": "Ready", "result": result, "progress": 1.0, "cost": task.cost}
+
     def advance(self, task: Task) -> dict:
         with self.lock:
             task.polls += 1
@@ -380,10 +410,14 @@ class BflLoopback(LoopbackServer):
                 frac = task.polls / max(needed, 1)
                 if self.task_delay_s > 0:
                     frac = min(frac, elapsed / self.task_delay_s)
-                return {"id": task.id, "status": "Pending", "result": None, "progress": round(min(frac, 0.99), 3)}
+                status = flux3.stage(task.polls, self.polls_until_ready) if task.endpoint in flux3.ENDPOINTS \
+                    else "Pending"
+                return {"id": task.id, "status": status, "result": None, "progress": round(min(frac, 0.99), 3)}
             status = task.final_status or ("Content Moderated" if NSFW_WORD in task.body.get("prompt", "") else "Ready")
         answer = {"id": task.id, "status": status, "result": None, "progress": None}
-        if status == "Ready":
+        if status == "Ready" and task.endpoint in flux3.ENDPOINTS:
+            answer = self.flux3_ready(task)
+        elif status == "Ready":
             seed = task.body.get("seed")
             seed = seed if seed is not None else 0
             fmt = "PNG" if task.body.get("output_format") == "png" else "JPEG"

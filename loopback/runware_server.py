@@ -28,6 +28,7 @@ import uuid
 import numpy as np
 from PIL import Image
 
+from . import flux3
 from .base import JsonHandler, LoopbackServer, encode, render, url_stand_in
 
 # AIR -> (min side, max side, max refs, (first MP, extra MP, reference MP) or None)
@@ -279,7 +280,9 @@ class RunwareHandler(JsonHandler):
 
     def image_inference(self, task, fault) -> list[dict]:
         model = task.get("model")
-        if model not in MODELS:
+        if model == flux3.RUNWARE_AIR:
+            return self.flux3_inference(task)
+        if model not in MODELS or model in self.app.retired:
             raise TaskError(_err("invalidModel", f"Model {model!r} does not exist", task, "model"))
         lo, hi, max_refs, price = MODELS[model]
         prompt = task.get("positivePrompt")
@@ -344,6 +347,8 @@ class RunwareHandler(JsonHandler):
         if price:
             first, extra, ref = price
             cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(ref_mp), 6)
+        if self.app.charge_usd is not None:
+            cost = self.app.charge_usd              # a provider whose price is not the published one
         results = []
         for i in range(n):
             image_seed = seed + i
@@ -376,6 +381,39 @@ class RunwareHandler(JsonHandler):
         return results
 
 
+    def flux3_inference(self, task) -> list[dict]:
+        """FLUX 3 Image: a size from its table, no seed; the result reports the provider's seed."""
+        problem = flux3.runware_problem(task)
+        if problem:
+            raise TaskError(_err(problem[0], problem[1], task, problem[2]))
+        prompt = task.get("positivePrompt")
+        if not isinstance(prompt, str) or not 1 <= len(prompt) <= 15000:
+            raise TaskError(_err("invalidPositivePrompt", "positivePrompt must be 1-15000 characters", task,
+                                 "positivePrompt"))
+        refs_in = (task.get("inputs") or {}).get("referenceImages", [])
+        if not isinstance(refs_in, list) or len(refs_in) > 10:
+            raise TaskError(_err("invalidReferenceImages", "At most 10 reference images", task, "inputs.referenceImages"))
+        refs = [self.decode_image(r, task, "inputs.referenceImages") for r in refs_in]
+        w, h, seed = task["width"], task["height"], flux3.provider_seed()
+        data, mime = encode(render(prompt, seed, w, h, refs), task.get("outputFormat", "JPG"))
+        image_uuid = str(uuid.uuid4())
+        self.app.store_image(image_uuid, data, mime)
+        item = {"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": image_uuid, "seed": seed,
+                "imageURL": f"{self.app.origin}/image/{image_uuid}.{task.get('outputFormat', 'JPG').lower()}",
+                "NSFWContent": False}
+        cost = flux3.runware_cost(w, h)
+        if task.get("includeCost"):
+            item["cost"] = cost
+        with self.app.lock:
+            self.app.image_born[image_uuid] = time.time()
+            self.app.uploads[image_uuid] = render(prompt, seed, w, h, refs)
+            self.app.billed += cost
+            self.app.billed_tasks.append(task["taskUUID"])
+            self.app.results[task["taskUUID"]] = item
+            self.app.processing.discard(task["taskUUID"])
+        return [item]
+
+
 class TaskError(Exception):
     def __init__(self, error: dict):
         super().__init__(error.get("message"))
@@ -393,9 +431,13 @@ def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:
 class RunwareLoopback(LoopbackServer):
     handler_class = RunwareHandler
 
-    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0, task_s: float = 0.0):
+    def __init__(self, port: int = 0, api_key: str = "loopback-key", url_ttl_s: float = 600.0, task_s: float = 0.0,
+                 charge_usd: float | None = None, retired: tuple = ()):
         super().__init__(port, api_key)
+        self.retired = set(retired)           # AIR ids answered like an unknown model (invalidModel)
         self.url_ttl_s = url_ttl_s
+        # Bill (and report) this per task instead of the price table: a price change the client has not heard of.
+        self.charge_usd = charge_usd
         self.task_s = task_s                  # seconds each imageInference task takes (0: as fast as it renders)
         self.peak_processing = 0              # most imageInference tasks in progress at once
         self.uploads: dict[str, np.ndarray] = {}

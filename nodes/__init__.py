@@ -7,6 +7,7 @@ import logging
 from .backend_nodes import Flux2RemoteBackend
 from .catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from .generate_nodes import Flux2Edit, Flux2TextToImage
+from .layout_node import Flux2Layout
 from .lora_node import Flux2LoRA
 from .reference_nodes import Flux2ReferenceURL
 from .util_nodes import Flux2Seed, Flux2Size
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS.update({
     "Flux2Size": Flux2Size,
     "Flux2ReferenceURL": Flux2ReferenceURL,
     "Flux2LoRA": Flux2LoRA,
+    "Flux2Layout": Flux2Layout,
 })
 NODE_DISPLAY_NAME_MAPPINGS.update({
     "Flux2RemoteBackend": "FLUX.2 Remote Backend (Runware / BFL)",
@@ -28,6 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS.update({
     "Flux2Size": "FLUX.2 Size",
     "Flux2ReferenceURL": "FLUX.2 Reference by URL",
     "Flux2LoRA": "FLUX.2 LoRA",
+    "Flux2Layout": "FLUX Layout boxes (FLUX 3)",
 })
 
 # The local backends are optional at import time: a broken extra must not hide the remote nodes, nor each other.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall
@@ -64,12 +65,19 @@ class ComfyCoreBackend:
     sampler_name: str = "euler"
     model_name: str = "FLUX.2 (ComfyUI MODEL)"
     kind: str = field(default="comfy", init=False)
+    takes_reference_urls = ()           # URL references arrive fetched: ComfyUI's VAE encodes pixels
 
     def __post_init__(self):
         if not 1 <= self.steps <= 200:
             raise InputError(f"steps must be 1..200, got {self.steps}")
         if self.guidance < 0 or self.cfg < 0:
             raise InputError("guidance and cfg must be >= 0")
+
+    def host(self) -> str:
+        return ""                       # runs in this process
+
+    def cache_identity(self) -> None:
+        return None                     # ComfyUI core objects have no stable identity to key a cache on
 
     def describe(self) -> str:
         return (f"ComfyUI core {self.model_name} ({self.steps} steps, {self.sampler_name}, guidance "
@@ -121,7 +129,7 @@ class ComfyCoreBackend:
         real_cfg = self.cfg != 1.0
         negative = self._encode("", node_helpers) if real_cfg else None
         for i, ref in enumerate(request.references, 1):
-            pixels = torch.from_numpy(prepare_reference_array(ref.png, i)).float().div(255.0)[None]  # [1, h, w, 3]
+            pixels = reference_pixels(ref.png, i)                                              # [1, h, w, 3]
             latent = self.vae.encode(pixels)                                                   # [1, 128, h/16, w/16]
             positive = node_helpers.conditioning_set_values(positive, {"reference_latents": [latent]}, append=True)
             if real_cfg:
@@ -166,6 +174,13 @@ def prepare_reference_array(png: bytes, index: int):
 
     from ..flux2.local.pipeline import prepare_reference
     return prepare_reference(Image.fromarray(decode(png, f"reference {index}")))
+
+
+def reference_pixels(png: bytes, index: int) -> torch.Tensor:
+    """A reference as ComfyUI's IMAGE, [1, h, w, 3] float 0..1. The prepared array views PIL's read-only
+    buffer; torch.from_numpy on it warns (ComfyUI 0.33 shows that in its log), so it is copied first."""
+    arr = np.array(prepare_reference_array(png, index), dtype=np.uint8, copy=True)  # [h, w, 3], writable
+    return torch.from_numpy(arr).float().div(255.0)[None]
 
 
 class Flux2ComfyBackend(BackendNode):

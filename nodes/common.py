@@ -1,7 +1,13 @@
 """Input declarations shared by the nodes, so every node spells a widget the same way."""
 from __future__ import annotations
 
+from ..flux2.models import MODELS
 from ..flux2.rules import FLUX2_SIZES, MAX_SEED, WIDGET_MAX_BATCH   # the widgets stop where every backend's rules do
+
+# Width/height widgets reach the largest side any model takes (FLUX 3.1 Image: 11584 at 8:1); each backend's
+# rules then say what its model takes, so the widget never hides a size a model could make.
+WIDGET_MAX_SIDE = max(m.max_side for m in MODELS.values())
+LAYOUT_TYPE = "FLUX2_LAYOUT"
 
 BACKEND_TYPE = "FLUX2_BACKEND"
 # A reference given by URL travels as its own type; Flux2Edit's reference sockets take either it or an
@@ -21,7 +27,7 @@ def batch_input(tooltip: str) -> tuple:
 
 
 def side_input(default: int, tooltip: str, minimum: int = 64) -> tuple:
-    return ("INT", {"default": default, "min": minimum, "max": FLUX2_SIZES.max_side, "step": FLUX2_SIZES.multiple,
+    return ("INT", {"default": default, "min": minimum, "max": WIDGET_MAX_SIDE, "step": FLUX2_SIZES.multiple,
                     "tooltip": tooltip})
 
 

@@ -35,6 +35,8 @@ def _list(kind: str) -> list[str]:
         for folder in _COMFY_KINDS[kind]:
             try:
                 names += fp.get_filename_list(folder)
+                if kind in ("diffusion_models", "text_encoders"):
+                    names += _gguf_names(fp, folder)
             except KeyError:    # a folder this ComfyUI version does not know
                 log.debug("ComfyUI has no %r model folder; listing the others", folder)
             except OSError as exc:  # a model folder unreadable, or removed while ComfyUI lists it
@@ -49,6 +51,19 @@ def _list(kind: str) -> list[str]:
         from ..flux2.local.weights.models_dir import list_files
         names += list_files(kind, root)
     return sorted(set(names))
+
+
+def _gguf_names(fp, folder: str) -> list[str]:
+    """.gguf files under a ComfyUI model folder: ComfyUI lists only its own extensions (.gguf only where
+    ComfyUI-GGUF registered it), and get_full_path resolves any name inside the folder."""
+    from pathlib import Path
+
+    out = []
+    for base in fp.get_folder_paths(folder):
+        b = Path(base)
+        if b.is_dir():
+            out += [p.relative_to(b).as_posix() for p in b.rglob("*.gguf") if p.is_file()]
+    return out
 
 
 def _resolve(name: str, kind: str):
@@ -87,10 +102,13 @@ class Flux2LocalBackend(BackendNode):
                                  "[dev]: 32B, embedded guidance, ~28-50 steps."}),
             "diffusion_model": (diffusion, {"default": diffusion[0],
                                 "tooltip": "Transformer weights in models/diffusion_models (BFL/ComfyUI single file, "
-                                           "bf16 or fp8). (none): take it from the diffusers folder."}),
+                                           "bf16, fp8, NVFP4 or a ComfyUI-GGUF .gguf). (none): take it from the "
+                                           "diffusers folder."}),
             "text_encoder": (te, {"default": te[0],
-                             "tooltip": "Qwen3 (klein) or Mistral Small 3.2 (dev) in models/text_encoders; its "
-                                        "tokenizer.json must sit beside it as <name>.tokenizer.json."}),
+                             "tooltip": "Qwen3 (klein) or Mistral Small 3.2 (dev) in models/text_encoders "
+                                        "(safetensors, or a llama.cpp .gguf: qwen3 / llama). klein uses the bundled "
+                                        "Qwen3 tokenizer; a tokenizer.json beside the file as <name>.tokenizer.json "
+                                        "wins (a Mistral .gguf needs one)."}),
             "vae": (vae, {"default": vae[0], "tooltip": "The FLUX.2 VAE (32 latent channels) in models/vae."}),
             "diffusers_folder": (diffusers, {"default": diffusers[0],
                                  "tooltip": "A diffusers FLUX.2 folder (with model_index.json) under models/diffusers; "

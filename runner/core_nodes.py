@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextvars
 import glob
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
@@ -72,6 +74,35 @@ def save_target(root: Path, prefix: str, what: str = "SaveImage filename_prefix"
     return target
 
 
+def check_output_folder(folder: Path, what: str) -> None:
+    """Before any paid call: `folder` is a folder this process can write in, or one it can create.
+
+    The nearest part of the path that exists must be a folder, and a file can be made in it (tried with a
+    temporary file that is removed at once: permission bits say nothing for root, nor for a read-only
+    or virtual file system such as /proc). Nothing is created otherwise, so a dry run leaves no trace."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.is_symlink():
+            raise InputError(f"{what} {folder}: {probe} is a broken symbolic link")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file, not a folder" if probe == folder else f"cannot be made: {probe} is a file"
+        raise InputError(f"{what} {folder} {where}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".flux2-write-check-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+        if probe != folder:           # the first folder to create: can it be made here?
+            test = Path(tempfile.mkdtemp(prefix=".flux2-write-check-", dir=probe))
+            test.rmdir()
+    except OSError as exc:
+        raise InputError(f"{what} {folder} cannot be written"
+                         + (f" ({probe}: {exc.strerror})" if exc.strerror else "")) from None
+
+
 @dataclass
 class RunFolders:
     """Where LoadImage reads and SaveImage writes during one run, and what it wrote."""
@@ -124,6 +155,39 @@ class LoadImage:
         return (tensor, mask)
 
 
+class LoadImageMask:
+    """Core's LoadImageMask: one channel of an image file as a MASK [1, H, W]; for `alpha`, transparent = 1
+    (core inverts alpha), as ComfyUI 0.3.75 does."""
+    CATEGORY = "mask"
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "load_image"
+    CHANNELS = ("alpha", "red", "green", "blue")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("STRING", {"image_upload": True}), "channel": (list(cls.CHANNELS),)}}
+
+    def load_image(self, image, channel, upload=None):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        folders = current_folders()
+        roots = (folders.input_dir, *folders.more_input_dirs)
+        path = next((p for p in (safe_join(r, image, "LoadImageMask") for r in roots) if p.is_file()), None)
+        if path is None:
+            raise InputError(f"LoadImageMask: {image!r} not found in {' or '.join(str(r) for r in roots)}")
+        if channel not in self.CHANNELS:
+            raise InputError(f"LoadImageMask: channel must be one of {', '.join(self.CHANNELS)}")
+        load_image_file(path, f"LoadImageMask {image!r}")          # the same checks as every image
+        with Image.open(path) as img:
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0   # [H, W, 4]
+        mask = rgba[..., self.CHANNELS.index(channel) - 1 if channel != "alpha" else 3]
+        if channel == "alpha":
+            mask = 1.0 - mask
+        return (torch.from_numpy(np.ascontiguousarray(mask))[None],)        # [1, H, W]
+
+
 class SaveImage:
     CATEGORY = "image"
     RETURN_TYPES = ()
@@ -140,6 +204,8 @@ class SaveImage:
         # Checked in the dry run too, so a bad prefix fails before the first paid call of the graph.
         target = save_target(folders.output_dir, filename_prefix)
         if not folders.save:
+            if target.parent != Path(folders.output_dir).resolve():     # a subfolder the prefix names
+                check_output_folder(target.parent, f"SaveImage filename_prefix {filename_prefix!r}:")
             return {"ui": {"images": []}}
         target.parent.mkdir(parents=True, exist_ok=True)
         counter = _next_counter(target)
@@ -150,6 +216,10 @@ class SaveImage:
             meta.add_text("prompt", json.dumps(folders.prompt_json))
         if folders.workflow_json is not None:
             meta.add_text("workflow", json.dumps(folders.workflow_json))
+        expanded = _expanded_prompts()
+        if expanded:
+            # FLUX 3 rewrites every prompt before generating: what it actually drew from, per node.
+            meta.add_text("flux3_expanded_prompts", json.dumps(expanded))
         results = []
         for i, array in enumerate(arrays):
             path = target.parent / f"{target.name}_{counter + i:05}_.png"
@@ -157,6 +227,11 @@ class SaveImage:
             folders.saved.append(path)
             results.append({"filename": path.name, "subfolder": str(path.parent), "type": "output"})
         return {"ui": {"images": results}}
+
+
+def _expanded_prompts() -> dict:
+    from ..flux2.run_context import current
+    return dict(current().expanded_prompts)
 
 
 class PreviewImage(SaveImage):
@@ -181,7 +256,8 @@ def _next_counter(target: Path) -> int:
     return highest + 1
 
 
-CORE_NODES = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+CORE_NODES = {"LoadImage": LoadImage, "LoadImageMask": LoadImageMask, "SaveImage": SaveImage,
+              "PreviewImage": PreviewImage}
 
 
 def headless_registry(pack_nodes: dict) -> dict:

@@ -79,6 +79,26 @@ class Executor:
                    and isinstance(n.inputs.get("images"), Link) and n.inputs["images"].node == node_id
                    for n in self.nodes.values())
 
+    def reaches_save(self, node_id: str) -> bool:
+        """Whether a SaveImage takes this node's output, directly or through other nodes (a chained edit
+        whose result is saved); PreviewImage keeps nothing headless."""
+        users: dict[str, list[str]] = {}
+        for n in self.nodes.values():
+            for value in n.inputs.values():
+                if isinstance(value, Link):
+                    users.setdefault(value.node, []).append(n.id)
+        seen, todo = set(), [node_id]
+        while todo:
+            current = todo.pop()
+            for user in users.get(current, ()):
+                if user in seen:
+                    continue
+                if self.nodes[user].class_type == "SaveImage":
+                    return True
+                seen.add(user)
+                todo.append(user)
+        return False
+
     def _call(self, node: Node, outputs: dict) -> tuple:
         cls = self.registry[node.class_type]
         kwargs = {}

@@ -168,7 +168,10 @@ def from_ui(data: dict, registry: dict) -> dict[str, Node]:
     raw_nodes = {}
     for n in _ui_list(data, "nodes"):
         if isinstance(n, dict) and "id" in n:
-            raw_nodes[_node_id(n["id"])] = n
+            node_id = _node_id(n["id"])
+            if node_id in raw_nodes:        # the second would silently replace the first (and its links)
+                raise InputError(f"workflow has two nodes with id {node_id}; node ids must be unique")
+            raw_nodes[node_id] = n
     links = _ui_links(data)
 
     def source(link_id) -> Link:

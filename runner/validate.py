@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import re
 
 from ..flux2.errors import InputError
+from ..flux2.models import MAX_REFS_ANY
 from .graph import Link, Node
 
 
@@ -18,6 +20,7 @@ def check_graph(nodes: dict[str, Node], order: list[str], registry: dict) -> Non
         types = cls.INPUT_TYPES()
         required = types.get("required") or {}
         optional = types.get("optional") or {}
+        _check_undeclared_links(node, {**required, **optional})
         for name, spec in {**required, **optional}.items():
             present = name in node.inputs and node.inputs[name] is not None
             if not present:
@@ -29,6 +32,21 @@ def check_graph(nodes: dict[str, Node], order: list[str], registry: dict) -> Non
                 _check_link(nodes, registry, node, name, spec, value)
             else:
                 _check_value(node, name, spec, value)
+
+
+def _check_undeclared_links(node: Node, declared: dict) -> None:
+    """A link into an input the node does not have would be dropped without a word (an image that never
+    arrives: a 9th reference on Flux2Edit, whose sockets stop at the most any model takes)."""
+    extra = sorted(name for name, value in node.inputs.items() if isinstance(value, Link) and name not in declared)
+    if not extra:
+        return
+    refs = [n for n in extra if re.fullmatch(r"reference_\d+", n)]
+    if refs and node.class_type == "Flux2Edit":
+        linked = sum(1 for n, v in node.inputs.items() if isinstance(v, Link) and n.startswith("reference_"))
+        raise InputError(f"{_label(node)}: {linked} references linked ({', '.join(refs[:3])} beyond its sockets); "
+                         f"it takes at most {MAX_REFS_ANY} (reference_1..reference_{MAX_REFS_ANY}), fewer on "
+                         "some models")
+    raise InputError(f"{_label(node)}: input {extra[0]!r} is linked, but the node has no such input")
 
 
 def _check_link(nodes, registry, node, name, spec, link: Link) -> None:

@@ -138,7 +138,7 @@ class Graph:
                 values.append(n["widgets"][name])
                 if has_control_widget(name, spec):
                     values.append(n["widgets"].get("_control", "fixed"))
-            if n["kind"] == "LoadImage":
+            if n["kind"] in ("LoadImage", "LoadImageMask"):
                 values.append(n["widgets"].get("upload", "image"))   # core's upload button widget
             names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
             outputs = [{"name": names[i], "type": t, "links": out_links.get((n["id"], i), []), "slot_index": i}
@@ -260,11 +260,65 @@ def dev_turbo_lora() -> Graph:
     return g
 
 
+# FLUX 3 examples (issue 23): BFL direct with BFL_API_KEY; the optional backend widgets say their values.
+EXAMPLE_MASK = "flux2_example_ref_mask.png"      # matches the examples' glob, so ComfyUI's input/ gets it too
+FLUX3_LAYOUT = ("lighthouse | 0.10 0.55 0.85 0.80 | a white lighthouse with a red lantern room\n"
+                "boat | 0.62 0.08 0.92 0.45 | a small blue fishing boat")
+
+
+def flux3_backend(g: Graph, pos, model: str, grounding: str = "default", mode: str = "default") -> int:
+    return g.add("Flux2RemoteBackend", {"provider": "bfl", "model": model, "prompt_upsampling": False,
+                                        "safety_tolerance": 2, "output_format": "PNG", "output_quality": 95,
+                                        "steps": 0, "guidance": 0.0, "on_moderation": "error",
+                                        "grounding": grounding, "mode": mode}, pos)
+
+
+def flux3_text_to_image() -> Graph:
+    """FLUX 3 Image: Flux2Size with the backend connected gives the size it delivers (16:9 x 1.5k = 2048x1152)."""
+    g = Graph()
+    b = flux3_backend(g, (40, 60), "FLUX 3 Image", grounding="off")
+    size = g.add("Flux2Size", {"aspect_ratio": "16:9", "megapixels": 2.0, "width": 1024, "height": 1024}, (40, 460),
+                 {"backend": (b, 0)})
+    t2i = g.add("Flux2TextToImage", {"prompt": "a lighthouse on a basalt cliff at dawn, long exposure sea, film photo",
+                                     "width": 2048, "height": 1152, "seed": 0, "_control": "fixed", "batch_size": 1},
+                (420, 60), {"backend": (b, 0), "width": (size, 0), "height": (size, 1)})
+    g.add("SaveImage", {"filename_prefix": "flux3/lighthouse"}, (860, 60), {"images": (t2i, 0)})
+    return g
+
+
+def flux3_masked_edit() -> Graph:
+    """FLUX 3.1 Image inpainting: reference 1 and a mask (white changes) from LoadImageMask's red channel."""
+    g = Graph()
+    b = flux3_backend(g, (40, 60), "FLUX 3.1 Image", mode="fast")
+    ref = g.add("LoadImage", {"image": EXAMPLE_IMAGE.format(1), "upload": "image"}, (40, 460))
+    mask = g.add("LoadImageMask", {"image": EXAMPLE_MASK, "channel": "red", "upload": "image"}, (40, 800))
+    edit = g.add("Flux2Edit", {"prompt": "replace the masked square with a round stained-glass window", "width": 0,
+                               "height": 0, "seed": 0, "_control": "fixed", "batch_size": 1},
+                 (420, 60), {"backend": (b, 0), "reference_1": (ref, 0), "mask": (mask, 0)})
+    g.add("SaveImage", {"filename_prefix": "flux3/masked_edit"}, (860, 60), {"images": (edit, 0)})
+    return g
+
+
+def flux3_layout() -> Graph:
+    """Flux2Layout boxes on FLUX 3 Image (appended to the prompt as BFL documents), 4:3 x 1k = 1184x880."""
+    g = Graph()
+    b = flux3_backend(g, (40, 60), "FLUX 3 Image")
+    layout = g.add("Flux2Layout", {"boxes": FLUX3_LAYOUT}, (40, 460))
+    t2i = g.add("Flux2TextToImage", {"prompt": "a postcard of <lighthouse_1> on a rocky coast with <boat_1> in the bay",
+                                     "width": 1184, "height": 880, "seed": 0, "_control": "fixed", "batch_size": 1},
+                (420, 60), {"backend": (b, 0), "layout": (layout, 0)})
+    g.add("SaveImage", {"filename_prefix": "flux3/layout"}, (860, 60), {"images": (t2i, 0)})
+    return g
+
+
 def reference_images() -> None:
     from PIL import Image
     prompts = ("salt arches", "amber dusk palette", "crystal ripple texture")
     for i, text in enumerate(prompts, start=1):
         Image.fromarray(render(text, i, 512, 512)).save(OUT / EXAMPLE_IMAGE.format(i), optimize=True)
+    mask = Image.new("L", (512, 512), 0)
+    mask.paste(255, (160, 128, 352, 320))              # white: the part FLUX 3.1 changes
+    mask.convert("RGB").save(OUT / EXAMPLE_MASK, optimize=True)
 
 
 def main() -> None:
@@ -273,7 +327,8 @@ def main() -> None:
     for name, build in (("flux2_text_to_image", text_to_image), ("flux2_multi_reference_edit", multi_reference_edit),
                         ("flux2_local_references_edit", local_references_edit),
                         ("flux2_chain_edit", chain), ("flux2_core_models", core_models),
-                        ("flux2_dev_turbo_lora", dev_turbo_lora)):
+                        ("flux2_dev_turbo_lora", dev_turbo_lora), ("flux3_text_to_image", flux3_text_to_image),
+                        ("flux3_1_masked_edit", flux3_masked_edit), ("flux3_layout", flux3_layout)):
         g = build()
         (OUT / f"{name}.json").write_text(json.dumps(g.ui(), indent=1) + "\n")
         (OUT / "api" / f"{name}.json").write_text(json.dumps(g.api(), indent=1) + "\n")

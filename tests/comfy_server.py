@@ -69,7 +69,7 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "comfyui"
 # Environment variables handed to the server process (fnmatch patterns); everything else is
 # dropped, so a developer's real keys never leak into a test server by accident.
 DEFAULT_ENV_PASSTHROUGH = ("RUNWARE_*", "BFL_*", "FLUX2_*", "COMFYUI_FLUX2_*")
-_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER",
+_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "OMP_NUM_THREADS",
              "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 # core extras that cannot import here (no torchaudio wheel for the CPU torch): expected
@@ -333,6 +333,24 @@ def provision(cache_dir: str | os.PathLike[str] | None = None) -> Installation:
         stamp.write_text(json.dumps(key, indent=2) + "\n")
         _log(f"ComfyUI provisioned in {time.monotonic() - t0:.1f}s")
     return inst
+
+
+def comfyui_version(install: Installation) -> str:
+    """The version the ComfyUI under test says it is (its ``comfyui_version.py``), e.g. ``0.3.75``."""
+    m = re.search(r'__version__\s*=\s*"([^"]+)"', (install.comfy_dir / "comfyui_version.py").read_text())
+    return m.group(1) if m else "unknown"
+
+
+def installed_frontend_version(install: Installation | None = None) -> str:
+    """The ``comfyui-frontend-package`` release the server serves by default (1.32.9 with 0.3.75, 1.49.6
+    with 0.33), read from the server's own interpreter: it differs between ComfyUI releases."""
+    install = install or provision()
+    out = subprocess.run([str(install.python), "-c", "from importlib.metadata import version; "
+                          "print(version('comfyui-frontend-package'))"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode:
+        raise RuntimeError(f"{install.python}: no comfyui-frontend-package: {out.stderr.strip()[-500:]}")
+    return out.stdout.strip()
 
 
 def provision_frontend(version: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -2,11 +2,22 @@
 the repository root collected as a plain folder."""
 from __future__ import annotations
 
-import pytest
+import os
 
-from comfyui_flux2.flux2.run_context import RunContext
-from comfyui_flux2.loopback.bfl_server import BflLoopback
-from comfyui_flux2.loopback.runware_server import RunwareLoopback
+# One CPU thread per test process (and the subprocesses tests start), unless the caller sets it. The tests run
+# tiny models: with torch's default of one OpenMP thread per core, on a small machine that other processes keep
+# busy, every tiny op waits for threads parked on busy cores. Measured on this project's 2-core machine under a
+# load of ~7: tests/local/test_parity.py took 311 s wall / 77 s user with the default, 90 s / 20 s with 1 thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]) or torch.get_num_threads())
+
+from comfyui_flux2.flux2.run_context import RunContext  # noqa: E402
+from comfyui_flux2.loopback.bfl_server import BflLoopback  # noqa: E402
+from comfyui_flux2.loopback.runware_server import RunwareLoopback  # noqa: E402
 
 RUNWARE_TEST_KEY = "rw-test-key-5f2c9a"
 BFL_TEST_KEY = "bfl-test-key-8d41e7c2"

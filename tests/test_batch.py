@@ -10,7 +10,7 @@ import pytest
 
 from comfyui_flux2.cli import main, node_registry
 from comfyui_flux2.runner.batch import Batch
-from comfyui_flux2.runner.batch_table import parse_seeds, read_table
+from comfyui_flux2.runner.batch.table import parse_seeds, read_table
 from comfyui_flux2.flux2.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,7 +275,7 @@ def test_contact_sheet_escapes_user_text(runware, tmp_path):
 
 def test_items_share_one_backend_per_setting(tmp_path):
     """One provider client (connections, retries) per backend setting for the whole batch, not one per row."""
-    from comfyui_flux2.runner.batch_items import shared_backends
+    from comfyui_flux2.runner.batch.items import shared_backends
     registry = shared_backends(node_registry())
     node = registry["Flux2RemoteBackend"]
     args = dict(provider="runware", model="FLUX.2 [pro]", prompt_upsampling=False, safety_tolerance=2,
@@ -301,7 +301,7 @@ def test_reference_url_column_checks_each_url_per_row(runware, tmp_path, capsys)
 
 
 def test_the_contact_sheet_follows_a_long_batch(runware, tmp_path, monkeypatch):
-    from comfyui_flux2.runner import batch as batch_module
+    from comfyui_flux2.runner.batch import batch as batch_module
     monkeypatch.setattr(batch_module, "SHEET_EVERY_S", 0.0)
     b = Batch(small_workflow(tmp_path), registry=node_registry, output_dir=tmp_path / "o",
               rows=[{"Make.prompt": "first"}, {"Make.prompt": "second"}], concurrency=1)
@@ -331,8 +331,8 @@ def test_a_provider_slot_is_free_once_the_items_calls_answered():
     import threading
     from types import SimpleNamespace
 
-    from comfyui_flux2.runner.batch_executors import ItemOutcome
-    from comfyui_flux2.runner.batch_scheduler import ProviderLimits, Scheduler
+    from comfyui_flux2.runner.batch.executors import ItemOutcome
+    from comfyui_flux2.runner.batch.scheduler import ProviderLimits, Scheduler
 
     items = [SimpleNamespace(id=f"r{i}", needs={"runware"}, providers={"runware": 1}, estimate_usd=0.0)
              for i in (1, 2)]

@@ -24,7 +24,7 @@ def test_a_recover_entry_whose_cache_key_is_not_a_key_writes_nothing_outside_the
     from comfyui_flux2.flux2.backend import GenerationResult
     from comfyui_flux2.flux2.remote.runware import RunwareBackend
     from comfyui_flux2.flux2.result_cache import ResultCache
-    from comfyui_flux2.runner.batch_recover import recover_tasks
+    from comfyui_flux2.runner.batch.recover import recover_tasks
 
     fetched = []
     monkeypatch.setattr(RunwareBackend, "fetch_task", lambda self, task, ctx: fetched.append(task) or GenerationResult(

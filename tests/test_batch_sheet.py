@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from comfyui_flux2.cli import main
-from comfyui_flux2.runner.batch_sheet import write_sheet
+from comfyui_flux2.runner.batch.sheet import write_sheet
 
 from test_batch import records, small_workflow
 from test_web_extension import CHROMIUM, CHROMIUM_ARGS, _need_browser   # the browser harness: Debian's chromium
@@ -61,8 +61,8 @@ def test_an_unexpected_error_is_scrubbed_before_it_reaches_the_manifest_and_shee
     """A bug's exception text may quote a request (its key): the manifest line and index.html get *** instead."""
     from types import SimpleNamespace
 
-    from comfyui_flux2.runner.batch_executors import ItemEnv, ItemRun
-    from comfyui_flux2.runner.batch_manifest import FAILED
+    from comfyui_flux2.runner.batch.executors import ItemEnv, ItemRun
+    from comfyui_flux2.runner.batch.manifest import FAILED
 
     key = "rw-secret-key-0123456789abcdef"
     monkeypatch.setenv("RUNWARE_API_KEY", key)
@@ -77,8 +77,8 @@ def test_an_unexpected_error_is_scrubbed_before_it_reaches_the_manifest_and_shee
 def test_a_ray_error_is_scrubbed_before_it_reaches_the_manifest(monkeypatch):
     from types import SimpleNamespace
 
-    from comfyui_flux2.runner.batch_manifest import FAILED
-    from comfyui_flux2.runner.batch_ray import RayItemRun
+    from comfyui_flux2.runner.batch.manifest import FAILED
+    from comfyui_flux2.runner.batch.ray_executor import RayItemRun
 
     key = "bfl-secret-key-0123456789abcdef"
     monkeypatch.setenv("BFL_API_KEY", key)

@@ -61,15 +61,82 @@ def test_without_a_cap_unpriced_models_run(runware, tmp_path):
 
 
 def test_opted_in_unpriced_calls_count_what_was_billed_against_the_cap(runware, tmp_path, capsys):
-    """Node 2 bills 2 x UNPRICED_COST, over a cap of 1.5 x; node 3 is then refused before it is sent."""
+    """Node 2's first image shows what [dev] costs (UNPRICED_COST); its second would take the run past a
+    cap of 1.5 x that, so it is not sent, and node 3 never runs. The paid image is kept."""
     cap = str(UNPRICED_COST * 1.5)
     assert run(tmp_path, graph(batch=2), "--budget", cap, "--allow-unpriced") == 1
     err = capsys.readouterr().err
-    assert "the run so far is estimated at" in err and "over the budget cap" in err
-    assert len(runware.tasks("imageInference")) == 2          # node 2's batch only
-    assert f"billed ${UNPRICED_COST * 2:.4f}".rstrip("0") in err
-    assert sorted(p.name for p in (tmp_path / "out" / "flux2-unsaved").iterdir()) == ["node2_seed1.png",
-                                                                                     "node2_seed2.png"]
+    assert ("image 2 (seed 2) not started: $0.0038 for 1 call(s) without a published price (the highest charge "
+            "seen for one) on top of $0.0038 billed and in flight would pass the budget cap $0.0057") in err
+    assert len(runware.tasks("imageInference")) == 1 and runware.billed == pytest.approx(UNPRICED_COST)
+    assert f"billed ${UNPRICED_COST:.4f}".rstrip("0") in err
+    assert sorted(p.name for p in (tmp_path / "out" / "flux2-unsaved").iterdir()) == ["node2_seed1.png"]
+
+
+def t2i(model: str = "FLUX.2 [dev]", batch: int = 8) -> dict:
+    """One generation node of `batch` images, saved."""
+    return {"1": backend(model),
+            "2": {"class_type": "Flux2TextToImage", "_meta": {"title": "Make"},
+                  "inputs": {"backend": ["1", 0], "prompt": "a teapot", "width": 512, "height": 512, "seed": 1,
+                             "batch_size": batch}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}}}
+
+
+@pytest.mark.parametrize("cap,tasks", [(0, 0), (UNPRICED_COST * 0.5, 1), (UNPRICED_COST * 2.5, 2)])
+def test_run_holds_the_cap_image_by_image_on_an_unpriced_model(runware, tmp_path, capsys, cap, tasks):
+    """A [dev] batch of 8 under a cap, opted in: the first image alone shows the price (it starts only while
+    some of the cap is left), then images start while billed + in flight + the highest charge seen fit.
+    Before the gate, all 8 were sent whatever the cap (billed 8 x the price)."""
+    runware.task_s = 0.05                      # tasks overlap, as they do at the provider
+    assert run(tmp_path, t2i(), "--budget", str(cap), "--allow-unpriced") == 1
+    err = capsys.readouterr().err
+    assert len(runware.billed_tasks) == tasks
+    assert runware.billed <= max(cap, UNPRICED_COST) + 1e-9      # the first image may pass: its price was unknown
+    assert "not started" in err and err.strip().splitlines()[-1].startswith("error: node 2")
+    if cap == 0:
+        assert "without a published price (its cost is only known once billed) with $0 of the budget cap $0" in err
+    else:
+        assert f"{tasks} of 8 image(s) kept" in err
+        assert len(list((tmp_path / "out" / "flux2-unsaved").iterdir())) == tasks
+
+
+def test_run_under_a_cap_learns_a_price_the_provider_raised(runware, tmp_path, capsys):
+    """[pro] at 512x512 is estimated at $0.03 a task; the provider charges $0.10. The first task runs alone
+    and shows it, so a cap of $0.25 holds 2 tasks, not the 8 the estimate allowed ($0.24) all at once."""
+    runware.charge_usd, runware.task_s = 0.10, 0.05
+    assert run(tmp_path, t2i("FLUX.2 [pro]"), "--budget", "0.25") == 1
+    err = capsys.readouterr().err
+    assert runware.billed == pytest.approx(0.20) and len(runware.billed_tasks) == 2
+    assert "(the price table x 3.33, what the provider charged over it)" in err
+
+
+def batch_run(tmp_path: Path, workflow: dict, rows: int, *extra: str) -> int:
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(workflow))
+    table = tmp_path / "rows.csv"
+    table.write_text("Make.prompt\n" + "".join(f"row {i}\n" for i in range(rows)))
+    return main(["batch", str(path), "--table", str(table), "--output-dir", str(tmp_path / "out"), *extra])
+
+
+def test_batch_holds_the_cap_on_an_unpriced_model(runware, tmp_path, capsys):
+    """8 one-image [dev] items under a cap of 3.5 x the price: 3 run (the first alone), 5 are not started.
+    Before the gate the unpriced items counted $0 each and all 8 ran."""
+    runware.task_s = 0.05
+    cap = UNPRICED_COST * 3.5
+    assert batch_run(tmp_path, t2i(batch=1), 8, "--budget", str(cap), "--allow-unpriced") == 1
+    err = capsys.readouterr().err
+    assert len(runware.billed_tasks) == 3 and runware.billed <= cap
+    assert "3 ok, 0 failed" in err and "5 item(s) not started" in err
+
+
+def test_batch_holds_the_cap_when_the_provider_charges_over_the_price_table(runware, tmp_path, capsys):
+    """12 [pro] items estimated at $0.03, charged $0.10, cap $0.40 (the estimate, $0.36, fits): the first item
+    runs alone and shows the real price; 4 items run in all, billed $0.40. Before: $0.90 billed."""
+    runware.charge_usd, runware.task_s = 0.10, 0.05
+    assert batch_run(tmp_path, t2i("FLUX.2 [pro]", batch=1), 12, "--budget", "0.40") == 1
+    err = capsys.readouterr().err
+    assert runware.billed == pytest.approx(0.40) and len(runware.billed_tasks) == 4
+    assert "8 item(s) not started (the next: $0.1 estimated (the price table x 3.33" in err
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "-0.01", "abc", "1e300", ""])
@@ -119,3 +186,59 @@ def test_budget_environment_is_read_in_one_place():
                if ".cache" not in p.parts and "tests" not in p.parts
                and re.search(r"environ.*(FLUX2_BUDGET_USD|CAP_ENV)", p.read_text())]
     assert readers == ["flux2/budget.py"]
+
+
+def test_the_gate_waits_for_a_first_charge_then_counts_the_highest_seen():
+    """The gate alone: a second unpriced task waits while the first is in flight (its price is unknown), then
+    each counts at the highest charge seen; a priced task counts at its table price x the worst ratio seen."""
+    import threading
+
+    from comfyui_flux2.flux2.budget import BudgetGate, Cap
+
+    gate = BudgetGate(Cap(1.0, "the budget cap", allow_unpriced=True))
+    first = gate.admit(None)
+    admitted = []
+    waiter = threading.Thread(target=lambda: admitted.append(gate.admit(None)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and admitted == []              # waits: the first charge is not in yet
+    first.ended(0.3, True)
+    waiter.join(5)
+    assert len(admitted) == 1 and gate.committed_usd == pytest.approx(0.6)   # billed 0.3 + 0.3 in flight
+    third = gate.admit(None)                                  # 0.9 of 1.0
+    with pytest.raises(BudgetError, match=r"not started: \$0.3 for 1 call\(s\) without a published price"):
+        gate.admit(None)
+    for task in (admitted[0], third):
+        task.ended(0.1, True)                                 # cheaper than feared: the highest stays 0.3
+    assert gate.committed_usd == pytest.approx(0.5)
+    priced = gate.admit(0.05)                                 # the first priced task runs alone...
+    priced.ended(0.1, False)                                  # ...and was not charged (refused): not learnt
+    priced = gate.admit(0.05)
+    priced.ended(0.15, True)                                  # charged 3x the table
+    with pytest.raises(BudgetError, match=r"\$0.6 estimated \(the price table x 3.00"):
+        gate.admit(0.2)                                       # 0.65 billed + 0.6 > 1.0
+    assert gate.admit(0.1).unit == 0.1                        # 0.65 + 0.3 fits
+
+
+def test_results_served_from_the_cache_pass_a_zero_cap(runware, tmp_path, capsys):
+    """What the result cache serves costs nothing: a re-run of a paid graph under --budget 0 is served whole."""
+    assert run(tmp_path, t2i("FLUX.2 [pro]", batch=2)) == 0
+    assert run(tmp_path, t2i("FLUX.2 [pro]", batch=2), "--budget", "0") == 0
+    assert len(runware.billed_tasks) == 2
+
+
+def test_jobs_the_cache_serves_are_not_asked_of_the_gate():
+    """run_jobs: jobs served for free (result cache, an earlier run's task) start whatever the cap; a paid one
+    under a $0 cap is refused, and no later job starts."""
+    from comfyui_flux2.flux2.budget import BudgetGate, Cap
+    from comfyui_flux2.flux2.remote.jobs import Job, run_jobs
+    from comfyui_flux2.flux2.run_context import RunContext
+
+    jobs = [Job(i, i, body=None) for i in range(4)]
+    worked = []
+    ctx = RunContext(gate=BudgetGate(Cap(0.0, "the budget cap")))
+    outcome = run_jobs(jobs, lambda job, control: worked.append(job.index), ctx=ctx, node="2", label="x",
+                       concurrency=1, cancel_grace_s=None, unit_usd=0.03, cached=lambda job: job.index < 2)
+    assert outcome == "done" and worked == []
+    assert [type(j.error).__name__ if j.error else None for j in jobs] == [None, None, "BudgetError", None]
+    assert "x: image 3 (seed 2) not started: $0.03 estimated on top of $0 billed" in str(jobs[2].error)

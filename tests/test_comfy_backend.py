@@ -100,3 +100,19 @@ def test_editor_prices_it_as_local():
     [item] = web_routes.preview({"items": [{"id": "x", "kind": "generate", "backend": {"type": "Flux2ComfyBackend"},
                                             "size": {"width": 512, "height": 512}}]})["items"]
     assert item["cost"] == "$0" and item["usd"] == 0.0
+
+
+def test_a_reference_becomes_writable_pixels_without_a_warning():
+    """PIL hands a read-only buffer; torch.from_numpy on it warns inside ComfyUI 0.33's log."""
+    import warnings
+
+    from comfyui_flux2.flux2.images import encode
+    from comfyui_flux2.nodes.comfy_backend import reference_pixels
+
+    rgb = np.arange(40 * 56 * 3, dtype=np.uint8).reshape(40, 56, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels = reference_pixels(encode(rgb), 1)
+    assert pixels.shape == (1, 32, 48, 3)                     # centre-cropped to multiples of 16
+    assert pixels.dtype.is_floating_point and float(pixels.max()) <= 1.0
+    assert np.array_equal((pixels[0] * 255).round().byte().numpy(), rgb[4:36, 4:52])

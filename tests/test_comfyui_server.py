@@ -25,7 +25,7 @@ from comfy_server import (  # noqa: F401  (fixtures are used by name)
 pytestmark = pytest.mark.slow
 
 EXPECTED_NODES = {"Flux2RemoteBackend", "Flux2TextToImage", "Flux2Edit", "Flux2Seed", "Flux2Size", "Flux2LocalBackend",
-                  "Flux2ComfyBackend", "Flux2ReferenceURL", "Flux2LoRA"}
+                  "Flux2ComfyBackend", "Flux2ReferenceURL", "Flux2LoRA", "Flux2Layout"}
 
 
 def test_server_lists_the_pack_nodes(comfyui_server):
@@ -119,7 +119,8 @@ def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, 
         server = comfyui_server_factory(base_dir=base, env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": key,
                                                             "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
         provided = sorted(p.name for p in server.input_dir.glob("flux2_example_ref_*.png"))
-        assert provided == ["flux2_example_ref_1.png", "flux2_example_ref_2.png", "flux2_example_ref_3.png"]
+        assert provided == ["flux2_example_ref_1.png", "flux2_example_ref_2.png", "flux2_example_ref_3.png",
+                            "flux2_example_ref_mask.png"]
         assert users.read_bytes() == buf.getvalue()                          # never replaced
         assert (server.input_dir / "flux2_example_ref_1.png").read_bytes() == \
             (workflows / "flux2_example_ref_1.png").read_bytes()
@@ -141,6 +142,32 @@ def test_templates_queue_as_shipped_on_loopback_runware(comfyui_server_factory, 
         assert len(runware.tasks("imageInference")) == 6
         assert len(runware.tasks("imageUpload")) == 3   # three LoadImage refs; chain steps go as their imageUUID
         assert all(r["auth_ok"] for r in runware.requests)
+        assert key not in server.log_text()
+
+
+def test_flux3_templates_queue_as_shipped_on_loopback_bfl(comfyui_server_factory, tmp_path):
+    """The FLUX 3 templates on a real ComfyUI: core LoadImageMask's MASK into Flux2Edit's optional `mask`,
+    Flux2Layout into `layout`, against the loopback BFL server speaking FLUX 3's closed schemas."""
+    from PIL import Image
+
+    from comfyui_flux2.loopback.bfl_server import BflLoopback
+
+    key = "comfy-e2e-bfl-key-31"
+    with BflLoopback(api_key=key) as bfl:
+        server = comfyui_server_factory(base_dir=tmp_path / "comfy", env={
+            "BFL_API_URL": bfl.api_url, "BFL_API_KEY": key, "FLUX2_CACHE_DIR": str(tmp_path / "cache")})
+        for name, prefix, size in (("flux3_text_to_image", "lighthouse", (2048, 1152)),
+                                   ("flux3_1_masked_edit", "masked_edit", (512, 512)),
+                                   ("flux3_layout", "layout", (1184, 880))):
+            entry = run_workflow(server, _template_prompt(server, name), timeout=120)
+            assert entry["status"]["status_str"] == "success", (name, entry["status"])
+            (png,) = (server.output_dir / "flux3").glob(f"{prefix}_*.png")
+            with Image.open(png) as img:
+                assert img.size == size
+        t2i, masked, layout = bfl.submits()
+        assert (t2i["aspect_ratio"], t2i["resolution"], t2i["grounding"]) == ("16:9", "1.5k", False)
+        assert masked["mode"] == "fast" and masked["mask"] and (masked["width"], masked["height"]) == (512, 512)
+        assert layout["prompt"].endswith("\"desc\": \"a small blue fishing boat\"}]")
         assert key not in server.log_text()
 
 
@@ -297,8 +324,8 @@ def test_requirements_cover_every_import_comfyui_does_not_provide():
     optional = {canonicalize_name(Requirement(r).name) for name, reqs in extras.items() if name != "test"
                 for r in reqs}
     dists = packages_distributions()
-    runtime = [REPO_ROOT / "__init__.py", REPO_ROOT / "cli.py", REPO_ROOT / "demo.py",
-               *[p for d in ("flux2", "nodes", "runner", "loopback") for p in (REPO_ROOT / d).rglob("*.py")]]
+    runtime = [REPO_ROOT / "__init__.py", REPO_ROOT / "demo.py",
+               *[p for d in ("flux2", "nodes", "runner", "loopback", "cli") for p in (REPO_ROOT / d).rglob("*.py")]]
     missing = {}
     for path in runtime:
         tree = ast.parse(path.read_text())

@@ -1,5 +1,5 @@
 """The pack's own import graph, lazy (function-level) imports included: no circles, and the layers run
-one way: flux2/ (engine) <- runner/ (headless executor, graph pricing) <- nodes/ (ComfyUI) <- cli.py, bench/.
+one way: flux2/ (engine) <- runner/ (headless executor, graph pricing) <- nodes/ (ComfyUI) <- cli/ <- bench/.
 Inside the engine the rooms run one way too: flux2/net/ is below the providers; in flux2/local/ the network
 code (model/) knows no files, the file formats (weights/) know no runtime."""
 from __future__ import annotations
@@ -29,7 +29,9 @@ def import_graph() -> dict[str, set[str]]:
             base = base[:len(base) - node.level + 1] if node.level > 1 else base
             target = ".".join(base + ([node.module] if node.module else []))
             for candidate in [target] + [f"{target}.{a.name}".lstrip(".") for a in node.names]:
-                if candidate in modules and candidate != name:
+                # `from . import sub` names the module's own package, which is imported before any of its
+                # modules can be: only `sub` is a dependency.
+                if candidate in modules and candidate != name and not name.startswith(candidate + "."):
                     deps.add(candidate)
         graph[name] = deps
     return graph
@@ -109,6 +111,10 @@ def test_nothing_below_imports_the_benchmarks_or_the_demo():
     graph = import_graph()
     for low in ("flux2", "runner", "nodes"):
         assert edges(graph, low, "bench") | edges(graph, low, "demo") | edges(graph, low, "cli") == set()
+
+
+def test_the_benchmarks_never_import_the_cli_that_starts_them():
+    assert edges(import_graph(), "bench", "cli") == set()
 
 
 def test_the_network_room_knows_no_provider_and_no_local_engine():

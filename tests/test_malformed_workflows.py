@@ -189,11 +189,11 @@ def test_batch_seeds_above_the_provider_range_are_refused_in_validation(runware,
 def test_ctrl_c_while_starting_up_is_one_line(monkeypatch, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "node_registry", interrupted)        # Ctrl-C while the node pack loads
+    monkeypatch.setattr(cli.run, "node_registry", interrupted)    # Ctrl-C while the node pack loads
     wf = ROOT / "workflows" / "api" / "flux2_text_to_image.json"
     assert main(["run", str(wf), "--dry-run"]) == 130
     one_line(capsys)
-    monkeypatch.setattr(cli, "build_parser", interrupted)          # ... or before the arguments are read
+    monkeypatch.setattr(cli.app, "build_parser", interrupted)      # ... or before the arguments are read
     assert main(["models"]) == 130
     one_line(capsys)
 

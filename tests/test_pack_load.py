@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from comfyui_flux2.bench import load
 
 
@@ -29,7 +31,7 @@ def test_comfyui_load_imports_no_heavy_module():
                                "comfyui_flux2.flux2.remote.runware", "comfyui_flux2.flux2.remote.bfl",
                                # this session's additions: LoRA math, batch runner, its Ray executor
                                "ray", "peft", "comfyui_flux2.flux2.local.weights.lora", "comfyui_flux2.runner.batch",
-                               "comfyui_flux2.runner.batch_ray", "comfyui_flux2.flux2.remote.wire"):
+                               "comfyui_flux2.runner.batch.ray_executor", "comfyui_flux2.flux2.remote.wire"):
         assert heavy not in loaded, f"{heavy} is imported when ComfyUI loads the pack"
 
 
@@ -55,6 +57,7 @@ def test_mappings_and_web_directory_are_what_comfyui_reads():
     assert not hasattr(comfyui_flux2, "comfy_entrypoint")   # ComfyUI reads the mappings, not a v3 entry point
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_benchmark_load_prints_medians(capsys):
     assert load.main(["--runs", "1"]) == 0
     out = capsys.readouterr().out

@@ -262,12 +262,19 @@ class PixelBackend:
     """A backend that needs pixels (as the local ones do): records what it was given."""
 
     kind, model_name = "local", "test"
+    takes_reference_urls = ()
 
     def __init__(self):
         self.seen = []
 
     def describe(self):
         return "pixels"
+
+    def host(self):
+        return ""
+
+    def cache_identity(self):
+        return None
 
     def check_ready(self):
         pass

@@ -236,6 +236,7 @@ def test_ctrl_c_stops_the_run_and_keeps_the_paid_image(runware, tmp_path):
     assert [p.name for p in kept] == ["node3_seed5150.png"]
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_second_ctrl_c_aborts_at_once_and_keeps_the_paid_image(runware, tmp_path):
     """Node 3 is paid, node 4's request hangs at the provider: a second SIGINT does not wait for it; the paid
     image of node 3 (which no SaveImage had taken yet) is kept, and the node still in flight is named."""
@@ -285,7 +286,8 @@ def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypa
     thread, keeps what was paid and names the tasks that may be billed; the CLI reads them from the error."""
     import time
 
-    from comfyui_flux2 import cli
+    from comfyui_flux2.cli import interrupts
+    from comfyui_flux2.cli.common import may_be_billed
     from comfyui_flux2.flux2.errors import Cancelled
 
     class WaitsInPython:
@@ -299,18 +301,18 @@ def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypa
                 raise error from None
 
     _second_ctrl_c_soon()
-    with pytest.raises(cli._Aborted) as aborted:
-        cli._run_in_worker(WaitsInPython(), ctx=None)
+    with pytest.raises(interrupts.Aborted) as aborted:
+        interrupts.run_in_worker(WaitsInPython(), ctx=None)
     assert not aborted.value.left_behind and aborted.value.error.maybe_billed == ("task-7f3a",)
-    assert cli._may_be_billed(aborted.value.error) == ["task-7f3a"]
+    assert may_be_billed(aborted.value.error) == ["task-7f3a"]
 
 
 def test_second_ctrl_c_leaves_a_run_stuck_in_one_call_behind(monkeypatch):
     import threading
 
-    from comfyui_flux2 import cli
+    from comfyui_flux2.cli import interrupts
 
-    monkeypatch.setattr(cli, "ABORT_GRACE_S", 0.5)
+    monkeypatch.setattr(interrupts, "ABORT_GRACE_S", 0.5)
     stuck, release = threading.Event(), threading.Event()
 
     class StuckInACall:
@@ -320,8 +322,8 @@ def test_second_ctrl_c_leaves_a_run_stuck_in_one_call_behind(monkeypatch):
 
     _second_ctrl_c_soon()
     try:
-        with pytest.raises(cli._Aborted) as aborted:
-            cli._run_in_worker(StuckInACall(), ctx=None)
+        with pytest.raises(interrupts.Aborted) as aborted:
+            interrupts.run_in_worker(StuckInACall(), ctx=None)
         assert stuck.is_set() and aborted.value.left_behind
     finally:
         release.set()

@@ -4,7 +4,8 @@ Fast tests: the JSON the browser gets is generated from flux2/models.py and the 
 the engine's own size and price functions.
 
 Slow tests (``--run-slow``): a real ComfyUI 0.3.75 (tests/comfy_server.py) with this pack, driven by
-Debian's chromium through playwright, on two frontends -- 1.32.9 (what ComfyUI 0.3.75 ships) and the
+Debian's chromium through playwright, on two frontends -- the one the ComfyUI under test ships (1.32.9 in
+0.3.75, 1.49.6 in 0.33; its version is read from the server's interpreter, never assumed) and the
 newest ``comfyui-frontend-package`` (served with ``--front-end-root``) -- each in the classic canvas
 and in Nodes 2.0 (Vue nodes): the example workflows load without errors from the extension, the
 readout and the cost badge show what the engine computes and follow edits -- what the readout widget
@@ -28,7 +29,7 @@ import pytest
 
 from comfyui_flux2.flux2.models import MAX_REFS_ANY, MODELS, PROVIDERS, get_model
 from comfyui_flux2.flux2.pricing import estimate, format_usd
-from comfyui_flux2.flux2.rules import remote_rules
+from comfyui_flux2.flux2.rules import delivered_size, remote_rules
 from comfyui_flux2.flux2.sizes import ASPECT_RATIOS, SizeLimits, megapixels, size_from_aspect
 from comfyui_flux2.flux2.preview import ASSUMED_REF_SIZE
 from comfyui_flux2.nodes import web_routes
@@ -97,7 +98,8 @@ def test_preview_uses_the_engine_for_every_model(model, provider, aspect, mp, re
                                                         "width": 1024, "height": 1024,
                                                         "backend": _backend(model, provider)}}}
     [res] = web_routes.preview({"items": [item]})["items"]
-    w, h = size_from_aspect(aspect, mp, limits)
+    # FLUX 3 Image delivers its nearest aspect ratio x resolution: the readout shows that size.
+    w, h = delivered_size(remote_rules(spec, provider), *size_from_aspect(aspect, mp, limits))
     ref_sizes = [tuple(r) if r else ASSUMED_REF_SIZE for r in refs]
     est = estimate(spec, provider, w, h, ref_sizes, batch)
     assert (res["width"], res["height"]) == (w, h)
@@ -163,7 +165,7 @@ CHROMIUM_ARGS = ["--disable-dev-shm-usage", "--disable-background-networking", "
                  "--no-first-run", "--disable-sync"]
 READY = ("() => !!(window.app?.graph && window.app.canvas && "
          "window.app.extensionManager?.workflow?.activeWorkflow)")
-BUNDLED_FRONTEND = "1.32.9"   # ComfyUI 0.3.75's requirements.txt pin
+BUNDLED_FRONTEND = "bundled"  # what the ComfyUI under test ships; labelled with its installed version
 NEWEST_FRONTEND = "1.58.1"    # the newest comfyui-frontend-package on the package index when written
 FRONTENDS = (BUNDLED_FRONTEND, NEWEST_FRONTEND)
 MODES = ("classic", "nodes2")  # the LiteGraph canvas; Nodes 2.0 = Vue nodes (setting Comfy.VueNodes.Enabled)
@@ -199,7 +201,8 @@ def _post_json(url, body):
 def web_servers(tmp_path_factory):
     """``get(frontend) -> server``: one ComfyUI per frontend, started on first use, shared by the module."""
     _need_browser()
-    from comfy_server import provision_frontend, start_server  # tests/comfy_server.py: ComfyUI 0.3.75, cached
+    # tests/comfy_server.py: ComfyUI 0.3.75 (cached) or the one COMFYUI_FLUX2_COMFY_DIR names
+    from comfy_server import installed_frontend_version, provision_frontend, start_server
 
     from comfyui_flux2.loopback.runware_server import RunwareLoopback
 
@@ -207,6 +210,8 @@ def web_servers(tmp_path_factory):
     with RunwareLoopback(api_key=RUNWARE_KEY) as runware:
         def get(frontend):
             if frontend not in servers:
+                get.labels[frontend] = (installed_frontend_version() if frontend == BUNDLED_FRONTEND
+                                        else frontend)
                 extra = [] if frontend == BUNDLED_FRONTEND else ["--front-end-root", str(provision_frontend(frontend))]
                 server = start_server(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": RUNWARE_KEY,
                                            "BFL_API_KEY": None, "BFL_API_URL": None,
@@ -219,6 +224,7 @@ def web_servers(tmp_path_factory):
                 # nothing copied by hand: the pack provides the examples' images in input/
             return servers[frontend]
 
+        get.labels = {}
         try:
             yield get
         finally:
@@ -254,8 +260,9 @@ WATCH_DEPRECATIONS = """() => {
 class Page:
     """One editor tab on one frontend in one mode, with the console messages that concern this extension."""
 
-    def __init__(self, browser, server, frontend, mode):
+    def __init__(self, browser, server, frontend, mode, label=None):
         self.frontend, self.mode = frontend, mode
+        self.label = label or frontend   # the frontend's version, for file names
         _post_json(server.url + "/api/settings", {"Comfy.TutorialCompleted": True,   # no templates dialog
                                                   "Comfy.Minimap.Visible": False,
                                                   "Comfy.VueNodes.Enabled": mode == "nodes2"})
@@ -354,7 +361,7 @@ class Page:
     def screenshot(self, name):
         """``name`` as is for the default frontend and mode, else with ``-<frontend>-<mode>``."""
         if (self.frontend, self.mode) != DEFAULT:
-            name = name.replace(".png", f"-{self.frontend}-{self.mode}.png")
+            name = name.replace(".png", f"-{self.label}-{self.mode}.png")
         self.fit(legible=self.mode == "nodes2")
         self.page.wait_for_timeout(300)
         png = _small_png(self.page.screenshot())
@@ -391,7 +398,8 @@ def combo(request):
 @pytest.fixture
 def page(browser, web_servers, combo):
     frontend, mode = combo
-    p = Page(browser, web_servers(frontend), frontend, mode)
+    server = web_servers(frontend)
+    p = Page(browser, server, frontend, mode, web_servers.labels[frontend])
     try:
         yield p
         assert p.ours == [], "console errors from the extension:\n" + "\n".join(p.ours)
@@ -587,3 +595,20 @@ def test_billed_cost_shows_after_a_run(page, web_servers, combo):
     except Exception:
         pass
     page.screenshot("text_to_image_billed.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", [DEFAULT, ALL_COMBOS[-1].values[0]], indirect=True)
+def test_flux3_layout_boxes_are_drawn_and_the_delivered_size_shown(page):
+    wf = page.load("flux3_layout.json")
+    [layout_id] = _nodes_of(wf, "Flux2Layout")
+    [t2i_id] = _nodes_of(wf, "Flux2TextToImage")
+    page.page.wait_for_function("(id) => (window.app.graph.getNodeById(id).__flux2?.result?.boxes ?? []).length === 2",
+                                arg=layout_id, timeout=15_000)
+    assert page.readout(layout_id)["lines"] == ["2 boxes (canvas = the output)"]
+    assert page.readout(t2i_id)["lines"][0] == "1184×880 · 0.99 MP | $0.048"
+    page.screenshot("flux3_layout.png")
+    page.set_widget(layout_id, "boxes", "sun | 0.5 0.5 0.2 0.9 | x")       # top below bottom: the engine says so
+    page.page.wait_for_function("(id) => /top < bottom/.test(window.app.graph.getNodeById(id).__flux2?.error ?? '')",
+                                arg=layout_id, timeout=15_000)
+    assert "top < bottom" in page.readout(layout_id)["lines"][0]

@@ -16,8 +16,8 @@ from comfyui_flux2.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.json"))
-CORE_TYPES = {"LoadImage", "SaveImage", "PreviewImage", "Note", "MarkdownNote", "Reroute", "PrimitiveNode",
-              "UNETLoader", "CLIPLoader", "VAELoader"}
+CORE_TYPES = {"LoadImage", "LoadImageMask", "SaveImage", "PreviewImage", "Note", "MarkdownNote", "Reroute",
+              "PrimitiveNode", "UNETLoader", "CLIPLoader", "VAELoader"}
 # Runware's documentation of FLUX.2 [pro], its two example requests and answers, verbatim.
 DOCUMENTED = json.loads((ROOT / "tests" / "data" / "runware_flux2_pro_examples.json").read_text())["examples"]
 # What the pack sends beyond the documented request, and why (listed in the README).
@@ -122,14 +122,15 @@ def test_example_images_are_provided_to_comfyui_input_without_replacing_a_file(t
     mine = tmp_path / "flux2_example_ref_2.png"
     mine.write_bytes(b"the user's own picture")
     written = provide_example_images()
-    assert sorted(p.name for p in written) == ["flux2_example_ref_1.png", "flux2_example_ref_3.png"]
+    assert sorted(p.name for p in written) == ["flux2_example_ref_1.png", "flux2_example_ref_3.png",
+                                               "flux2_example_ref_mask.png"]
     assert mine.read_bytes() == b"the user's own picture"
     source = ROOT / "workflows"
     assert (tmp_path / "flux2_example_ref_1.png").read_bytes() == (source / "flux2_example_ref_1.png").read_bytes()
     assert provide_example_images() == []                   # the next start finds them there
     # every image an example names is one the pack provides
     named = {n["inputs"]["image"] for p in API_WORKFLOWS for n in json.loads(p.read_text()).values()
-             if n["class_type"] == "LoadImage"}
+             if n["class_type"] in ("LoadImage", "LoadImageMask")}
     # ... by a plain file name: core LoadImage lists only the input folder's own files, and newer
     # frontends flag a value missing from that list
     assert named and named <= {p.name for p in source.glob(EXAMPLE_IMAGES)}

@@ -6,6 +6,8 @@
 // - Flux2TextToImage / Flux2Edit: cost badge from the connected backend, the size (followed through
 //   links from Flux2Size), batch_size and the connected references; the billed cost after a run.
 // - Flux2Edit: reference sockets grow as they are connected, up to the model's limit.
+// - Flux2Layout: its boxes drawn on a small canvas (as the engine reads them), and the line at fault.
+// - After a FLUX 3 run: the prompt as the provider expanded it.
 // - Flux2ReferenceURL: a thumbnail of the URL's image where the browser can load it (and then its
 //   size prices the reference exactly instead of as <= 1 MP).
 // - One colour for every node of the FLUX.2 category.
@@ -23,7 +25,8 @@ const REMOTE = "Flux2RemoteBackend";
 const URL_REF = "Flux2ReferenceURL";
 const LOCAL = ["Flux2LocalBackend", "Flux2ComfyBackend"];
 const LORA = "Flux2LoRA";
-const READOUT_NODES = new Set([SIZE, T2I, EDIT]);
+const LAYOUT = "Flux2Layout";
+const READOUT_NODES = new Set([SIZE, T2I, EDIT, LAYOUT]);
 const CATEGORY = "FLUX.2";
 const COLORS = { color: "#332a5c", bgcolor: "#221d38" };
 const REF_RE = /^reference_(\d+)$/;
@@ -130,7 +133,8 @@ function backendSpec(node, depth = 0) {
   // A Flux2LoRA chain keeps its backend's limits and price: follow it to the backend node.
   if (type === LORA) return depth < 64 ? backendSpec(src.node, depth + 1) : null;
   if (type === REMOTE) {
-    return { type, provider: widgetValue(src.node, "provider"), model: widgetValue(src.node, "model") };
+    return { type, provider: widgetValue(src.node, "provider"), model: widgetValue(src.node, "model"),
+             mode: widgetValue(src.node, "mode") ?? "default" };
   }
   if (LOCAL.includes(type)) return { type };
   return null;
@@ -208,6 +212,7 @@ function itemFor(node) {
   const type = nodeType(node);
   const id = flux2(node).key;
   if (type === SIZE) return { id, kind: "size", size: { flux2_size: flux2SizeSpec(node) } };
+  if (type === LAYOUT) return { id, kind: "layout", boxes: String(widgetValue(node, "boxes") ?? "") };
   const refs = type === EDIT ? referenceSources(node) : [];
   const batch = sideValue(node, "batch_size");
   return {
@@ -315,6 +320,10 @@ function readoutLines(node) {
   const lines = [];   // {text, tone: "main"|"dim"|"warn"|"cost"|"billed", badge?}
   if (s.error) lines.push({ text: s.error, tone: "warn" });
   if (!r) return lines.length ? lines : [{ text: "…", tone: "dim" }];
+  if (type === LAYOUT) {
+    const n = (r.boxes ?? []).length;
+    return [{ text: `${n} box${n === 1 ? "" : "es"} (canvas = the output)`, tone: "main", key: "size" }];
+  }
   const bad = (r.problems ?? []).length > 0;
   const sizeText = r.width != null ? `${fmtSize(r.width, r.height)} · ${fmtMp(r.megapixels)}` : (r.note ?? "size after the run");
   const head = { text: sizeText, tone: bad ? "warn" : "main", key: "size" };
@@ -343,7 +352,10 @@ function readoutLines(node) {
     const l = s.last;
     const what = l.dry_run ? "dry run, nothing billed" : `billed ${l.billed}`;
     const size = Array.isArray(l.size) ? ` · ${fmtSize(l.size[0], l.size[1])}` : "";
-    lines.push({ text: `last run: ${what}${size}`, tone: "billed", key: "billed" });
+    // FLUX 3 rewrites every prompt before it draws: show what it drew from (truncated to the node's width).
+    const expanded = Array.isArray(l.expanded_prompts) ? l.expanded_prompts[0] : null;
+    const tail = typeof expanded === "string" ? ` · expanded prompt: ${expanded}` : "";
+    lines.push({ text: `last run: ${what}${size}${tail}`, tone: "billed", key: "billed" });
   }
   return lines;
 }
@@ -374,7 +386,25 @@ const TONES = {
 };
 
 function rowsFor(node) {
-  return nodeType(node) === SIZE ? 2 : 4;
+  const t = nodeType(node);
+  return t === SIZE ? 2 : t === LAYOUT ? 7 : 4;
+}
+
+function drawLayout(ctx, node, width, y) {
+  // The boxes as the engine read them, on a canvas standing for the output ([top, left, bottom, right], 0..1).
+  const boxes = flux2(node).result?.boxes ?? [];
+  const margin = 15, top = y + 4 + LINE_H, h = (rowsFor(node) - 1) * LINE_H - 4, w = width - 2 * margin;
+  ctx.strokeStyle = "#6a6a88";
+  ctx.strokeRect(margin, top, w, h);
+  const palette = ["#ffb347", "#8fd18f", "#7fb3ff", "#ff8fa3", "#d9a6ff", "#f0e68c"];
+  boxes.forEach((b, i) => {
+    const [t, l, btm, r] = b.box;
+    ctx.strokeStyle = palette[i % palette.length];
+    ctx.strokeRect(margin + l * w, top + t * h, (r - l) * w, (btm - t) * h);
+    ctx.fillStyle = palette[i % palette.length];
+    ctx.font = "10px sans-serif";
+    ctx.fillText(truncate(ctx, String(b.id), Math.max(10, (r - l) * w - 4)), margin + l * w + 2, top + t * h + 7);
+  });
 }
 
 function truncate(ctx, text, maxWidth) {
@@ -404,7 +434,8 @@ function makeReadoutWidget(node) {
         ctx.font = "12px sans-serif";
         ctx.textBaseline = "middle";
         ctx.textAlign = "left";
-        lines.slice(0, rowsFor(n)).forEach((line, i) => {
+        if (nodeType(n) === LAYOUT && flux2(n).result) drawLayout(ctx, n, width, y);
+        lines.slice(0, nodeType(n) === LAYOUT && flux2(n).result ? 1 : rowsFor(n)).forEach((line, i) => {
           const cy = y + 4 + i * LINE_H + LINE_H / 2;
           let room = width - 2 * margin;
           if (line.badge) {

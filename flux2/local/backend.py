@@ -6,8 +6,6 @@ images of seeds seed, seed+1, ..., seed+N-1, each identical to diffusers' single
 """
 from __future__ import annotations
 
-import gc
-import threading
 from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,24 +17,19 @@ from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
 from ..rules import Rules, local_rules, validate_request
+from .engine_cache import DTYPES, ENGINES, file_stamps, load_engine
 from .model.params import ModelPreset, get_preset
-from .pipeline import decode_tile, reference_size
+from .pipeline import NonFiniteValues, decode_tile, reference_size
 from .weights.detect import AUTO, with_reference_kv
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OFFLOAD = ("none", "blocks")
 VAE_TILING = ("auto", "on", "off")
 REF_MIN_SIDE, REF_MAX_ASPECT = 64, 8.0
 
-_cache: dict[tuple, object] = {}
-_cache_lock = threading.Lock()
-
 
 def clear_cache() -> None:
-    with _cache_lock:
-        for engine in _cache.values():
-            engine.cache.clear()
-        _cache.clear()
+    """Drop the process's loaded model set (tests; ComfyUI frees memory through its own hooks)."""
+    ENGINES.clear()
 
 
 def pick_device(device: str) -> torch.device:
@@ -80,6 +73,7 @@ class LocalBackend:
     before_load: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     loras: tuple = ()                   # lora.LoRASpec links of a Flux2LoRA chain, applied on the fly in this order
     kind: str = field(default="local", init=False)
+    takes_reference_urls = ()           # URL references arrive fetched: the engine needs pixels
     _kv_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -160,8 +154,9 @@ class LocalBackend:
             self.model_preset          # the files must be one FLUX.2 model: refused here, before any step
 
     def lora_files(self) -> list:
-        """The chain's LoRA files as this model takes them (headers only); a file for another architecture or
-        size, or one that matches no layer, is a one-line ModelLoadError naming it."""
+        """The chain's LoRA files as this model takes them (headers, and a NaN/Inf scan of the matched tensors);
+        a file for another architecture or size, one that matches no layer, or one holding NaN/Inf is a one-line
+        ModelLoadError naming it."""
         from .weights.lora import inspect_lora
 
         return [inspect_lora(s.path, self.model_preset.transformer) for s in self.loras]
@@ -219,6 +214,12 @@ class LocalBackend:
     def estimate(self, request: GenerationRequest) -> Estimate:
         return Estimate(0.0, f"{self.model_preset.name} on local weights: no charge")
 
+    def host(self) -> str:
+        return ""                       # nothing is sent anywhere
+
+    def cache_identity(self) -> None:
+        return None                     # free and reproducible: not kept in the result cache
+
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
         from PIL import Image
 
@@ -243,12 +244,28 @@ class LocalBackend:
         ctx.check_cancelled()
         with engine.loras.lock:           # this request's LoRA set stays hooked in until its last step
             engine.loras.use(self.lora_key(), lambda: self.lora_patches(engine))
-            images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
-                                     self.effective_guidance, refs, on_step=on_step,
-                                     cfg_one_forward=self.cfg_one_forward(request, engine.device))
+            try:
+                images = engine.generate(request.prompt, request.width, request.height, seeds, steps,
+                                         self.effective_guidance, refs, on_step=on_step,
+                                         cfg_one_forward=self.cfg_one_forward(request, engine.device),
+                                         vae_tiling=self.vae_tiling)
+            except NonFiniteValues as exc:
+                raise ModelLoadError(f"{exc}; the likely cause: {self.likely_file(exc.part)} holds NaN/Inf "
+                                     "weights (damaged or badly converted: check or download it again)") from None
         return GenerationResult(images=images, seeds=seeds, cost_usd=0.0,
                                 info={"model": self.model_preset.name, "steps": steps,
                                       "guidance": self.effective_guidance, "device": str(engine.device)})
+
+    def likely_file(self, part: str) -> str:
+        """The file(s) a non-finite stage points at: the component's single file or its diffusers subfolder;
+        for the transformer, also the LoRAs applied to it."""
+        f = self.files
+        single = {"transformer": f.transformer, "text_encoder": f.text_encoder, "vae": f.vae}.get(part)
+        where = (f"{part.replace('_', ' ')} file {Path(single).name}" if single is not None
+                 else f"{part.replace('_', ' ')} weights in {Path(f.diffusers_dir).name}/{part}/" if f.diffusers_dir
+                 else f"the {part.replace('_', ' ')}")
+        loras = [Path(s.path).name for s in self.loras if s.strength != 0] if part == "transformer" else []
+        return where + (f" or LoRA {', '.join(loras)}" if loras else "")
 
     def cfg_one_forward(self, request: GenerationRequest, device: torch.device) -> bool:
         """Whether CFG's two halves run as one batch of 2B: not under block offload (memory is what it saves
@@ -275,14 +292,8 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ loading
     def cache_key(self) -> tuple:
-        stamp = []
-        for p in self.files.paths():
-            try:
-                st = Path(p).stat()
-                stamp.append((str(Path(p).resolve()), st.st_size, st.st_mtime_ns))
-            except OSError:
-                stamp.append((str(p), None, None))
-        return (self.model_preset.name, tuple(stamp), self.dtype, str(pick_device(self.device)), self.offload)
+        return (self.model_preset.name, file_stamps(self.files.paths()), self.dtype, str(pick_device(self.device)),
+                self.offload)
 
     def memory_plan(self, request: GenerationRequest, offload: str | None = None, cfg_batched: bool = False):
         """Device memory this request needs on this backend's device (memory.py), from shapes only.
@@ -312,44 +323,21 @@ class LocalBackend:
                            prompt_kinds=2 if cfg and not cfg_batched else 1)
 
     def engine(self, request: GenerationRequest | None = None):
-        """The loaded engine (cached). With a request, a run that cannot fit the device is refused first."""
-        from .weights.loading import load_modules
-        from .weights.lora import AppliedLoRAs
-        from .memory import check_fits
-        from .offload import apply_offload
-        from .pipeline import Flux2Engine
-
+        """The loaded engine (shared, engine_cache.py). With a request, a run that cannot fit the device is
+        refused before any weight is read."""
         self.check_ready()
-        key = self.cache_key()
-        with _cache_lock:
-            hit = _cache.get(key)
-            if hit is not None:
-                hit.vae_tiling = self.vae_tiling
-                return hit
-            if _cache:
-                for old in _cache.values():
-                    old.cache.clear()   # its prompt/reference caches belong to the model set that goes
-                _cache.clear()      # one model set at a time: two would rarely fit in memory
-                gc.collect()        # ...and their memory must be really free before the check below
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            if self.before_load is not None:
-                self.before_load()
-            device = pick_device(self.device)
+        device = pick_device(self.device)
+
+        def load():
             if request is not None:          # after before_load: ComfyUI's models no longer hold memory
-                alternative = self.memory_plan(request, "blocks") if self.offload == "none" else None
-                check_fits(self.memory_plan(request), device, f"{self.model_preset.name} at {request.width}x{request.height}",
-                           alternative)
-            load_device = torch.device("cpu") if self.offload == "blocks" else device
-            f = self.files
-            modules = load_modules(self.model_preset, diffusers_dir=f.diffusers_dir, transformer=f.transformer,
-                                   text_encoder=f.text_encoder, vae=f.vae, tokenizer=f.tokenizer,
-                                   dtype=DTYPES[self.dtype], device=load_device, mapped=self.offload == "blocks")
-            modules.device = device
-            if self.offload == "blocks":
-                apply_offload(modules, device)
-            engine = Flux2Engine(modules)
-            engine.vae_tiling = self.vae_tiling
-            engine.loras = AppliedLoRAs(modules.transformer)   # LoRA sets switch on this engine without a reload
-            _cache[key] = engine
-            return engine
+                self._check_fits(request, device)
+            return load_engine(self.model_preset, self.files, dtype=self.dtype, device=device, offload=self.offload)
+
+        return ENGINES.get(self.cache_key(), load, self.before_load)
+
+    def _check_fits(self, request: GenerationRequest, device: torch.device) -> None:
+        from .memory import check_fits
+
+        alternative = self.memory_plan(request, "blocks") if self.offload == "none" else None
+        check_fits(self.memory_plan(request), device, f"{self.model_preset.name} at {request.width}x{request.height}",
+                   alternative)

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .model.params import ModelPreset, TransformerParams
+from .weights.gguf_quants import BY_NAME, FLOAT_TYPES, stored_bytes
 
 GIB = 1024 ** 3
 CUDA_OVERHEAD = 1 * GIB           # CUDA context, cuBLAS workspace, allocator slack
@@ -132,13 +133,18 @@ _BLOCK = re.compile(r"^(double_blocks|single_blocks|transformer_blocks|single_tr
 
 def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: bool) -> tuple[int, int]:
     """(bytes in memory, elements) of one tensor as the loader keeps it: float8 Linear weights stay 1 byte where
-    kept (weights/quant.py), NVFP4 (uint8 codes + weight_scale_2) is de-quantised to the compute dtype, the rest is cast
+    kept (weights/quant.py), NVFP4 (uint8 codes + weight_scale_2) kept packed likewise (else de-quantised to the compute
+    dtype), GGUF matrices stay in their blocks (weights/gguf.py), the rest is cast
     to it; scales and markers are consumed."""
     if _SCALE_KEY.search(key):
         return 0, 0
     n = info.numel()
+    if info.dtype in GGUF_QUANTS:   # GGUF: Linear weights stay in their blocks (GGUFLinear); a token embedding and
+        linear = info.ndim == 2 and "embed_tokens" not in key      # anything else is de-quantised at load
+        return (stored_bytes(info.dtype, n) if linear else n * dtype_bytes), n
     if info.dtype == "U8" and key.endswith(".weight") and key[: -len("weight")] + "weight_scale_2" in tensors:
-        return 2 * n * dtype_bytes, 2 * n
+        # NVFP4 [out, in/2] codes: kept packed (quant.NVFP4Linear) with one fp8 block scale per 16 elements
+        return (n + n // 8 if keep_fp8 else 2 * n * dtype_bytes), 2 * n
     if info.dtype in ("F8_E4M3", "F8_E5M2") and keep_fp8 and info.ndim == 2:
         return n, n
     if info.dtype not in ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2"):
@@ -147,6 +153,14 @@ def _tensor_bytes(tensors: dict, key: str, info, dtype_bytes: int, keep_fp8: boo
 
 
 _STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I64": 8, "I32": 4}
+GGUF_QUANTS = frozenset(n for n in BY_NAME if n not in FLOAT_TYPES)
+
+
+def _stored(info) -> int:
+    """Bytes of one tensor as the file stores it."""
+    if info.dtype in GGUF_QUANTS:
+        return stored_bytes(info.dtype, info.numel())
+    return info.numel() * _STORED_BYTES.get(info.dtype, 4)
 
 
 def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtype_bytes: int, keep_fp8: bool,
@@ -157,11 +171,15 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
     largest = 0
     kept = keep_fp8 and any(i.dtype.startswith("F8") and i.ndim == 2 for i in
                             (*([] if upcast_transformer else transformer.values()), *text_encoder.values()))
+    # GGUF Linear weights are de-quantised one layer at a time too: the plan adds the largest one in the compute dtype
+    kept = kept or any(i.dtype in GGUF_QUANTS and i.ndim == 2 for i in (*transformer.values(), *text_encoder.values()))
+    kept = kept or keep_fp8 and any(i.dtype == "U8" and k.endswith(".weight") and k[:-6] + "weight_scale_2" in t
+                                    for t in (transformer, text_encoder) for k, i in t.items())
     for k, info in transformer.items():
         b, n = _tensor_bytes(transformer, k, info, dtype_bytes, keep_fp8 and not upcast_transformer)
         if m := _BLOCK.match(k):
             blocks[m.group(0)] = blocks.get(m.group(0), 0) + b
-            stored[m.group(0)] = stored.get(m.group(0), 0) + info.numel() * _STORED_BYTES.get(info.dtype, 4)
+            stored[m.group(0)] = stored.get(m.group(0), 0) + _stored(info)
         else:
             resident += b
         if k.endswith(".weight") and info.ndim == 2:
@@ -174,7 +192,7 @@ def sizes_from_headers(transformer: dict, text_encoder: dict, vae: dict, *, dtyp
         elif (m := re.match(r"layers\.(\d+)\.", k)) and int(m.group(1)) < text_layers_used:
             layers[m.group(1)] = layers.get(m.group(1), 0) + b
             unit = "text " + m.group(1)
-            stored[unit] = stored.get(unit, 0) + info.numel() * _STORED_BYTES.get(info.dtype, 4)
+            stored[unit] = stored.get(unit, 0) + _stored(info)
     vae_bytes = sum(_tensor_bytes(vae, k, i, dtype_bytes, False)[0] for k, i in vae.items())
     return ModuleSizes(transformer_resident=resident, transformer_blocks=sum(blocks.values()),
                        transformer_largest_block=max(blocks.values(), default=0), text_embedding=embedding,
@@ -260,10 +278,10 @@ def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
     No file: 0. A header that cannot be read is a ModelLoadError naming the file (never a silent bf16 guess)."""
     if path is None:
         return 0.0
-    from .weights.safetensors_header import read_header
+    from .weights.headers import read_any_header
 
     fp8 = total = 0
-    for key, info in read_header(path).tensors.items():
+    for key, info in read_any_header(path).tensors.items():
         if upcast_marker and f".{upcast_marker}" in f".{key}":
             return 0.0
         if info.ndim != 2:

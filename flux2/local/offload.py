@@ -28,7 +28,7 @@ from torch import nn
 
 from .weights.quant import FP8_DTYPES
 
-FLOAT32_NAMES = ("weight_scale", "running_mean", "running_var")    # stay float32 whatever the compute dtype
+FLOAT32_NAMES = ("weight_scale", "weight_scale_2", "running_mean", "running_var")    # stay float32 whatever the compute dtype
 STAGING_ALIGN = 256                                                   # bytes; any dtype can view an aligned slice
 
 

@@ -8,12 +8,29 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ModelLoadError
 from .caches import DEFAULT_BYTES, TensorLRU, content_hash, module_token
 from .model.modules import Flux2Modules
 from .model.sampling import euler_step, image_ids, initial_noise, model_timestep, pack, sigmas, text_ids, unpack
 from .model.transformer import RefKV
 
 REF_MAX_PIXELS = 1024 * 1024
+
+
+class NonFiniteValues(ModelLoadError):
+    """A stage produced NaN or Inf: weights holding them (a damaged or badly converted file) turn the whole
+    image black. `part` is the component whose file is the likely cause: "text_encoder", "transformer"
+    (or a LoRA on it), "vae"; the backend names the file."""
+
+    def __init__(self, stage: str, part: str):
+        super().__init__(f"{stage} produced non-finite values (NaN/Inf)")
+        self.stage, self.part = stage, part
+
+
+def require_finite(x: torch.Tensor, stage: str, part: str) -> None:
+    """Stop at the first stage that went non-finite (one reduction; on a GPU it waits for the stage)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteValues(stage, part)
 
 
 def prepare_reference(img: Image.Image) -> np.ndarray:
@@ -49,11 +66,6 @@ def reference_size(width: int, height: int) -> tuple[int, int]:
 
 
 class Flux2Engine:
-    vae_tiling = "auto"                 # "auto" | "on" | "off"; set by LocalBackend
-
-    def vae_tile(self, height: int, width: int) -> int:
-        return decode_tile(self.vae_tiling, self.device, height, width)
-
     def __init__(self, m: Flux2Modules, cache_bytes: int = DEFAULT_BYTES):
         self.m = m
         # Prompt embeddings and reference latents of this model set (caches.py); 0 bytes = no caching.
@@ -100,13 +112,15 @@ class Flux2Engine:
     @torch.no_grad()
     def generate(self, prompt: str, width: int, height: int, seeds: list[int], steps: int, guidance: float,
                  references: list[np.ndarray] = (), on_step: Callable[[int, int], None] | None = None,
-                 cfg_one_forward: bool = True) -> list[np.ndarray]:
+                 cfg_one_forward: bool = True, vae_tiling: str = "auto") -> list[np.ndarray]:
         """cfg_one_forward: with CFG, run the conditional and unconditional halves as one batch of 2B per step
-        (the backend turns it off under block offload or when its memory plan says 2B will not fit)."""
+        (the backend turns it off under block offload or when its memory plan says 2B will not fit).
+        vae_tiling: "auto" | "on" | "off" (decode_tile), this call's alone: the engine is shared."""
         m = self.m
         preset, tr, dev = m.preset, m.transformer, self.device
         B = len(seeds)
         emb = self.encode_prompt(prompt)                                  # [1, Lt, C]
+        require_finite(emb, "the text encoder", "text_encoder")
         dtype = emb.dtype                                                 # diffusers: latents in the text dtype
         neg = self.encode_prompt("") if preset.uses_cfg and guidance > 1.0 else None
         # One generator per image (seed, seed+1, ...): image i equals diffusers' single image with seed+i.
@@ -118,6 +132,7 @@ class Flux2Engine:
         all_ids = img_ids
         if references:
             ref_tok, ref_ids = self.encode_references(list(references))
+            require_finite(ref_tok, "the VAE encoder (reference latents)", "vae")
             ref_tok = ref_tok.expand(B, -1, -1).to(tr.dtype)
             all_ids = torch.cat((img_ids, ref_ids), 0)
         cond = emb.expand(B, -1, -1).to(tr.dtype)
@@ -147,21 +162,23 @@ class Flux2Engine:
                         v_u = tr(inp, ids, uncond, t_ids, t, g, ref_kv=kv and kv[1])[:, :L]
                         v = v_u + guidance * (v - v_u)
                 x = euler_step(x, v, sig[i], sig[i + 1])
+                require_finite(x, f"step {i + 1} of {steps}", "transformer")      # not a black image later
                 if on_step is not None:
                     on_step(i + 1, steps)
         finally:
             if kv is not None:
                 for c in kv:
                     c.clear()
-        return self.decode(x, h, w)
+        return self.decode(x, h, w, vae_tiling)
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, h: int, w: int) -> list[np.ndarray]:
+    def decode(self, x: torch.Tensor, h: int, w: int, vae_tiling: str = "auto") -> list[np.ndarray]:
         vae = self.m.vae
-        tile = self.vae_tile(h * 16, w * 16)
+        tile = decode_tile(vae_tiling, self.device, h * 16, w * 16)
         out = []
         for i in range(x.shape[0]):       # one at a time: the VAE decoder is the memory peak
             img = vae.decode(unpack(x[i:i + 1], h, w).to(vae.dtype), tile=tile)   # [1, 3, H, W]
+            require_finite(img, "the VAE decoder", "vae")
             img = (img.float() / 2 + 0.5).clamp(0, 1)
             out.append((img[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
         return out

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from ..errors import AuthError, ConfigError
 from ..redaction import remember_secret
 
@@ -29,14 +31,25 @@ def read_key(env_name: str) -> str:
 
 
 def base_url(env_name: str, default: str) -> str:
+    """The provider URL from `env_name` (else `default`), checked; errors are one line that never
+    repeats credentials the URL may carry."""
     url = os.environ.get(env_name, "").strip() or default
-    parts = urlsplit(url)
+    key_env = env_name[: -len("_URL")] + "_KEY" if env_name.endswith("_URL") else "the key variable"
+    if "@" in url.split("?")[0].split("#")[0]:
+        # user:password@host: httpx would send it as Basic auth, the provider answers a misleading 401.
+        raise ConfigError(f"{env_name} carries user info (user:password@ before the host); give the URL "
+                          f"without it - the credentials go in {key_env}")
     try:
+        parts = urlsplit(url)
         parts.port          # a port that is not a number ("abc") or out of range raises ValueError here
-    except ValueError:
-        raise ConfigError(f"{env_name} has an invalid port: {url!r}") from None
+        # httpx parses it again when sending: what it cannot parse (http://[::1]x) must fail here, in one line.
+        sent = httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ConfigError(f"{env_name} is not a valid URL ({exc}): {url[:80]!r}") from None
+    if (sent.host or "").lower() != (parts.hostname or "").lower():
+        raise ConfigError(f"{env_name} is read two ways (host {sent.host!r} or {parts.hostname!r}): {url[:80]!r}")
     if parts.scheme not in ("https", "http") or not parts.netloc or not parts.hostname:
-        raise ConfigError(f"{env_name} must be an http(s) URL, got {url!r}")
+        raise ConfigError(f"{env_name} must be an http(s) URL, got {url[:80]!r}")
     if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         # A key must never travel in clear text; plain http is only for loopback test servers.
         raise ConfigError(f"{env_name} must use https (plain http is allowed for loopback only)")

@@ -36,9 +36,11 @@ from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..run_context import RunContext
 from ..redaction import scrub
-from .common import RemoteBackend, redact
+from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, origin, read_key
+from .bfl_flux3 import flux3_body, mask_b64, summary as flux3_summary
 from .bfl_request import BflRequest
+from .retired import retired_error
 from .options import RemoteOptions
 from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
                    sent_earlier, settle, store_arrived)
@@ -176,6 +178,8 @@ class BflBackend(RemoteBackend):
         return resolve_base_url()
 
     def validate_options(self) -> None:
+        if self.model.generation == 3:
+            return                              # FLUX 3 has no output_format field: BFL picks the format
         if self.options.output_format not in OUTPUT_FORMATS:
             # Refused rather than silently turned into PNG: the user asked for a format BFL does not make.
             raise InputError(f"output_format {self.options.output_format} is not offered by BFL's FLUX.2 API; "
@@ -190,35 +194,36 @@ class BflBackend(RemoteBackend):
         if self._concurrency is not None:
             return max(1, min(int(self._concurrency), MAX_CONCURRENCY))
         # FLUX2_BFL_CONCURRENCY, else the pack-wide FLUX2_CONCURRENCY (capped at BFL's account limit).
-        for env in (CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV):
-            raw = os.environ.get(env, "").strip()
-            if not raw:
-                continue
-            try:
-                n = int(raw)
-            except ValueError:
-                n = 0
-            if n < 1 or (env == CONCURRENCY_ENV and n > MAX_CONCURRENCY):
-                raise ConfigError(f"{env} must be an integer 1..{MAX_CONCURRENCY}, got {raw!r}")
-            return min(n, MAX_CONCURRENCY)
-        return DEFAULT_CONCURRENCY
+        n = concurrency_from_env(CONCURRENCY_ENV, MAX_CONCURRENCY)
+        if n is None:
+            n = concurrency_from_env(GENERIC_CONCURRENCY_ENV)
+        return DEFAULT_CONCURRENCY if n is None else min(n, MAX_CONCURRENCY)
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         sizes, assumed = reference_sizes(request.references)
-        return estimate(self.model, BFL, request.width, request.height, sizes, request.batch, assumed)
+        return estimate(self.model, BFL, request.width, request.height, sizes, request.batch, assumed,
+                        mode=self.options.mode)
 
     def plan(self, request: GenerationRequest) -> list[PlannedCall]:
         url = resolve_base_url() + self.pm.model_id
         refs = [as_sent(r) or f"<png {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
-        bodies = [self.request_body(request, i, refs).to_json() for i in range(request.batch)]
+        mask = f"<png mask {request.mask.width}x{request.mask.height}>" if request.mask is not None else None
+        bodies = [self.request_body(request, i, refs, mask).to_json() for i in range(request.batch)]
+        if self.model.generation == 3:
+            return [PlannedCall(BFL, f"POST {url}", flux3_summary(self.model, request, len(refs)),
+                                {"requests": bodies})]
         summary = (f"{request.width}x{request.height} seed {request.seed}"
                    + (f" x{request.batch} (one task each, seeds +i)" if request.batch > 1 else "")
                    + (f", {len(refs)} reference(s)" if refs else ""))
         return [PlannedCall(BFL, f"POST {url}", summary, {"requests": bodies})]
 
     # -- request building ---------------------------------------------------------------------
-    def request_body(self, request: GenerationRequest, index: int, references: list[str]) -> BflRequest:
+    def request_body(self, request: GenerationRequest, index: int, references: list[str],
+                     mask: str | None = None):
         opts, pm = self.options, self.pm
+        if self.model.generation == 3:
+            # No seed field: each image of a batch is its own task and BFL reports the seed it used.
+            return flux3_body(self.model, opts, request, references, mask)
         if self.model.family == "flex":
             # flex upsamples by default at BFL: always say what the user chose (off keeps edits faithful).
             upsampling = bool(opts.prompt_upsampling)
@@ -255,33 +260,48 @@ class BflBackend(RemoteBackend):
         transport, base, key = self._client()
         url = base + self.pm.model_id
         refs = [as_sent(r) or base64.b64encode(r.png).decode("ascii") for r in request.references]
-        jobs = [Job(i, seed, self.request_body(request, i, refs)) for i, seed in enumerate(request.seeds)]
+        mask = mask_b64(request)
+        jobs = [Job(i, seed, self.request_body(request, i, refs, mask)) for i, seed in enumerate(request.seeds)]
+        expanded: dict[int, str] = {}           # FLUX 3: the prompt as BFL expanded it, per image
         estimate_one = self.estimate_one(request)
         cache_key = partial(self.image_cache_key, request)
         ctx.report(request.node_id, 0, float(request.batch), f"submitting to {self.describe()}")
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch):
-                return
             try:
-                self._work(job, control, transport, url, key, ctx, estimate_one, request, cache_key)
+                self._work(job, control, transport, url, key, ctx, estimate_one, request, cache_key, expanded)
             finally:
                 store_arrived(job, ctx, cache_key, self.describe(), request.batch)
 
         # Polling stops within a moment of a cancel (polls are free and the task ids are named);
         # an abort leaves at once.
         outcome = run_jobs(jobs, work, ctx=ctx, node=request.node_id, label=self.describe(),
-                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S)
+                           concurrency=self.concurrency(), cancel_grace_s=CANCEL_GRACE_S, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, transport, key, ctx, cache_key, request.batch))
         charged = [j for j in jobs if j.charged]
         credits = None if any(j.cost_usd is None for j in charged) else round(sum(j.cost_usd for j in charged) * 100, 4)
+        info = {"credits": credits}
+        if expanded:
+            info["expanded_prompts"] = [expanded.get(j.index) for j in jobs if j.image is not None]
         return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,
-                      outcome=outcome, info={"credits": credits})
+                      outcome=outcome, info=info)
+
+    def _late_cost(self, job: Job, result: dict, estimate_one: float | None) -> None:
+        """FLUX 3's submit may carry no cost; its poll answer does (top level or in result), in credits."""
+        credits = result.get("cost")
+        if job.cost_usd is not None or credits is None:
+            return
+        try:
+            checked_cost(job, credits / 100 if _is_number(credits) else credits, "bfl", estimate_one)
+        except ProviderError as exc:
+            log.warning("%s", exc)
 
     def _work(self, job: Job, control: JobControl, transport: BflTransport, url: str, key: str, ctx: RunContext,
-              estimate_one: float | None, request: GenerationRequest, cache_key) -> None:
+              estimate_one: float | None, request: GenerationRequest, cache_key, expanded: dict) -> None:
         """One image: submit, note the task (a run after a kill polls it instead of paying again), poll
-        until `total_s` from the submit, download."""
+        until `total_s` from the submit, download. FLUX 3: its cost comes with the poll, and the prompt
+        BFL expanded goes into `expanded` (by image index)."""
         tag = f"image {job.index + 1}/{request.batch} (seed {job.seed}): " if request.batch > 1 else ""
         try:
             submitted = time.monotonic()     # the task's deadline counts from here, whatever the polls do
@@ -296,6 +316,9 @@ class BflBackend(RemoteBackend):
                                             "locator": job.locator})
             job.progress = 0.05
             result = self._poll(job, transport, key, ctx, submitted)
+            self._late_cost(job, result, estimate_one)
+            if isinstance(result.get("prompt"), str) and self.model.generation == 3:
+                expanded[job.index] = scrub(result["prompt"], 20000)
             self._download(job, result, transport)
         except ModerationError as exc:
             if self.options.on_moderation != "placeholder":
@@ -356,6 +379,10 @@ class BflBackend(RemoteBackend):
             raise
         if response is not None and response.status_code != 200:
             job.settled = response.status_code < 500        # refused; after a 5xx nobody knows
+            if response.status_code in (404, 410):
+                # The endpoint is gone (or never was): say what to use instead, and do not retry.
+                raise retired_error(self.model, "bfl", f"POST {self.pm.model_id} answered HTTP "
+                                    f"{response.status_code}", response.status_code)
             raise http_error(response.status_code, _json_or_text(response, key), key, "submit")
         if response is not None:
             body = submit_answer(response, key)
@@ -430,6 +457,8 @@ class BflBackend(RemoteBackend):
             result = body.get("result")
             if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
                 raise ProviderError(f"bfl: task {job.task_id} is Ready (and billed) but carries no result.sample URL")
+            if result.get("cost") is None and body.get("cost") is not None:
+                result = {**result, "cost": body["cost"]}
             return result
         if status in MODERATED:
             job.settled = True
@@ -438,7 +467,8 @@ class BflBackend(RemoteBackend):
             raise ModerationError(
                 f"bfl: {status} - moderated (not charged): BFL's safety filter refused {what}"
                 + (f" ({reasons})" if reasons else "")
-                + f"; safety_tolerance is {self.options.safety_tolerance} (0 strictest .. 5 most permissive)",
+                + f"; safety_tolerance is {self.options.safety_tolerance} (0 strictest .. "
+                + f"{4 if self.model.generation == 3 else 5} most permissive)",
                 code=status)
         if status == "Error":
             job.settled = True

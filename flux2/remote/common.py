@@ -1,12 +1,31 @@
 """Checks and helpers every remote backend shares."""
 from __future__ import annotations
 
+import os
+
 from ..backend import GenerationRequest
+from ..errors import ConfigError
 from ..redaction import scrub
 from ..models import get_model
+from ..net.transport import Deadlines
 from ..rules import LABELS, Rules, remote_rules, validate_request
 from .options import RemoteOptions
-from ..net.transport import Deadlines
+
+
+def concurrency_from_env(env: str, maximum: int | None = None) -> int | None:
+    """Tasks in flight from `env`, read the same way for every provider: None when unset, else a whole
+    number 1.. (`maximum`); anything else is refused in one line rather than silently replaced."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1 or (maximum is not None and n > maximum):
+        span = f"1..{maximum}" if maximum is not None else "1 or more"
+        raise ConfigError(f"{env} must be an integer {span}, got {raw!r}")
+    return n
 
 
 def redact(text: str, secret: str | None, limit: int | None = None) -> str:
@@ -22,6 +41,7 @@ class RemoteBackend:
     """
 
     kind = ""
+    takes_reference_urls: tuple[str, ...] = ()      # Runware and BFL name the forms they send as they are
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport=None):
@@ -60,7 +80,10 @@ class RemoteBackend:
         return self.estimate(replace(request, batch=1)).usd
 
     def cache_identity(self) -> dict:
-        return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": vars(self.options)}
+        # The FLUX 3 options only when set, so the keys of results cached before they existed still match.
+        options = {k: v for k, v in vars(self.options).items()
+                   if not (k in ("grounding", "mode") and v == "default")}
+        return {"provider": self.kind, "host": self.host(), "model": self.pm.model_id, "options": options}
 
     def rules(self) -> Rules:
         return remote_rules(self.model, self.kind, self.pm)
@@ -70,5 +93,6 @@ class RemoteBackend:
 
     def validate(self, request: GenerationRequest) -> None:
         self.options.validate()
+        self.options.validate_for(self.model)
         self.validate_options()
         validate_request(request, self.rules())

@@ -9,8 +9,10 @@ from .options import RemoteOptions
 def make_remote_backend(provider: str, model_name: str, options: RemoteOptions, **kwargs):
     if provider not in PROVIDERS:
         raise InputError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    get_model(model_name).on(provider)          # unknown model / not offered there: one clear error now
+    model = get_model(model_name)
+    model.on(provider)                          # unknown model / not offered there: one clear error now
     options.validate()
+    options.validate_for(model)                 # e.g. grounding on a FLUX.2 model: refused at the backend node
     if provider == RUNWARE:
         from .runware import RunwareBackend
         return RunwareBackend(model_name, options, **kwargs)

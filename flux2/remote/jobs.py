@@ -22,10 +22,11 @@ from typing import Callable
 import numpy as np
 
 from ..backend import GenerationRequest, GenerationResult
-from ..errors import Cancelled, Flux2Error, ProviderError, ProviderTimeout
+from ..errors import BudgetError, Cancelled, Flux2Error, ProviderError, ProviderTimeout
 from ..redaction import log_unexpected, scrub
-from ..run_context import RunContext
 from ..net.transport import Deadlines, sleep_with_cancel
+from ..rules import MAX_TORCH_SEED
+from ..run_context import RunContext
 from .wire import WireBody
 
 log = logging.getLogger("comfyui_flux2.remote")
@@ -84,10 +85,13 @@ class JobControl:
 
 
 def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: RunContext, node: str,
-             label: str, concurrency: int, cancel_grace_s: float | None) -> str:
+             label: str, concurrency: int, cancel_grace_s: float | None, unit_usd: float | None = None,
+             cached: Callable[[Job], bool] | None = None) -> str:
     """Run `work(job, control)` for every job, `concurrency` at a time. Returns "done", "cancelled"
     (a cancel was seen) or "aborted" (KeyboardInterrupt: workers were left behind at once); the jobs
-    show how far each got."""
+    show how far each got. Under a budget cap (`ctx.gate`) a job starts only when the gate admits its
+    `unit_usd` (None: no published price); `cached(job)` serves a job for free (the result cache, or
+    the task an earlier, killed run sent)."""
     control = JobControl(ctx)
     pending = list(reversed(jobs))
     lock = threading.Lock()
@@ -108,6 +112,12 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: R
                     job.error = Cancelled("cancelled by the user") if control.cancelled() else None
                     job.settled = True
                     continue
+                if cached is not None and cached(job):
+                    job.progress = 1.0
+                    continue
+                task = _admitted(job, ctx, unit_usd, control, label)
+                if task is False:
+                    continue
                 try:
                     work(job, control)
                 except Flux2Error as exc:
@@ -118,6 +128,9 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: R
                                               f"{job.index + 1}")
                 finally:
                     job.progress = 1.0 if job.image is not None or job.error is not None else job.progress
+                    if task is not None:   # a task sent and not answered may be billed: counted as such
+                        task.ended(job.cost_usd, job.charged or (job.sent and not job.settled),
+                                   describe_billable(job, label))
         finally:
             with lock:
                 running[0] -= 1
@@ -149,6 +162,25 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: R
         control.stop_new()
     ctx.report(node, total, total, f"{label}: {sum(1 for j in jobs if j.image is not None)}/{len(jobs)} ready")
     return "done" if cancelled_at is None else "cancelled"
+
+
+def _admitted(job: Job, ctx: RunContext, unit_usd: float | None, control: JobControl, label: str):
+    """The budget gate's Task for this job (None: no cap), or False: not started (it would pass the cap,
+    or the run stopped while the job waited for a first charge to be seen)."""
+    gate = getattr(ctx, "gate", None)
+    if gate is None:
+        return None
+    try:
+        task = gate.admit(unit_usd, lambda: control.stopping)
+    except BudgetError as exc:
+        job.error, job.settled = _with_message(exc, f"{label}: image {job.index + 1} (seed {job.seed}) {exc}"), True
+        control.stop_new(job.error)     # every later job would be refused the same way
+        return False
+    if task is None:
+        job.error = Cancelled("cancelled by the user") if control.cancelled() else None
+        job.settled = True
+        return False
+    return task
 
 
 # -- polling -------------------------------------------------------------------------------------
@@ -204,7 +236,8 @@ def checked_seed(job: Job, seed, provider: str) -> None:
     """The provider's seed for the image, when it is one; a wrong type fails the job (image kept)."""
     if seed is None:
         return
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64:
+    # A provider may report a seed of its own choosing: any 64-bit value (the widest a backend takes) is one.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_TORCH_SEED:
         raise ProviderError(f"{provider}: task {job.task_id} reported seed {scrub(repr(seed), 40)}, not an "
                             "integer; the image was kept with the requested seed")
     job.result_seed = seed

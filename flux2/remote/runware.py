@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 import uuid
@@ -12,16 +11,17 @@ from functools import partial
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, ModerationError, ProviderError
+from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..rules import REMOTE_MAX_BATCH
 from ..run_context import RunContext
-from .common import RemoteBackend, redact
+from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, read_key
 from .options import RemoteOptions
+from .retired import is_model_gone, retired_error
 from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
                             ProviderSettings, RunwareTask)
 from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
@@ -47,10 +47,8 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 def concurrency() -> int:
     """Tasks in flight per node (FLUX2_CONCURRENCY, default the largest batch, so a batch goes out at
     once; a 429 backs off only the request it hit. Lower it for accounts with small queue limits)."""
-    try:
-        return max(1, int(os.environ.get("FLUX2_CONCURRENCY", str(REMOTE_MAX_BATCH))))
-    except ValueError:
-        return REMOTE_MAX_BATCH
+    n = concurrency_from_env("FLUX2_CONCURRENCY")
+    return REMOTE_MAX_BATCH if n is None else n
 
 
 def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
@@ -112,6 +110,13 @@ class RunwareBackend(RemoteBackend):
     def check_ready(self) -> None:
         base_url(URL_ENV, DEFAULT_URL)
         read_key(KEY_ENV)
+        concurrency()
+
+    def validate_options(self) -> None:
+        if self.model.generation == 3 and self.options.grounding != "default":
+            # Runware's FLUX 3 pages we could read name no grounding setting (docs/flux3.md).
+            raise InputError(f"grounding is not established for {self.model_name} on Runware; set it to default "
+                             "or use provider bfl")
 
     def estimate(self, request: GenerationRequest) -> Estimate:
         sizes, assumed = reference_sizes(request.references)
@@ -121,7 +126,9 @@ class RunwareBackend(RemoteBackend):
         url = base_url(URL_ENV, DEFAULT_URL)
         refs = [as_sent(r) or f"<upload {r.width}x{r.height} sha256:{r.sha256[:12]}>" for r in request.references]
         tasks = [self.inference_task(request, i, refs, task_uuid="<uuid4>") for i in range(request.batch)]
-        summary = (f"{request.width}x{request.height} seed {request.seed}"
+        seed = (f" seed {request.seed}" if self.model.generation == 2
+                else " (no seed: the provider picks and reports one)")
+        summary = (f"{request.width}x{request.height}{seed}"
                    + (f" x{request.batch}" if request.batch > 1 else "")
                    + (f", {len(refs)} reference(s)" if refs else "")
                    + ("".join(f", LoRA {air} x{w:g}" for air, w in self.sent_loras())))
@@ -132,6 +139,8 @@ class RunwareBackend(RemoteBackend):
     def inference_task(self, request: GenerationRequest, index: int, references: list[str],
                        task_uuid: str | None = None) -> ImageInference:
         opts, pm = self.options, self.pm
+        if self.model.generation == 3:
+            return self.flux3_task(request, references, task_uuid)
         return ImageInference(
             taskUUID=task_uuid or str(uuid.uuid4()),
             model=pm.model_id,
@@ -149,6 +158,22 @@ class RunwareBackend(RemoteBackend):
             if pm.model_id.startswith("bfl:") else None,
             inputs=Inputs(tuple(references)) if references else None,
         )
+
+    def flux3_task(self, request: GenerationRequest, references: list[str], task_uuid: str | None) -> ImageInference:
+        """FLUX 3 Image on Runware (`bfl:flux@3-image`): the delivered width x height from FLUX 3's size
+        table (flux2/flux3.py), no seed (the result reports one), the layout appended to the prompt as BFL
+        documents it, and only safetyTolerance among BFL's settings."""
+        from .. import flux3
+        from .bfl_flux3 import prompt_with_layout
+        width, height = flux3.deliver(request.width, request.height)
+        opts = self.options
+        return ImageInference(
+            taskUUID=task_uuid or str(uuid.uuid4()), model=self.pm.model_id,
+            positivePrompt=prompt_with_layout(request), width=width, height=height, seed=None,
+            outputFormat=opts.output_format,
+            outputQuality=opts.output_quality if opts.output_format != "PNG" else None,
+            providerSettings=ProviderSettings(BflSettings(None, int(opts.safety_tolerance))),
+            inputs=Inputs(tuple(references)) if references else None)
 
     # -- execution ----------------------------------------------------------------------------
     def _client(self) -> tuple[Transport, str, str]:
@@ -201,9 +226,6 @@ class RunwareBackend(RemoteBackend):
         cache_key = partial(self.image_cache_key, request)
 
         def work(job: Job, control: JobControl) -> None:
-            if cached_image(job, ctx, cache_key, request.batch) \
-                    or self._fetch_earlier(job, ctx, cache_key, request.batch):
-                return
             note_sent(job, ctx, cache_key, {"provider": RUNWARE, "host": self.host(), "task": job.task_id})
             try:
                 self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
@@ -215,6 +237,12 @@ class RunwareBackend(RemoteBackend):
                     raise
                 log.warning("%s; returning a placeholder image", exc)
                 job.image, job.placeholder = placeholder(request.width, request.height), True
+            except ProviderError as exc:
+                if not is_model_gone(exc):
+                    raise
+                gone = retired_error(self.model, "runware", f"model {self.pm.model_id}: {exc}", exc.status)
+                control.stop_new(gone)
+                raise gone from None
             finally:
                 store_arrived(job, ctx, cache_key, self.describe(), request.batch)
 
@@ -222,7 +250,9 @@ class RunwareBackend(RemoteBackend):
         # and a 429 backs off only the request it hit. A cancel lets a request in flight finish (its
         # answer carries the paid image); an abort leaves at once and names the tasks in flight.
         outcome = run_jobs(jobs, work, ctx=ctx, node=node, label=self.describe(), concurrency=concurrency(),
-                           cancel_grace_s=None)
+                           cancel_grace_s=None, unit_usd=estimate_one,
+                           cached=lambda job: cached_image(job, ctx, cache_key, request.batch)
+                           or self._fetch_earlier(job, ctx, cache_key, request.batch))
         return settle(jobs, request, ctx, provider="runware", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome)
 

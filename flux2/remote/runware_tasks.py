@@ -15,7 +15,7 @@ from .wire import WireBody
 class BflSettings(WireBody):
     """providerSettings.bfl: only for BFL-hosted models (bfl:*)."""
 
-    promptUpsampling: bool
+    promptUpsampling: bool | None        # None for FLUX 3 Image, which always expands the prompt
     safetyTolerance: int
 
 
@@ -47,7 +47,7 @@ class ImageInference(WireBody):
     positivePrompt: str
     width: int
     height: int
-    seed: int
+    seed: int | None                     # None (omitted) for FLUX 3 Image, which takes no seed
     numberResults: int = 1               # one image per task: each image of a batch has its own seed
     outputType: str = "URL"
     outputFormat: str

@@ -101,9 +101,10 @@ def test_lora_rows_time_none_on_the_fly_and_merged_in_one_process(capsys):
     assert bench.main(["--configs", "tiny", "--reps", "1", "--device", "cpu", "--rows", "lora", "--lora-rank", "4"]) == 0
     out = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("config"))
-    assert "on the fly s" in out[head] and "merged s" in out[head]
+    assert "on the fly s" in out[head] and "merged s" in out[head] and "switch s" in out[head]
     row = out[head + 1].split()
     assert row[0] == "tiny" and row[1] == "4"
+    assert float(row[-3]) > 0 and float(row[-2]) > 0     # switching sets: restore from the file + merge; back off
     assert float(row[-1]) < 1e-3          # max |on the fly - merged| of the step output (fp32)
 
 

@@ -33,9 +33,9 @@ def test_one_forward_equals_two_calls_within_float_tolerance(engine):
     latents = {}
     real_decode = engine.decode
 
-    def keep(x, h, w):
+    def keep(x, h, w, vae_tiling="auto"):
         latents[len(latents)] = x.clone()
-        return real_decode(x, h, w)
+        return real_decode(x, h, w, vae_tiling)
 
     engine.decode = keep
     try:

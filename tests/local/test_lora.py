@@ -293,6 +293,67 @@ def test_switching_loras_reuses_the_loaded_model(klein, tmp_path, monkeypatch):
     assert np.array_equal(again, base)                 # hooks removed: the base model is untouched
 
 
+def _hooks(module) -> int:
+    return sum(len(m._forward_hooks) for m in module.modules())
+
+
+@pytest.mark.parametrize("layout", ["diffusers folder", "BFL single file"])
+def test_float_weights_take_the_lora_merged_and_get_their_exact_originals_back_from_the_file(klein, tmp_path, layout):
+    """bf16/fp16/fp32 Linears: the LoRA is merged when the set is attached (no hook, no per-step cost) and undone,
+    bit for bit, by reading the merged weights again from the model file: no copy of them is kept meanwhile."""
+    from comfyui_flux2.flux2.local.weights import loading
+
+    _, root, files = klein
+    paths = (loading.shard_files(root / "diffusers" / "flux2-tiny" / "transformer", "diffusion_pytorch_model")
+             if layout == "diffusers folder" else files["transformer"])
+    for dtype in (torch.float32, torch.bfloat16):
+        tr = loading.load_transformer(paths, TINY, dtype)
+        before = {k: v.clone() for k, v in tr.state_dict().items()}
+        reads = []
+        restore = lambda names: reads.append(list(names)) or loading.reread_linear_weights(paths, dtype, names)  # noqa: E731
+        applied = lora.AppliedLoRAs(tr, restore=restore)
+        lo = tw.RandomLoRA.make(SHAPES, seed=15)
+        deltas = [lora.Delta(lora.Target(m, 0, SHAPES[m][0]), down=d, up=u * a / d.shape[0])
+                  for m, (d, u, a) in lo.layers.items()]
+        applied.use(("a",), lambda: lora.build_patches([(deltas, 1.0)], SHAPES, dtype, "cpu"))
+        assert _hooks(tr) == 0 and applied.bytes == 0 and applied.merged == sorted(SHAPES)
+        qkv = "double_blocks.0.img_attn.qkv"
+        merged = before[qkv + ".weight"].float() + lo.layers[qkv][1] * lo.layers[qkv][2] / 4 @ lo.layers[qkv][0]
+        torch.testing.assert_close(tr.get_submodule(qkv).weight.float(), merged, rtol=0, atol=0.02)
+        applied.use(("b",), lambda: lora.build_patches([(deltas, -1.0)], SHAPES, dtype, "cpu"))   # switch sets
+        applied.use((), lambda: {})
+        assert reads == [sorted(SHAPES)] * 2 and applied.merged == [] and _hooks(tr) == 0
+        after = tr.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items()), f"{layout} {dtype}: not restored exactly"
+
+
+def test_quantised_weights_and_streamed_blocks_keep_the_lora_on_the_fly():
+    """A ScaledFP8Linear beside a plain Linear: the plain one merged, the fp8 one hooked (its weight stays float8);
+    without a restorer (offload=blocks) every layer is hooked and no weight changes."""
+    from comfyui_flux2.flux2.local.weights.quant import FP8_DTYPES, ScaledFP8Linear
+
+    if not FP8_DTYPES:
+        pytest.skip("this torch has no float8")
+    torch.manual_seed(0)
+    host = torch.nn.Module()
+    host.add_module("plain", torch.nn.Linear(16, 24, bias=False))
+    fp8 = ScaledFP8Linear(16, 24, False, torch.float32)
+    fp8.weight.data = (torch.randn(24, 16) * 0.5).to(FP8_DTYPES[0])
+    fp8.weight_scale.data = torch.tensor(0.7)
+    host.add_module("fp8", fp8)
+    original = host.plain.weight.detach().clone()
+    patches = lambda: {m: lora.Patch(down=torch.randn(3, 16), up=torch.randn(24, 3)) for m in ("plain", "fp8")}  # noqa: E731
+    applied = lora.AppliedLoRAs(host, restore=lambda names: {"plain": original})
+    applied.use(("x",), patches)
+    assert applied.merged == ["plain"] and _hooks(host) == 1 and len(host.fp8._forward_hooks) == 1
+    assert host.fp8.weight.dtype == FP8_DTYPES[0] and not torch.equal(host.plain.weight, original)
+    applied.use((), dict)
+    assert torch.equal(host.plain.weight, original) and _hooks(host) == 0
+    streamed = lora.AppliedLoRAs(host, restore=None)
+    streamed.use(("x",), patches)
+    assert streamed.merged == [] and _hooks(host) == 2 and torch.equal(host.plain.weight, original)
+
+
 def test_fp8_weights_stay_fp8_under_a_lora():
     from comfyui_flux2.flux2.local.weights.quant import FP8_DTYPES, ScaledFP8Linear
 

@@ -79,6 +79,7 @@ def test_bf16_text_to_image_every_layout(bf16_layouts):
     _check(first, _images(pipe, prompt, seed, 4, w, h), _images(pipe32, prompt, seed, 4, w, h), "bf16 t2i klein")
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_bf16_multi_reference_edit(bf16_layouts):
     pipe32, pipe, engines = bf16_layouts
     refs = [pattern(80, 72, 1), pattern(64, 100, 2)]
@@ -90,6 +91,7 @@ def test_bf16_multi_reference_edit(bf16_layouts):
            _images(pipe32, "make the sky green", 3, 3, image=refs), "bf16 edit klein, 2 refs")
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_bf16_klein_base_cfg(klein_base, tmp_path):
     pipe32 = klein_base[0]
     pipe = copy.deepcopy(pipe32).to(BF)

@@ -122,7 +122,7 @@ def test_nvfp4_dequantisation_equals_comfy_kitchen(dtype):
     assert (p2 != packed).float().mean() < 0.01        # ties may round differently; values otherwise identical
 
 
-def test_nvfp4_text_encoder_loads_dequantised(published):
+def test_nvfp4_text_encoder_kept_packed_or_dequantised(published):
     _, _, files = published
     path = files["qwen_3_4b_fp4_flux2.safetensors"]
     h = read_header(path)
@@ -132,7 +132,11 @@ def test_nvfp4_text_encoder_loads_dequantised(published):
     raw = load_file(str(path))
     k = "model.layers.3.mlp.down_proj"
     want = quant.dequantize_nvfp4(raw[k + ".weight"], raw[k + ".weight_scale"], raw[k + ".weight_scale_2"], F32)
-    assert torch.equal(te.state_dict()["layers.3.mlp.down_proj.weight"], want)
+    lin = te.layers[3].mlp.down_proj
+    assert isinstance(lin, quant.NVFP4Linear) and lin.weight.dtype == torch.uint8       # kept packed
+    assert torch.equal(lin.dequantized(F32), want)
+    at_load = loading.load_text_encoder(path, TINY.text_encoder, F32, keep_fp8=False)   # de-quantised on load
+    assert torch.equal(at_load.state_dict()["layers.3.mlp.down_proj.weight"], want)
     ids = torch.tensor([[1, 2, 3, 4]])
     out = te(ids, torch.ones_like(ids))
     assert out.shape == (1, 4, TINY.text_encoder.out_dim) and torch.isfinite(out).all()

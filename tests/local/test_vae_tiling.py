@@ -80,3 +80,31 @@ def test_before_load_hook_runs_once_per_load(klein):
     make().engine()
     make().engine()                 # a cache hit: ComfyUI's models are not unloaded again
     assert calls == [1]
+
+
+def test_a_second_backend_on_the_same_weights_does_not_change_a_running_generations_tiling(klein):
+    """Two backends share the process's cached engine; one that asks for no tiling while the other's
+    generation runs must not turn tiling off under it (settings travel with the request, not the engine)."""
+    from comfyui_flux2.flux2.backend import GenerationRequest
+    from comfyui_flux2.flux2.run_context import RunContext
+
+    _, root, _ = klein
+    lb.clear_cache()
+    files = lb.LocalFiles(diffusers_dir=root / "diffusers" / "flux2-tiny")
+    tiled = lb.LocalBackend("FLUX.2 [klein] 4B", files, dtype="fp32", device="cpu", preset=TINY, steps=2,
+                            vae_tiling="on")
+    untiled = lb.LocalBackend("FLUX.2 [klein] 4B", files, dtype="fp32", device="cpu", preset=TINY, steps=2,
+                              vae_tiling="off")
+    engine = tiled.engine()
+    assert untiled.engine() is engine                    # one model set in memory, shared
+    tiles = []
+    real = engine.m.vae.decode
+    engine.m.vae.decode = lambda z, tile=0, **kw: tiles.append(tile) or real(z, tile=tile, **kw)
+    ctx = RunContext(progress=lambda node, done, total, message: untiled.engine())   # "meanwhile" on every step
+    try:
+        tiled.generate(GenerationRequest("a lighthouse", 64, 64, seed=1), ctx)
+        untiled.generate(GenerationRequest("a lighthouse", 64, 64, seed=1), RunContext())
+    finally:
+        del engine.m.vae.decode
+        lb.clear_cache()
+    assert tiles == [lb.decode_tile("on", torch.device("cpu"), 64, 64), 0]

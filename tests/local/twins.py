@@ -142,6 +142,24 @@ def write_comfy_quant_fp8_transformer(diffusers_sd, path: Path) -> Path:
     return _save(sd, path)
 
 
+def write_comfy_nvfp4_transformer(diffusers_sd, path: Path) -> Path:
+    """NVFP4 single file in ComfyUI's layout (BFL's FLUX.2-dev-NVFP4 / klein NVFP4 releases are published for
+    ComfyUI): block Linears as uint8 codes + float8 `weight_scale` (128x4 tiled) + float32 `weight_scale_2` and
+    `input_scale`, listed in `_quantization_metadata` with format "nvfp4"; everything else bf16. Which layers BFL
+    quantises is not known (docs/model-files.md: low); any split loads."""
+    sd, layers = {}, {}
+    for k, v in bfl_transformer(diffusers_sd).items():
+        if _block_linear(k):
+            base = k[: -len(".weight")]
+            sd[k], sd[f"{base}.weight_scale"], sd[f"{base}.weight_scale_2"] = quantize_nvfp4(v)
+            sd[f"{base}.input_scale"] = torch.ones((), dtype=torch.float32)
+            layers[base] = {"format": "nvfp4"}
+        else:
+            sd[k] = v.to(torch.bfloat16)
+    meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+    return _save(sd, path, meta)
+
+
 def write_klein_kv_fp8_transformer(diffusers_sd, path: Path) -> Path:
     """BFL `flux-2-klein-9b-kv-fp8.safetensors` (the [klein] 9B KV variant, the file ComfyUI's
     `image_flux2_klein_9b_kv_image_edit` template loads): the [klein] 9B keys and fp8 encoding of BFL's other

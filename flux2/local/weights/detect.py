@@ -1,4 +1,4 @@
-"""Which FLUX.2 model a set of files is, from their safetensors headers alone (no weight is read).
+"""Which FLUX.2 model a set of files is, from their safetensors or GGUF headers alone (no weight is read).
 
 As ComfyUI's model detection does, the family and size come from the tensors: a guidance embedder means
 [dev]; the text encoder's kind (Qwen3: per-head q/k norms; Mistral: none) and width; the transformer's width
@@ -19,7 +19,9 @@ from pathlib import Path
 from ...errors import ModelLoadError
 from ..model.params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS, QWEN3_4B, QWEN3_8B, ModelPreset,
                      TextEncoderParams, TransformerParams, VAEParams)
-from .safetensors_header import Header, TensorInfo, read_headers
+from .quant import in_features
+from .safetensors_header import Header, TensorInfo
+from .headers import read_any_headers as read_headers
 
 AUTO = "auto"
 _TR_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
@@ -61,12 +63,12 @@ def transformer_params(t: dict, name: str, config: dict | None = None) -> Transf
     if "double_blocks.0.img_mod.lin.weight" in t or "transformer_blocks.0.norm1.linear.weight" in t:
         raise ModelLoadError(f"{name} is a FLUX.1 transformer (per-block modulation), not FLUX.2")
     if "double_blocks.0.img_attn.qkv.weight" in t and "single_stream_modulation.lin.weight" in t:
-        hidden, in_ch = t["img_in.weight"].shape
+        hidden, in_ch = t["img_in.weight"].shape[0], in_features(t, "img_in.weight")
         head_dim = t.get("double_blocks.0.img_attn.norm.query_norm.scale",
                          t.get("double_blocks.0.img_attn.norm.query_norm.weight")).shape[0]
         nd, ns = _blocks(t, "double_blocks."), _blocks(t, "single_blocks.")
-        ctx = t["txt_in.weight"].shape[1]
-        mlp = t["double_blocks.0.img_mlp.2.weight"].shape[1]
+        ctx = in_features(t, "txt_in.weight")
+        mlp = in_features(t, "double_blocks.0.img_mlp.2.weight")
         guidance = "guidance_in.in_layer.weight" in t
     elif "transformer_blocks.0.attn.to_q.weight" in t and "single_stream_modulation.linear.weight" in t:
         hidden, in_ch = t["x_embedder.weight"].shape
@@ -250,7 +252,8 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
     tr_header = read_headers(tr, "diffusion model")
     t = _strip(tr_header.tensors, _TR_PREFIXES)
     tp = transformer_params(t, tr_name, cfg["transformer"])
-    te_t = _strip(read_headers(te, "text encoder").tensors, _TE_PREFIXES)
+    te_header = read_headers(te, "text encoder")
+    te_t = _strip(te_header.tensors, _TE_PREFIXES)
     te_t = {k: v for k, v in te_t.items() if "vision" not in k and not k.startswith("lm_head")}
     if "embed_tokens.weight" in te_t and te_t["embed_tokens.weight"].ndim == 2:
         width = te_t["embed_tokens.weight"].shape[1]
@@ -266,6 +269,9 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
     te_cfg = cfg["text_encoder"]
     if not te_cfg and len(te) == 1:              # a single file may bring its config as <stem>.config.json
         te_cfg = _json(te[0].with_name(te[0].stem + ".config.json"))
+    if not te_cfg and te[0].suffix.lower() == ".gguf":     # a llama.cpp file says its head counts and head size
+        from .gguf import text_config
+        te_cfg = text_config(te_header)
     tep = text_encoder_params(te_t, te_name, te_cfg)
     vae_t, vp = vae_params(read_headers(vae, "vae").tensors, vae_name, cfg["vae"])
     if tep.out_dim != tp.context_dim:

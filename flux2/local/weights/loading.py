@@ -17,7 +17,8 @@ import torch
 from ...errors import ModelLoadError
 from ..model.autoencoder import AutoencoderFlux2
 from ..model.params import ModelPreset, TextEncoderParams, TransformerParams, VAEParams
-from .quant import FP8_DTYPES, dequantize_weight, swap_fp8_linears
+from .quant import (FP8_DTYPES, dequantize_nvfp4, dequantize_weight, in_features, is_nvfp4, swap_fp8_linears,
+                    swap_nvfp4_linears)
 from .safetensors_header import read_header
 from ..model.text_encoder import TextEncoder
 from ..model.transformer import Flux2Transformer
@@ -79,14 +80,13 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
                keep_fp8: bool = False, name: str = "weights", defer_cast: bool = False) -> dict[str, torch.Tensor]:
     """fp8 weights: ComfyUI `weight_scale` / `scale_weight` (scalar or per-row) and BFL per-row scales.
     NVFP4 weights (ComfyUI `nvfp4`: uint8 codes + fp8 block scales + `weight_scale_2`) are de-quantised to
-    `dtype` here, as ComfyUI does (quant.dequantize_nvfp4). Scale tensors and quantisation metadata are
+    `dtype` here, as ComfyUI does (quant.dequantize_nvfp4), or with keep_fp8 kept packed with their two scales
+    (`_into` makes them quant.NVFP4Linear layers, de-quantised per layer with the same numbers). Scale tensors and quantisation metadata are
     consumed; other tensors are cast to `dtype`.
     keep_fp8: float8 matrices `X.weight` stay float8, their scale (if any) as float32 `X.weight_scale`;
     `_into` turns them into ScaledFP8Linear layers (or up-casts them there, with the same numbers).
     defer_cast (offload=blocks): a tensor that needs no de-quantisation is returned as read, still a view into the
     mapped file, neither cast nor re-aligned; offload.py casts it per block, as it streams it, with this rule."""
-    from .quant import dequantize_nvfp4
-
     out = {}
     for key, t in sd.items():
         if _QUANT_META.search(key) or key.endswith(".pre_quant_scale"):
@@ -103,6 +103,12 @@ def dequantize(sd: dict[str, torch.Tensor], dtype: torch.dtype | None,
                                      f"does not read; use the bf16 or fp8 file")
             if base + ".weight_scale" not in sd or base + ".weight_scale_2" not in sd:
                 raise ModelLoadError(f"{name}: NVFP4 layer {base} lacks its weight_scale / weight_scale_2")
+            if keep_fp8 and key.endswith(".weight") and t.ndim == 2 and t.dtype == torch.uint8:
+                # kept packed (quant.NVFP4Linear, de-quantised per layer with the same numbers)
+                out[key] = t
+                out[base + ".weight_scale"] = sd[base + ".weight_scale"]
+                out[base + ".weight_scale_2"] = sd[base + ".weight_scale_2"].to(torch.float32)
+                continue
             try:
                 t = dequantize_nvfp4(t, sd[base + ".weight_scale"], sd[base + ".weight_scale_2"],
                                      dtype or torch.float32)
@@ -247,8 +253,25 @@ def normalise_transformer_keys(sd: dict[str, torch.Tensor], name: str,
     return sd
 
 
+def reread_linear_weights(paths, dtype: torch.dtype, names: list[str]) -> dict[str, torch.Tensor]:
+    """The weights of the Linears `names` exactly as load_transformer gave them (same read, de-quantisation, cast
+    and key layout), read again from the mapped files: what undoes a LoRA merged into them, with no copy of the
+    originals kept in memory meanwhile. Only those tensors are read from a BFL / ComfyUI file; a diffusers folder
+    names them differently (q, k, v apart), so its files are read whole, as at load."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    wanted = {f"{pre}{n}.weight" for n in names for pre in _PREFIXES + ("",)}
+    sd = _strip(read_safetensors(paths, dtype, "diffusion model", keep=wanted.__contains__), _PREFIXES)
+    if not all(n + ".weight" in sd for n in names):
+        sd = normalise_transformer_keys(read_safetensors(paths, dtype, "diffusion model"), "diffusion model", dtype)
+    missing = [n for n in names if n + ".weight" not in sd]
+    if missing:
+        raise ModelLoadError(f"diffusion model {paths[0].name} no longer holds {missing[0]}.weight (changed since "
+                             f"it was loaded?)")
+    return {n: sd[n + ".weight"] for n in names}
+
+
 def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:
-    hidden, in_ch = sd["img_in.weight"].shape
+    hidden, in_ch = sd["img_in.weight"].shape[0], in_features(sd, "img_in.weight")
     head_dim = sd["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
     n_double = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("double_blocks."))
     singles = [int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")]
@@ -256,8 +279,8 @@ def infer_transformer_params(sd: dict[str, torch.Tensor]) -> TransformerParams:
     axes = (32, 32, 32, 32) if head_dim == 128 else (q, q, q, head_dim - 3 * q)
     return TransformerParams(hidden=hidden, heads=hidden // head_dim, head_dim=head_dim, depth_double=n_double,
                              depth_single=1 + max(singles) if singles else 0,
-                             context_dim=sd["txt_in.weight"].shape[1], in_channels=in_ch,
-                             mlp_hidden=sd["double_blocks.0.img_mlp.2.weight"].shape[1],
+                             context_dim=in_features(sd, "txt_in.weight"), in_channels=in_ch,
+                             mlp_hidden=in_features(sd, "double_blocks.0.img_mlp.2.weight"),
                              guidance_embed="guidance_in.in_layer.weight" in sd, axes_dim=axes)
 
 
@@ -273,22 +296,28 @@ def _upcast_kept_fp8(sd: dict[str, torch.Tensor], dtype, keep=lambda key: False)
     except those `keep(key)` says stay float8. Their consumed scales are dropped."""
     out = {}
     for key, t in sd.items():
-        if key.endswith(".weight_scale") and key[: -len("_scale")] in sd:
-            if keep(key[: -len("_scale")]):
+        if key.endswith((".weight_scale", ".weight_scale_2")) and key[: key.rindex("_scale")] in sd:
+            if keep(key[: key.rindex("_scale")]):
                 out[key] = t
             continue
-        if t.dtype in FP8_DTYPES and not keep(key):
+        if is_nvfp4(sd, key) and not keep(key):
+            base = key[: -len("weight")]
+            t = dequantize_nvfp4(t, sd[base + "weight_scale"], sd[base + "weight_scale_2"], dtype or torch.float32)
+        elif t.dtype in FP8_DTYPES and not keep(key):
             t = dequantize_weight(t, sd.get(key + "_scale"), dtype or torch.float32)
         out[key] = t
     return out
 
 
-def _into(module_cls, params, sd, name: str, dtype, device):
-    with torch.device("meta"):
-        module = module_cls(params)
-    if any(t.dtype in FP8_DTYPES for t in sd.values()):
+def _into(module_cls, params, sd, name: str, dtype, device, module=None):
+    """module: already built on meta (GGUF: its quantised Linears swapped for GGUFLinear first)."""
+    if module is None:
+        with torch.device("meta"):
+            module = module_cls(params)
+    nvfp4 = swap_nvfp4_linears(module, sd, dtype) if any(is_nvfp4(sd, k) for k in sd) else set()
+    if nvfp4 or any(t.dtype in FP8_DTYPES for t in sd.values()):
         swap_fp8_linears(module, sd, dtype)          # fp8 Linear weights stay float8 (ScaledFP8Linear)
-        kept = {k for k, v in module.state_dict().items() if v.dtype in FP8_DTYPES}
+        kept = {k for k, v in module.state_dict().items() if v.dtype in FP8_DTYPES} | nvfp4
         sd = _upcast_kept_fp8(sd, dtype, keep=lambda key: key in kept)
     expected = set(module.state_dict().keys())
     missing = sorted(expected - set(sd))
@@ -311,6 +340,8 @@ def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, devi
     as it streams them (and the resident parts once)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     name = name or f"diffusion model {paths[0].name}"
+    if any(p.suffix.lower() == ".gguf" for p in paths):
+        return _load_gguf_transformer(paths, preset, dtype, device, name, mapped)
     sd = normalise_transformer_keys(read_safetensors(paths, dtype, name, keep_fp8=keep_fp8, defer_cast=mapped),
                                     name, dtype)
     p = infer_transformer_params(sd)
@@ -318,6 +349,26 @@ def load_transformer(paths, preset: ModelPreset | None, dtype: torch.dtype, devi
         _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
                                                      "guidance_embed"), preset.name)
     return _into(Flux2Transformer, p, sd, name, dtype, device)
+
+
+def _load_gguf_transformer(paths: list[Path], preset, dtype, device, name: str, mapped: bool) -> Flux2Transformer:
+    """A ComfyUI-GGUF FLUX.2 transformer (weights/gguf.py): quantised Linear weights stay in their blocks
+    (GGUFLinear, views into the mapped file until moved to the device), the rest is cast like a safetensors file."""
+    from .gguf import check_transformer, read_gguf, settle, swap_gguf_linears
+
+    if len(paths) != 1:
+        raise ModelLoadError(f"{name}: a GGUF transformer is one file, got {len(paths)}")
+    f = read_gguf(paths[0], "diffusion model")
+    check_transformer(f, name)
+    sd = normalise_transformer_keys(f.tensors, name)
+    p = infer_transformer_params(sd)
+    if preset is not None:
+        _check_against(p, preset.transformer, name, ("hidden", "depth_double", "depth_single", "context_dim",
+                                                     "guidance_embed"), preset.name)
+    with torch.device("meta"):
+        module = Flux2Transformer(p)
+    sd = settle(swap_gguf_linears(module, sd, dtype), dtype, mapped)
+    return _into(Flux2Transformer, p, sd, name, dtype, device, module=module)
 
 
 # ---------------------------------------------------------------------------------------------- VAE
@@ -446,7 +497,12 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
         m = re.search(r"layers\.(\d+)\.", key)
         return m is None or int(m.group(1)) < wanted
 
-    sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8, defer_cast=mapped)
+    gguf_file = paths[0].suffix.lower() == ".gguf"
+    if gguf_file:
+        from .gguf import read_text_encoder
+        sd = read_text_encoder(paths[0], name, keep)      # HF names; quantised tensors as GGUFTensor
+    else:
+        sd = read_safetensors(paths, dtype, name, keep=keep, keep_fp8=keep_fp8, defer_cast=mapped)
     for pre in _TE_PREFIXES:
         if f"{pre}embed_tokens.weight" in sd:
             sd = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
@@ -467,6 +523,12 @@ def load_text_encoder(paths, base: TextEncoderParams, dtype: torch.dtype, device
     if p.hidden * len(p.out_layers) != base.hidden * len(base.out_layers):
         raise ModelLoadError(f"{name} has hidden size {p.hidden}, expected {base.hidden} for this model "
                              f"(wrong text encoder for the chosen model family?)")
+    if gguf_file:                       # quantised Linears stay in their blocks (GGUFLinear), the rest is cast
+        from .gguf import settle, swap_gguf_linears
+        with torch.device("meta"):
+            module = TextEncoder(p)
+        sd = settle(swap_gguf_linears(module, sd, dtype), dtype, mapped)
+        return _into(TextEncoder, p, sd, name, dtype, device, module=module)
     return _into(TextEncoder, p, sd, name, dtype, device)
 
 

@@ -1,15 +1,18 @@
 """LoRA (and LoKr / LoHa / full-diff) files for the FLUX.2 transformer, applied on the fly.
 
-A file is read in two passes. `inspect_lora` reads the safetensors header only (names and shapes): it maps
+A file is read in two passes. `inspect_lora` reads the safetensors header (names and shapes): it maps
 every key to one of our Linear layers (and a row range of it), checks the shapes against the model and refuses
-a file for another architecture or size in one line; the dry run and the memory plan use it. `load_deltas`
-reads the tensors of the matched layers only. Key formats and their sources: docs/loras.md.
+a file for another architecture or size in one line, then scans the matched tensors for NaN/Inf (refused: a
+black image otherwise); the dry run and the memory plan use it. `load_deltas` reads the tensors of the matched
+layers for use. Key formats and their sources: docs/loras.md.
 
-Application: every patched Linear gets a forward hook that adds `x·Aᵀ·Bᵀ` (all LoRAs of that layer stacked
-along the rank, strength·alpha/rank folded into B) or `x·ΔWᵀ` for the dense kinds. The base weights are never
-touched, so fp8 weights stay fp8, switching LoRAs is detaching hooks and attaching others, and under block
-offload the (small) LoRA tensors simply stay on the device while the blocks stream. `merge_patches` (merged
-once) exists for the benchmark, which measured it against on the fly (README, "LoRA").
+Application (AppliedLoRAs.use): a Linear with float weights (bf16 / fp16 / fp32) gets the LoRA merged into its
+weight when the set is attached, as ComfyUI does, so a step costs what it costs without a LoRA (on the fly cost
++18 % per step at the benchmark's mid size, merged +3 %, its noise). When the set changes, the merged weights are
+restored bit for bit by reading them again from the mapped model file (loading.reread_linear_weights), not from
+a copy kept in memory. Quantised weights (fp8 kept as float8, ...) and streamed blocks (offload=blocks: the
+weights are not resident) keep the LoRA on the fly: a forward hook adds `x·Aᵀ·Bᵀ` (all LoRAs of that layer
+stacked along the rank, strength·alpha/rank folded into B) or `x·ΔWᵀ` for the dense kinds, the weights untouched.
 """
 from __future__ import annotations
 
@@ -294,7 +297,8 @@ def file_stamp(path: Path) -> tuple:
 
 
 def inspect_lora(path: Path, p: TransformerParams) -> LoRAFile:
-    """Header-only inspection (cached per file version and model): no tensor is read."""
+    """Inspection (cached per file version and model): the header maps keys to layers; the matched tensors are
+    then scanned for NaN/Inf (_require_finite)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"LoRA file not found: {path}")
@@ -308,7 +312,30 @@ def _inspect(stamp: tuple, p: TransformerParams, path: Path) -> LoRAFile:
 
     header = read_header(path, "LoRA")
     found = classify({k: i.shape for k, i in header.tensors.items()}, p, path.name)
+    _require_finite(path, [k for lay in found.layers for _, k in lay.keys])
     return LoRAFile(path, found.layers, found.total_keys, found.unused)
+
+
+def _require_finite(path: Path, keys: list[str]) -> None:
+    """Refuse a LoRA holding NaN/Inf in a tensor it would apply: one such value spreads through every step and
+    the image comes out black. The only pass here that reads values (a LoRA is small; once per file version)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in keys:
+                t = f.get_tensor(key)
+                if not t.is_floating_point():
+                    continue
+                if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                    t = t.float()                    # fp8: isfinite wants a wider float
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise ModelLoadError(f"LoRA file {path.name}: tensor {key} holds {bad} NaN/Inf value(s) of "
+                                         f"{t.numel()}; refused (it would turn every image black)")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"LoRA file {path.name} cannot be read ({msg})") from None
 
 
 # ------------------------------------------------------------------------------------------- deltas
@@ -481,10 +508,23 @@ def detach(handles: list) -> None:
     handles.clear()
 
 
+MERGEABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def mergeable(module: nn.Module) -> bool:
+    """A plain Linear with float weights takes a LoRA merged; a quantised one keeps it on the fly (merging would
+    up-cast it, twice the memory, or re-quantise it, not the LoRA's numbers)."""
+    return type(module) is nn.Linear and module.weight.dtype in MERGEABLE_DTYPES
+
+
+def patch_bytes(patches: dict[str, Patch]) -> int:
+    return sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up, p.dense)
+               if t is not None)
+
+
 @torch.no_grad()
 def merge_patches(transformer: nn.Module, patches: dict[str, Patch]) -> None:
-    """Merged once: W += ΔW in the weight's own dtype (plain Linears only; an fp8 weight would have to be up-cast
-    to merge into, which is what on-the-fly application avoids). The benchmark's comparison row."""
+    """W += ΔW in the weight's own dtype, ΔW computed in float32 (plain Linears only, see mergeable)."""
     for m, p in patches.items():
         lin = transformer.get_submodule(m)
         if type(lin) is not nn.Linear:
@@ -507,24 +547,44 @@ class LoRASpec:
 
 @dataclass
 class AppliedLoRAs:
-    """The LoRA set currently hooked into one engine's transformer. Generations hold `lock` from applying their set
-    to their last step, so two requests with different sets never mix."""
+    """The LoRA set currently applied to one engine's transformer: merged into its float Linears, hooked onto the
+    others. Generations hold `lock` from applying their set to their last step, so two requests with different
+    sets never mix. restore(names) -> the weights those Linears were loaded with (read again from the files);
+    None: nothing is merged (offload=blocks streams weights that are not resident), all on the fly."""
 
     transformer: nn.Module
+    restore: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     key: tuple = ()
     handles: list = field(default_factory=list)
-    bytes: int = 0
+    merged: list[str] = field(default_factory=list)
+    bytes: int = 0                  # device memory the on-the-fly patches hold (merged ones hold none)
 
     def use(self, key: tuple, build: Callable[[], dict[str, Patch]]) -> None:
         """Make `key`'s set the applied one (build() is called only when it changes); () = no LoRA."""
         if key == self.key:
             return
         detach(self.handles)
-        self.key, self.bytes = (), 0
+        self.key, self.bytes = ("restoring",), 0       # a failed restore leaves no set that looks applied
+        self.unmerge()
+        self.key = ()
         if key:
             patches = build()
-            self.handles = attach(self.transformer, patches)
-            self.bytes = sum(t.numel() * t.element_size() for p in patches.values()
-                             for t in (p.down, p.up, p.dense) if t is not None)
+            merge = {m: p for m, p in patches.items()
+                     if self.restore is not None and mergeable(self.transformer.get_submodule(m))}
+            live = {m: p for m, p in patches.items() if m not in merge}
+            self.merged = sorted(merge)
+            merge_patches(self.transformer, merge)
+            self.handles = attach(self.transformer, live)
+            self.bytes = patch_bytes(live)
         self.key = key
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Every merged Linear back to the exact weight it was loaded with."""
+        if not self.merged:
+            return
+        for m, w in self.restore(self.merged).items():
+            weight = self.transformer.get_submodule(m).weight
+            weight.copy_(w.to(weight.device, weight.dtype))
+        self.merged = []

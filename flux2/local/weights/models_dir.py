@@ -1,7 +1,7 @@
 """Find local weights in a ComfyUI-style models directory (no ComfyUI import: the node layer uses
 `folder_paths` itself and hands us full paths).
 
-Layout: <root>/diffusion_models/*.safetensors (older: unet/), <root>/text_encoders/ (older: clip/),
+Layout: <root>/diffusion_models/*.safetensors or *.gguf (older: unet/), <root>/text_encoders/ (older: clip/; also .gguf),
 <root>/vae/, <root>/loras/, and diffusers folders (a directory with model_index.json) under <root>/diffusers/ or <root>.
 The root comes from an explicit argument (CLI --models-dir) or FLUX2_MODELS_DIR. Names given by a workflow
 are resolved inside the root only: `..`, absolute paths and symlinks leading outside are refused.
@@ -22,6 +22,12 @@ FOLDERS = {
     "diffusers": ("diffusers", "."),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".sft")
+GGUF_KINDS = ("diffusion_models", "text_encoders")     # ComfyUI-GGUF's unet / clip loaders read .gguf from these
+
+
+def suffixes(kind: str) -> tuple[str, ...]:
+    """Weight-file suffixes listed for a kind: .gguf beside safetensors for transformers and text encoders."""
+    return WEIGHT_SUFFIXES + (".gguf",) if kind in GGUF_KINDS else WEIGHT_SUFFIXES
 
 
 def models_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -73,6 +79,6 @@ def list_files(kind: str, root: Path) -> list[str]:
                     out.append(d.name)
             continue
         for p in sorted(base.rglob("*")):
-            if p.suffix in WEIGHT_SUFFIXES and p.is_file() and _inside(p, root):
+            if p.suffix.lower() in suffixes(kind) and p.is_file() and _inside(p, root):
                 out.append(p.relative_to(base).as_posix())
     return sorted(set(out))

@@ -122,3 +122,66 @@ def swap_fp8_linears(module: nn.Module, sd: dict[str, torch.Tensor], compute_dty
         setattr(module.get_submodule(parent) if parent else module, attr, new)
         n += 1
     return n
+
+
+class NVFP4Linear(nn.Module):
+    """Drop-in for nn.Linear whose weight stays NVFP4 (uint8 codes [out, in/2], float8 block scales in the 128x4
+    tiled layout, float32 per-tensor scale): a quarter of bf16's bytes. Each forward de-quantises with
+    `dequantize_nvfp4` to the input's dtype, the very numbers de-quantising at load gives (comfy_kitchen's)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype,
+                 scale_shape: tuple[int, int]):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
+        self.weight = nn.Parameter(torch.empty(out_features, in_features // 2, dtype=torch.uint8), requires_grad=False)
+        self.register_buffer("weight_scale", torch.empty(scale_shape, dtype=torch.float8_e4m3fn))
+        self.register_buffer("weight_scale_2", torch.ones((), dtype=torch.float32))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype), requires_grad=False) if bias else None
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_nvfp4(self.weight, self.weight_scale, self.weight_scale_2, dtype or self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:          # [..., in] -> [..., out]
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, nvfp4"
+
+
+def is_nvfp4(sd: dict, key: str) -> bool:
+    """`key` (a `.weight`) is an NVFP4 weight: uint8 codes with a `weight_scale_2` beside them."""
+    t = sd.get(key)
+    return t is not None and t.dtype == torch.uint8 and key.endswith(".weight") \
+        and key[: -len("weight")] + "weight_scale_2" in sd
+
+
+def swap_nvfp4_linears(module: nn.Module, sd: dict[str, torch.Tensor], compute_dtype: torch.dtype) -> set[str]:
+    """Replace every nn.Linear whose weight in `sd` is kept NVFP4 by an NVFP4Linear (module may be on meta); the
+    block scales are viewed as float8 and the per-tensor scale made a float32 scalar in `sd`. Returns the swapped
+    weights' keys."""
+    done = set()
+    for name, child in list(module.named_modules()):
+        key = f"{name}.weight"
+        if type(child) is not nn.Linear or not is_nvfp4(sd, key):
+            continue
+        if tuple(sd[key].shape) != (child.out_features, child.in_features // 2):
+            continue                                 # the strict shape check names it
+        bs = sd[f"{name}.weight_scale"]
+        sd[f"{name}.weight_scale"] = bs.view(torch.float8_e4m3fn) if bs.dtype == torch.uint8 else bs
+        sd[f"{name}.weight_scale_2"] = sd[f"{name}.weight_scale_2"].to(torch.float32).reshape(())
+        with torch.device("meta"):
+            new = NVFP4Linear(child.in_features, child.out_features, child.bias is not None, compute_dtype,
+                              tuple(bs.shape))
+        parent, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, attr, new)
+        done.add(key)
+    return done
+
+
+def in_features(sd: dict, key: str) -> int:
+    """Columns of a Linear weight given as a tensor or a header's TensorInfo: an NVFP4 weight packs two a byte."""
+    w = sd[key]
+    packed = str(getattr(w, "dtype", "")) in ("U8", "torch.uint8") and key.endswith(".weight") \
+        and key[: -len("weight")] + "weight_scale_2" in sd
+    return w.shape[1] * (2 if packed else 1)

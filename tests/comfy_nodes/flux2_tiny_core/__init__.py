@@ -9,6 +9,7 @@ sampling, VAE encode/decode, memory management) is ComfyUI's unmodified code.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -19,6 +20,7 @@ import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
+import comfy.ldm.flux.model
 import comfy.text_encoders.llama
 from comfy import sd1_clip
 from comfy.ldm.models.autoencoder import AutoencoderKL
@@ -51,6 +53,10 @@ def tiny_model(seed: int):
         "qkv_bias": False, "guidance_embed": True, "global_modulation": True, "mlp_silu_act": True,
         "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
     }
+    # Newer ComfyUI (0.33) added a required FluxParams field: which text-id axes carry positions. Its
+    # FLUX.2 detection sets [3] (model_detection.py); 0.3.75's FluxParams has no such field and would refuse it.
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        unet_config["txt_ids_dims"] = [3]
     config = comfy.supported_models.Flux2(unet_config)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, "")

@@ -9,7 +9,7 @@
     for result in batch.run():        # as items finish, in any order
         print(result.item.id, result.status, result.paths, result.billed_usd)
 
-Steps: table -> items (batch_items) -> dry run of every item (the estimate, bad rows) -> what an earlier run
+Steps: table -> items (items.py) -> dry run of every item (the estimate, bad rows) -> what an earlier run
 left (manifest: finished items skipped, tasks to recover) -> the scheduler runs the rest, each item's end
 written to DIR/manifest.jsonl at once -> DIR/index.html.
 """
@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..flux2.budget import Cap, check as check_cap
-from ..flux2.errors import InputError
-from .batch_executors import ItemEnv, ItemOutcome, ItemRun
-from .batch_items import BatchItem, Template, plan_items, shared_backends
-from .batch_manifest import Manifest, decide, record
-from .batch_scheduler import ProviderLimits, Scheduler
-from .batch_sheet import write_sheet
-from .batch_table import BadRow, Row, read_table
-from .graph import load_workflow
+from ...flux2.budget import BudgetGate, Cap, check as check_cap
+from ...flux2.errors import InputError
+from ..graph import load_workflow
+from .executors import UNSAVED, ItemEnv, ItemOutcome, ItemRun
+from .items import BatchItem, Template, plan_items, shared_backends
+from .lock import FolderLock
+from .manifest import Manifest, decide, record
+from .scheduler import ProviderLimits, Scheduler
+from .sheet import write_sheet
+from .table import BadRow, Row, read_table
 
 log = logging.getLogger("comfyui_flux2.batch")
 BFL_MAX_ACTIVE = 24          # BFL's limit of active tasks per account
@@ -85,6 +86,8 @@ class BatchTotals:
     billed_usd: float = 0.0
     not_started: int = 0
     stopped_by: str | None = None      # "budget" | "cancel" | "abort"
+    budget_reason: str | None = None   # stopped_by budget: why the next item would pass the cap
+    unkept: int = 0                    # paid images of items that ran through but reach no SaveImage
     failures: list = field(default_factory=list)
 
 
@@ -128,10 +131,11 @@ class Batch:
             self.input_dirs = tuple(dict.fromkeys(dirs or [Path(".")]))
         cache = None
         if use_cache:
-            from ..flux2.result_cache import ResultCache, enabled_by_env
+            from ...flux2.result_cache import ResultCache, enabled_by_env
             cache = ResultCache() if enabled_by_env() else None
         self.env = ItemEnv(self.registry, self.input_dirs[0], self.output_dir, self.input_dirs[1:], cache)
         self.manifest = Manifest(self.output_dir)
+        self.lock = FolderLock(self.output_dir)          # one batch at a time per folder (lock.py)
         self.records: dict[str, dict] = {}
         self.plan: BatchPlan | None = None
         self.scheduler: Scheduler | None = None
@@ -142,6 +146,12 @@ class Batch:
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, on_item: Callable | None = None) -> BatchPlan:
         """Read the table, build and dry-run every item, set aside what an earlier run finished."""
+        from ..core_nodes import check_output_folder
+        check_output_folder(self.output_dir, "--output-dir")       # before anything is paid for
+        if self.strict:
+            # A real run takes the folder before reading its manifest: another batch writing it meanwhile
+            # would make this one run (and pay for) the items the other is running.
+            self.lock.acquire()
         if self.table is not None:
             rows, bad = read_table(self.table)
         else:
@@ -168,15 +178,19 @@ class Batch:
     def check(self, skip_bad_rows: bool = False) -> None:
         """Refuse the batch before anything is sent: bad rows (unless skipped), an estimate over the cap."""
         plan = self.plan or self.prepare()
-        if plan.bad and not skip_bad_rows:
-            raise InputError(f"{len(plan.bad)} bad row(s), listed above; nothing was sent "
-                             "(--skip-bad-rows runs the others)")
-        check_cap(plan.estimate_usd, plan.unpriced_items, self.cap, subject="the batch")
+        try:
+            if plan.bad and not skip_bad_rows:
+                raise InputError(f"{len(plan.bad)} bad row(s), listed above; nothing was sent "
+                                 "(--skip-bad-rows runs the others)")
+            check_cap(plan.estimate_usd, plan.unpriced_items, self.cap, subject="the batch")
+        except Exception:
+            self.lock.release()       # this batch will not run: the folder is free again
+            raise
 
     # -- running ----------------------------------------------------------------------------------
     def limits(self) -> dict[str, int]:
-        from ..flux2.remote.bfl import BflBackend
-        from ..flux2.remote.runware import concurrency as runware_default
+        from ...flux2.remote.bfl import BflBackend
+        from ...flux2.remote.runware import concurrency as runware_default
         runware = self.concurrency or runware_default()
         bfl = min(self.concurrency, BFL_MAX_ACTIVE) if self.concurrency else BflBackend("FLUX.2 [pro]").concurrency()
         local = self._ray.size if self._ray is not None else 1     # one item per loaded model
@@ -184,13 +198,14 @@ class Batch:
 
     def run(self) -> Iterator[BatchResult]:
         plan = self.plan or self.prepare()
+        self.lock.acquire()           # held since prepare() in a real run; a no-op then
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._recover(plan.items)
         if self.executor == "ray" and any("local" in i.needs for i in plan.items):
-            from .batch_ray import RayPool
+            from .ray_executor import RayPool
             self._ray = RayPool(self.registry_factory, self.env, address=self.ray_address, actors=self.ray_actors)
         self.scheduler = Scheduler(plan.items, self._start, limits=ProviderLimits(self.limits()),
-                                   cap_usd=self.cap.usd if self.cap else None, is_cancelled=self.is_cancelled,
+                                   gate=BudgetGate(self.cap) if self.cap else None, is_cancelled=self.is_cancelled,
                                    interrupt=self.interrupt)
         try:
             for item, outcome in self.scheduler.run():
@@ -205,11 +220,13 @@ class Batch:
                 yield self._ended(item, outcome)
         self.close()
 
-    def _start(self, item: BatchItem):
+    def _start(self, item: BatchItem, ticket=None):
+        """`ticket`: what the budget gate admitted for the item; its provider tasks draw on it."""
         if self._ray is not None and "local" in item.needs:
             return self._ray.item_run(item, self.is_cancelled)
         scheduler = self.scheduler
-        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id))
+        return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id),
+                       gate=ticket)
 
     def _ended(self, item: BatchItem, outcome: ItemOutcome) -> BatchResult:
         line = record(item, outcome)
@@ -224,6 +241,8 @@ class Batch:
         else:
             t.stopped += 1
         t.images += len(outcome.outputs)
+        if outcome.status == "ok":
+            t.unkept += sum(1 for o in outcome.outputs if str(o).startswith(UNSAVED + "/"))
         t.billed_usd = round(t.billed_usd + (outcome.billed_usd or 0.0), 6)
         if time.monotonic() - self._sheet_written > SHEET_EVERY_S:
             self.write_sheet()
@@ -232,6 +251,7 @@ class Batch:
     def close(self) -> None:
         if self.scheduler is not None:
             self.totals.stopped_by = self.scheduler.stopped_by
+            self.totals.budget_reason = self.scheduler.budget_reason
             self.totals.not_started = len(self.scheduler.not_started())
         self.manifest.close()
         if self._ray is not None:
@@ -239,6 +259,7 @@ class Batch:
             self._ray = None
         if self.records:
             self.write_sheet()
+        self.lock.release()
 
     def write_sheet(self) -> Path:
         self._sheet_written = time.monotonic()
@@ -249,7 +270,7 @@ class Batch:
     def _recover(self, items: list[BatchItem]) -> None:
         """Tasks an interrupted earlier run left in flight: fetched from the provider into the result cache,
         so their items are served from it instead of paid again."""
-        from .batch_recover import recover_tasks
+        from .recover import recover_tasks
         wanted = [entry for item in items for entry in (self.records.get(item.id) or {}).get("recover") or ()]
         if wanted and self.env.cache is not None:
             recover_tasks(wanted, self.env.cache, self.is_cancelled)

@@ -1,7 +1,7 @@
 """Running one batch item: its graph on the runner's Executor, with its own run context, and what it left.
 
 `ItemRun` is the in-process executor (threads of this process; remote providers and, one at a time,
-local weights). Ray actors (batch_ray.py) run the very same `ItemRun` in their own process. Whatever
+local weights). Ray actors (ray_executor.py) run the very same `ItemRun` in their own process. Whatever
 happens inside an item ends as an `ItemOutcome`: one failing item never stops the others, and every
 paid image that reached the process is on disk and named in the outcome.
 """
@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flux2.errors import Cancelled, Flux2Error
-from ..flux2.images import encode
-from ..flux2.redaction import log_unexpected, scrub
-from ..flux2.run_context import RunContext
-from .batch_manifest import CANCELLED, FAILED, INTERRUPTED, OK
-from .executor import Executor, file_token
+from ...flux2.errors import Cancelled, Flux2Error
+from ...flux2.images import encode
+from ...flux2.redaction import log_unexpected, scrub
+from ...flux2.run_context import RunContext
+from ..executor import Executor, file_token
+from .manifest import CANCELLED, FAILED, INTERRUPTED, OK
 
 log = logging.getLogger("comfyui_flux2.batch")
 UNSAVED = "flux2-unsaved"
@@ -88,7 +88,8 @@ class ItemRun:
     """One item on its way: its own RunContext (ledger, cancel hook, result sink), the paid results that
     reached it, the thread running it (a second Ctrl-C interrupts that thread)."""
 
-    def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process", on_calls_done=None):
+    def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process", on_calls_done=None,
+                 gate=None):
         """`on_calls_done()`: called once the item's last provider call has answered (it may still be saving),
         so the scheduler can give its provider slot to the next item."""
         self.item, self.env, self.worker = item, env, worker
@@ -101,7 +102,7 @@ class ItemRun:
         self.executor: Executor | None = None
         cache = _TrackingCache(env.cache, self) if env.cache is not None else None
         self.ctx = RunContext(cache=cache, is_cancelled=is_cancelled, uploads=env.uploads,
-                              result_sink=self._paid)
+                              result_sink=self._paid, gate=gate)
         self.started = time.monotonic()
 
     @property
@@ -139,7 +140,7 @@ class ItemRun:
         if saved is None:               # it failed: what SaveImage wrote before that still counts
             folders = getattr(self.executor, "folders", None)
             saved = list(folders.saved) if folders is not None else []
-        files = [Path(p) for p in saved] + (self.keep_unsaved() if status != OK else [])
+        files = [Path(p) for p in saved] + self.keep_unsaved(ended_ok=status == OK)
         results = [r for _, r in list(self.paid)]
         seeds = [int(s) for r in results for s in r.seeds] + [int(s) for hit in self.cache_hits for s in hit]
         maybe = [str(t) for t in getattr(error, "maybe_billed", None) or ()]
@@ -162,10 +163,14 @@ class ItemRun:
             maybe_billed=maybe, recover=self._recoverable(maybe), worker=self.worker,
             seconds=time.monotonic() - self.started)
 
-    def keep_unsaved(self) -> list[Path]:
-        """Paid images no SaveImage of the item has written yet: OUTPUT/flux2-unsaved/<item>_node<id>_seed<n>.png."""
+    def keep_unsaved(self, ended_ok: bool = False) -> list[Path]:
+        """Paid images no SaveImage of the item has written: OUTPUT/flux2-unsaved/<item>_node<id>_seed<n>.png.
+        `ended_ok`: the graph ran through, so only images that reach no SaveImage (a PreviewImage only)."""
         executor = self.executor
-        keep = [(q, r) for q, r in list(self.paid) if executor is None or not executor.saved_by_graph(q.node_id)]
+        if ended_ok:
+            keep = [(q, r) for q, r in list(self.paid) if executor is not None and not executor.reaches_save(q.node_id)]
+        else:
+            keep = [(q, r) for q, r in list(self.paid) if executor is None or not executor.saved_by_graph(q.node_id)]
         folder = self.env.output_dir / UNSAVED
         paths = []
         for request, result in keep:

@@ -3,8 +3,8 @@
 Items wait in lanes (one per set of providers they use), so a full BFL queue does not hold back Runware
 items. An item starts when every provider it uses has room for its tasks (Runware: --concurrency or
 FLUX2_CONCURRENCY; BFL: at most its 24 active tasks; local weights: one item per loaded model or Ray
-actor) and when what is billed plus the estimate of every item in flight plus its own stays within the
-cap. Items run on daemon threads (a second Ctrl-C must never wait for a request in flight) and come
+actor) and when the budget gate (flux2/budget.py, the same one `run` uses) admits its tasks: what is billed,
+plus every task in flight, plus its own stays within the cap. Items run on daemon threads (a second Ctrl-C must never wait for a request in flight) and come
 back as they finish, in any order.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable, Iterator
 
-from ..flux2.errors import Cancelled
-from ..flux2.redaction import log_unexpected
-from .batch_manifest import INTERRUPTED
+from ...flux2.budget import WAIT
+from ...flux2.errors import Cancelled
+from ...flux2.redaction import log_unexpected
+from .manifest import INTERRUPTED
 
 log = logging.getLogger("comfyui_flux2.batch")
 ABORT_GRACE_S = 1.0        # after a second Ctrl-C, items get this long to take their own abort path
@@ -50,7 +51,7 @@ class Scheduler:
     """`run()` yields (item, outcome) as items end. `start(item)` makes the item's run object (ItemRun or a
     Ray one: `.run() -> ItemOutcome`, `.ended(status, error)`, `.aborted`, `.thread`)."""
 
-    def __init__(self, items: list, start: Callable, *, limits: ProviderLimits, cap_usd: float | None = None,
+    def __init__(self, items: list, start: Callable, *, limits: ProviderLimits, gate=None,
                  is_cancelled: Callable[[], bool] | None = None, interrupt: Callable | None = None):
         self.lanes: OrderedDict[tuple, deque] = OrderedDict()
         for item in items:
@@ -60,22 +61,17 @@ class Scheduler:
         # Items served wholly from the result cache take no provider slot, and an item whose calls answered
         # gives its slot back while it saves: this still bounds the threads (one per item in flight).
         self.max_inflight = 2 * max(1, sum(limits.limits.values()))
-        self.cap_usd = cap_usd
+        self.gate = gate                               # BudgetGate, or None (no cap)
+        self.budget_reason: str | None = None          # why the gate refused the next item
         self.is_cancelled = is_cancelled or (lambda: False)
         self.interrupt = interrupt
         self.inflight: dict[str, tuple] = {}          # item id -> (item, run)
+        self.tickets: dict = {}                        # item id -> its budget Ticket
         self.released: set[str] = set()               # in flight, provider slot already given back
         self.done: queue.Queue = queue.Queue()
         self.billed_usd = 0.0
         self.stopped_by: str | None = None             # "budget" | "cancel" | "abort"
         self._aborted = False
-
-    @property
-    def committed_usd(self) -> float:
-        """Billed by finished items, plus for each item in flight its estimate or, once the provider has
-        charged it more, what it was charged so far."""
-        return self.billed_usd + sum(max(item.estimate_usd, getattr(run, "billed_so_far", 0.0))
-                                     for item, run in self.inflight.values())
 
     def not_started(self) -> list:
         return [item for lane in self.lanes.values() for item in lane]
@@ -107,12 +103,18 @@ class Scheduler:
         for lane in self.lanes.values():
             while lane and self.limits.fits(lane[0]) and len(self.inflight) < self.max_inflight:
                 item = lane[0]
-                if self.cap_usd is not None and self.committed_usd + item.estimate_usd > self.cap_usd + 1e-9:
-                    self.stopped_by = "budget"     # billed + in flight + this one would pass the cap
-                    return
+                ticket = None
+                if self.gate is not None:
+                    ticket = self.gate.try_admit(getattr(item, "units", []))
+                    if ticket == WAIT:         # the first charge of its kind is not in yet
+                        break
+                    if isinstance(ticket, str):
+                        self.stopped_by, self.budget_reason = "budget", ticket   # it would pass the cap
+                        return
+                    self.tickets[item.id] = ticket
                 lane.popleft()
                 self.limits.take(item)
-                run = self.start(item)
+                run = self.start(item) if ticket is None else self.start(item, ticket)
                 self.inflight[item.id] = (item, run)
                 threading.Thread(target=self._work, args=(item.id, run), name=f"flux2-batch-{item.id}",
                                  daemon=True).start()
@@ -138,6 +140,9 @@ class Scheduler:
         self._release(item_id)
         item, _ = self.inflight.pop(item_id)
         self.released.discard(item_id)
+        ticket = self.tickets.pop(item_id, None)
+        if ticket is not None:
+            ticket.close()
         self.billed_usd += outcome.billed_usd or 0.0
         return item, outcome
 

@@ -4,7 +4,7 @@ A column is `NODE.INPUT`: NODE is a node id ("3") or a node title ("Salt"; a nod
 called by its type, as the editor shows it), INPUT one of that node's widget inputs: "prompt", "seed",
 LoadImage's "image" (a reference file, relative to the input folder), Flux2ReferenceURL's "url".
 Values are converted to the input's type here; ranges, sizes and files are checked by the dry run of
-each item (runner/batch_items.py), so a row is judged by the same rules as `run`.
+each item (runner/batch/items.py), so a row is judged by the same rules as `run`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flux2.errors import InputError
-from ..flux2.rules import MAX_SEED
-from .graph import Link, Node, has_control_widget, is_widget
+from ...flux2.errors import InputError
+from ...flux2.rules import MAX_SEED
+from ..graph import Link, Node, has_control_widget, is_widget
 
 TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 MAX_SEEDS = 100_000          # --seeds A-B wider than this is almost certainly a typo
@@ -215,6 +215,8 @@ def convert(target: Target, value):
     if kind == "FLOAT":
         if isinstance(value, bool):
             raise InputError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, str) and "_" in value:      # float() reads "1_0" as 10
+            raise InputError(f"{where} must be a number, got {value[:40]!r}")
         try:
             number = float(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError):

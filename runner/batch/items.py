@@ -13,10 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flux2.errors import Flux2Error, InputError
-from .batch_table import BadRow, Columns, Row, Target, convert
-from .graph import Link, parse
-from .pricing import plan_graph
+from ...flux2.errors import Flux2Error, InputError
+from ..graph import Link, parse
+from ..pricing import plan_graph
+from .table import BadRow, Columns, Row, Target, convert
 
 REMOTE = ("runware", "bfl")
 
@@ -34,6 +34,7 @@ class BatchItem:
     approximate: bool = False
     providers: dict = field(default_factory=dict)   # provider -> tasks it can have in flight at once
     provider_calls: int = 0                          # calls that go to a provider (not served by the cache)
+    units: list = field(default_factory=list)       # USD of each paid provider task (None: no published price)
     prompts: list = field(default_factory=list)     # the text prompts of its generation nodes (contact sheet)
 
     @property
@@ -143,6 +144,9 @@ def plan_item(item: BatchItem, registry: dict, *, input_dir: Path, more_input_di
         free = call.backend in REMOTE and est.usd == 0.0      # served from the result cache
         providers[call.backend] = max(providers.get(call.backend, 0), 0 if free else _tasks(call))
         item.provider_calls += call.backend in REMOTE and not free
+        if call.backend in REMOTE and not free:   # what the budget gate admits for the item, task by task
+            n = _tasks(call)
+            item.units += [None if est.usd is None else round(est.usd / n, 6)] * n
     item.providers = providers
     item.prompts = [n["inputs"]["prompt"] for n in item.prompt.values()
                     if isinstance(n["inputs"].get("prompt"), str) and n["class_type"].startswith("Flux2")]

@@ -1,7 +1,7 @@
 """Paid tasks an aborted batch left in flight, fetched on the next run instead of paid for again.
 
 When a second Ctrl-C left a one-image Runware request unanswered, the manifest line of its item names the
-task id and the result-cache key of the request (batch_executors.ItemRun). Before the next run starts,
+task id and the result-cache key of the request (executors.ItemRun). Before the next run starts,
 each such task is asked for by `getResponse` on its taskUUID (never submitted again); a finished task's
 image goes into the result cache under that key, so the item's re-run is served from the cache at $0.
 BFL tasks and requests of several images are named in the manifest but not recovered here.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import re
 
-from ..flux2.errors import Cancelled, Flux2Error
-from ..flux2.run_context import RunContext
+from ...flux2.errors import Cancelled, Flux2Error
+from ...flux2.run_context import RunContext
 
 log = logging.getLogger("comfyui_flux2.batch")
 # The manifest may come from elsewhere and its key names a file in the result cache: only a real key (sha256 hex).
@@ -21,7 +21,7 @@ _CACHE_KEY = re.compile(r"[0-9a-f]{64}")
 
 def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> int:
     """Fetch each entry's task ({provider, task, key}) into the cache; returns how many came back."""
-    from ..flux2.remote.runware import RunwareBackend
+    from ...flux2.remote.runware import RunwareBackend
 
     backend = RunwareBackend("FLUX.2 [pro]")      # getResponse names no model; only the host and key matter
     ctx = RunContext(is_cancelled=is_cancelled)

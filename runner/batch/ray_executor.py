@@ -22,10 +22,10 @@ import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
-from ..flux2.errors import ConfigError
-from ..flux2.redaction import scrub
-from .batch_executors import ItemEnv, ItemOutcome, ItemRun
-from .batch_manifest import FAILED, INTERRUPTED
+from ...flux2.errors import ConfigError
+from ...flux2.redaction import scrub
+from .executors import ItemEnv, ItemOutcome, ItemRun
+from .manifest import FAILED, INTERRUPTED
 
 log = logging.getLogger("comfyui_flux2.batch")
 DEFAULT_CPU_ACTORS = 2          # a cluster without GPUs (tests, CPU machines)
@@ -46,7 +46,7 @@ class ItemWorker:
 
     def __init__(self, registry_factory, env_vars: dict, input_dir: str, more_input_dirs: tuple):
         os.environ.update(env_vars)
-        from .batch_items import shared_backends
+        from .items import shared_backends
         self.registry = shared_backends(registry_factory())
         self.input_dir, self.more_input_dirs = Path(input_dir), tuple(Path(p) for p in more_input_dirs)
         self.scratch = Path(tempfile.mkdtemp(prefix="flux2-batch-actor-"))

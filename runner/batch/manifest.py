@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..flux2.errors import InputError
+from ...flux2.errors import InputError
 
 log = logging.getLogger("comfyui_flux2.batch")
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from ..flux2.pricing import format_usd
+from ...flux2.pricing import format_usd
 
 SHEET = "index.html"
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' file: data:"

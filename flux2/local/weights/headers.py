@@ -1,0 +1,26 @@
+"""The header of any weight file the engine reads: safetensors (safetensors_header.py) or GGUF (gguf.py, whose
+TensorInfo.dtype is a ggml type name such as "Q4_K"). Names, dtypes and shapes only; no weight is read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .safetensors_header import Header, read_header
+
+
+def read_any_header(path, what: str = "weights") -> Header:
+    if Path(path).suffix.lower() == ".gguf":
+        from .gguf import read_gguf_header
+        return read_gguf_header(path, what)
+    return read_header(path, what)
+
+
+def read_any_headers(paths, what: str = "weights") -> Header:
+    """Several shards as one header (tensor names unique across shards; metadata of the first file)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    tensors, meta, total = {}, {}, 0
+    for i, p in enumerate(paths):
+        h = read_any_header(p, what)
+        tensors.update(h.tensors)
+        meta = meta if i else h.metadata
+        total += h.data_bytes
+    return Header(tensors, meta, total)

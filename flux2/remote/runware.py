@@ -11,7 +11,8 @@ from functools import partial
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
+from ..errors import (AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError,
+                      ProviderTimeout)
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
@@ -346,6 +347,8 @@ class RunwareBackend(RemoteBackend):
             reply = self._post_tasks([kind(taskUUID=job.task_id)], ctx, deadline)
         except (AuthError, BudgetError, Cancelled):
             raise                             # every other call would be refused the same way
+        except ProviderTimeout:
+            return None                       # the task's deadline: poll_until says so
         except Flux2Error as exc:             # lost, not sent, 4xx/5xx of the lookup itself
             last[0] = f"{kind.taskType}: {str(exc)[:160]}"
             return None

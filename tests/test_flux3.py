@@ -354,3 +354,14 @@ def test_the_editor_preview_draws_layout_boxes_and_shows_flux3_delivered_sizes()
          "batch": 1}]})["items"]
     assert (size["width"], size["height"]) == (2048, 1152)            # what Flux2Size outputs with that backend
     assert fast["usd"] == 0.015
+
+
+def test_flux3_moderated_is_not_charged_and_error_is_one_line(serve_bfl, ctx):
+    from comfyui_flux2.flux2.errors import ModerationError
+    server = serve_bfl(credits=100.0)
+    with pytest.raises(ModerationError, match=r"moderated \(not charged\).*0 strictest \.\. 4"):
+        run(bfl_backend(), GenerationRequest("forbidden-content", 1024, 1024, 0), ctx)
+    assert server.credits == 100.0 and server.billed_usd == 0
+    server.faults.push(route="submit", final_status="Error")
+    with pytest.raises(ProviderError, match="failed \\(status Error\\)"):
+        run(bfl_backend(), GenerationRequest("fine", 1024, 1024, 0), RunContext())

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from comfyui_flux2.cli import main
+from comfyui_flux2.flux2.models import MAX_REFS_ANY
 from test_batch import batch, small_workflow, write_csv
 from test_budget import backend, t2i
 from test_malformed_workflows import UI_CHAIN, dry_run, one_line
@@ -32,14 +33,23 @@ def edit_with_references(folder: Path, count: int, model: str = "FLUX.2 [pro]") 
 
 @pytest.mark.parametrize("dry", [True, False])
 def test_references_beyond_the_sockets_are_refused_naming_the_limit(runware, tmp_path, capsys, dry):
-    """Before: reference_9 was dropped without a word and the first 8 were sent (and paid for)."""
-    data = edit_with_references(tmp_path, 9)
+    """Before: a reference linked past Flux2Edit's last socket was dropped without a word and the others were
+    sent (and paid for). The sockets stop at the most any model takes (MAX_REFS_ANY)."""
+    extra = MAX_REFS_ANY + 1
+    data = edit_with_references(tmp_path, extra)
     path = tmp_path / "w.json"
     path.write_text(json.dumps(data))
     code = main(["run", str(path), "--output-dir", str(tmp_path / "o"), *(["--dry-run"] if dry else [])])
     assert code == 1
     err = one_line(capsys)
-    assert "node 2 (Flux2Edit): 9 references linked (reference_9 beyond its sockets); it takes at most 8" in err
+    assert (f"node 2 (Flux2Edit): {extra} references linked (reference_{extra} beyond its sockets); it takes at "
+            f"most {MAX_REFS_ANY}") in err
+    assert runware.requests == []
+
+
+def test_more_references_than_the_model_takes_are_refused_naming_its_limit(runware, tmp_path, capsys):
+    assert dry_run(tmp_path, edit_with_references(tmp_path, 9))[0] == 1
+    assert "9 reference images; FLUX.2 [pro] on Runware (bfl:5@1) takes at most 8" in one_line(capsys)
     assert runware.requests == []
 
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = '''
@@ -24,6 +26,7 @@ def test_probe():
 '''
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_a_test_passes_in_a_clone_named_like_the_pack(tmp_path):
     clone = tmp_path / "ComfyUI" / "custom_nodes" / "comfyui-flux2"
     (clone / "tests").mkdir(parents=True)

@@ -75,6 +75,7 @@ def test_engine_never_imports_comfyui(path):
     assert not _imports(path) & {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution"}
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_engine_imports_without_comfyui_or_optional_extras():
     code = ("import sys; import comfyui_flux2.flux2.remote.runware, comfyui_flux2.flux2.backend; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'diffusers', 'transformers')]; "

@@ -124,7 +124,9 @@ def test_lora_on_top_equals_lora_on_the_float_twin(gguf_files, tmp_path):
                    RunContext()).images[0]
 
     lb.clear_cache()
-    with_q, plain_q = image(q, spec), image(q)
+    with_q, plain_q = image(q, spec), image(q)       # the BF16-kept Linears take it merged, then are read again
+    lb.clear_cache()
+    assert np.array_equal(image(q), plain_q)           # restored bit for bit from the GGUF file
     lb.clear_cache()
     with_f = image(twin, spec)
     lb.clear_cache()
@@ -217,12 +219,12 @@ def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_p
     f32.with_name(f32.stem + ".config.json").write_text(pipe.text_encoder.config.to_json_string())
     folder = root / "diffusers" / "flux2-tiny"
 
-    def image(te):
+    def image(te, offload="none"):
         lb.clear_cache()
         b = lb.LocalBackend("auto", lb.LocalFiles(diffusers_dir=folder, text_encoder=te), dtype="fp32",
-                            device="cpu", steps=2)
+                            device="cpu", steps=2, offload=offload)
         out = _run(b)
-        if te == q:
+        if te == q and offload == "none":
             enc = b.engine().m.text_encoder
             assert isinstance(enc.layers[0].self_attn.q_proj, GGUFLinear)
         lb.clear_cache()
@@ -231,6 +233,7 @@ def test_gguf_text_encoder_same_picture_as_its_float_twin(family, request, tmp_p
     a, b = image(q), image(f32)
     diff = np.abs(a.astype(np.int32) - b.astype(np.int32))
     assert diff.mean() <= 0.05 and diff.max() <= 2
+    assert np.array_equal(image(q, "blocks"), a)          # its quantised layers stream under offload=blocks
     # tiny random weights barely react to the prompt, so the layers are compared too: every quantised Linear
     # de-quantises to exactly the float twin's weight (q/k in Hugging Face's row order again)
     from comfyui_flux2.flux2.local.weights import loading
@@ -295,3 +298,17 @@ def test_unported_type_and_diffusers_layout_refused_in_one_line(tmp_path, klein)
                                                             vae=files["vae"]), dtype="fp32", device="cpu")
     with pytest.raises(ModelLoadError, match="diffusers layout"):
         b.engine()
+
+
+def test_float_linears_of_a_gguf_file_are_read_again_exactly_for_a_lora_restore(gguf_files):
+    """A LoRA is merged into the unquantised Linears of a GGUF model (the quantised ones keep it on the fly);
+    switching sets reads those weights again from the .gguf file, bit for bit as they were loaded."""
+    from comfyui_flux2.flux2.local.weights import loading, lora
+
+    q, _, _ = gguf_files
+    tr = loading.load_transformer([q], None, torch.float32)
+    plain = sorted(n for n, m in tr.named_modules() if lora.mergeable(m))
+    quantised = [n for n, m in tr.named_modules() if type(m) is GGUFLinear]
+    assert plain and quantised
+    again = loading.reread_linear_weights([q], torch.float32, plain)
+    assert all(torch.equal(again[n], tr.get_submodule(n).weight) for n in plain)

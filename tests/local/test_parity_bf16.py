@@ -69,6 +69,7 @@ def _check(ours: np.ndarray, ref_bf16: np.ndarray, ref_f32: np.ndarray, what: st
     assert mean <= MEAN_BOUND + MEAN_OWN_SHARE * own and mx <= MAX_BOUND
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_bf16_text_to_image_every_layout(bf16_layouts):
     pipe32, pipe, engines = bf16_layouts
     prompt, w, h, seed = "a red cat sitting on a chair", 64, 48, 7

@@ -137,7 +137,7 @@ def test_references_join_only_the_first_step_with_cfg_either_way(klein_base):
     hook = tr.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
     latents = []
     real_decode = eng.decode
-    eng.decode = lambda x, h, w: (latents.append(x.clone()), real_decode(x, h, w))[1]
+    eng.decode = lambda x, h, w, vae_tiling="auto": (latents.append(x.clone()), real_decode(x, h, w, vae_tiling))[1]
     ref = [prepare_reference(pattern(32, 32, 1))]               # 2x2 latent tokens = 4 reference tokens
     try:
         eng.generate("a photo of a red cat", 32, 32, [11], 3, 4.0, ref, cfg_one_forward=True)

@@ -256,6 +256,7 @@ def test_tekken_from_text_encoder_file(tekken, tmp_path):
         T.tekken_tokenizer(b'{"vocab": []}', "x")
 
 
+@pytest.mark.slow   # fast suite < 2 min; CI runs it (--run-slow)
 def test_tekken_reader_equals_mistral_common_on_a_real_rank_table(tmp_path):
     """mistral-common ships Mistral's real Tekken rank table (tekken_240911.json: 150k ranks cut to 131072 ids,
     the pattern of Mistral Small 3.x). That file predates the `special_tokens` list, so the list Mistral Small 3.x

@@ -91,7 +91,8 @@ def _open(path: Path, what: str):
     if not path.is_file():
         raise ModelLoadError(f"{what} file not found: {path}")
     try:
-        return gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path), "c")    # copy-on-write, as safetensors maps: a LoRA merged into a float
+                                                  # weight writes private pages, never the file
     except (ValueError, OSError, KeyError, IndexError, TypeError) as exc:
         msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{what} file {path.name} is not a readable GGUF file ({msg})") from None

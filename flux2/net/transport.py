@@ -211,11 +211,14 @@ class Transport:
         """Idempotent keyed GET (a poll) with retries on transient faults; never follows a redirect.
         Every attempt, and the retries together, end by `deadline` (the task's, time.monotonic())."""
         headers = self._keyed_headers(url) if keyed else {}
-        last = "no attempt"
+        last, tries = "no attempt", 0
         for attempt in range(self.deadlines.retries + 1):
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled by the user")
+            if tries and deadline is not None and time.monotonic() >= deadline:
+                break                          # the task's deadline: say what the last try met
             window = self._window(deadline, "poll")
+            tries += 1
             try:
                 response = self._exchange("GET", url, headers, window)
                 if response.status_code in retry_statuses and attempt < self.deadlines.retries:
@@ -232,8 +235,8 @@ class Transport:
                 if attempt == self.deadlines.retries:
                     break
                 sleep_with_cancel(self._backoff(attempt), is_cancelled)
-        raise ProviderError(f"{self.provider}: GET {origin(url)[1]} failed after "
-                            f"{attempt + 1} tries ({last})", retryable=True)
+        raise ProviderError(f"{self.provider}: GET {origin(url)[1]} failed after {tries} tries ({last})",
+                            retryable=True)
 
     # -- result downloads ---------------------------------------------------------------------
     def check_result_url(self, url, what: str) -> str:

@@ -29,7 +29,7 @@ import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
 from ..errors import (AuthError, BudgetError, Cancelled, ConfigError, Flux2Error, InputError, ModerationError,
-                      ProviderError)
+                      ProviderError, ProviderTimeout)
 from ..images import decode_provider_image, placeholder
 from ..models import BFL
 from ..pricing import Estimate, estimate, reference_sizes
@@ -424,6 +424,8 @@ class BflBackend(RemoteBackend):
                 response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled, deadline=deadline)
             except Cancelled:
                 raise
+            except ProviderTimeout:
+                return None                  # the task's deadline: poll_until says so, with the last poll's fault
             except ProviderError as exc:
                 raise Transient(str(exc)) from None
             body = _json_or_text(response, key)

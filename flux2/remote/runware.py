@@ -11,7 +11,8 @@ from functools import partial
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
+from ..errors import (AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError,
+                      ProviderTimeout)
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
@@ -24,7 +25,7 @@ from .options import RemoteOptions
 from .retired import is_model_gone, retired_error
 from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
                             ProviderSettings, RunwareTask)
-from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
+from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
                    sent_earlier, settle, store_arrived)
 from ..net.transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
@@ -346,22 +347,29 @@ class RunwareBackend(RemoteBackend):
             reply = self._post_tasks([kind(taskUUID=job.task_id)], ctx, deadline)
         except (AuthError, BudgetError, Cancelled):
             raise                             # every other call would be refused the same way
+        except ProviderTimeout:
+            return None                       # the task's deadline: poll_until says so
         except Flux2Error as exc:             # lost, not sent, 4xx/5xx of the lookup itself
             last[0] = f"{kind.taskType}: {str(exc)[:160]}"
             return None
         item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
         if item is not None and kind is GetTaskDetails:
             return stored_outcome(item, job.task_id)
-        if item is not None:
-            return _PENDING if str(item.get("status") or "").lower() in PENDING else item
-        if err is not None:
+        if item is not None and str(item.get("status") or "").lower() in PENDING:
+            return _PENDING
+        if item is not None and (item.get("status") or item.get("NSFWContent") is not None
+                                 or any(item.get(f) not in (None, "") for f in IMAGE_FIELDS)):
+            return item
+        if item is not None:                  # a bare acknowledgement says nothing of the outcome
+            last[0] = f"{kind.taskType}: an item without status or image"
+        elif err is not None:
             last[0] = f"{kind.taskType}: {str(runware_error(reply.status, err, None))[:160]}"
         return None
 
     def fetch_task(self, task_uuid: str, ctx: RunContext) -> GenerationResult:
-        """The result of a task an earlier process sent and never heard back from (an aborted batch), by
-        getResponse on its taskUUID; never a second submit. Raises ProviderError when Runware no longer
-        knows the task or it failed."""
+        """The result of a task an earlier process sent and never heard back from (an aborted batch, a
+        killed run), by getResponse / getTaskDetails on its taskUUID; never a second submit. Raises
+        ProviderError when Runware no longer knows the task or it failed."""
         job = Job(0, 0, GetResponse(taskUUID=task_uuid), task_id=task_uuid, sent=True)
         # An earlier run's task has long finished or never will: a short wait for the lookups to know it.
         item = self._recover(job, ctx, time.monotonic(), "an earlier run stopped waiting",

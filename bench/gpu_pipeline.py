@@ -114,15 +114,17 @@ def _ours_from(pipe, preset, device: str, dtype):
     import torch
 
     from ..flux2.local.model.autoencoder import AutoencoderFlux2
-    from ..flux2.local.weights.loading import _into, diffusers_to_bfl, normalise_vae_keys
+    from ..flux2.local.weights.assemble import into_module
+    from ..flux2.local.weights.transformer_weights import diffusers_to_bfl
+    from ..flux2.local.weights.vae_weights import normalise_vae_keys
     from ..flux2.local.pipeline import Flux2Engine
     from ..flux2.local.model.transformer import Flux2Transformer
 
-    tr = _into(Flux2Transformer, preset.transformer, diffusers_to_bfl(dict(pipe.transformer.state_dict())),
-               "random transformer", dtype, device)
+    tr = into_module(Flux2Transformer, preset.transformer, diffusers_to_bfl(dict(pipe.transformer.state_dict())),
+                      "random transformer", dtype, device)
     vsd = normalise_vae_keys(dict(pipe.vae.state_dict()), "random VAE")
     vsd = {k: (v.float() if k.startswith("bn.") else v) for k, v in vsd.items()}   # as load_vae keeps them
-    vae = _into(AutoencoderFlux2, preset.vae, vsd, "random VAE", dtype, device)
+    vae = into_module(AutoencoderFlux2, preset.vae, vsd, "random VAE", dtype, device)
     return Flux2Engine(_our_modules(preset, device, dtype, transformer=tr, vae=vae, text_encoder=False),
                        cache_bytes=0)
 

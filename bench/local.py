@@ -135,7 +135,9 @@ def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -
 
     import torch
 
-    from ..flux2.local.weights.lora import Delta, Target, attach, build_patches, detach, linear_shapes, merge_patches
+    from ..flux2.local.weights.lora_deltas import Delta
+    from ..flux2.local.weights.lora_keys import Target, linear_shapes
+    from ..flux2.local.weights.lora_patches import attach, build_patches, detach, merge_patches
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     cuda = device.startswith("cuda")
@@ -205,8 +207,9 @@ def _switch_times(model, shapes, deltas, dtype, device, timed) -> dict:
 
     from safetensors.torch import save_file
 
-    from ..flux2.local.weights.loading import reread_linear_weights
-    from ..flux2.local.weights.lora import AppliedLoRAs, build_patches
+    from ..flux2.local.weights.reread import reread_linear_weights
+    from ..flux2.local.weights.lora import AppliedLoRAs
+    from ..flux2.local.weights.lora_patches import build_patches
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"

@@ -31,6 +31,8 @@ def test_comfyui_load_imports_no_heavy_module():
                                "comfyui_flux2.flux2.remote.runware", "comfyui_flux2.flux2.remote.bfl",
                                # this session's additions: LoRA math, batch runner, its Ray executor
                                "ray", "peft", "comfyui_flux2.flux2.local.weights.lora", "comfyui_flux2.runner.batch",
+                               "comfyui_flux2.flux2.local.weights.lora_keys",
+                               "comfyui_flux2.flux2.local.weights.lora_patches",
                                "comfyui_flux2.runner.batch.ray_executor", "comfyui_flux2.flux2.remote.wire"):
         assert heavy not in loaded, f"{heavy} is imported when ComfyUI loads the pack"
 

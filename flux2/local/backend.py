@@ -157,13 +157,13 @@ class LocalBackend:
         """The chain's LoRA files as this model takes them (headers, and a NaN/Inf scan of the matched tensors);
         a file for another architecture or size, one that matches no layer, or one holding NaN/Inf is a one-line
         ModelLoadError naming it."""
-        from .weights.lora import inspect_lora
+        from .weights.lora_inspect import inspect_lora
 
         return [inspect_lora(s.path, self.model_preset.transformer) for s in self.loras]
 
     def lora_bytes(self) -> int:
         """Device bytes of the chain's patches in the compute dtype (strength 0 adds nothing)."""
-        from .weights.lora import linear_shapes
+        from .weights.lora_keys import linear_shapes
 
         shapes = linear_shapes(self.model_preset.transformer)
         return sum(f.device_bytes(DTYPES[self.dtype].itemsize, shapes)
@@ -284,7 +284,10 @@ class LocalBackend:
 
     def lora_patches(self, engine) -> dict:
         """The chain's patches for this engine's transformer, in its compute dtype on its device."""
-        from .weights.lora import build_patches, inspect_lora, linear_shapes, load_deltas
+        from .weights.lora_deltas import load_deltas
+        from .weights.lora_inspect import inspect_lora
+        from .weights.lora_keys import linear_shapes
+        from .weights.lora_patches import build_patches
 
         p = engine.m.transformer.params
         files = [(load_deltas(inspect_lora(s.path, p)), s.strength) for s in self.loras if s.strength != 0]

@@ -93,7 +93,8 @@ def weight_restorer(files, dtype: str, offload: str):
     offload=blocks, whose streamed blocks keep a LoRA on the fly (their weights are not resident)."""
     from functools import partial
 
-    from .weights.loading import reread_linear_weights, shard_files
+    from .weights.reread import reread_linear_weights
+    from .weights.safetensors_read import shard_files
 
     if offload == "blocks":
         return None

@@ -218,7 +218,7 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
     """Peak device bytes (and RAM) of one generate call. reference_pixels: w*h of each prepared reference;
     vae_tile: latent pixels per tile side when the decode is tiled (0: whole image). sizes: from the files'
     headers (sizes_from_headers); without them, from the preset's modules built on the meta device. lora_bytes:
-    the LoRA patches (weights/lora.py), resident on the device in both offload modes.
+    the LoRA patches (weights/lora_patches.py), resident on the device in both offload modes.
     device_type: "cuda" (blocks prefetched: two on the device) or "cpu" (one; the device is the RAM).
     prompt_kinds: 2 when CFG runs the prompts as two forwards (the KV variant then keeps one cache per kind)."""
     s = sizes or module_sizes(preset, dtype_bytes, round(float(fp8_transformer), 2), round(float(fp8_text), 2))
@@ -274,7 +274,8 @@ def plan_memory(preset: ModelPreset, *, dtype_bytes: int, offload: str, width: i
 
 def fp8_share(path: Path | None, *, upcast_marker: str | None = None) -> float:
     """Share (0..1) of the 2-D weight elements a safetensors file stores as float8 (header only, no tensor read).
-    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load (weights/loading.py): 0.
+    A file with a key segment `upcast_marker` (the diffusers layout) is up-cast at load
+    (weights/transformer_weights.py): 0.
     No file: 0. A header that cannot be read is a ModelLoadError naming the file (never a silent bf16 guess)."""
     if path is None:
         return 0.0

@@ -2,7 +2,7 @@
 layer) is copied to the device only while it runs.
 
 With offload=blocks the loader leaves every block tensor as the view safetensors gives into the mapped file (no
-copy in anonymous RAM, no cast at load; weights/loading.py), so [dev] needs neither its 64 GB on the GPU nor in RAM: the
+copy in anonymous RAM, not cast; weights/quant_read.py), so [dev] needs neither its 64 GB on the GPU nor in RAM: the
 OS page cache holds what fits and drops it under pressure. Per block, `BlockStreamer` copies the block's tensors to
 the device in the dtype the model runs in (`runtime_dtype`), points the parameters at those copies, and after the
 block points them back at the mapped host tensors (nothing is copied back; the device copies are dropped).
@@ -33,7 +33,7 @@ STAGING_ALIGN = 256                                                   # bytes; a
 
 
 def runtime_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
-    """The dtype a weight has while the model runs, the same rule as loading without offload (loading.dequantize):
+    """The dtype a weight has while the model runs, the same rule as loading without offload (quant_read.dequantize):
     float8 weights stay float8 (ScaledFP8Linear), fp8 scales and BatchNorm statistics float32, other floats `dtype`."""
     if not t.is_floating_point() or t.dtype in FP8_DTYPES or name.rsplit(".", 1)[-1] in FLOAT32_NAMES:
         return t.dtype
@@ -249,7 +249,7 @@ def _settle_resident(module: nn.Module, device: torch.device, dtype: torch.dtype
             if t.device != device or t.dtype != want:
                 t.data = t.data.to(device, want)
             elif t.data_ptr() % 64:
-                t.data = t.data.clone()  # an aligned copy, as loading without offload makes (weights/loading.py)
+                t.data = t.data.clone()  # an aligned copy, as loading without offload makes (weights/quant_read.py)
 
 
 def offload_transformer(tr: nn.Module, device: torch.device, transfer=None, dtype: torch.dtype | None = None) -> None:

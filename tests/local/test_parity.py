@@ -11,6 +11,7 @@ from PIL import Image
 diffusers = pytest.importorskip("diffusers")
 
 from comfyui_flux2.flux2.local.weights import loading  # noqa: E402
+from comfyui_flux2.flux2.local.weights.assemble import into_module  # noqa: E402
 from comfyui_flux2.flux2.local.model import params, sampling  # noqa: E402
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine, prepare_reference  # noqa: E402
 
@@ -75,7 +76,7 @@ def test_transformer_forward(klein, dev, family):
     sd = loading.normalise_transformer_keys({k: v.clone() for k, v in tr.state_dict().items()}, "t")
     from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
 
-    mine = loading._into(Flux2Transformer, loading.infer_transformer_params(sd), sd, "t", F32, "cpu")
+    mine = into_module(Flux2Transformer, loading.infer_transformer_params(sd), sd, "t", F32, "cpu")
     g = torch.Generator().manual_seed(0)
     B, Lt = 2, 10
     img = torch.randn(B, 12 + 6, 128, generator=g)

@@ -15,6 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from comfyui_flux2.flux2.local import backend as lb  # noqa: E402
 from comfyui_flux2.flux2.local.weights import loading  # noqa: E402
+from comfyui_flux2.flux2.local.weights.assemble import into_module  # noqa: E402
 from comfyui_flux2.flux2.local.model import params, sampling  # noqa: E402
 from comfyui_flux2.flux2.local.weights.detect import detect  # noqa: E402
 from comfyui_flux2.flux2.local.pipeline import Flux2Engine, prepare_reference  # noqa: E402
@@ -31,7 +32,7 @@ TINY_KV = replace(TINY, reference_kv=True)
 
 def _ours(pipe) -> Flux2Transformer:
     sd = loading.normalise_transformer_keys({k: v.clone() for k, v in pipe.transformer.state_dict().items()}, "t")
-    return loading._into(Flux2Transformer, loading.infer_transformer_params(sd), sd, "t", F32, "cpu")
+    return into_module(Flux2Transformer, loading.infer_transformer_params(sd), sd, "t", F32, "cpu")
 
 
 def _kv_pipeline(pipe):

@@ -1,7 +1,7 @@
 """FLUX.2 VAE (32 latent channels, 8x downsampling) with BatchNorm latent normalisation.
 
 Parameter names follow diffusers' AutoencoderKLFlux2 (`encoder.down_blocks.0.resnets.0.conv1`...);
-weights/loading.py renames the LDM/BFL layout (`encoder.down.0.block.0`...) to these names.
+weights/vae_weights.py renames the LDM/BFL layout (`encoder.down.0.block.0`...) to these names.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Only the layers whose hidden states FLUX.2 reads are run (up to layer 27 of Qwen3's 36, 30 of Mistral's
 40); no LM head, no KV cache. Parameter names follow Hugging Face's (`layers.N.self_attn.q_proj`...),
-so HF / ComfyUI text-encoder files load after stripping their prefix (weights/loading.py).
+so HF / ComfyUI text-encoder files load after stripping their prefix (weights/text_encoder_weights.py).
 
 We chose our own implementation over `transformers` (kept as a test-only reference): it avoids a heavy
 runtime dependency, skips unused layers, and is ~150 lines.

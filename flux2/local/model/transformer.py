@@ -2,7 +2,7 @@
 
 Parameter names follow Black Forest Labs' reference layout (fused `qkv`, `img_mlp.0`, `final_layer`
 with (shift, scale) order), so BFL/Comfy single files load without renaming; diffusers folders are
-converted on load (weights/loading.py). Attention is one SDPA call over [text, image, references].
+converted on load (weights/transformer_weights.py). Attention is one SDPA call over [text, image, references].
 
 The [klein] 9B KV variant (`RefKV`) runs references differently, as BFL's `forward_kv_extract` /
 `forward_kv_cached` and diffusers' `Flux2KleinKVPipeline` do: on the first step the reference tokens are

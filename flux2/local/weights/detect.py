@@ -101,7 +101,7 @@ def size_name(p: TransformerParams) -> str | None:
 
 def text_encoder_params(t: dict, name: str, config: dict | None = None) -> TextEncoderParams:
     """Qwen3 (klein) or Mistral (dev) text-encoder sizes from shapes; a config.json (diffusers folder) wins."""
-    from .loading import text_params_from_config
+    from .text_encoder_weights import text_params_from_config
 
     if "embed_tokens.weight" not in t or "layers.0.self_attn.q_proj.weight" not in t:
         raise ModelLoadError(f"{name} is not a Hugging Face causal-LM text encoder (no embed_tokens / layers)")
@@ -131,7 +131,7 @@ def text_encoder_params(t: dict, name: str, config: dict | None = None) -> TextE
 # ------------------------------------------------------------------------------------------------ VAE
 
 def vae_params(t: dict, name: str, config: dict | None = None) -> tuple[dict, VAEParams]:
-    from .loading import infer_vae_params, normalise_vae_keys
+    from .vae_weights import infer_vae_params, normalise_vae_keys
 
     t = normalise_vae_keys(dict(t), name)
     p = infer_vae_params(t, config or {})
@@ -210,7 +210,7 @@ def with_reference_kv(preset: ModelPreset, files) -> ModelPreset:
 
 def _parts(files):
     """(transformer shards, text-encoder shards, VAE shards, their configs): single files override a folder."""
-    from .loading import shard_files
+    from .safetensors_read import shard_files
 
     d = Path(files.diffusers_dir) if files.diffusers_dir else None
     tr, te, vae = files.transformer, files.text_encoder, files.vae

@@ -181,7 +181,7 @@ def read_gguf_header(path, what: str = "weights") -> Header:
 
 class GGUFLinear(nn.Module):
     """nn.Linear whose weight stays in its GGML blocks (uint8) and is de-quantised, on the device the bytes are on,
-    each time the layer runs; LoRA hooks (lora.py) and block offload (offload.py: the uint8 bytes are what
+    each time the layer runs; LoRA hooks (lora_patches.py) and block offload (offload.py: the uint8 bytes are what
     streams) see an ordinary Linear module."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype, tid: int,
@@ -212,7 +212,7 @@ def swap_gguf_linears(module: nn.Module, sd: dict, compute_dtype: torch.dtype) -
         if type(child) is not nn.Linear or not isinstance(w, GGUFTensor) or not w.quantized:
             continue
         if w.shape != (child.out_features, child.in_features):
-            continue                                   # the strict shape check in loading._into names it
+            continue                                   # the strict shape check in assemble.into_module names it
         with torch.device("meta"):
             new = GGUFLinear(child.in_features, child.out_features, child.bias is not None, compute_dtype, w.tid,
                              w.raw.numel())
@@ -235,7 +235,7 @@ def settle(sd: dict, dtype: torch.dtype, mapped: bool) -> dict:
             else:
                 t = t.dequantize(dtype)
         if not mapped and t.is_floating_point() and t.data_ptr() % 64:
-            t = t.clone()                              # aligned, as loading.dequantize does (same BLAS paths)
+            t = t.clone()                              # aligned, as quant_read.dequantize does (same BLAS paths)
         out[k] = t
     return out
 

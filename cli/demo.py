@@ -41,10 +41,7 @@ def command(args) -> int:
         os.environ["RUNWARE_API_URL"] = server.api_url
         os.environ["RUNWARE_API_KEY"] = "demo-key"
         print(f"loopback Runware server on {server.api_url} (the demo never leaves this machine)", file=sys.stderr)
-        for name in TOUR:
-            print(f"\n== {name} (dry run, then run)", file=sys.stderr)
-            run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir), dry_run=True, quiet=True)
-            run_workflow(WORKFLOWS / name, output_dir=Path(args.output_dir))
+        tour(TOUR, Path(args.output_dir))
     demo_flux3(Path(args.output_dir))
     return 0
 
@@ -57,7 +54,12 @@ def demo_flux3(output_dir: Path) -> None:
         os.environ["BFL_API_URL"] = server.api_url
         os.environ["BFL_API_KEY"] = "demo-key"
         print(f"\nloopback BFL server on {server.api_url} (FLUX 3 Image / FLUX 3.1 Image)", file=sys.stderr)
-        for name in FLUX3_TOUR:
-            print(f"\n== {name} (dry run, then run)", file=sys.stderr)
-            run_workflow(WORKFLOWS / name, output_dir=output_dir, dry_run=True, quiet=True)
-            run_workflow(WORKFLOWS / name, output_dir=output_dir)
+        tour(FLUX3_TOUR, output_dir)
+
+
+def tour(names, output_dir: Path) -> None:
+    """Each example workflow as a user would try it: a dry run (nothing sent), then the run."""
+    for name in names:
+        print(f"\n== {name} (dry run, then run)", file=sys.stderr)
+        run_workflow(WORKFLOWS / name, output_dir=output_dir, dry_run=True, quiet=True)
+        run_workflow(WORKFLOWS / name, output_dir=output_dir)

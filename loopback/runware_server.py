@@ -411,6 +411,7 @@ class RunwareHandler(JsonHandler):
             self.app.billed_tasks.append(task["taskUUID"])
             self.app.results[task["taskUUID"]] = item
             self.app.processing.discard(task["taskUUID"])
+            self.app.task_log[task["taskUUID"]] = (task, {"data": [item]})     # getTaskDetails finds it too
         return [item]
 
 

@@ -221,9 +221,10 @@ class SaveImage:
             # FLUX 3 rewrites every prompt before generating: what it actually drew from, per node.
             meta.add_text("flux3_expanded_prompts", json.dumps(expanded))
         results = []
-        for i, array in enumerate(arrays):
-            path = target.parent / f"{target.name}_{counter + i:05}_.png"
-            path.write_bytes(encode(array, "PNG", pnginfo=meta))
+        for array in arrays:
+            path, counter = write_new(lambda n: target.parent / f"{target.name}_{n:05}_.png", counter,
+                                      encode(array, "PNG", pnginfo=meta))
+            counter += 1
             folders.saved.append(path)
             results.append({"filename": path.name, "subfolder": str(path.parent), "type": "output"})
         return {"ui": {"images": results}}
@@ -244,6 +245,24 @@ class PreviewImage(SaveImage):
     def save_images(self, images, filename_prefix=None):
         tensor_to_arrays(images)
         return {"ui": {"images": []}}
+
+
+def write_new(path_for, start: int, data: bytes, same_is_kept: bool = False) -> tuple[Path, int]:
+    """Write `data` to `path_for(n)` for the first n >= start where no file is yet, never over one: another
+    run saving into the same folder at the same moment has counted the same numbers as free (open "xb" is
+    atomic, so one of the two writers takes the next). `same_is_kept`: a file there with exactly these bytes
+    is this image, kept already (returned, not written again). Returns the path and its n."""
+    n = start
+    while True:
+        path = path_for(n)
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+            return path, n
+        except FileExistsError:
+            if same_is_kept and path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+                return path, n
+            n += 1
 
 
 def _next_counter(target: Path) -> int:

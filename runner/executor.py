@@ -15,7 +15,7 @@ from pathlib import Path
 from ..flux2.errors import Flux2Error
 from ..flux2.images import encode
 from ..flux2.run_context import RunContext, using
-from .core_nodes import RunFolders, reset_folders, using_folders
+from .core_nodes import RunFolders, reset_folders, using_folders, write_new
 from .graph import Link, Node, execution_order, parse
 from .validate import check_graph
 
@@ -143,10 +143,12 @@ def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
         node = file_token(str(request.node_id or "x"))
         for i, image in enumerate(result.images):
             seed = result.seeds[i] if i < len(result.seeds) else f"x{i}"
-            path = folder / f"node{node}_seed{file_token(str(seed))}.png"
+            stem = f"node{node}_seed{file_token(str(seed))}"
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(encode(image, "PNG"))
+                # Never over an image an earlier run (another prompt, same node and seed) kept here.
+                path, _ = write_new(lambda n: folder / (f"{stem}.png" if n == 1 else f"{stem}_{n}.png"), 1,
+                                    encode(image, "PNG"), same_is_kept=True)
             except (OSError, Flux2Error) as exc:
                 log.error("could not keep a paid image of node %s: %s", node, getattr(exc, "strerror", None) or exc)
                 continue

@@ -52,13 +52,31 @@ def load_workflow(path: Path) -> dict:
     except UnicodeDecodeError:
         raise InputError(f"workflow {name} is not UTF-8 text, so not a JSON workflow") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InputError(f"workflow {name} gives {exc.args[0]!r} twice in one object; node ids and input names "
+                         "must be unique (JSON would keep only the last)") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"workflow {name} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
         raise InputError(f"workflow {name} is nested too deeply to be a workflow") from None
     if not isinstance(data, dict):
         raise InputError(f"workflow {name} must be a JSON object")
+    return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json.loads' object hook: a key given twice (a second node "5", a second "prompt") is refused - json
+    would silently keep the last, so half of what the file says would never run."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key[:40])
+        data[key] = value
     return data
 
 

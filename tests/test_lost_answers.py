@@ -273,3 +273,15 @@ def test_a_huge_bfl_poll_answer_is_not_read_whole(bfl, ctx):
     result = run(BflBackend("FLUX.2 [pro]", RemoteOptions(), deadlines=FAST), GenerationRequest("x", 256, 256, 1), ctx)
     assert len(result.images) == 1
     assert bfl.endless_bytes_sent < MAX_ANSWER_BYTES + 16 * 1024 * 1024
+
+
+def test_a_lost_flux3_answer_on_runware_is_recovered_by_task_id(runware):
+    """FLUX 3 Image on Runware: a lost answer is found by getTaskDetails like FLUX.2's (documented for any
+    executed task). Before: the loopback server kept no record of FLUX 3 tasks, so no lookup could find one
+    and a paid image was only named, never recovered."""
+    runware.faults.push(route="submit", drop=True)
+    backend = RunwareBackend("FLUX 3 Image", RemoteOptions(), deadlines=FAST)
+    result = run(backend, GenerationRequest("x", 1024, 768, 1, batch=2), RunContext())
+    assert len(runware.billed_tasks) == 2 and len(result.images) == 2 and len(runware.tasks("imageInference")) == 2
+    assert len(runware.tasks("getTaskDetails")) >= 1
+    assert sorted(result.seeds) == sorted(item["seed"] for item in runware.results.values())   # the provider's

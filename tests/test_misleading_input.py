@@ -75,6 +75,33 @@ def test_duplicate_node_ids_in_a_ui_workflow_are_refused(tmp_path, capsys, same)
     assert f"two nodes with id {data['nodes'][1]['id']}; node ids must be unique" in one_line(capsys)
 
 
+def _twice(text: str, old: str, extra: str) -> str:
+    """`text` (JSON) with `extra` written right after `old`: a key given twice in one object."""
+    assert text.count(old) == 1
+    return text.replace(old, old + extra)
+
+
+@pytest.mark.parametrize("case", ["node id", "input name"])
+def test_a_key_given_twice_in_an_api_workflow_is_refused(runware, tmp_path, capsys, case):
+    """Before: JSON's last value silently won - a second node "2" replaced the first, a second "prompt"
+    replaced the first prompt - and the run went on (and was paid for) with half the file."""
+    text = json.dumps(t2i("FLUX.2 [pro]", batch=1))
+    if case == "node id":
+        other = {"class_type": "Flux2TextToImage", "inputs": {"backend": ["1", 0], "prompt": "another", "width": 512,
+                                                               "height": 512, "seed": 9, "batch_size": 1}}
+        text = text[:-1] + ', "2": ' + json.dumps(other) + "}"
+        words = "'2' twice"
+    else:
+        text = _twice(text, '"prompt": "a teapot"', ', "prompt": "a cat"')
+        words = "'prompt' twice"
+    path = tmp_path / "w.json"
+    path.write_text(text)
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "o")]) == 1
+    err = one_line(capsys)
+    assert "w.json" in err and words in err and "must be unique" in err
+    assert runware.requests == []
+
+
 @pytest.mark.parametrize("env, workflow", [("RUNWARE_API_URL", "flux2_text_to_image.json"),
                                            ("BFL_API_URL", None)])
 def test_a_provider_url_with_user_info_is_refused_without_repeating_it(runware, bfl, tmp_path, capsys, monkeypatch,

@@ -101,3 +101,33 @@ def test_a_batch_item_only_previewed_keeps_its_paid_image(runware, tmp_path, cap
     assert records(out)["r1"]["outputs"] == ["flux2-unsaved/r1_node2_seed1.png"]
     assert (out / "flux2-unsaved" / "r1_node2_seed1.png").is_file()
     assert "kept 1 paid image(s) that no SaveImage keeps" in capsys.readouterr().err
+
+
+def test_a_later_run_does_not_overwrite_an_earlier_runs_kept_image(runware, tmp_path, capsys):
+    """The same preview-only graph run twice with another prompt into one folder: before, the second run wrote
+    flux2-unsaved/node2_seed1.png over the first run's paid image. Now both are kept; an identical image (the
+    same result again) is not written twice."""
+    out = tmp_path / "o"
+    first, second = preview_only(1), preview_only(1)
+    second["2"]["inputs"]["prompt"] = "a kettle"
+    assert main(["run", str(write(tmp_path, first)), "--output-dir", str(out)]) == 0
+    kept_first = (out / "flux2-unsaved" / "node2_seed1.png").read_bytes()
+    assert main(["run", str(write(tmp_path, second)), "--output-dir", str(out)]) == 0
+    assert main(["run", str(write(tmp_path, second)), "--output-dir", str(out)]) == 0     # served by the cache
+    files = sorted((out / "flux2-unsaved").iterdir())
+    assert [p.name for p in files] == ["node2_seed1.png", "node2_seed1_2.png"] and len(runware.billed_tasks) == 2
+    assert files[0].read_bytes() == kept_first and files[1].read_bytes() != kept_first
+
+
+def test_save_image_never_writes_over_a_file_another_run_wrote_meanwhile(runware, tmp_path, monkeypatch):
+    """Two runs saving into one folder at the same moment both counted b_00001_ as free: before, the later
+    write replaced the other run's paid image (two runs of 8: 16 billed, 9 files). Played here by a counter
+    that still says 1 after another run wrote b_00001_.png."""
+    import comfyui_flux2.runner.core_nodes as core_nodes
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "b_00001_.png").write_bytes(b"another run's image")
+    monkeypatch.setattr(core_nodes, "_next_counter", lambda target: 1)
+    assert main(["run", str(write(tmp_path, pro(2))), "--output-dir", str(out)]) == 0
+    assert (out / "b_00001_.png").read_bytes() == b"another run's image"
+    assert sorted(p.name for p in out.glob("*.png")) == ["b_00001_.png", "b_00002_.png", "b_00003_.png"]

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..flux2.errors import BudgetError, Cancelled, InputError
-from ..flux2.pricing import format_usd
+from ..flux2.pricing import approximate_note, format_usd
 from . import interrupts
 from .common import budget_cap, node_registry, set_models_dir, whole_number
 
@@ -109,7 +109,7 @@ def _prepare(batch, args, out):
     unpriced = len(plan.unpriced_items)
     print(f"estimated cost: {format_usd(plan.estimate_usd)}"
           + (f" (+{unpriced} item(s) without a published price)" if unpriced else "")
-          + (" (approximate: URL references of unknown size priced as <= 1 MP each)" if plan.approximate else ""),
+          + approximate_note(plan.approximate_reasons),
           file=out)
     return plan
 

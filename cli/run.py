@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..flux2.errors import Cancelled
-from ..flux2.pricing import format_usd
+from ..flux2.pricing import approximate_note, format_usd
 from . import interrupts
 from .common import budget_cap, node_registry, progress_printer, set_models_dir
 
@@ -71,7 +71,7 @@ def print_plan(name: str, plan, out) -> None:
     unpriced = len(plan.unpriced_nodes)
     print(f"estimated cost: {format_usd(plan.total_usd)}"
           + (f" (+{unpriced} call(s) without a published price)" if unpriced else "")
-          + (" (approximate: URL references of unknown size priced as <= 1 MP each)" if plan_ctx.ledger.approximate else ""),
+          + approximate_note(plan_ctx.ledger.approximate_reasons),
           file=out)
 
 

@@ -8,11 +8,17 @@ from .models import ModelSpec, ModePrice, TierPrice
 from .sizes import billed_megapixels
 
 
+# Why an estimate is approximate: one line each, printed after "estimated cost" (approximate_note).
+URL_REFERENCES_ASSUMED = "URL references of unknown size priced as <= 1 MP each"
+FLUX31_NOT_PUBLISHED = "FLUX 3.1's price formula is not published (linear reading between its published prices)"
+
+
 @dataclass(frozen=True)
 class Estimate:
     usd: float | None          # None: the provider publishes no price for this model
     detail: str
-    approximate: bool = False  # True: priced on an assumption (a URL reference of unknown size as 1 MP)
+    approximate: bool = False  # True: priced on an assumption (see approximate_reason)
+    approximate_reason: str = ""   # why, one of the reasons above ("" where approximate is False)
 
     def __str__(self) -> str:
         return format_usd(self.usd) if self.usd is not None else "unknown (no published price)"
@@ -49,7 +55,8 @@ def estimate(model: ModelSpec, provider: str, width: int, height: int,
               + (f" x {batch} images" if batch > 1 else "")
               + (f" ({assumed_references} URL reference(s) of unknown size priced as <= 1 MP each)"
                  if assumed_references else ""))
-    return Estimate(round(one * batch, 6), detail, approximate=assumed_references > 0)
+    return Estimate(round(one * batch, 6), detail, approximate=assumed_references > 0,
+                    approximate_reason=URL_REFERENCES_ASSUMED if assumed_references else "")
 
 
 def _per_image(model: ModelSpec, provider: str, price, width: int, height: int, batch: int, mode: str) -> Estimate:
@@ -64,7 +71,23 @@ def _per_image(model: ModelSpec, provider: str, price, width: int, height: int, 
     detail = (f"{model.name} on {provider}: {what} per image" + (f" x {batch} images" if batch > 1 else "")
               + "; references free"
               + ("; 3.1's price formula is not published: approximate" if approx else ""))
-    return Estimate(round(one * batch, 6), detail, approximate=approx)
+    return Estimate(round(one * batch, 6), detail, approximate=approx,
+                    approximate_reason=FLUX31_NOT_PUBLISHED if approx else "")
+
+
+def approximate_reasons(estimates) -> list[str]:
+    """The distinct reasons the approximate ones of `estimates` give, in first-seen order."""
+    reasons: list[str] = []
+    for est in estimates:
+        reason = (est.approximate_reason or "priced on an assumption") if est.approximate else ""
+        if reason and reason not in reasons:
+            reasons.append(reason)
+    return reasons
+
+
+def approximate_note(reasons) -> str:
+    """' (approximate: why; why)' after a total, or '' when no estimate is approximate."""
+    return f" (approximate: {'; '.join(reasons)})" if reasons else ""
 
 
 def reference_sizes(references) -> tuple[list[tuple[int, int]], int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import Cancelled
-from .pricing import Estimate, format_usd
+from .pricing import Estimate, approximate_reasons, format_usd
 
 log = logging.getLogger("comfyui_flux2")
 
@@ -53,6 +53,11 @@ class Ledger:
     def approximate(self) -> bool:
         """Some estimate rests on an assumption (e.g. a URL reference of unknown size priced as 1 MP)."""
         return any(e.approximate for e in self.estimates.values())
+
+    @property
+    def approximate_reasons(self) -> list[str]:
+        """Why the approximate estimates are approximate (pricing.approximate_note prints them)."""
+        return approximate_reasons(self.estimates.values())
 
     @property
     def billed_total(self) -> float:

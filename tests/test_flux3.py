@@ -365,3 +365,56 @@ def test_flux3_moderated_is_not_charged_and_error_is_one_line(serve_bfl, ctx):
     server.faults.push(route="submit", final_status="Error")
     with pytest.raises(ProviderError, match="failed \\(status Error\\)"):
         run(bfl_backend(), GenerationRequest("fine", 1024, 1024, 0), RunContext())
+
+
+def flux31_workflow(folder) -> "Path":
+    """FLUX 3.1 Image on BFL, fast mode, text to image with no references at all (API format)."""
+    import json
+    backend = {"provider": "bfl", "model": F31, "prompt_upsampling": False, "safety_tolerance": 2,
+               "output_format": "PNG", "output_quality": 95, "steps": 0, "guidance": 0.0,
+               "on_moderation": "error", "grounding": "default", "mode": "fast"}
+    prompt = {"1": {"class_type": "Flux2RemoteBackend", "inputs": backend},
+              "2": {"class_type": "Flux2TextToImage", "_meta": {"title": "Make"},
+                    "inputs": {"backend": ["1", 0], "prompt": "a lighthouse", "width": 1024, "height": 1024,
+                               "seed": 0, "batch_size": 1}},
+              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "f31"}}}
+    path = folder / "f31.json"
+    path.write_text(json.dumps(prompt))
+    return path
+
+
+def test_flux31_estimates_name_the_unpublished_formula_not_url_references(bfl, tmp_path, capsys):
+    """No URL reference anywhere: `run` and `batch` say why the estimate is approximate, and it is 3.1's
+    unpublished formula (the old text blamed URL references of unknown size)."""
+    from comfyui_flux2.cli import main
+    wf = flux31_workflow(tmp_path)
+    table = tmp_path / "rows.csv"
+    table.write_text("Make.prompt\na\nb\n")
+    assert main(["run", str(wf), "--dry-run"]) == 0
+    run_err = capsys.readouterr().err
+    assert main(["batch", str(wf), "--table", str(table), "--output-dir", str(tmp_path / "o"), "--dry-run"]) == 0
+    batch_err = capsys.readouterr().err
+    for err in (run_err, batch_err):
+        line = next(x for x in err.splitlines() if x.startswith("estimated cost:"))
+        assert line.endswith("(approximate: FLUX 3.1's price formula is not published "
+                             "(linear reading between its published prices))"), line
+        assert "URL references" not in err
+    assert not bfl.requests
+
+
+def test_every_reason_an_estimate_is_approximate_is_named_once():
+    from comfyui_flux2.flux2.pricing import URL_REFERENCES_ASSUMED, Estimate, approximate_note
+    from comfyui_flux2.flux2.run_context import Ledger
+    ledger = Ledger()
+    ledger.add_estimate("1", estimate(get_model(F31), "bfl", 1024, 1024, mode="fast"))
+    ledger.add_estimate("2", estimate(get_model("FLUX.2 [pro]"), "bfl", 1024, 1024, [(1024, 1024)],
+                                      assumed_references=1))
+    ledger.add_estimate("3", estimate(get_model(F31), "bfl", 2048, 2048))
+    ledger.add_estimate("4", estimate(get_model(F3), "bfl", 1024, 1024))
+    assert approximate_note(ledger.approximate_reasons) == (
+        " (approximate: FLUX 3.1's price formula is not published (linear reading between its published "
+        f"prices); {URL_REFERENCES_ASSUMED})")
+    assert approximate_note(Ledger().approximate_reasons) == ""
+    # Estimates made the old way (no reason given) still say they are approximate
+    assert approximate_note([*Ledger(estimates={"1": Estimate(0.1, "x", approximate=True)}).approximate_reasons]) \
+        == " (approximate: priced on an assumption)"

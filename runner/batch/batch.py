@@ -57,6 +57,10 @@ class BatchPlan:
     def approximate(self) -> bool:
         return any(i.approximate for i in self.items)
 
+    @property
+    def approximate_reasons(self) -> list[str]:
+        return list(dict.fromkeys(r for i in self.items for r in i.approximate_reasons))
+
 
 @dataclass
 class BatchResult:

@@ -32,6 +32,7 @@ class BatchItem:
     estimate_usd: float = 0.0            # priced calls only
     unpriced: int = 0                    # calls without a published price
     approximate: bool = False
+    approximate_reasons: list = field(default_factory=list)   # why (pricing.approximate_note prints them)
     providers: dict = field(default_factory=dict)   # provider -> tasks it can have in flight at once
     provider_calls: int = 0                          # calls that go to a provider (not served by the cache)
     units: list = field(default_factory=list)       # USD of each paid provider task (None: no published price)
@@ -139,6 +140,7 @@ def plan_item(item: BatchItem, registry: dict, *, input_dir: Path, more_input_di
     item.estimate_usd = ledger.estimated_total
     item.unpriced = ledger.unpriced
     item.approximate = ledger.approximate
+    item.approximate_reasons = ledger.approximate_reasons
     providers: dict[str, int] = {}
     for call, est in plan.ctx.planned:
         free = call.backend in REMOTE and est.usd == 0.0      # served from the result cache

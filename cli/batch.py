@@ -141,8 +141,10 @@ def _print_totals(batch, plan, args, seconds: float, out) -> None:
     t = batch.totals
     print(f"batch: {t.ok} ok, {t.failed} failed" + (f", {t.stopped} stopped" if t.stopped else "")
           + (f", {t.not_started} not started" if t.not_started else "")
-          + f"; {t.images} image(s); billed {format_usd(t.billed_usd)} (estimated {format_usd(plan.estimate_usd)}) "
-          f"in {seconds:.1f}s", file=out)
+          + f"; {t.images} image(s); billed {format_usd(t.billed_usd)}"
+          + (f" + {format_usd(t.billed_earlier_usd)} billed to an earlier, killed run for images recovered from "
+             "its tasks" if t.billed_earlier_usd else "")
+          + f" (estimated {format_usd(plan.estimate_usd)}) in {seconds:.1f}s", file=out)
     for line in t.failures[:20]:
         print(f"  failed {line}", file=out)
     if len(t.failures) > 20:

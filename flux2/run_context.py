@@ -24,6 +24,10 @@ class Ledger:
 
     estimates: dict[str, Estimate] = field(default_factory=dict)
     billed: dict[str, float | None] = field(default_factory=dict)
+    # Billed to an earlier, killed run for images this run recovered from its tasks (not to this run):
+    # node -> known USD; and how many images were recovered so (some charges may be unknown).
+    billed_earlier: dict[str, float] = field(default_factory=dict)
+    recovered_images: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_estimate(self, node: str, est: Estimate) -> None:
@@ -36,6 +40,16 @@ class Ledger:
             key = node or f"#{len(self.billed)}"
             prev = self.billed.get(key)
             self.billed[key] = usd if prev is None else prev + (usd or 0.0)
+
+    def add_billed_earlier(self, node: str, usd: float | None, images: int) -> None:
+        with self._lock:
+            key = node or f"#{len(self.billed_earlier)}"
+            self.billed_earlier[key] = round(self.billed_earlier.get(key, 0.0) + (usd or 0.0), 6)
+            self.recovered_images += images
+
+    @property
+    def billed_earlier_total(self) -> float:
+        return round(sum(self.billed_earlier.values()), 6)
 
     @property
     def estimated_total(self) -> float:
@@ -65,7 +79,9 @@ class Ledger:
 
     def summary(self) -> str:
         est = format_usd(self.estimated_total) + (f" (+{self.unpriced} unpriced)" if self.unpriced else "")
-        return f"estimated {est}, billed {format_usd(self.billed_total)}"
+        return (f"estimated {est}, billed {format_usd(self.billed_total)}"
+                + (f" ({self.recovered_images} image(s) recovered from an earlier run's tasks, billed then "
+                   f"{format_usd(self.billed_earlier_total)})" if self.recovered_images else ""))
 
 
 @dataclass

@@ -211,6 +211,8 @@ def test_kill_9_after_4_of_8_arrived_then_rerun_bills_8_not_16(tmp_path):
         # 8 billed in all: the four held tasks were found again by their taskUUID (getTaskDetails).
         assert len(server.billed_tasks) == 8 and len(server.tasks("imageInference")) == 8
         assert len(list((tmp_path / "o").rglob("*.png"))) == 8
+        # The summary names what the killed run was billed for the four recovered here.
+        assert f"4 image(s) recovered from an earlier run's tasks, billed then ${4 * PRO_USD:g}" in err, err
 
 
 @pytest.mark.slow   # two real `run` processes: over 4 s
@@ -244,6 +246,8 @@ def test_bfl_kill_9_after_4_of_8_arrived_then_rerun_polls_the_others_instead_of_
         assert proc.returncode == 0, err
         assert len(server.submits()) == 8 and server.billed_usd == pytest.approx(8 * PRO_USD)
         assert len(list((tmp_path / "o").rglob("*.png"))) == 8
+        # The charge from the killed run's submit answers, noted with each task, is named.
+        assert f"4 image(s) recovered from an earlier run's tasks, billed then ${4 * PRO_USD:g}" in err, err
 
 
 # -- item 5: deadlines from the submit, bounded answers ----------------------------------------------------
@@ -285,3 +289,43 @@ def test_a_lost_flux3_answer_on_runware_is_recovered_by_task_id(runware):
     assert len(runware.billed_tasks) == 2 and len(result.images) == 2 and len(runware.tasks("imageInference")) == 2
     assert len(runware.tasks("getTaskDetails")) >= 1
     assert sorted(result.seeds) == sorted(item["seed"] for item in runware.results.values())   # the provider's
+
+
+@pytest.mark.slow   # two real `batch` processes: over 4 s
+def test_kill_9_of_a_batch_then_resume_books_the_recovered_tasks_charge_in_the_manifest(tmp_path):
+    """Four one-image items, two answered and two held (run and billed) when the batch is killed -9: the
+    killed run wrote lines for the two it finished only. The resumed batch recovers the other two by
+    taskUUID (nothing paid again) and their manifest lines carry what the killed run was billed for them
+    (billed_earlier_usd; billed_usd stays what this run paid), so the lines add up to the provider's bill."""
+    cache, out = tmp_path / "cache", tmp_path / "o"
+    with RunwareLoopback(api_key="k") as server:
+        server.faults.push(route="submit")
+        server.faults.push(route="submit")
+        server.faults.push(route="submit", hold_s=30)
+        server.faults.push(route="submit", hold_s=30)
+        table = write_csv(tmp_path, "Make.prompt\n" + "".join(f"p{i}\n" for i in range(4)))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLUX2_CACHE_DIR": str(cache),
+               "RUNWARE_API_URL": server.api_url, "RUNWARE_API_KEY": server.api_key}
+        cmd = [sys.executable, "-m", "comfyui_flux2", "batch", str(small_workflow(tmp_path)), "--table", str(table),
+               "--output-dir", str(out), "--concurrency", "4"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = _wait_for(lambda: len(server.billed_tasks) == 4 and (out / "manifest.jsonl").exists()
+                              and len((out / "manifest.jsonl").read_text().splitlines()) == 2, 60)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        assert ready, "the killed batch had not finished two items with the other two in flight"
+        server.faults.clear()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert len(server.billed_tasks) == 4 and len(server.tasks("imageInference")) == 4     # none paid twice
+        recs = records(out)
+        recovered = {i: r for i, r in recs.items() if r["billed_earlier_usd"]}
+        assert len(recs) == 4 and all(r["status"] == "ok" for r in recs.values()) and len(recovered) == 2
+        for r in recovered.values():
+            assert r["billed_usd"] == 0 and r["billed_earlier_usd"] == pytest.approx(PRO_USD)
+        total = sum(r["billed_usd"] + r["billed_earlier_usd"] for r in recs.values())
+        assert total == pytest.approx(4 * PRO_USD)                       # every charge on some line, once
+        assert f"billed $0 + ${2 * PRO_USD:g} billed to an earlier, killed run" in err, err

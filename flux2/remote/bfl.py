@@ -42,8 +42,8 @@ from .bfl_flux3 import flux3_body, mask_b64, summary as flux3_summary
 from .bfl_request import BflRequest
 from .retired import retired_error
 from .options import RemoteOptions
-from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, note_sent, poll_until, run_jobs,
-                   sent_earlier, settle, store_arrived)
+from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, earlier_cost, note_sent,
+                   poll_until, run_jobs, sent_earlier, settle, store_arrived)
 from ..net.transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
 log = logging.getLogger("comfyui_flux2.bfl")
@@ -312,8 +312,9 @@ class BflBackend(RemoteBackend):
             except Flux2Error as exc:
                 control.stop_new(exc)        # a refused submit: the others would be refused too
                 raise
+            # The submit answer's charge goes with it: a later run recovering the task books it (billed then).
             note_sent(job, ctx, cache_key, {"provider": BFL, "host": resolve_base_url(), "task": job.task_id,
-                                            "locator": job.locator})
+                                            "locator": job.locator, "cost_usd": job.cost_usd})
             job.progress = 0.05
             result = self._poll(job, transport, key, ctx, submitted)
             self._late_cost(job, result, estimate_one)
@@ -343,14 +344,18 @@ class BflBackend(RemoteBackend):
             return False
         probe = Job(job.index, job.seed, job.body, task_id=task, locator=locator, sent=True)
         try:
-            self._download(probe, self._poll(probe, transport, key, ctx, time.monotonic()), transport)
+            result = self._poll(probe, transport, key, ctx, time.monotonic())
+            self._late_cost(probe, result, None)          # FLUX 3: the charge comes with the poll
+            self._download(probe, result, transport)
         except Cancelled:
             raise
         except (Flux2Error, httpx.HTTPError) as exc:
             log.warning("bfl: task %s of an earlier run did not come back (%s); making the image anew", task, exc)
             return False
         job.image, job.result_seed, job.settled = probe.image, probe.result_seed, True
-        job.notes.append(f"bfl: image {job.index + 1} recovered from task {task} of an earlier run")
+        earlier_cost(job, probe.cost_usd if probe.cost_usd is not None else earlier.get("cost_usd"))
+        job.notes.append(f"bfl: image {job.index + 1} recovered from task {task} of an earlier run "
+                         f"(billed then: {'unknown' if job.earlier_cost_usd is None else f'${job.earlier_cost_usd:g}'})")
         log.warning("%s", job.notes[-1])
         store_arrived(job, ctx, cache_key, self.describe(), batch)
         job.cached = True                     # paid by the earlier run, not by this one

@@ -52,6 +52,8 @@ class Job:
     charged: bool = False           # the provider billed the task (its image may still be lost)
     placeholder: bool = False
     cached: bool = False
+    recovered: bool = False         # made by the task an earlier, killed run sent (and was billed for)
+    earlier_cost_usd: float | None = None   # what that task was billed (None: not known)
     stored: bool = False            # written to the result cache (the moment it arrived)
     error: Flux2Error | None = None
     progress: float = 0.0           # 0..1, read by the reporting thread
@@ -272,6 +274,7 @@ def settle(jobs: list[Job], request: GenerationRequest, ctx: RunContext, *, prov
               **({"price_notes": notes} if notes else {}), **(info or {})})
     for note in notes:
         ctx.warn(request.node_id, note)
+    _book_earlier(jobs, request, ctx)
     failures = [j.error for j in jobs if j.error is not None]
     maybe = tuple(describe_billable(j, provider) for j in jobs if j.may_be_billed())
     if outcome == "aborted":
@@ -299,6 +302,26 @@ def settle(jobs: list[Job], request: GenerationRequest, ctx: RunContext, *, prov
     if done:
         ctx.on_result(request, result)
     raise failure
+
+
+def _book_earlier(jobs: list[Job], request: GenerationRequest, ctx: RunContext) -> None:
+    """Images recovered from an earlier, killed run's tasks cost this run nothing, but that run was billed
+    for them and wrote no record: the ledger keeps the charge apart (billed_earlier), so the batch manifest
+    and totals show it without counting it against this run's bill or budget."""
+    recovered = [j for j in jobs if j.recovered]
+    if recovered:
+        known = [j.earlier_cost_usd for j in recovered if j.earlier_cost_usd is not None]
+        ctx.ledger.add_billed_earlier(request.node_id, round(sum(known), 6) if known else None, len(recovered))
+
+
+def earlier_cost(job: Job, usd) -> None:
+    """Book what the earlier run's task was billed (a plausible number, or nothing) on the recovered job."""
+    probe = Job(job.index, job.seed, job.body, task_id=job.task_id)
+    try:
+        checked_cost(probe, usd, "earlier run", None)
+    except ProviderError:
+        pass                                 # not a number: the charge is shown as unknown
+    job.recovered, job.earlier_cost_usd = True, probe.cost_usd
 
 
 def _with_message(exc: Flux2Error, message: str) -> Flux2Error:

@@ -88,6 +88,7 @@ class BatchTotals:
     stopped: int = 0                   # cancelled or interrupted
     images: int = 0
     billed_usd: float = 0.0
+    billed_earlier_usd: float = 0.0    # to an earlier, killed run, for images recovered from its tasks
     not_started: int = 0
     stopped_by: str | None = None      # "budget" | "cancel" | "abort"
     budget_reason: str | None = None   # stopped_by budget: why the next item would pass the cap
@@ -248,6 +249,7 @@ class Batch:
         if outcome.status == "ok":
             t.unkept += sum(1 for o in outcome.outputs if str(o).startswith(UNSAVED + "/"))
         t.billed_usd = round(t.billed_usd + (outcome.billed_usd or 0.0), 6)
+        t.billed_earlier_usd = round(t.billed_earlier_usd + (outcome.billed_earlier_usd or 0.0), 6)
         if time.monotonic() - self._sheet_written > SHEET_EVERY_S:
             self.write_sheet()
         return BatchResult(item, outcome, self.output_dir)

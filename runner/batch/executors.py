@@ -35,6 +35,8 @@ class ItemOutcome:
     seeds: list = field(default_factory=list)         # seeds of every image the item's nodes made
     tasks: list = field(default_factory=list)         # provider task ids
     billed_usd: float = 0.0
+    # Billed to an earlier, killed run (which wrote no manifest line) for images recovered here from its tasks
+    billed_earlier_usd: float = 0.0
     images: int = 0
     cached: bool = False                              # some image came from the result cache ($0)
     error: str | None = None
@@ -158,7 +160,8 @@ class ItemRun:
             self.item.id, status, outputs=[_relative(p, root) for p in files],
             seeds=seeds,
             tasks=[t for r in results for t in r.info.get("tasks") or () if t],
-            billed_usd=self.ctx.ledger.billed_total, images=len(seeds),
+            billed_usd=self.ctx.ledger.billed_total, billed_earlier_usd=self.ctx.ledger.billed_earlier_total,
+            images=len(seeds),
             cached=bool(self.cache_hits), error=message,
             maybe_billed=maybe, recover=self._recoverable(maybe), worker=self.worker,
             seconds=time.monotonic() - self.started)

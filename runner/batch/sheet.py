@@ -55,7 +55,7 @@ def write_sheet(folder: Path, records: list[dict], title: str = "batch") -> Path
     counts: dict[str, int] = {}
     for r in records:
         counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
-    billed = sum(float(r.get("billed_usd") or 0.0) for r in records)
+    billed = sum(_billed(r) for r in records)
     images = sum(len(r.get("outputs") or []) for r in records)
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -79,6 +79,11 @@ def write_sheet(folder: Path, records: list[dict], title: str = "batch") -> Path
     return target
 
 
+def _billed(r: dict) -> float:
+    """What the item's images cost: this run's bill plus an earlier, killed run's for recovered tasks."""
+    return float(r.get("billed_usd") or 0.0) + float(r.get("billed_earlier_usd") or 0.0)
+
+
 def _figure(r: dict) -> str:
     status = str(r.get("status") or "?")
     css = status if status in ("ok", "failed", "interrupted", "cancelled") else "other"
@@ -92,7 +97,7 @@ def _figure(r: dict) -> str:
     prompts = "".join(f'<div class="p">{_e(p)}</div>' for p in r.get("prompts") or [])
     seeds = r.get("seeds") or ([r["seed"]] if r.get("seed") is not None else [])
     rows = [("item", r.get("item")), ("seed", ", ".join(map(str, seeds)) or "-"),
-            ("cost", format_usd(r.get("billed_usd"))),
+            ("cost", format_usd(_billed(r))),
             *((k, v) for k, v in (r.get("inputs") or {}).items() if not str(k).endswith(".prompt"))]
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     err = f'<div class="err">{_e(r["error"])}</div>' if r.get("error") else ""

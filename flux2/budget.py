@@ -95,7 +95,8 @@ class BudgetGate:
     what the provider really charges. So an in-flight task can pass the cap only by what it is charged
     over its learned estimate (the first task of a kind: over its table price; the first unpriced task:
     over what was left of the cap when it started - it starts only while some is left, and nothing else
-    starts while it is in flight).
+    starts while it is in flight). A task billed at a price never said (its answer lost) keeps counting at
+    its kind's learned estimate, which may rise after it ended.
     Thread-safe: run_jobs' workers and the batch scheduler ask it from several threads.
     """
 
@@ -103,6 +104,9 @@ class BudgetGate:
         self.cap = cap
         self._cond = threading.Condition()
         self.billed = 0.0                       # charges of tasks whose ticket is closed
+        # Tasks of closed tickets that were billed at a price never said (their answer was lost): counted
+        # at what a new task of theirs is expected to cost, so a ratio learnt later raises them too.
+        self._lost: list = []
         self._open: list[Ticket] = []
         self._ratio = 1.0                       # priced: highest charged / estimate seen
         self._priced_seen = False
@@ -119,7 +123,8 @@ class BudgetGate:
         return self._unit_max or 0.0
 
     def _committed(self) -> float:
-        return self.billed + sum(t._committed() for t in self._open)
+        return (self.billed + sum(self._expected(u) for u in self._lost)
+                + sum(t._committed() for t in self._open))
 
     def _unseen_in_flight(self, unit: float | None, besides: "Ticket | None" = None) -> bool:
         kind = unit is not None
@@ -198,6 +203,7 @@ class BudgetGate:
             if ticket in self._open:
                 self._open.remove(ticket)
                 self.billed = round(self.billed + ticket.charged, 6)
+                self._lost.extend(ticket.lost)
             self._cond.notify_all()
 
     @property
@@ -216,12 +222,13 @@ class Ticket:
         self.pending = list(units)              # admitted, not started
         self.running: list = []                 # started, not ended
         self.charged = 0.0
+        self.lost: list = []                    # ended, billed at a price never said: see BudgetGate._lost
 
     def _live(self) -> list:
         return self.pending + self.running
 
     def _committed(self) -> float:
-        return self.charged + sum(self.gate._expected(u) for u in self._live())
+        return self.charged + sum(self.gate._expected(u) for u in self._live() + self.lost)
 
     def start(self, unit: float | None) -> "Task":
         if unit in self.pending:
@@ -268,7 +275,11 @@ class Task:
             if self._done:
                 return
             self._done = True
-            self.ticket.charged = round(self.ticket.charged + gate._learn(self.unit, usd, charged, what), 6)
+            booked = gate._learn(self.unit, usd, charged, what)
+            if charged and usd is None:
+                self.ticket.lost.append(self.unit)   # counted at its kind's expected cost, as it is learnt
+            else:
+                self.ticket.charged = round(self.ticket.charged + booked, 6)
             if self.unit in self.ticket.running:
                 self.ticket.running.remove(self.unit)
             if self.ticket.solo:

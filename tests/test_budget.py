@@ -246,3 +246,25 @@ def test_jobs_the_cache_serves_are_not_asked_of_the_gate():
     assert outcome == "done" and worked == []
     assert [type(j.error).__name__ if j.error else None for j in jobs] == [None, None, "BudgetError", None]
     assert "x: image 3 (seed 2) not started: $0.03 estimated on top of $0 billed" in str(jobs[2].error)
+
+
+def test_a_task_whose_answer_was_lost_counts_at_the_worst_ratio_seen_later():
+    """A priced task charged but its price never said (its answer lost) counts at the table price times the
+    worst charged/estimate ratio seen - also one learnt after it ended - like a task not yet started, so
+    the cap holds when the provider charges more than the table."""
+    from comfyui_flux2.flux2.budget import BudgetGate, Cap
+
+    gate = BudgetGate(Cap(0.25, "the budget cap"))
+    lost = gate.admit(0.03)
+    lost.ended(None, True)                                    # sent, billed, its answer lost: price unknown
+    assert gate.committed_usd == pytest.approx(0.03)          # nothing learnt yet: the table price
+    charged = gate.admit(0.03)
+    charged.ended(0.09, True)                                 # the provider charges 3x the table
+    assert gate.committed_usd == pytest.approx(0.18)          # the lost one too is now feared at 0.09
+    with pytest.raises(BudgetError, match=r"\$0.09 estimated .* on top of \$0.18 billed and in flight"):
+        gate.admit(0.03)                                      # 0.18 + 0.09 > 0.25 (was let through at 0.12)
+    ticket = gate.try_admit([0.01])                           # a batch item's ticket: the same rule
+    task = ticket.admit(0.01)
+    task.ended(None, True)
+    ticket.close()
+    assert gate.committed_usd == pytest.approx(0.21)

@@ -81,7 +81,10 @@ def test_runware_http_500_in_a_batch_keeps_the_other_seven(runware):
 
 
 def test_runware_401_in_a_batch_keeps_the_others(runware):
-    runware.faults.push(route="submit", status=401, body={"errors": [{"code": "invalidApiKey", "message": "bad key"}]})
+    # The 401 answers after a moment, so the other tasks are sent and paid first (as when one of several
+    # keys is revoked mid-batch): without it, a 401 that wins the race stops the batch before any is billed.
+    runware.faults.push(route="submit", status=401, delay_s=0.5,
+                        body={"errors": [{"code": "invalidApiKey", "message": "bad key"}]})
     ctx, saved = sink_ctx()
     exc = fail(runware_pro(), batch(8), ctx, AuthError)
     billed = len(runware.billed_tasks)

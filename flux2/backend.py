@@ -166,7 +166,10 @@ def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str
     ctx.ledger.add_billed(request.node_id, result.cost_usd)
     if result.info.get("expanded_prompts"):
         ctx.expanded_prompts[request.node_id or "?"] = list(result.info["expanded_prompts"])
+    # The run's sink first: it holds the paid images (an interrupt during the cache write loses none), and a
+    # batch gives the provider slot to its next item there, so the cache's PNG encoding (the largest CPU
+    # cost of an item after the answer) runs beside the next task instead of before it.
+    ctx.on_result(request, result)
     if key and len(result.images) == request.batch and not result.info.get("placeholders"):
         ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe())
-    ctx.on_result(request, result)
     return result

@@ -81,7 +81,10 @@ def test_runware_http_500_in_a_batch_keeps_the_other_seven(runware):
 
 
 def test_runware_401_in_a_batch_keeps_the_others(runware):
-    runware.faults.push(route="submit", status=401, body={"errors": [{"code": "invalidApiKey", "message": "bad key"}]})
+    # The 401 answers after a moment, so the other tasks are sent and paid first (as when one of several
+    # keys is revoked mid-batch): without it, a 401 that wins the race stops the batch before any is billed.
+    runware.faults.push(route="submit", status=401, delay_s=0.5,
+                        body={"errors": [{"code": "invalidApiKey", "message": "bad key"}]})
     ctx, saved = sink_ctx()
     exc = fail(runware_pro(), batch(8), ctx, AuthError)
     billed = len(runware.billed_tasks)
@@ -374,6 +377,20 @@ def test_the_network_guard_is_in_place():
         assert isinstance(pool._network_backend, netguard._GuardedBackend)
     finally:
         t.close()
+
+
+def test_transports_share_one_verifying_ssl_context(monkeypatch):
+    """Each provider thread has its own transport; the CA store is loaded once, not twice per transport
+    (0.5 s of CPU at the start of each batch, issue 25), and still follows SSL_CERT_FILE as httpx does."""
+    import ssl
+    pools = [netguard.guarded_transport()._pool for _ in range(3)]
+    contexts = {id(p._ssl_context) for p in pools}
+    assert len(contexts) == 1
+    context = pools[0]._ssl_context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    import certifi                                                       # httpx's own dependency
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert netguard.guarded_transport()._pool._ssl_context is not context
 
 
 def test_downloads_never_carry_the_key(runware):

@@ -3,6 +3,7 @@ the repository root collected as a plain folder."""
 from __future__ import annotations
 
 import os
+import signal
 
 # One CPU thread per test process (and the subprocesses tests start), unless the caller sets it. The tests run
 # tiny models: with torch's default of one OpenMP thread per core, on a small machine that other processes keep
@@ -107,6 +108,16 @@ def serve_bfl(monkeypatch):
 def bfl(serve_bfl):
     """A loopback BFL server with default settings."""
     return serve_bfl()
+
+
+@pytest.fixture
+def default_sigint():
+    """Ctrl-C raises KeyboardInterrupt: a CLI test that ran earlier in the same process may have left its own
+    handler, and `_thread.interrupt_main` then reaches that handler instead (which process runs which test
+    differs under `pytest -n 2`, so a test cannot rely on the order)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import _thread
 import logging
 import math
-import signal
 import threading
 
 import httpx
@@ -197,14 +196,6 @@ def test_a_key_read_from_a_file_is_scrubbed_too(monkeypatch, tmp_path):
 
 
 # -- issue 17.4: abort at once and name what may still be billed --------------------------------------
-@pytest.fixture
-def default_sigint():
-    """Ctrl-C raises KeyboardInterrupt (a CLI test earlier in the session may have left its handler)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def test_runware_abort_returns_at_once_keeps_finished_images_and_names_the_rest(runware, monkeypatch, default_sigint):
     monkeypatch.setenv("FLUX2_CONCURRENCY", "2")
     runware.faults.push(route="submit", delay_s=30)               # one task of two takes (too) long

@@ -281,7 +281,7 @@ def _second_ctrl_c_soon():
     threading.Timer(0.3, _thread.interrupt_main).start()
 
 
-def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypatch):
+def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypatch, default_sigint):
     """A provider client waiting in Python (job fan-out, polling) gets the KeyboardInterrupt in the run's
     thread, keeps what was paid and names the tasks that may be billed; the CLI reads them from the error."""
     import time
@@ -307,7 +307,7 @@ def test_second_ctrl_c_lets_a_run_waiting_in_python_take_its_abort_path(monkeypa
     assert may_be_billed(aborted.value.error) == ["task-7f3a"]
 
 
-def test_second_ctrl_c_leaves_a_run_stuck_in_one_call_behind(monkeypatch):
+def test_second_ctrl_c_leaves_a_run_stuck_in_one_call_behind(monkeypatch, default_sigint):
     import threading
 
     from comfyui_flux2.cli import interrupts

@@ -42,7 +42,7 @@ from .bfl_flux3 import flux3_body, mask_b64, summary as flux3_summary
 from .bfl_request import BflRequest
 from .retired import retired_error
 from .options import RemoteOptions
-from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, earlier_cost, note_sent,
+from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, book_recovered, note_sent,
                    poll_until, run_jobs, sent_earlier, settle, store_arrived)
 from ..net.transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
@@ -353,12 +353,8 @@ class BflBackend(RemoteBackend):
             log.warning("bfl: task %s of an earlier run did not come back (%s); making the image anew", task, exc)
             return False
         job.image, job.result_seed, job.settled = probe.image, probe.result_seed, True
-        earlier_cost(job, probe.cost_usd if probe.cost_usd is not None else earlier.get("cost_usd"))
-        job.notes.append(f"bfl: image {job.index + 1} recovered from task {task} of an earlier run "
-                         f"(billed then: {'unknown' if job.earlier_cost_usd is None else f'${job.earlier_cost_usd:g}'})")
-        log.warning("%s", job.notes[-1])
-        store_arrived(job, ctx, cache_key, self.describe(), batch)
-        job.cached = True                     # paid by the earlier run, not by this one
+        book_recovered(job, probe.cost_usd if probe.cost_usd is not None else earlier.get("cost_usd"), "bfl", task,
+                       ctx, cache_key, self.describe(), batch)
         return True
 
     def _submit(self, job: Job, transport: BflTransport, url: str, key: str, ctx: RunContext,

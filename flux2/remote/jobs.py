@@ -324,6 +324,18 @@ def earlier_cost(job: Job, usd) -> None:
     job.recovered, job.earlier_cost_usd = True, probe.cost_usd
 
 
+def book_recovered(job: Job, usd, provider: str, task: str, ctx, cache_key, describe: str, batch: int) -> None:
+    """A task an earlier (killed) run sent came back: book its charge on the job, say so once, keep the image in
+    the result cache, and mark the job as paid by that run, not by this one."""
+    earlier_cost(job, usd)
+    billed = "unknown" if job.earlier_cost_usd is None else f"${job.earlier_cost_usd:g}"
+    job.notes.append(f"{provider}: image {job.index + 1} recovered from task {task} of an earlier run "
+                     f"(billed then: {billed})")
+    log.warning("%s", job.notes[-1])
+    store_arrived(job, ctx, cache_key, describe, batch)
+    job.cached = True
+
+
 def _with_message(exc: Flux2Error, message: str) -> Flux2Error:
     exc.args = (" ".join(scrub(message).split()),)
     return exc

@@ -25,7 +25,7 @@ from .options import RemoteOptions
 from .retired import is_model_gone, retired_error
 from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
                             ProviderSettings, RunwareTask)
-from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, earlier_cost, note_sent, poll_until,
+from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, book_recovered, note_sent, poll_until,
                    run_jobs, sent_earlier, settle, store_arrived)
 from ..net.transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
 
@@ -275,12 +275,7 @@ class RunwareBackend(RemoteBackend):
             return False
         job.image, job.settled = found.images[0], True
         job.result_seed = found.seeds[0] if found.seeds else None
-        earlier_cost(job, found.cost_usd)
-        job.notes.append(f"runware: image {job.index + 1} recovered from task {task} of an earlier run "
-                         f"(billed then: {'unknown' if found.cost_usd is None else f'${found.cost_usd:g}'})")
-        log.warning("%s", job.notes[-1])
-        store_arrived(job, ctx, cache_key, self.describe(), batch)
-        job.cached = True                     # paid by the earlier run, not by this one
+        book_recovered(job, found.cost_usd, "runware", task, ctx, cache_key, self.describe(), batch)
         return True
 
     def _run_task(self, job: Job, ctx: RunContext) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .safetensors_header import Header, read_header
+from .safetensors_header import Header, read_header, read_headers
 
 
 def read_any_header(path, what: str = "weights") -> Header:
@@ -16,11 +16,4 @@ def read_any_header(path, what: str = "weights") -> Header:
 
 def read_any_headers(paths, what: str = "weights") -> Header:
     """Several shards as one header (tensor names unique across shards; metadata of the first file)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    tensors, meta, total = {}, {}, 0
-    for i, p in enumerate(paths):
-        h = read_any_header(p, what)
-        tensors.update(h.tensors)
-        meta = meta if i else h.metadata
-        total += h.data_bytes
-    return Header(tensors, meta, total)
+    return read_headers(paths, what, read=read_any_header)

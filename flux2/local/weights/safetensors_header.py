@@ -85,14 +85,16 @@ def read_header(path: Path | str, what: str = "weights") -> Header:
     return Header(tensors, {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}, end)
 
 
-def read_headers(paths, what: str = "weights") -> Header:
-    """Several shards as one header (tensor names are unique across shards; metadata of the first file)."""
+def read_headers(paths, what: str = "weights", read=None) -> Header:
+    """Several shards as one header (tensor names are unique across shards; metadata of the first file).
+    `read(path, what)` reads one file's header (default: a safetensors header)."""
+    read = read or read_header
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     tensors: dict[str, TensorInfo] = {}
     meta: dict[str, str] = {}
     total = 0
     for i, p in enumerate(paths):
-        h = read_header(p, what)
+        h = read(p, what)
         tensors.update(h.tensors)
         meta = meta if i else h.metadata
         total += h.data_bytes

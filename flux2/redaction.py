@@ -26,6 +26,7 @@ FRAGMENT_CHARS = 8
 # alone (no such character on either side), in any case; inside a longer word it is left, or a 4-letter
 # "key" would cut every word that contains it.
 _KEY_CHAR = r"[A-Za-z0-9_\-]"
+_SEPARATORS = re.compile(r"[-_]")
 
 _seen: set[str] = set()
 _lock = threading.Lock()
@@ -69,8 +70,14 @@ def _pattern(secret: str) -> re.Pattern:
     Either way in any case, and on the text as it is (lower-casing can change a text's length)."""
     n = FRAGMENT_CHARS
     if len(secret) >= n:
-        windows = sorted({secret[i:i + n].lower() for i in range(len(secret) - n + 1)})
-        return re.compile("(?=(" + "|".join(map(re.escape, windows)) + "))", re.IGNORECASE)
+        # Windows of the key as written, and of the key without separators with any separator (or none)
+        # between its characters: an echo that reformats a UUID-style key (BFL's) as 32 bare hex digits,
+        # or with underscores, carries runs that straddle where the hyphens were.
+        literal = {secret[i:i + n].lower() for i in range(len(secret) - n + 1)}
+        bare = _SEPARATORS.sub("", secret).lower()
+        loose = {"[-_]?".join(map(re.escape, bare[i:i + n])) for i in range(len(bare) - n + 1)}
+        windows = sorted(map(re.escape, literal)) + sorted(loose)
+        return re.compile("(?=(" + "|".join(windows) + "))", re.IGNORECASE)
     return re.compile(rf"(?<!{_KEY_CHAR})({re.escape(secret)})(?!{_KEY_CHAR})", re.IGNORECASE)
 
 

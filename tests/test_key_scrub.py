@@ -70,3 +70,18 @@ def test_a_key_cut_at_the_limit_leaves_no_piece_behind(monkeypatch):
         shown = scrub("p" * pad + LONG_KEY + " " + LONG_KEY * 3 + "q" * 10_000, limit=200)
         assert len(shown) <= 200 and ("***" in shown or pad > 196)
         assert not any(LONG_KEY[i:i + 4] in shown for i in range(len(LONG_KEY) - 3))
+
+
+BFL_STYLE_KEY = "3f2a9c1e-0b4d-4e6f-8a7b-1c2d3e4f5a6b"   # BFL keys are UUIDs
+
+
+@pytest.mark.parametrize("reformat", [lambda k: k.replace("-", ""), lambda k: k.replace("-", "").upper(),
+                                      lambda k: k.replace("-", "_")])
+def test_a_key_echoed_with_its_separators_dropped_or_changed_shows_none_of_it(monkeypatch, reformat):
+    """Before: 32 bare hex digits of a UUID key kept every 8-character run that straddled a hyphen."""
+    monkeypatch.setenv("BFL_API_KEY", BFL_STYLE_KEY)
+    echo = reformat(BFL_STYLE_KEY)
+    bare = BFL_STYLE_KEY.replace("-", "")
+    text = scrub(f"bad key {echo} (check it)")
+    assert text == "bad key *** (check it)"
+    assert not any(bare[i:i + 8] in text.lower() for i in range(len(bare) - 7))

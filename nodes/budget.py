@@ -7,23 +7,31 @@ CLI prices with: no network, no GPU) and remembers the answer for that prompt, s
 the same run agrees. A graph the dry run cannot follow (another pack's nodes upstream of ours) is
 priced node by node instead. The cap rule itself (unknown prices refused unless
 FLUX2_ALLOW_UNPRICED=1) is flux2/budget.py's.
+
+While the run is under way the cap is also held task by task, as `comfyui-flux2 run --budget` holds it: one
+BudgetGate per queued run (ComfyUI's prompt id), shared by every generation node of that run, so a provider
+charging more than its price table stops the run's later tasks instead of passing the cap.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from ..flux2.budget import cap_from_env, check
+from ..flux2.budget import BudgetGate, cap_from_env, check
 from ..flux2.errors import Flux2Error
 from .catalog import NODE_CLASS_MAPPINGS
-from .comfy_hooks import input_directory
+from .comfy_hooks import input_directory, running_prompt_id
 
 log = logging.getLogger("comfyui_flux2.budget")
 # prompt hash -> (estimated USD, nodes without a published price), or None: the dry run cannot price it
 _estimates: OrderedDict[str, tuple[float, list[str]] | None] = OrderedDict()
+# ComfyUI prompt id -> the gate holding FLUX2_BUDGET_USD through that run (the newest few kept)
+_gates: OrderedDict[str, BudgetGate] = OrderedDict()
+_gates_lock = threading.Lock()
 
 
 def _input_dir() -> Path:
@@ -59,3 +67,19 @@ def check_graph_budget(prompt: dict | None, node_estimate, node_id: str = "") ->
     else:
         unpriced = [node_id or "?"] if node_estimate.usd is None else []
         check(node_estimate.usd or 0.0, unpriced, cap, subject="this node")
+
+
+def run_gate() -> BudgetGate | None:
+    """The gate holding FLUX2_BUDGET_USD through the run ComfyUI is executing, or None (no cap; headless)."""
+    cap = cap_from_env()
+    prompt_id = running_prompt_id()
+    if cap is None or prompt_id is None:
+        return None
+    with _gates_lock:
+        gate = _gates.get(prompt_id)
+        if gate is None or gate.cap != cap:
+            gate = _gates[prompt_id] = BudgetGate(cap)
+        _gates.move_to_end(prompt_id)
+        while len(_gates) > 16:
+            _gates.popitem(last=False)
+    return gate

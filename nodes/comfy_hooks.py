@@ -32,7 +32,8 @@ def node_context() -> RunContext:
     """The run context for one node execution.
 
     Under the CLI runner the runner's context already carries progress/cancel hooks. Inside ComfyUI
-    we add ProgressBar and interrupt checks, sharing the process-wide ledger and upload cache.
+    we add ProgressBar and interrupt checks, sharing the process-wide ledger and upload cache, and the
+    FLUX2_BUDGET_USD gate of the queued run (nodes/budget.py).
     """
     ctx = current()
     if ctx.progress is not None or not in_comfyui():
@@ -49,7 +50,18 @@ def node_context() -> RunContext:
             bar = bars[node] = comfy.utils.ProgressBar(int(total * scale))
         bar.update_absolute(int(done * scale), int(total * scale))
 
-    return replace(ctx, progress=progress, is_cancelled=mm.processing_interrupted)
+    from .budget import run_gate     # imports this module: asked here, not at import
+    return replace(ctx, progress=progress, is_cancelled=mm.processing_interrupted, gate=ctx.gate or run_gate())
+
+
+def running_prompt_id() -> str | None:
+    """The id of the queued prompt ComfyUI is executing (its queue worker sets it before each run), or None."""
+    try:
+        from server import PromptServer  # type: ignore  # ComfyUI only
+    except ImportError:
+        return None
+    prompt_id = getattr(getattr(PromptServer, "instance", None), "last_prompt_id", None)
+    return str(prompt_id) if prompt_id else None
 
 
 def free_comfy_memory() -> None:

@@ -228,6 +228,28 @@ def test_budget_cap_refuses_a_queued_graph_before_any_call(comfyui_server_factor
         assert runware.requests == []
 
 
+def test_budget_cap_holds_task_by_task_when_the_provider_charges_over_its_table(comfyui_server_factory, tmp_path):
+    """The chain (3 [pro] tasks, estimated $0.12) fits a $0.20 cap, but the provider charges $0.10 a task. The first
+    task shows it; the second (its $0.045 estimate x 3.33 on top of $0.10 billed) would pass the cap and is not
+    sent. Before the run's gate, all three were billed ($0.30): the cap was checked once, on the estimate."""
+    import json
+    from pathlib import Path
+
+    from comfyui_flux2.loopback.runware_server import RunwareLoopback
+
+    prompt = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "flux2_chain_edit.json").read_text())
+    with RunwareLoopback(api_key="budget-key-5678", charge_usd=0.10) as runware:
+        server = comfyui_server_factory(env={"RUNWARE_API_URL": runware.api_url, "RUNWARE_API_KEY": "budget-key-5678",
+                                             "FLUX2_BUDGET_USD": "0.2", "FLUX2_CACHE_DIR": str(tmp_path)})
+        with pytest.raises(PromptError) as err:
+            run_workflow(server, prompt, timeout=120)
+        text = str(err.value.payload) + str(err.value)
+        import re
+        message = re.search(r"not started: [^\"\\]*", text)
+        assert message and "would pass FLUX2_BUDGET_USD $0.2" in message.group(0), re.findall(r"exception_message.{0,300}", text)
+        assert len(runware.billed_tasks) == 1 and runware.billed == pytest.approx(0.10)
+
+
 def test_pack_installed_the_way_comfyui_manager_does_runs_an_example(tmp_path):
     """A folder named comfyui-flux2 in custom_nodes/ (not a symlink to this checkout), requirements.txt
     installed line by line with ComfyUI's interpreter, then the text-to-image example on loopback Runware."""

@@ -19,10 +19,12 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 from ..flux2.budget import BudgetGate, cap_from_env, check
 from ..flux2.errors import Flux2Error
+from ..flux2.run_context import RunContext
 from .catalog import NODE_CLASS_MAPPINGS
 from .comfy_hooks import input_directory, running_prompt_id
 
@@ -69,11 +71,18 @@ def check_graph_budget(prompt: dict | None, node_estimate, node_id: str = "") ->
         check(node_estimate.usd or 0.0, unpriced, cap, subject="this node")
 
 
+def with_run_gate(ctx: RunContext) -> RunContext:
+    """`ctx` holding FLUX2_BUDGET_USD task by task through the run ComfyUI is executing (unchanged headless,
+    without a cap, or where a runner's context already holds one)."""
+    gate = None if ctx.gate is not None else run_gate()
+    return ctx if gate is None else replace(ctx, gate=gate)
+
+
 def run_gate() -> BudgetGate | None:
     """The gate holding FLUX2_BUDGET_USD through the run ComfyUI is executing, or None (no cap; headless)."""
-    cap = cap_from_env()
     prompt_id = running_prompt_id()
-    if cap is None or prompt_id is None:
+    cap = cap_from_env() if prompt_id is not None else None
+    if cap is None:
         return None
     with _gates_lock:
         gate = _gates.get(prompt_id)

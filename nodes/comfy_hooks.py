@@ -32,8 +32,7 @@ def node_context() -> RunContext:
     """The run context for one node execution.
 
     Under the CLI runner the runner's context already carries progress/cancel hooks. Inside ComfyUI
-    we add ProgressBar and interrupt checks, sharing the process-wide ledger and upload cache, and the
-    FLUX2_BUDGET_USD gate of the queued run (nodes/budget.py).
+    we add ProgressBar and interrupt checks, sharing the process-wide ledger and upload cache.
     """
     ctx = current()
     if ctx.progress is not None or not in_comfyui():
@@ -50,8 +49,7 @@ def node_context() -> RunContext:
             bar = bars[node] = comfy.utils.ProgressBar(int(total * scale))
         bar.update_absolute(int(done * scale), int(total * scale))
 
-    from .budget import run_gate     # imports this module: asked here, not at import
-    return replace(ctx, progress=progress, is_cancelled=mm.processing_interrupted, gate=ctx.gate or run_gate())
+    return replace(ctx, progress=progress, is_cancelled=mm.processing_interrupted)
 
 
 def running_prompt_id() -> str | None:

@@ -9,7 +9,7 @@ from ..flux2.models import MAX_REFS_ANY
 from ..flux2.pricing import format_usd
 from ..flux2.rules import delivered_size
 from ..flux2.sizes import edit_size
-from .budget import check_graph_budget
+from .budget import check_graph_budget, with_run_gate
 from .comfy_hooks import node_context
 from ..flux2.reference_urls import UrlReference
 from .common import BACKEND_TYPE, CATEGORY, LAYOUT_TYPE, REFERENCE_SOCKET, batch_input, seed_input, side_input
@@ -48,7 +48,7 @@ def _execute(backend, prompt, width, height, seed, batch_size, unique_id, refere
     if graph is not None:
         backend.validate(request)       # bad input reports as such, not as a budget question
         check_graph_budget(graph, backend.estimate(request), request.node_id)
-    result = run(backend, request, node_context())
+    result = run(backend, request, with_run_gate(node_context()))
     images = arrays_to_tensor(result.images)                   # [B, H, W, 3] float 0..1
     cost = float(result.cost_usd or 0.0)
     ui = {"flux2": [{"backend": backend.describe(), "size": [request.width, request.height],

@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import logging
-import math
 import os
-import re
 import threading
 import time
 from functools import partial
@@ -28,36 +26,36 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import (AuthError, BudgetError, Cancelled, ConfigError, Flux2Error, InputError, ModerationError,
-                      ProviderError, ProviderTimeout)
+from ..errors import Cancelled, ConfigError, Flux2Error, InputError, ModerationError, ProviderError
 from ..images import decode_provider_image, placeholder
 from ..models import BFL
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
 from ..run_context import RunContext
 from ..redaction import scrub
-from .common import RemoteBackend, concurrency_from_env, redact
+from .common import RemoteBackend, concurrency_from_env
 from ..net.keys import base_url, origin, read_key
 from .bfl_flux3 import flux3_body, mask_b64, summary as flux3_summary
+from .bfl_poll import poll
+from .bfl_replies import (CONCURRENCY_ENV, KEY_ENV, PollAnswer, SubmitAnswer, http_error, is_task_id, json_or_text,
+                          submit_answer, task_id_in, usd_of)
 from .bfl_request import BflRequest
 from .retired import retired_error
 from .options import RemoteOptions
-from .jobs import (Job, JobControl, Transient, cached_image, checked_cost, checked_seed, book_recovered, note_sent,
-                   poll_until, run_jobs, sent_earlier, settle, store_arrived)
-from ..net.transport import GET_RETRY_STATUSES, Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
+from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, book_recovered, note_sent, run_jobs,
+                   sent_earlier, settle, store_arrived)
+from ..net.transport import Deadlines, LostResponse, NotSent, Transport
 
 log = logging.getLogger("comfyui_flux2.bfl")
 
 DEFAULT_URL = "https://api.bfl.ai"
 REGIONS = {"global": "https://api.bfl.ai", "eu": "https://api.eu.bfl.ai", "us": "https://api.us.bfl.ai"}
-KEY_ENV, URL_ENV, REGION_ENV = "BFL_API_KEY", "BFL_API_URL", "BFL_REGION"
-CONCURRENCY_ENV, GENERIC_CONCURRENCY_ENV = "FLUX2_BFL_CONCURRENCY", "FLUX2_CONCURRENCY"
+URL_ENV, REGION_ENV = "BFL_API_URL", "BFL_REGION"   # KEY_ENV, CONCURRENCY_ENV: bfl_replies (refusals name them)
+GENERIC_CONCURRENCY_ENV = "FLUX2_CONCURRENCY"
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 24            # BFL's default limit of active tasks per account
 CANCEL_GRACE_S = 0.3            # after a cancel, how long a poll in flight may take before it is left behind
-NOT_FOUND_TOLERANCE = 5         # a just-submitted task may answer 404 / "Task not found" for a moment
 OUTPUT_FORMATS = {"PNG": "png", "JPEG": "jpeg"}   # FLUX.2 endpoints document jpeg|png only
-MODERATED = ("Request Moderated", "Content Moderated")
 
 
 def resolve_base_url() -> str:
@@ -99,50 +97,6 @@ class BflTransport(Transport):
             return super().may_authenticate(url) or is_official_bfl_url(url)
         except ValueError:                    # e.g. a port that is not a number
             return False
-
-
-def _json_or_text(response: httpx.Response, key: str | None = None):
-    try:
-        return response.json()
-    except ValueError:
-        return redact(response.text, key, 200)       # redact first, then cut
-
-
-def detail_text(body) -> str:
-    """FastAPI `detail` (a string or a list of {loc, msg, type}) or BFL's {error, message} -> one line."""
-    detail = body
-    if isinstance(body, dict):
-        detail = next((body[k] for k in ("detail", "message", "error") if body.get(k) not in (None, "")), "")
-    if isinstance(detail, list):
-        parts = []
-        for item in detail[:8]:
-            if isinstance(item, dict):
-                loc = [str(x) for x in (item.get("loc") or []) if x != "body"]
-                parts.append(f"{'.'.join(loc) or 'body'}: {item.get('msg') or item.get('type') or 'invalid'}")
-            else:
-                parts.append(str(item))
-        if len(detail) > 8:
-            parts.append(f"and {len(detail) - 8} more")
-        return scrub("; ".join(parts), 400)
-    if isinstance(detail, dict):
-        return scrub("; ".join(f"{k}: {v}" for k, v in list(detail.items())[:8]), 400)
-    return scrub(str(detail or ""), 400)
-
-
-def http_error(status: int, body, key: str | None, what: str) -> Flux2Error:
-    """An HTTP error answer of the BFL API -> the matching exception, one line, never the key."""
-    detail = detail_text(body)
-    text = redact(f"bfl: {what} answered HTTP {status}" + (f": {detail}" if detail else ""), key)
-    if status in (401, 403):
-        return AuthError(f"{text} - check {KEY_ENV}")
-    if status == 402:
-        return BudgetError(f"{text} (insufficient BFL credits; top up at dashboard.bfl.ai)")
-    if status == 422:
-        return ProviderError(f"{text} (BFL refused the request fields)", status=422, code="validation")
-    if status == 429:
-        return ProviderError(f"{text} (over BFL's limit of active tasks; lower {CONCURRENCY_ENV})",
-                             status=429, retryable=True)
-    return ProviderError(text, status=status, retryable=status in (500, 502, 503, 504))
 
 
 def _reworded(exc: Flux2Error, message: str) -> Flux2Error:
@@ -287,15 +241,20 @@ class BflBackend(RemoteBackend):
         return settle(jobs, request, ctx, provider="bfl", describe=self.describe(), cache_key=cache_key,
                       outcome=outcome, info=info)
 
-    def _late_cost(self, job: Job, result: dict, estimate_one: float | None) -> None:
+    def _late_cost(self, job: Job, answer: PollAnswer, estimate_one: float | None) -> None:
         """FLUX 3's submit may carry no cost; its poll answer does (top level or in result), in credits."""
-        credits = result.get("cost")
-        if job.cost_usd is not None or credits is None:
+        if job.cost_usd is not None or answer.cost is None:
             return
         try:
-            checked_cost(job, credits / 100 if _is_number(credits) else credits, "bfl", estimate_one)
+            checked_cost(job, usd_of(answer.cost), "bfl", estimate_one)
         except ProviderError as exc:
             log.warning("%s", exc)
+
+    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext, submitted: float) -> PollAnswer:
+        """Poll the task until it ends (bfl_poll); the answer of a Ready task."""
+        safety = (f"safety_tolerance is {self.options.safety_tolerance} (0 strictest .. "
+                  f"{4 if self.model.generation == 3 else 5} most permissive)")
+        return poll(job, transport, key, ctx, self.deadlines, submitted, safety)
 
     def _work(self, job: Job, control: JobControl, transport: BflTransport, url: str, key: str, ctx: RunContext,
               estimate_one: float | None, request: GenerationRequest, cache_key, expanded: dict) -> None:
@@ -316,11 +275,11 @@ class BflBackend(RemoteBackend):
             note_sent(job, ctx, cache_key, {"provider": BFL, "host": resolve_base_url(), "task": job.task_id,
                                             "locator": job.locator, "cost_usd": job.cost_usd})
             job.progress = 0.05
-            result = self._poll(job, transport, key, ctx, submitted)
-            self._late_cost(job, result, estimate_one)
-            if isinstance(result.get("prompt"), str) and self.model.generation == 3:
-                expanded[job.index] = scrub(result["prompt"], 20000)
-            self._download(job, result, transport)
+            answer = self._poll(job, transport, key, ctx, submitted)
+            self._late_cost(job, answer, estimate_one)
+            if answer.prompt is not None and self.model.generation == 3:
+                expanded[job.index] = scrub(answer.prompt, 20000)
+            self._download(job, answer, transport)
         except ModerationError as exc:
             if self.options.on_moderation != "placeholder":
                 raise _tagged(exc, tag) from None
@@ -339,14 +298,14 @@ class BflBackend(RemoteBackend):
         earlier = sent_earlier(job, ctx, cache_key)
         task, locator = (earlier.get("task"), earlier.get("locator")) if earlier else (None, None)
         if not earlier or earlier.get("provider") != BFL or earlier.get("host") != resolve_base_url() \
-                or not isinstance(task, str) or not _ID_IN_TEXT.fullmatch(f'"id":"{task}"') \
+                or not is_task_id(task) \
                 or not isinstance(locator, str) or not transport.may_authenticate(locator):
             return False
         probe = Job(job.index, job.seed, job.body, task_id=task, locator=locator, sent=True)
         try:
-            result = self._poll(probe, transport, key, ctx, time.monotonic())
-            self._late_cost(probe, result, None)          # FLUX 3: the charge comes with the poll
-            self._download(probe, result, transport)
+            answer = self._poll(probe, transport, key, ctx, time.monotonic())
+            self._late_cost(probe, answer, None)          # FLUX 3: the charge comes with the poll
+            self._download(probe, answer, transport)
         except Cancelled:
             raise
         except (Flux2Error, httpx.HTTPError) as exc:
@@ -368,13 +327,13 @@ class BflBackend(RemoteBackend):
         except LostResponse as exc:
             # BFL has no idempotency key and gives no task id before it answers: sending again could
             # start (and bill) a second task. An answer cut short may still name it: then it is polled.
-            found = _ID_IN_TEXT.search(exc.partial.decode("utf-8", "replace"))
+            found = task_id_in(exc.partial.decode("utf-8", "replace"))
             if not found:
                 raise LostResponse(f"{exc}; BFL gives no task id before it answers, so the task cannot be "
                                    "recovered and may have been billed - check dashboard.bfl.ai before running "
                                    "again (not resubmitted)") from None
-            log.warning("bfl: the submit answer was cut short; polling task %s named in what arrived", found.group(1))
-            response, body = None, {"id": found.group(1)}
+            log.warning("bfl: the submit answer was cut short; polling task %s named in what arrived", found)
+            response, answer = None, SubmitAnswer(found)
         except Cancelled:
             job.sent = False
             raise
@@ -384,13 +343,17 @@ class BflBackend(RemoteBackend):
                 # The endpoint is gone (or never was): say what to use instead, and do not retry.
                 raise retired_error(self.model, "bfl", f"POST {self.pm.model_id} answered HTTP "
                                     f"{response.status_code}", response.status_code)
-            raise http_error(response.status_code, _json_or_text(response, key), key, "submit")
+            raise http_error(response.status_code, json_or_text(response, key), key, "submit")
         if response is not None:
-            body = submit_answer(response, key)
-        job.task_id = body["id"]
-        polling_url = body.get("polling_url")
-        if not isinstance(polling_url, str) or not polling_url:
-            polling_url = f"{resolve_base_url()}/v1/get_result?id={job.task_id}"   # BFL's documented generic form
+            answer = submit_answer(response)
+        self._take_submit_answer(job, answer, transport, url, estimate_one)
+
+    def _take_submit_answer(self, job: Job, answer: SubmitAnswer, transport: BflTransport, url: str,
+                            estimate_one: float | None) -> None:
+        """The accepted task's id, where to poll it (only where the key may go) and its charge."""
+        job.task_id = answer.id
+        # BFL's documented generic form where the answer names no polling URL
+        polling_url = answer.polling_url or f"{resolve_base_url()}/v1/get_result?id={job.task_id}"
         polling_url = urljoin(url, polling_url)          # absolute URLs pass unchanged
         job.locator = polling_url
         if not transport.may_authenticate(polling_url):
@@ -403,120 +366,22 @@ class BflBackend(RemoteBackend):
             raise ConfigError(f"bfl: task {job.task_id} gave a polling URL on {where}, which is neither the "
                               f"configured host ({URL_ENV}/{REGION_ENV}) nor an official https *.bfl.ai host; "
                               f"refusing to send {KEY_ENV} there (the task may still run and be billed)")
-        credits = body.get("cost")
         try:
-            checked_cost(job, None if credits is None else (credits / 100 if _is_number(credits) else credits),
-                         "bfl", estimate_one)
+            checked_cost(job, usd_of(answer.cost), "bfl", estimate_one)
         except ProviderError as exc:
             log.warning("%s", exc)               # the task runs anyway; its cost is just not known
-        if job.notes and (_is_number(body.get("input_mp")) or _is_number(body.get("output_mp"))):
-            job.notes[-1] += f" (BFL counted {body.get('output_mp')} output MP, {body.get('input_mp')} input MP)"
-        log.info("bfl: task %s accepted (%s credits)", job.task_id, "?" if credits is None else scrub(str(credits), 20))
+        if job.notes and (answer.input_mp is not None or answer.output_mp is not None):
+            job.notes[-1] += f" (BFL counted {answer.output_mp} output MP, {answer.input_mp} input MP)"
+        log.info("bfl: task %s accepted (%s credits)", job.task_id,
+                 "?" if answer.cost is None else scrub(str(answer.cost), 20))
 
-    def _poll(self, job: Job, transport: BflTransport, key: str, ctx: RunContext, submitted: float) -> dict:
-        """Poll until a terminal status; returns the `result` object of a Ready task. Failing polls
-        (5xx, dropped connections, garbled answers) are retried until the task's deadline: `total_s`
-        from `submitted` (BFL's documented 600 s), which no poll, hanging or retried, may pass."""
-        not_found = [0]
-        deadline = submitted + self.deadlines.total_s
-
-        def fetch():
-            try:
-                response = transport.get(job.locator, keyed=True, is_cancelled=ctx.is_cancelled, deadline=deadline)
-            except Cancelled:
-                raise
-            except ProviderTimeout:
-                return None                  # the task's deadline: poll_until says so, with the last poll's fault
-            except ProviderError as exc:
-                raise Transient(str(exc)) from None
-            body = _json_or_text(response, key)
-            if response.status_code in GET_RETRY_STATUSES:
-                raise Transient(str(http_error(response.status_code, body, key, f"polling task {job.task_id}")))
-            status = body.get("status") if isinstance(body, dict) else None
-            if response.status_code == 404 or status == "Task not found":
-                not_found[0] += 1
-                if not_found[0] > NOT_FOUND_TOLERANCE:
-                    job.settled = True          # unknown or expired at BFL: nothing more will come
-                    raise ProviderError(f"bfl: task {job.task_id}: Task not found (unknown or expired)",
-                                        status=response.status_code, code="Task not found")
-                return None
-            not_found[0] = 0
-            if response.status_code == 202:
-                return None
-            if response.status_code != 200:
-                raise http_error(response.status_code, body, key, f"polling task {job.task_id}")
-            if not isinstance(body, dict):
-                raise Transient(f"polling task {job.task_id} answered something that is not a JSON object")
-            return self._poll_status(job, body, key)
-
-        return poll_until(fetch, deadlines=self.deadlines, started=submitted, is_cancelled=ctx.is_cancelled,
-                          what=f"bfl: task {job.task_id}")
-
-    def _poll_status(self, job: Job, body: dict, key: str) -> dict | None:
-        """One poll answer -> the Ready result, None while pending, or the terminal error."""
-        status = body.get("status")
-        if status == "Ready":
-            job.charged = job.settled = True
-            result = body.get("result")
-            if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
-                raise ProviderError(f"bfl: task {job.task_id} is Ready (and billed) but carries no result.sample URL")
-            if result.get("cost") is None and body.get("cost") is not None:
-                result = {**result, "cost": body["cost"]}
-            return result
-        if status in MODERATED:
-            job.settled = True
-            what = "the prompt or a reference" if status == "Request Moderated" else "the generated image"
-            reasons = redact(detail_text(body.get("details")), key, 300) if body.get("details") else ""
-            raise ModerationError(
-                f"bfl: {status} - moderated (not charged): BFL's safety filter refused {what}"
-                + (f" ({reasons})" if reasons else "")
-                + f"; safety_tolerance is {self.options.safety_tolerance} (0 strictest .. "
-                + f"{4 if self.model.generation == 3 else 5} most permissive)",
-                code=status)
-        if status == "Error":
-            job.settled = True
-            reason = redact(detail_text(body.get("details") or body.get("error") or body.get("result") or ""), key, 300)
-            raise ProviderError(f"bfl: task {job.task_id} failed (status Error)" + (f": {reason}" if reason else ""),
-                                code="Error")
-        # Pending, and statuses this client does not know (Reasoning, Generating...): not yet.
-        progress = body.get("progress")
-        if _is_number(progress) and math.isfinite(progress):
-            job.progress = max(job.progress, 0.05 + 0.85 * min(max(float(progress), 0.0), 1.0))
-        return None
-
-    def _download(self, job: Job, result: dict, transport: BflTransport) -> None:
+    def _download(self, job: Job, answer: PollAnswer, transport: BflTransport) -> None:
         what = f"result of task {job.task_id}"
         job.progress = max(job.progress, 0.9)
         try:
-            data = transport.download(result["sample"], what)
+            data = transport.download(answer.sample, what)
         except ProviderError as exc:
             raise _reworded(exc, f"{exc} (downloading the {what}, which was billed)") from None
         job.image = decode_provider_image(data, f"BFL {what}")
-        checked_seed(job, result.get("seed"), "bfl")       # after the image is kept: a bad seed loses nothing
+        checked_seed(job, answer.seed, "bfl")       # after the image is kept: a bad seed loses nothing
 
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-_ID_IN_TEXT = re.compile(r'"id"\s*:\s*"([0-9A-Za-z_-]{8,64})"')
-
-
-def submit_answer(response: httpx.Response, key: str | None) -> dict:
-    """The submit's 200 answer, parsed in one place. An answer that cannot be read may still have
-    started (and billed) a task: its id is searched for in the text so the task can still be polled."""
-    try:
-        body = json_body(response, "bfl")
-    except Garbled:
-        found = _ID_IN_TEXT.search(response.text)
-        if not found:
-            raise Garbled("bfl: the submit answer (HTTP 200) is not JSON and names no task id; the task may "
-                          "have been billed - check dashboard.bfl.ai before running again (not resubmitted)",
-                          status=200) from None
-        log.warning("bfl: the submit answer is garbled; polling task %s found in it", found.group(1))
-        return {"id": found.group(1)}
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"] \
-            or not _ID_IN_TEXT.fullmatch(f'"id":"{body["id"]}"'):
-        raise ProviderError("bfl: the submit answer (HTTP 200) carries no usable task id; the task may have been "
-                            "billed - check dashboard.bfl.ai before running again (not resubmitted)")
-    return body

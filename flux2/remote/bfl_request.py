@@ -1,7 +1,7 @@
 """The body of a BFL FLUX.2 submit (`POST /v1/flux-2-<model>`), typed.
 
-Field names and order are BFL's (docs.bfl.ai; see shared remote-api-facts). The answers are parsed
-in `bfl.submit_answer` and the poll in `BflBackend._poll_status`.
+Field names and order are BFL's (docs.bfl.ai; see shared remote-api-facts). The answers (submit and
+poll) are parsed into typed results in bfl_replies.py.
 """
 from __future__ import annotations
 

@@ -5,14 +5,12 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from functools import partial
 
 import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall
-from ..errors import (AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError,
-                      ProviderTimeout)
+from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
@@ -23,23 +21,20 @@ from .common import RemoteBackend, concurrency_from_env, redact
 from ..net.keys import base_url, read_key
 from .options import RemoteOptions
 from .retired import is_model_gone, retired_error
-from .runware_tasks import (BflSettings, GetResponse, GetTaskDetails, ImageInference, ImageUpload, Inputs, Lora,
-                            ProviderSettings, RunwareTask)
-from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, book_recovered, note_sent, poll_until,
-                   run_jobs, sent_earlier, settle, store_arrived)
-from ..net.transport import Deadlines, Garbled, LostResponse, NotSent, Transport, json_body
+from .runware_recovery import recover
+from .runware_replies import KEY_ENV, ErrorEntry, ImageResult, Reply, parse_reply, runware_error
+from .runware_tasks import (BflSettings, GetResponse, ImageInference, ImageUpload, Inputs, Lora, ProviderSettings,
+                            RunwareTask)
+from .jobs import (Job, JobControl, cached_image, checked_cost, checked_seed, book_recovered, note_sent, run_jobs,
+                   sent_earlier, settle, store_arrived)
+from ..net.transport import Deadlines, LostResponse, NotSent, Transport
 
 log = logging.getLogger("comfyui_flux2.runware")
 
 DEFAULT_URL = "https://api.runware.ai/v1"
-KEY_ENV, URL_ENV = "RUNWARE_API_KEY", "RUNWARE_API_URL"
+URL_ENV = "RUNWARE_API_URL"       # the key's: runware_replies.KEY_ENV (an auth refusal names it)
 UPLOAD_TTL_S = 7 * 24 * 3600         # Runware keeps uploads 30 days after last use; stay well inside
-IMAGE_FIELDS = ("imageURL", "imageBase64Data", "imageDataURI")
-_MODERATION_HINTS = ("contentpolicy", "moderat", "nsfw", "safety")
-_BUDGET_HINTS = ("credit", "balance", "quota", "payment")
-PENDING = ("processing", "pending", "queued", "running")
 EARLIER_TASK_PATIENCE_S = 10.0   # a task of an earlier run that no lookup knows this long is not coming back
-_PENDING = object()              # a lookup's "still processing"
 MAX_INLINE_CHARS = 90 * 1024 * 1024   # base64 of the 64 MiB download limit
 AIR_RE = re.compile(r"^[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$")   # source:model@version
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -50,22 +45,6 @@ def concurrency() -> int:
     once; a 429 backs off only the request it hit. Lower it for accounts with small queue limits)."""
     n = concurrency_from_env("FLUX2_CONCURRENCY")
     return REMOTE_MAX_BATCH if n is None else n
-
-
-def runware_error(status: int, err: dict, key: str | None) -> Flux2Error:
-    """One `errors[]` item (plus the HTTP status) -> the matching exception, one line."""
-    code = redact(str(err.get("code") or ""), key, 60)
-    message = redact(str(err.get("message") or code or f"HTTP {status}"), key, 300)
-    param = redact(str(err.get("parameter") or ""), key, 80)
-    text = f"runware: {message}" + (f" (parameter {param})" if param else "") + (f" [{code}]" if code else "")
-    low = code.lower()
-    if status in (401, 403) or low in ("invalidapikey", "missingapikey", "unauthorized"):
-        return AuthError(text + f" - check {KEY_ENV}")
-    if status == 402 or any(h in low for h in _BUDGET_HINTS):
-        return BudgetError(text)
-    if any(h in low for h in _MODERATION_HINTS):
-        return ModerationError(text, status=status, code=code)
-    return ProviderError(text, status=status, code=code, retryable=status in (429, 500, 502, 503, 504))
 
 
 class RunwareBackend(RemoteBackend):
@@ -190,7 +169,7 @@ class RunwareBackend(RemoteBackend):
         passes `deadline` (time.monotonic(): the task's own)."""
         transport, url, key = self._client()
         response = transport.submit(url, [t.to_json() for t in tasks], is_cancelled=ctx.is_cancelled, deadline=deadline)
-        return parse_reply(response, {t.taskUUID for t in tasks}, key)
+        return parse_reply(response, tasks, key)
 
     def upload_reference(self, ref, ctx: RunContext) -> str:
         """Upload a reference once per content hash; later uses (any node, this run) reuse the imageUUID."""
@@ -207,9 +186,9 @@ class RunwareBackend(RemoteBackend):
         except LostResponse:
             reply = self._post_tasks([task], ctx)    # an upload costs nothing, so sending it again is safe
         item = reply.items.get(task_uuid) or (next(iter(reply.items.values())) if len(reply.items) == 1 else None)
-        image_uuid = item.get("imageUUID") if item else None
-        if not isinstance(image_uuid, str) or not image_uuid:
-            err = reply.errors.get(task_uuid) or {"message": "imageUpload returned no imageUUID"}
+        image_uuid = item.imageUUID if isinstance(item, ImageResult) else None
+        if not image_uuid:
+            err = reply.errors.get(task_uuid) or ErrorEntry(message="imageUpload returned no imageUUID")
             raise runware_error(reply.status, err, None)
         ctx.remember_upload(cache_key, ref.sha256, image_uuid, UPLOAD_TTL_S)
         return image_uuid
@@ -278,8 +257,9 @@ class RunwareBackend(RemoteBackend):
         book_recovered(job, found.cost_usd, "runware", task, ctx, cache_key, self.describe(), batch)
         return True
 
-    def _run_task(self, job: Job, ctx: RunContext) -> dict:
-        """Send one inference task; returns its result item (recovered by getResponse if the answer was lost)."""
+    def _run_task(self, job: Job, ctx: RunContext) -> ImageResult | ErrorEntry:
+        """Send one inference task; returns its result (or, recovered by a lookup where the answer was
+        lost, the error the task ended with)."""
         started = time.monotonic()
         job.sent = True
         try:
@@ -307,61 +287,6 @@ class RunwareBackend(RemoteBackend):
             raise runware_error(reply.status, err, None)
         return item
 
-    def _recover(self, job: Job, ctx: RunContext, started: float, cause: str, patience_s: float | None = None) -> dict:
-        """The submit's answer was lost (dropped, garbled, cut short, not naming the task, past its
-        deadline): look the task up instead of submitting it again (no idempotency key: a second submit
-        could bill twice). Each round asks getResponse (documented for async tasks; the SDKs also ask it
-        for sync ones), then getTaskDetails (documented for any executed task). A lookup's own error
-        ("unknown taskUUID") is never taken as the task's outcome: a task no lookup knows for
-        `patience_s` (default `lookup_s`), or by the task's deadline, fails with job.settled False, so it
-        is named as may still be billed."""
-        patience = self.deadlines.lookup_s if patience_s is None else patience_s
-        unknown_since, last = [time.monotonic()], ["none answered"]
-        deadline = started + self.deadlines.total_s
-
-        def fetch():
-            found = self._lookup(job, ctx, GetResponse, last, deadline)
-            if found is None:
-                found = self._lookup(job, ctx, GetTaskDetails, last, deadline)
-            if found is _PENDING:
-                unknown_since[0] = time.monotonic()      # known and running: wait for it until the deadline
-                return None
-            if found is not None:
-                return found
-            if time.monotonic() - unknown_since[0] > patience:
-                raise ProviderError(f"runware: the answer to task {job.task_id} was lost ({cause}) and no lookup "
-                                    f"finds the task after {patience:g}s (last lookup: {last[0]})")
-            return None
-
-        return poll_until(fetch, deadlines=self.deadlines, started=started, is_cancelled=ctx.is_cancelled,
-                          what=f"runware: task {job.task_id} (answer lost: {cause})")
-
-    def _lookup(self, job: Job, ctx: RunContext, kind, last: list, deadline: float) -> dict | object | None:
-        """One lookup of a task: its result item, _PENDING while it runs, or None where this lookup does
-        not know it (its error is kept in `last` for the message, never raised as the task's outcome)."""
-        try:
-            reply = self._post_tasks([kind(taskUUID=job.task_id)], ctx, deadline)
-        except (AuthError, BudgetError, Cancelled):
-            raise                             # every other call would be refused the same way
-        except ProviderTimeout:
-            return None                       # the task's deadline: poll_until says so
-        except Flux2Error as exc:             # lost, not sent, 4xx/5xx of the lookup itself
-            last[0] = f"{kind.taskType}: {str(exc)[:160]}"
-            return None
-        item, err = reply.items.get(job.task_id), reply.errors.get(job.task_id)
-        if item is not None and kind is GetTaskDetails:
-            return stored_outcome(item, job.task_id)
-        if item is not None and str(item.get("status") or "").lower() in PENDING:
-            return _PENDING
-        if item is not None and (item.get("status") or item.get("NSFWContent") is not None
-                                 or any(item.get(f) not in (None, "") for f in IMAGE_FIELDS)):
-            return item
-        if item is not None:                  # a bare acknowledgement says nothing of the outcome
-            last[0] = f"{kind.taskType}: an item without status or image"
-        elif err is not None:
-            last[0] = f"{kind.taskType}: {str(runware_error(reply.status, err, None))[:160]}"
-        return None
-
     def fetch_task(self, task_uuid: str, ctx: RunContext) -> GenerationResult:
         """The result of a task an earlier process sent and never heard back from (an aborted batch, a
         killed run), by getResponse / getTaskDetails on its taskUUID; never a second submit. Raises
@@ -374,25 +299,31 @@ class RunwareBackend(RemoteBackend):
         seeds = [job.result_seed] if job.result_seed is not None else []
         return GenerationResult(images=[job.image], seeds=seeds, cost_usd=job.cost_usd, info={"tasks": [task_uuid]})
 
-    def _take_item(self, job: Job, item: dict, ctx: RunContext, estimate_one: float | None) -> None:
-        """A task's result item -> the job's image, seed and cost. A malformed field fails the job,
+    def _recover(self, job: Job, ctx: RunContext, started: float, cause: str,
+                 patience_s: float | None = None) -> ImageResult | ErrorEntry:
+        """The submit's answer was lost (dropped, garbled, cut short, not naming the task, past its
+        deadline): look the task up (runware_recovery) instead of submitting it again."""
+        return recover(job, ctx, self._post_tasks, self.deadlines, started, cause, patience_s)
+
+    def _take_item(self, job: Job, item: ImageResult | ErrorEntry, ctx: RunContext,
+                   estimate_one: float | None) -> None:
+        """A task's result -> the job's image, seed and cost. A malformed field fails the job,
         but only after the image that did arrive is kept."""
         job.settled = True                   # the provider has answered for this task
-        if item.get("status") == "error" or isinstance(item.get("error"), dict):
-            inner = item.get("error") if isinstance(item.get("error"), dict) else item
-            if inner.get("cost") is not None or item.get("cost") is not None:
+        if isinstance(item, ErrorEntry):
+            if item.cost is not None:
                 job.charged = True           # a failed task the provider says it billed
-                checked_cost(job, item.get("cost", inner.get("cost")), "runware", None)
-            raise runware_error(200, inner, None)
+                checked_cost(job, item.cost, "runware", None)
+            raise runware_error(200, item, None)
         # A result that carries an image was billed, whether or not the image then arrives here.
-        job.charged = any(item.get(f) not in (None, "") for f in IMAGE_FIELDS) or item.get("cost") is not None
+        job.charged = bool(item.images()) or item.cost is not None
         problems = []
         try:
-            checked_cost(job, item.get("cost"), "runware", estimate_one)
+            checked_cost(job, item.cost, "runware", estimate_one)
         except ProviderError as exc:
             problems.append(exc)
         try:
-            checked_seed(job, item.get("seed"), "runware")
+            checked_seed(job, item.seed, "runware")
         except ProviderError as exc:
             problems.append(exc)
         job.image = self._image_of(item, job)
@@ -401,98 +332,28 @@ class RunwareBackend(RemoteBackend):
         if problems:
             raise problems[0]
 
-    def _remember_generated(self, item: dict, image, ctx: RunContext) -> None:
+    def _remember_generated(self, item: ImageResult, image, ctx: RunContext) -> None:
         """Runware keeps what it generated under its imageUUID: a later edit in this run that takes this
         image as a reference sends that imageUUID instead of uploading the picture again."""
-        image_uuid = item.get("imageUUID")
-        if isinstance(image_uuid, str) and UUID_RE.match(image_uuid):
+        if item.imageUUID and UUID_RE.match(item.imageUUID):
             ctx.remember_upload(f"runware generated {base_url(URL_ENV, DEFAULT_URL)}", pixel_digest(image),
-                                image_uuid, UPLOAD_TTL_S)
+                                item.imageUUID, UPLOAD_TTL_S)
 
-    def _image_of(self, item: dict, job: Job):
+    def _image_of(self, item: ImageResult, job: Job):
         what = f"Runware result of task {job.task_id}"
-        present = [f for f in IMAGE_FIELDS if item.get(f) not in (None, "")]
-        for name in present:
-            if not isinstance(item[name], str):
+        present = dict(item.images())
+        for name, value in present.items():
+            if not isinstance(value, str):
                 raise ProviderError(f"runware: task {job.task_id} answered {name} as a "
-                                    f"{type(item[name]).__name__}, not a string; no image")
+                                    f"{type(value).__name__}, not a string; no image")
         if "imageURL" in present:
             transport, _, _ = self._client()
-            return decode_provider_image(transport.download(item["imageURL"], what), what)
+            return decode_provider_image(transport.download(present["imageURL"], what), what)
         for name in ("imageBase64Data", "imageDataURI"):
             if name in present:
-                if len(item[name]) > MAX_INLINE_CHARS:
+                if len(present[name]) > MAX_INLINE_CHARS:
                     raise ProviderError(f"runware: task {job.task_id} answered an inline image over the size limit")
-                return decode_data_uri(item[name], what)
-        if item.get("NSFWContent") is True:
+                return decode_data_uri(present[name], what)
+        if item.NSFWContent is True:
             raise ModerationError("runware: the result was withheld by the content filter (NSFWContent)")
         raise ProviderError(f"runware: task {job.task_id} answered without an image (refused or filtered)")
-
-
-# -- answers, parsed in one place ------------------------------------------------------------------
-@dataclass
-class Reply:
-    status: int
-    items: dict          # taskUUID -> data item
-    errors: dict         # taskUUID -> error object
-
-
-def parse_reply(response, ours: set[str], key: str | None) -> Reply:
-    """A Runware answer -> items and errors by taskUUID. Request-level refusals (auth, balance,
-    capacity, malformed body) raise; an error that names one of our tasks (`ours`: their taskUUIDs) is
-    returned per task."""
-    status = response.status_code
-    body = json_body(response, "runware")       # a 200 that is not JSON raises Garbled (a LostResponse)
-    if not isinstance(body, dict):
-        if status == 200:
-            raise Garbled("runware: HTTP 200 with an answer that is not a JSON object", status=200)
-        raise runware_error(status, {"message": f"HTTP {status} with an unexpected body"}, key)
-    errors = [e for e in (body.get("errors") if isinstance(body.get("errors"), list) else []) if isinstance(e, dict)]
-    if isinstance(body.get("error"), dict):          # the singular form the docs also show
-        errors.append(body["error"])
-    data = body.get("data") or []
-    if isinstance(data, dict):   # imageUpload has been seen answering a bare object
-        data = [data]
-    items = {}
-    for d in data if isinstance(data, list) else []:
-        if not isinstance(d, dict) or not isinstance(d.get("taskUUID"), str):
-            continue
-        if d.get("status") == "error" or isinstance(d.get("error"), dict):
-            # Error items inside `data`: {status: "error", error: {code, message}}.
-            inner = d.get("error") if isinstance(d.get("error"), dict) else d
-            errors.append({**inner, "taskUUID": d.get("taskUUID"), **({"cost": d["cost"]} if "cost" in d else {})})
-            continue
-        items.setdefault(d["taskUUID"], d)
-    request_level = [e for e in errors if e.get("taskUUID") not in ours]
-    # A request-level error with results beside it must not discard the (paid) results.
-    if status in (401, 402, 403) or (request_level and not items):
-        first = request_level[0] if request_level else (errors[0] if errors else {})
-        raise runware_error(status, first, key)
-    if status >= 400 and not items and not errors:
-        raise runware_error(status, {"message": f"HTTP {status}"}, key)
-    return Reply(status, items, {e.get("taskUUID"): e for e in errors if e.get("taskUUID") in ours})
-
-
-def stored_outcome(details: dict, task_uuid: str) -> dict | None:
-    """A getTaskDetails item -> the task's own result item, or {"status": "error", "error": ...} where the
-    stored answer says it failed, or None where it holds neither. `response` is the whole answer envelope
-    as documented ({data} or {errors}); Runware's JS SDK types it as a list of envelopes: both are read."""
-    response = details.get("response")
-    envelopes = response if isinstance(response, list) else [response]
-    data, errors = [], []
-    for env in envelopes:
-        if not isinstance(env, dict):
-            continue
-        data += env.get("data") if isinstance(env.get("data"), list) else []
-        errors += env.get("errors") if isinstance(env.get("errors"), list) else []
-        errors += [env["error"]] if isinstance(env.get("error"), dict) else []
-    for item in data:
-        if isinstance(item, dict) and item.get("taskUUID") == task_uuid \
-                and item.get("taskType", "imageInference") == "imageInference":
-            if item.get("status") == "error" or isinstance(item.get("error"), dict):
-                return {"status": "error", "error": item.get("error") if isinstance(item.get("error"), dict) else item}
-            return item
-    for err in errors:
-        if isinstance(err, dict) and err.get("taskUUID") in (task_uuid, None):
-            return {"status": "error", "error": err}
-    return None

@@ -1,7 +1,7 @@
 """The tasks sent to Runware (`POST /v1`, a JSON array of tasks), one typed body per task type.
 
 Field names and order are Runware's (docs: imageInference, imageUpload, getResponse; see
-shared remote-api-facts). The reply side is parsed in one place, `runware.parse_reply`.
+shared remote-api-facts). The replies are parsed into typed results in runware_replies.py.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall
+from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.images import decode, tensor_to_arrays
 from ..flux2.pricing import Estimate
@@ -123,7 +123,7 @@ class ComfyCoreBackend:
         import latent_preview  # type: ignore
         import node_helpers  # type: ignore
 
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         self.check_ready()
         positive = self._encode(request.prompt, node_helpers)
         real_cfg = self.cfg != 1.0

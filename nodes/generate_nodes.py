@@ -1,7 +1,7 @@
 """Flux2TextToImage and Flux2Edit: build a GenerationRequest, run it on the connected backend."""
 from __future__ import annotations
 
-from ..flux2.backend import Backend, GenerationRequest, run
+from ..flux2.backend import Backend, GenerationRequest, run, validated
 from ..flux2.errors import InputError
 from ..flux2.images import arrays_to_tensor, mask_from_tensor, ref_from_array, tensor_to_arrays
 from ..flux2.layout import Layout
@@ -46,7 +46,8 @@ def _execute(backend, prompt, width, height, seed, batch_size, unique_id, refere
                                 references=tuple(references), batch=int(batch_size),
                                 node_id=str(unique_id or ""), mask=mask, layout=_layout(layout))
     if graph is not None:
-        backend.validate(request)       # bad input reports as such, not as a budget question
+        # Checked before the budget, so bad input reports as such, not as a budget question; run() trusts it.
+        request = validated(backend, request)
         check_graph_budget(graph, backend.estimate(request), request.node_id)
     result = run(backend, request, node_context())
     images = arrays_to_tensor(result.images)                   # [B, H, W, 3] float 0..1

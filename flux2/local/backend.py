@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..backend import GenerationRequest, GenerationResult, PlannedCall
+from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
@@ -226,7 +226,7 @@ class LocalBackend:
         from ..images import decode
         from .pipeline import prepare_reference
 
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         node = request.node_id or "?"
         refs = [prepare_reference(Image.fromarray(decode(r.png, f"reference {i}")))
                 for i, r in enumerate(request.references, 1)]

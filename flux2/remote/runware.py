@@ -10,7 +10,7 @@ from functools import partial
 
 import httpx
 
-from ..backend import GenerationRequest, GenerationResult, PlannedCall
+from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import (AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError,
                       ProviderTimeout)
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
@@ -215,7 +215,7 @@ class RunwareBackend(RemoteBackend):
         return image_uuid
 
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         node = request.node_id
         ctx.report(node, 0, request.batch, "uploading references" if request.references else "submitting")
         refs = [as_sent(r) or self.upload_reference(r, ctx) for r in request.references]

@@ -107,8 +107,15 @@ class Backend(Protocol):
     # What it takes beyond pixels, declared rather than probed: the URL reference forms it sends as they are
     # ("url", Runware's "uuid"); every other backend is handed the fetched pixels (reference_urls.py).
     takes_reference_urls: tuple[str, ...]
+    # The LoRAs it takes (Flux2LoRA): "file" (a LoRA file, applied to local weights), "air" (a provider's LoRA
+    # model id, sent in the request) or "" (none: with_lora refuses in one line naming the backend).
+    takes_loras: str
 
     def describe(self) -> str: ...
+
+    def with_lora(self, lora, strength: float) -> "Backend":
+        """A new backend: this one with one more LoRA (a file path for "file", an id for "air"; strength is its
+        weight). Raises InputError naming this backend where it takes none, or not this one."""
 
     def host(self) -> str:
         """The provider base URL it sends to ("" for none: local weights, ComfyUI core)."""

@@ -66,6 +66,11 @@ class ComfyCoreBackend:
     model_name: str = "FLUX.2 (ComfyUI MODEL)"
     kind: str = field(default="comfy", init=False)
     takes_reference_urls = ()           # URL references arrive fetched: ComfyUI's VAE encodes pixels
+    takes_loras = ""                    # its LoRAs go on the MODEL, in ComfyUI's own graph
+
+    def with_lora(self, lora, strength: float) -> "ComfyCoreBackend":
+        raise InputError("Flux2LoRA: Flux2ComfyBackend takes its LoRAs on the MODEL: put ComfyUI's "
+                         "LoraLoaderModelOnly between the model loader and Flux2ComfyBackend")
 
     def __post_init__(self):
         if not 1 <= self.steps <= 200:

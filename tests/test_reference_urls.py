@@ -263,6 +263,7 @@ class PixelBackend:
 
     kind, model_name = "local", "test"
     takes_reference_urls = ()
+    takes_loras = ""
 
     def __init__(self):
         self.seen = []
@@ -281,6 +282,9 @@ class PixelBackend:
 
     def validate(self, request):
         pass
+
+    def with_lora(self, lora, strength):
+        raise InputError("Flux2LoRA: pixels takes no LoRA")
 
     def plan(self, request):
         return []

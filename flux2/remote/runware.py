@@ -78,6 +78,10 @@ class RunwareBackend(RemoteBackend):
         self._transport: Transport | None = None
         self.loras: tuple[tuple[str, float], ...] = ()     # (AIR id, weight) added by Flux2LoRA, in chain order
 
+    @property
+    def takes_loras(self) -> str:
+        return "air" if self.pm.takes_lora else ""          # else with_lora says which models do
+
     def with_lora(self, air: str, weight: float) -> "RunwareBackend":
         """This backend with one more LoRA (Flux2LoRA); refused in one line where the model takes none."""
         import copy

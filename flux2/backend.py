@@ -3,10 +3,14 @@
 A generation node builds a `GenerationRequest`, hands it to `backend.generate(request, ctx)` and gets
 a `GenerationResult`. The same request runs on any backend: that is how one graph runs on
 Runware, on BFL or on local weights by swapping only the backend node.
+
+A request is checked once on its way: `validated(backend, request)` runs the backend's checks (its rules from
+flux2/rules.py, its options, its LoRA files) and returns a `ValidatedRequest` that this backend's generate
+trusts. `run()` and every backend's generate go through it, so the Python API still refuses a bad request.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -42,6 +46,40 @@ class GenerationRequest:
         return [self.seed + i for i in range(self.batch)]
 
 
+class ValidatedRequest(GenerationRequest):
+    """A GenerationRequest that `validated()` checked for one backend (`checked_for`); that backend trusts it.
+
+    Equal to the request it was made from. `dataclasses.replace` of it is a new, unchecked request (the proof is
+    not a field), and it pickles as a plain GenerationRequest: a request from another process is checked again."""
+
+    checked_for = None                  # the backend object it was checked for (set by validated() only)
+
+    def __eq__(self, other):
+        if isinstance(other, GenerationRequest):
+            return _values(self) == _values(other)
+        return NotImplemented
+
+    __hash__ = GenerationRequest.__hash__
+
+    def __reduce__(self):
+        return GenerationRequest, _values(self)
+
+
+def _values(request: GenerationRequest) -> tuple:
+    return tuple(getattr(request, f.name) for f in fields(GenerationRequest))
+
+
+def validated(backend: "Backend", request: GenerationRequest) -> ValidatedRequest:
+    """The request checked for this backend (backend.validate: InputError/ConfigError before any network call or
+    GPU step), once: a request this already returned for the same backend object comes back as it is."""
+    if isinstance(request, ValidatedRequest) and request.checked_for is backend:
+        return request
+    backend.validate(request)
+    checked = ValidatedRequest(*_values(request))
+    object.__setattr__(checked, "checked_for", backend)     # frozen: set once, here
+    return checked
+
+
 @dataclass(frozen=True)
 class PlannedCall:
     """One provider call (or local run) a request will make; printed by --dry-run."""
@@ -69,8 +107,15 @@ class Backend(Protocol):
     # What it takes beyond pixels, declared rather than probed: the URL reference forms it sends as they are
     # ("url", Runware's "uuid"); every other backend is handed the fetched pixels (reference_urls.py).
     takes_reference_urls: tuple[str, ...]
+    # The LoRAs it takes (Flux2LoRA): "file" (a LoRA file, applied to local weights), "air" (a provider's LoRA
+    # model id, sent in the request) or "" (none: with_lora refuses in one line naming the backend).
+    takes_loras: str
 
     def describe(self) -> str: ...
+
+    def with_lora(self, lora, strength: float) -> "Backend":
+        """A new backend: this one with one more LoRA (a file path for "file", an id for "air"; strength is its
+        weight). Raises InputError naming this backend where it takes none, or not this one."""
 
     def host(self) -> str:
         """The provider base URL it sends to ("" for none: local weights, ComfyUI core)."""
@@ -86,13 +131,16 @@ class Backend(Protocol):
         """Raise ConfigError/AuthError if keys, hosts or weights are missing (no network, no loading)."""
 
     def validate(self, request: GenerationRequest) -> None:
-        """Raise InputError/ConfigError for anything wrong, before any network call or GPU step."""
+        """Raise InputError/ConfigError for anything wrong, before any network call or GPU step. Callers go
+        through `validated()`, which calls this once per request and backend."""
 
     def plan(self, request: GenerationRequest) -> list[PlannedCall]: ...
 
     def estimate(self, request: GenerationRequest) -> Estimate: ...
 
-    def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult: ...
+    def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
+        """Begins with `request = validated(self, request)`: checks a request nobody checked, trusts one
+        run() or a node already checked for this backend."""
 
 
 def cache_identity(backend: Backend, request: GenerationRequest) -> dict | None:
@@ -117,8 +165,10 @@ def run(backend: Backend, request: GenerationRequest, ctx: RunContext | None = N
     from .run_context import current
 
     ctx = ctx or current()
-    request = prepare_references(backend, request, ctx)      # URL references: checked, or fetched for local
-    backend.validate(request)
+    # URL references: probed, or fetched where the backend needs pixels (reference_urls.py checks the fetched
+    # bytes: size cap, format, decode). Fetched pixels make a new request, which validated() checks in full:
+    # the size rules skip a reference whose size was unknown, so they run here on the real one.
+    request = validated(backend, prepare_references(backend, request, ctx))
     identity = cache_identity(backend, request) if ctx.cache is not None else None
     key = key_of(identity) if identity is not None else None
     if key is None or ctx.dry_run:

@@ -272,7 +272,9 @@ def prepare_references(backend, request, ctx):
     - nothing touches the network in a plain dry run; a real run, and the runner's strict pre-flight
       of a real run, check every URL before the first paid call of the graph;
     - a backend that sends URLs (`takes_reference_urls`) gets them as they are, after a probe unless its
-      provider is a loopback server; any other backend gets the fetched pixels instead."""
+      provider is a loopback server; any other backend gets the fetched pixels instead.
+    The checks here are on the fetched bytes (size cap, format, decode), not the request's rules: a request
+    with fetched pixels is a new one, which backend.run() hands to validated() (flux2/backend.py)."""
     urls = [r for r in request.references if isinstance(r, UrlReference)]
     if not urls:
         return request

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall
+from ..flux2.backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..flux2.errors import ConfigError, InputError
 from ..flux2.images import decode, tensor_to_arrays
 from ..flux2.pricing import Estimate
@@ -66,6 +66,11 @@ class ComfyCoreBackend:
     model_name: str = "FLUX.2 (ComfyUI MODEL)"
     kind: str = field(default="comfy", init=False)
     takes_reference_urls = ()           # URL references arrive fetched: ComfyUI's VAE encodes pixels
+    takes_loras = ""                    # its LoRAs go on the MODEL, in ComfyUI's own graph
+
+    def with_lora(self, lora, strength: float) -> "ComfyCoreBackend":
+        raise InputError("Flux2LoRA: Flux2ComfyBackend takes its LoRAs on the MODEL: put ComfyUI's "
+                         "LoraLoaderModelOnly between the model loader and Flux2ComfyBackend")
 
     def __post_init__(self):
         if not 1 <= self.steps <= 200:
@@ -123,7 +128,7 @@ class ComfyCoreBackend:
         import latent_preview  # type: ignore
         import node_helpers  # type: ignore
 
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         self.check_ready()
         positive = self._encode(request.prompt, node_helpers)
         real_cfg = self.cfg != 1.0

@@ -1,6 +1,8 @@
 """Input declarations shared by the nodes, so every node spells a widget the same way."""
 from __future__ import annotations
 
+from ..flux2.backend import Backend
+from ..flux2.errors import InputError
 from ..flux2.models import MODELS
 from ..flux2.rules import FLUX2_SIZES, MAX_SEED, WIDGET_MAX_BATCH   # the widgets stop where every backend's rules do
 
@@ -38,3 +40,10 @@ class BackendNode:
     RETURN_TYPES = (BACKEND_TYPE,)
     RETURN_NAMES = ("backend",)
     FUNCTION = "build"
+
+
+def backend_input(value) -> Backend:
+    """A node's backend input as a Backend, or one line saying where it must come from."""
+    if not isinstance(value, Backend):
+        raise InputError("the backend input must come from Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend")
+    return value

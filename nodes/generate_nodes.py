@@ -1,7 +1,7 @@
 """Flux2TextToImage and Flux2Edit: build a GenerationRequest, run it on the connected backend."""
 from __future__ import annotations
 
-from ..flux2.backend import Backend, GenerationRequest, run
+from ..flux2.backend import GenerationRequest, run, validated
 from ..flux2.errors import InputError
 from ..flux2.images import arrays_to_tensor, mask_from_tensor, ref_from_array, tensor_to_arrays
 from ..flux2.layout import Layout
@@ -12,7 +12,8 @@ from ..flux2.sizes import edit_size
 from .budget import check_graph_budget, with_run_gate
 from .comfy_hooks import node_context
 from ..flux2.reference_urls import UrlReference
-from .common import BACKEND_TYPE, CATEGORY, LAYOUT_TYPE, REFERENCE_SOCKET, batch_input, seed_input, side_input
+from .common import (BACKEND_TYPE, CATEGORY, LAYOUT_TYPE, REFERENCE_SOCKET, backend_input, batch_input, seed_input,
+                     side_input)
 
 RETURN_TYPES = ("IMAGE", "INT", "FLOAT")
 BACKEND_TOOLTIP = "From Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend."
@@ -25,12 +26,6 @@ LAYOUT_TOOLTIP = ("Optional: boxes from Flux2Layout placing named elements. FLUX
                   "bounding_boxes, FLUX 3 Image appends them to the prompt as BFL documents; other models refuse.")
 
 
-def _backend(value) -> Backend:
-    if not isinstance(value, Backend):
-        raise InputError("the backend input must come from Flux2RemoteBackend, Flux2LocalBackend or Flux2ComfyBackend")
-    return value
-
-
 def _layout(value) -> Layout | None:
     if value is None or isinstance(value, Layout):
         return value
@@ -39,14 +34,15 @@ def _layout(value) -> Layout | None:
 
 def _execute(backend, prompt, width, height, seed, batch_size, unique_id, references=(), graph=None,
              mask=None, layout=None):
-    backend = _backend(backend)
+    backend = backend_input(backend)
     # FLUX 3 Image makes its nearest ratio x tier: the request, the estimate and the dry run all carry that size.
     width, height = delivered_size(backend.rules(), int(width), int(height))
     request = GenerationRequest(prompt=prompt, width=width, height=height, seed=int(seed),
                                 references=tuple(references), batch=int(batch_size),
                                 node_id=str(unique_id or ""), mask=mask, layout=_layout(layout))
     if graph is not None:
-        backend.validate(request)       # bad input reports as such, not as a budget question
+        # Checked before the budget, so bad input reports as such, not as a budget question; run() trusts it.
+        request = validated(backend, request)
         check_graph_budget(graph, backend.estimate(request), request.node_id)
     result = run(backend, request, with_run_gate(node_context()))
     images = arrays_to_tensor(result.images)                   # [B, H, W, 3] float 0..1
@@ -134,7 +130,7 @@ class Flux2Edit:
 
     def edit(self, backend, prompt, reference_1, width, height, seed, batch_size=1, unique_id=None,
              graph_prompt=None, mask=None, layout=None, **more):
-        backend = _backend(backend)
+        backend = backend_input(backend)
         tensors = [reference_1] + [more[f"reference_{i}"] for i in range(2, MAX_REFS_ANY + 1)
                                    if more.get(f"reference_{i}") is not None]
         refs = [r for t in tensors for r in _references(t)]

@@ -7,12 +7,11 @@ No ComfyUI import at module level.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from ..flux2.errors import InputError
 from .comfy_hooks import folder_paths
-from .common import BACKEND_TYPE, CATEGORY
+from .common import BACKEND_TYPE, CATEGORY, backend_input
 
 log = logging.getLogger("comfyui_flux2")
 NONE = "(none)"
@@ -79,23 +78,15 @@ class Flux2LoRA:
         }}
 
     def apply(self, backend, lora_name, strength, runware_lora=""):
-        kind = getattr(backend, "kind", None)
+        backend = backend_input(backend)
         strength = float(strength)
-        if kind == "local":
-            from ..flux2.local.weights.lora import LoRASpec
-
+        # What the backend declares it takes decides which widget is read; one that takes none refuses in its
+        # own words (naming itself) in with_lora.
+        if backend.takes_loras == "file":
             if lora_name in (NONE, "", None):
                 raise InputError("Flux2LoRA: choose a LoRA file (models/loras) for the local backend")
-            spec = LoRASpec(resolve_lora(lora_name), strength)
-            return (dataclasses.replace(backend, loras=tuple(backend.loras) + (spec,)),)
-        if kind == "comfy":
-            raise InputError("Flux2LoRA: Flux2ComfyBackend takes its LoRAs on the MODEL: put ComfyUI's "
-                             "LoraLoaderModelOnly between the model loader and Flux2ComfyBackend")
-        with_lora = getattr(backend, "with_lora", None)
-        if with_lora is None:
-            raise InputError(f"Flux2LoRA: {backend.describe()} takes no LoRA (LoRAs work on Flux2LocalBackend and "
-                             f"on Runware's FLUX.2 [dev] / [klein] models)")
-        return (with_lora(str(runware_lora or "").strip(), strength),)
+            return (backend.with_lora(resolve_lora(lora_name), strength),)
+        return (backend.with_lora(str(runware_lora or "").strip(), strength),)
 
 
 NODE_CLASS_MAPPINGS = {"Flux2LoRA": Flux2LoRA}

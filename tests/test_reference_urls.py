@@ -61,7 +61,7 @@ class AssetServer:
         self.hits: dict[str, int] = {}
         self.ranged: list[str] = []           # paths asked for with a Range header (the pack's probe)
         self.files = {"/ok.png": ("image/png", png_bytes()), "/page.html": ("text/html", b"<html>hello</html>" * 20),
-                      "/bomb.png": ("image/png", bomb_png())}
+                      "/bomb.png": ("image/png", bomb_png()), "/small.png": ("image/png", png_bytes(40, 30))}
         self.redirects = {"/to-private": "https://10.1.2.3/x.png"}
         server = self
 
@@ -263,6 +263,7 @@ class PixelBackend:
 
     kind, model_name = "local", "test"
     takes_reference_urls = ()
+    takes_loras = ""
 
     def __init__(self):
         self.seen = []
@@ -281,6 +282,9 @@ class PixelBackend:
 
     def validate(self, request):
         pass
+
+    def with_lora(self, lora, strength):
+        raise InputError("Flux2LoRA: pixels takes no LoRA")
 
     def plan(self, request):
         return []
@@ -304,6 +308,21 @@ def test_local_backend_gets_the_fetched_pixels_once_per_url(assets):
     (ref,) = backend.seen[0]
     assert (ref.width, ref.height) == (300, 200) and ref.png.startswith(b"\x89PNG")
     assert backend.seen[1][0] is ref and assets.hits == {"/ok.png": 1}
+
+
+def test_fetched_pixels_are_checked_even_when_the_request_was_checked_before_the_fetch(assets):
+    """A node checks its request before the budget (the URL's size unknown then); the fetched pixels make a new
+    request, which the backend's rules check on the real size."""
+    from comfyui_flux2.flux2.backend import validated
+    from comfyui_flux2.flux2.local.backend import LocalBackend, LocalFiles
+    from comfyui_flux2.flux2.local.model.params import tiny_preset
+
+    local = LocalBackend("FLUX.2 [klein] 4B", LocalFiles(), preset=tiny_preset("klein", True))
+    small = parse_reference(assets.url("/small.png"))
+    checked = validated(local, GenerationRequest("x", 64, 64, 1, references=(small,)))
+    with pytest.raises(InputError, match="reference 1 is 40x30; both sides must be >= 64"):
+        run(local, checked, RunContext(dry_run=True, strict=True))
+    assert assets.hits == {"/small.png": 1}
 
 
 def test_local_backend_refuses_a_runware_uuid():

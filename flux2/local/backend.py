@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..backend import GenerationRequest, GenerationResult, PlannedCall
+from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import ConfigError, InputError, ModelLoadError
 from ..pricing import Estimate
 from ..run_context import RunContext
@@ -74,6 +74,7 @@ class LocalBackend:
     loras: tuple = ()                   # lora.LoRASpec links of a Flux2LoRA chain, applied on the fly in this order
     kind: str = field(default="local", init=False)
     takes_reference_urls = ()           # URL references arrive fetched: the engine needs pixels
+    takes_loras = "file"                # LoRA files applied on the fly (weights/lora.py)
     _kv_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -153,6 +154,14 @@ class LocalBackend:
         if self.model_name == AUTO:
             self.model_preset          # the files must be one FLUX.2 model: refused here, before any step
 
+    def with_lora(self, path, strength: float) -> "LocalBackend":
+        """This backend with one more LoRA file (a path inside the loras folder: the node resolves it)."""
+        from dataclasses import replace
+
+        from .weights.lora import LoRASpec
+
+        return replace(self, loras=tuple(self.loras) + (LoRASpec(Path(path), float(strength)),))
+
     def lora_files(self) -> list:
         """The chain's LoRA files as this model takes them (headers, and a NaN/Inf scan of the matched tensors);
         a file for another architecture or size, one that matches no layer, or one holding NaN/Inf is a one-line
@@ -226,7 +235,7 @@ class LocalBackend:
         from ..images import decode
         from .pipeline import prepare_reference
 
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         node = request.node_id or "?"
         refs = [prepare_reference(Image.fromarray(decode(r.png, f"reference {i}")))
                 for i, r in enumerate(request.references, 1)]

@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ..backend import GenerationRequest, GenerationResult, PlannedCall
+from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import Cancelled, ConfigError, Flux2Error, InputError, ModerationError, ProviderError
 from ..images import decode_provider_image, placeholder
 from ..models import BFL
@@ -210,7 +210,7 @@ class BflBackend(RemoteBackend):
             return self._transport, base, key
 
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         transport, base, key = self._client()
         url = base + self.pm.model_id
         refs = [as_sent(r) or base64.b64encode(r.png).decode("ascii") for r in request.references]

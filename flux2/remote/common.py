@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from ..backend import GenerationRequest
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..redaction import scrub
 from ..models import get_model
 from ..net.transport import Deadlines
@@ -42,6 +42,7 @@ class RemoteBackend:
 
     kind = ""
     takes_reference_urls: tuple[str, ...] = ()      # Runware and BFL name the forms they send as they are
+    takes_loras = ""                                 # Runware's [dev]/[klein] models take LoRA ids (runware.py)
 
     def __init__(self, model_name: str, options: RemoteOptions = RemoteOptions(),
                  deadlines: Deadlines = Deadlines(), http_transport=None):
@@ -64,6 +65,10 @@ class RemoteBackend:
 
     def host(self) -> str:
         raise NotImplementedError
+
+    def with_lora(self, lora, strength: float) -> "RemoteBackend":
+        raise InputError(f"Flux2LoRA: {self.describe()} takes no LoRA (LoRAs work on Flux2LocalBackend and on "
+                         "Runware's FLUX.2 [dev] / [klein] models)")
 
     def image_cache_key(self, request: GenerationRequest, index: int) -> str:
         """Result-cache key of image `index` of a batch: each image is its own task (seed + i), so it is

@@ -9,7 +9,7 @@ from functools import partial
 
 import httpx
 
-from ..backend import GenerationRequest, GenerationResult, PlannedCall
+from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
 from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
 from ..models import RUNWARE
@@ -56,6 +56,10 @@ class RunwareBackend(RemoteBackend):
         super().__init__(model_name, options, deadlines, http_transport)
         self._transport: Transport | None = None
         self.loras: tuple[tuple[str, float], ...] = ()     # (AIR id, weight) added by Flux2LoRA, in chain order
+
+    @property
+    def takes_loras(self) -> str:
+        return "air" if self.pm.takes_lora else ""          # else with_lora says which models do
 
     def with_lora(self, air: str, weight: float) -> "RunwareBackend":
         """This backend with one more LoRA (Flux2LoRA); refused in one line where the model takes none."""
@@ -194,7 +198,7 @@ class RunwareBackend(RemoteBackend):
         return image_uuid
 
     def generate(self, request: GenerationRequest, ctx: RunContext) -> GenerationResult:
-        self.validate(request)
+        request = validated(self, request)      # trusted when run() already checked it
         node = request.node_id
         ctx.report(node, 0, request.batch, "uploading references" if request.references else "submitting")
         refs = [as_sent(r) or self.upload_reference(r, ctx) for r in request.references]

@@ -95,3 +95,20 @@ def test_node_inputs_and_build(klein, monkeypatch):
     with pytest.raises(Exception, match="relative"):
         Flux2LocalBackend().build("FLUX.2 [klein] 4B", "../../etc/passwd", "(from diffusers folder)",
                                   "(from diffusers folder)", "(none)", "fp32", "cpu", 0, 0.0, "none")
+
+
+def test_nodes_on_local_weights_run_the_rules_once_per_request(klein, monkeypatch):
+    """Flux2TextToImage and Flux2Edit as ComfyUI calls them (with the graph): the request is checked before the
+    budget, and neither run() nor generate() checks it again (it was three times)."""
+    from comfyui_flux2.nodes import Flux2Edit, Flux2TextToImage
+
+    _, root, _ = klein
+    runs = []
+    real = lb.validate_request
+    monkeypatch.setattr(lb, "validate_request",
+                        lambda request, rules: runs.append(request.node_id) or real(request, rules))
+    graph = {"1": {"class_type": "Flux2TextToImage", "inputs": {}}}
+    b = make_backend(root, steps=2)
+    made = Flux2TextToImage().generate(b, "a red cat", 80, 64, 1, 1, unique_id="1", graph_prompt=graph)["result"][0]
+    (edited, _, _) = Flux2Edit().edit(b, "make it blue", made, 0, 0, 2, 1, unique_id="2", graph_prompt=graph)["result"]
+    assert edited.shape == (1, 64, 80, 3) and runs == ["1", "2"]

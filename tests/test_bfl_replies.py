@@ -163,3 +163,12 @@ def test_detail_text_cuts_long_lists_and_never_shows_the_key():
     assert detail_text({"detail": detail}).endswith("f7: bad; and 2 more")
     exc = http_error(400, {"message": "key bfl-secret-9 refused"}, "bfl-secret-9", "submit")
     assert "bfl-secret-9" not in str(exc)
+
+
+def test_moderation_reasons_under_a_key_of_their_own_are_shown():
+    """A moderated poll's `details` as a BFL client reads it ({"Moderation Reasons": [...]}); before, a dict
+    without detail/message/error gave an empty reason."""
+    answer = parse_poll({"id": "t", "status": "Content Moderated", "result": None,
+                         "details": {"Moderation Reasons": ["Derivative Works", "Public Figure"]}})
+    assert answer.details == "Moderation Reasons: Derivative Works, Public Figure"
+    assert detail_text({}) == ""

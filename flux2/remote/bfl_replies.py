@@ -76,10 +76,11 @@ def json_or_text(response: httpx.Response, key: str | None = None):
 
 
 def detail_text(body) -> str:
-    """FastAPI `detail` (a string or a list of {loc, msg, type}) or BFL's {error, message} -> one line."""
+    """FastAPI `detail` (a string or a list of {loc, msg, type}), BFL's {error, message}, or any other object
+    (a moderated poll's `details`, e.g. {"Moderation Reasons": [...]}, as a client of BFL's reads it) -> one line."""
     detail = body
     if isinstance(body, dict):
-        detail = next((body[k] for k in ("detail", "message", "error") if body.get(k) not in (None, "")), "")
+        detail = next((body[k] for k in ("detail", "message", "error") if body.get(k) not in (None, "")), body)
     if isinstance(detail, list):
         parts = []
         for item in detail[:8]:
@@ -92,7 +93,8 @@ def detail_text(body) -> str:
             parts.append(f"and {len(detail) - 8} more")
         return scrub("; ".join(parts), 400)
     if isinstance(detail, dict):
-        return scrub("; ".join(f"{k}: {v}" for k, v in list(detail.items())[:8]), 400)
+        return scrub("; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                               for k, v in list(detail.items())[:8]), 400)
     return scrub(str(detail or ""), 400)
 
 

@@ -5,6 +5,7 @@ code (model/) knows no files, the file formats (weights/) know no runtime."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,8 +17,28 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def pack_files(folder: Path = ROOT):
+    """The pack's .py files, not descending into the skipped folders (.venv and .cache alone hold tens of
+    thousands of files: walking them cost each test here seconds)."""
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and path.name not in SKIP and not path.name.startswith("."):
+            yield from pack_files(path)
+        elif path.suffix == ".py":
+            yield path
+
+
+@functools.lru_cache(maxsize=1)
+def _graph() -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple((name, frozenset(deps)) for name, deps in _read_graph().items())
+
+
 def import_graph() -> dict[str, set[str]]:
-    modules = {module_name(p): p for p in ROOT.rglob("*.py") if not SKIP & set(p.relative_to(ROOT).parts)}
+    """module -> the pack modules it imports (read once per test process; each test gets its own copy)."""
+    return {name: set(deps) for name, deps in _graph()}
+
+
+def _read_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in pack_files()}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]

@@ -318,6 +318,7 @@ def test_layout_node_output_plugs_into_text_to_image(bfl):
                                     layout=layout)
 
 
+@pytest.mark.slow   # the demo writes three 2-3 MP PNGs: ~10 s; CI runs it (--run-slow)
 def test_demo_runs_the_flux3_workflows_and_keeps_the_expanded_prompt(tmp_path, monkeypatch, capsys):
     from PIL import Image
 

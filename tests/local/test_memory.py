@@ -245,6 +245,7 @@ def test_fp8_header_sizes_keep_one_byte_per_weight(tmp_path):
     assert none.transformer_blocks == module_sizes(DEV, 2, 0.0, 0.0).transformer_blocks and not none.kept_fp8
 
 
+@pytest.mark.slow   # three sparse real-size files and a fresh interpreter: ~10 s; CI runs it (--run-slow)
 def test_a_64gb_file_is_planned_from_its_header(tmp_path):
     """Real-size [dev] files (64 GB bf16 transformer, 24 GB fp8 text encoder; exact headers, sparse, no data):
     the dry-run plan reads headers only. Time and memory are measured in a fresh interpreter and printed;

@@ -121,7 +121,7 @@ class GraphRun:
                              kept_nodes=list(dict.fromkeys(str(q.node_id) for q, _ in unkept)),
                              expanded_prompts=dict(self.ctx.expanded_prompts))
 
-    def stopped(self, error: BaseException) -> RunOutcome:
+    def stopped(self, error: BaseException | None) -> RunOutcome:
         """The outcome of a run that `error` ended: what SaveImage wrote before it, the paid results the
         graph did not save kept, the tasks that may still be billed named."""
         executor = self.executor

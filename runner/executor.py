@@ -131,11 +131,11 @@ def file_token(text: str, limit: int = 40) -> str:
     return safe
 
 
-def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
+def save_unsaved_results(results: list, output_dir: Path, prefix: str = "") -> list[Path]:
     """Paid images that the graph did not get to save (a later node failed): keep them anyway.
 
-    Names come from the node id and seed, confined to OUTPUT/flux2-unsaved/; one image that cannot be
-    written does not stop the others.
+    Names come from the node id and seed (after `prefix`: a batch item's "r12_"), confined to
+    OUTPUT/flux2-unsaved/; one image that cannot be written does not stop the others.
     """
     paths = []
     folder = Path(output_dir) / UNSAVED
@@ -143,14 +143,14 @@ def save_unsaved_results(results: list, output_dir: Path) -> list[Path]:
         node = file_token(str(request.node_id or "x"))
         for i, image in enumerate(result.images):
             seed = result.seeds[i] if i < len(result.seeds) else f"x{i}"
-            stem = f"node{node}_seed{file_token(str(seed))}"
+            stem = f"{prefix}node{node}_seed{file_token(str(seed))}"
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 # Never over an image an earlier run (another prompt, same node and seed) kept here.
                 path, _ = write_new(lambda n: folder / (f"{stem}.png" if n == 1 else f"{stem}_{n}.png"), 1,
                                     encode(image, "PNG"), same_is_kept=True)
             except (OSError, Flux2Error) as exc:
-                log.error("could not keep a paid image of node %s: %s", node, getattr(exc, "strerror", None) or exc)
+                log.error("could not keep a paid image (%s.png): %s", stem, getattr(exc, "strerror", None) or exc)
                 continue
             paths.append(path)
     return paths

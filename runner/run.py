@@ -11,6 +11,9 @@ what was paid. The CLI's `run` prints what this returns; Python callers get the 
 
 The run itself executes on the caller's terms (`execute`: the CLI runs it on a worker thread so a
 second Ctrl-C can stop waiting); whatever ends it, the paid images the graph did not save are kept.
+Every batch item (runner/batch/) runs through the same `GraphRun`: plan_graph priced it, the batch's
+check (flux2.budget.check) refused it over the cap, and its tasks draw on a ticket of the batch's one
+BudgetGate where `run_planned` makes a gate of its own.
 """
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ from .pricing import GraphPlan, plan_graph
 class RunOutcome:
     """What a run left: the files the graph saved, the paid images kept beside them, the money."""
 
-    saved: list[Path] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list)     # also when the run failed: what SaveImage wrote first
     kept: list[Path] = field(default_factory=list)      # paid images no SaveImage got to write (flux2-unsaved/)
     kept_nodes: list[str] = field(default_factory=list)  # after a finished run: the nodes whose images no
                                                           # SaveImage keeps (a generation feeding only a preview)
     expanded_prompts: dict[str, list] = field(default_factory=dict)   # FLUX 3: node -> the provider's prompts
     billed_usd: float = 0.0
+    billed_earlier_usd: float = 0.0                       # to an earlier, killed run, for images recovered
+                                                          # here from the tasks it sent (not this run's bill)
     ledger: str = ""                                      # the ledger's one-line summary
     seconds: float = 0.0
     maybe_billed: list[str] = field(default_factory=list)   # tasks sent and not answered
@@ -70,33 +75,69 @@ def run_planned(plan: GraphPlan, *, output_dir: Path, cap: Cap | None = None, ca
                 execute: Callable[[Executor, RunContext], RunReport] | None = None) -> RunOutcome:
     """Run a planned graph under the budget cap; the outcome says what was saved, kept and billed.
     An error ends up in `outcome.error` (after the paid images were kept), never lost."""
-    executor = plan.executor
-    pending: list = []
-    # The cap held task by task while the run is under way (check_budget only saw estimates).
-    ctx = RunContext(gate=BudgetGate(cap) if cap else None, cache=cache, progress=progress,
-                     is_cancelled=is_cancelled, result_sink=lambda req, res: pending.append((req, res)))
     if on_node is not None:
-        executor.on_node = on_node
-    started = time.monotonic()
-    try:
-        report = (execute or (lambda ex, c: ex.run(c)))(executor, ctx)
-    except BaseException as exc:  # noqa: BLE001 - handed back in the outcome, with what was paid kept
-        return RunOutcome(kept=keep_paid(pending, executor, output_dir), billed_usd=ctx.ledger.billed_total,
-                          ledger=ctx.ledger.summary(), seconds=time.monotonic() - started,
-                          maybe_billed=may_be_billed(exc), running=executor.running, error=exc)
-    # Finished: paid images that reach no SaveImage (a generation node feeding only PreviewImage) are kept
-    # too, since headless a preview shows nothing.
-    unkept = [(q, r) for q, r in list(pending) if not executor.reaches_save(q.node_id)]
-    return RunOutcome(saved=list(report.saved), kept=save_unsaved_results(unkept, output_dir),
-                      kept_nodes=list(dict.fromkeys(str(q.node_id) for q, _ in unkept)),
-                      expanded_prompts=dict(ctx.expanded_prompts), billed_usd=ctx.ledger.billed_total,
-                      ledger=ctx.ledger.summary(), seconds=time.monotonic() - started)
+        plan.executor.on_node = on_node
+    # The cap held task by task while the run is under way (check_budget only saw estimates).
+    run = GraphRun(output_dir=output_dir, gate=BudgetGate(cap) if cap else None, cache=cache, progress=progress,
+                   is_cancelled=is_cancelled)
+    return run.run(plan.executor, execute)
 
 
-def keep_paid(pending: list, executor: Executor, output_dir: Path) -> list[Path]:
-    """Paid results the graph did not save, written to OUTPUT/flux2-unsaved/."""
-    return save_unsaved_results([(q, r) for q, r in list(pending) if not executor.saved_by_graph(q.node_id)],
-                                output_dir)
+class GraphRun:
+    """One graph on its way, the part `run` and every batch item share: its RunContext (ledger, the budget
+    gate or a batch item's ticket drawn from the batch's gate, cache, cancel hook, result sink), the paid
+    results as they reach it, and how it ends: a RunOutcome with whatever was paid and not saved kept under
+    OUTPUT/flux2-unsaved/. `stopped(error)` may also be called from another thread while `run` is still stuck
+    in a network call (a batch's second Ctrl-C ends items it no longer waits for)."""
+
+    def __init__(self, *, output_dir: Path, gate=None, cache=None, progress=None,
+                 is_cancelled: Callable[[], bool] | None = None, uploads: dict | None = None,
+                 on_paid: Callable[[object, object], None] | None = None, unsaved_prefix: str = ""):
+        """`uploads`: reference uploads shared with other runs (a batch's items); `on_paid(request, result)`:
+        after each paid result is in hand; `unsaved_prefix`: starts the names of kept images (a batch item's id)."""
+        self.output_dir, self.unsaved_prefix, self.on_paid = Path(output_dir), unsaved_prefix, on_paid
+        self.paid: list = []                    # (request, result) as each provider call returns
+        self.executor: Executor | None = None
+        self.ctx = RunContext(gate=gate, cache=cache, progress=progress, is_cancelled=is_cancelled,
+                              result_sink=self._sink, **({"uploads": uploads} if uploads is not None else {}))
+        self.started = time.monotonic()
+
+    def _sink(self, request, result) -> None:
+        self.paid.append((request, result))
+        if self.on_paid is not None:
+            self.on_paid(request, result)
+
+    def run(self, executor: Executor, execute: Callable[[Executor, RunContext], RunReport] | None = None) -> RunOutcome:
+        """`execute(executor, ctx)`: how the graph runs (the CLI: on a worker thread; default: here)."""
+        self.executor, self.started = executor, time.monotonic()
+        try:
+            report = (execute or (lambda ex, c: ex.run(c)))(executor, self.ctx)
+        except BaseException as exc:  # noqa: BLE001 - handed back in the outcome, with what was paid kept
+            return self.stopped(exc)
+        # Finished: paid images that reach no SaveImage (a generation node feeding only PreviewImage) are kept
+        # too, since headless a preview shows nothing.
+        unkept = [(q, r) for q, r in list(self.paid) if not executor.reaches_save(q.node_id)]
+        return self._outcome(saved=list(report.saved), kept=self._keep(unkept),
+                             kept_nodes=list(dict.fromkeys(str(q.node_id) for q, _ in unkept)),
+                             expanded_prompts=dict(self.ctx.expanded_prompts))
+
+    def stopped(self, error: BaseException | None) -> RunOutcome:
+        """The outcome of a run that `error` ended: what SaveImage wrote before it, the paid results the
+        graph did not save kept, the tasks that may still be billed named."""
+        executor = self.executor
+        folders = getattr(executor, "folders", None)
+        unsaved = [(q, r) for q, r in list(self.paid) if executor is None or not executor.saved_by_graph(q.node_id)]
+        return self._outcome(saved=list(folders.saved) if folders is not None else [], kept=self._keep(unsaved),
+                             maybe_billed=may_be_billed(error),
+                             running=executor.running if executor is not None else None, error=error)
+
+    def _keep(self, results: list) -> list[Path]:
+        return save_unsaved_results(results, self.output_dir, prefix=self.unsaved_prefix)
+
+    def _outcome(self, **fields) -> RunOutcome:
+        ledger = self.ctx.ledger
+        return RunOutcome(billed_usd=ledger.billed_total, billed_earlier_usd=ledger.billed_earlier_total,
+                          ledger=ledger.summary(), seconds=time.monotonic() - self.started, **fields)
 
 
 def may_be_billed(error: BaseException | None) -> list[str]:

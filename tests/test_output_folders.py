@@ -103,6 +103,23 @@ def test_a_batch_item_only_previewed_keeps_its_paid_image(runware, tmp_path, cap
     assert "kept 1 paid image(s) that no SaveImage keeps" in capsys.readouterr().err
 
 
+def test_an_edited_batch_row_does_not_overwrite_the_kept_image_of_its_first_run(runware, tmp_path, capsys):
+    """A batch item keeps its paid images the way `run` does (runner/run.py's GraphRun): before, the re-run of
+    an edited row (the same item id, another prompt) wrote flux2-unsaved/r1_node2_seed1.png over the first
+    run's paid image. Now both are kept, and the manifest names the new one."""
+    out = tmp_path / "o"
+    data = preview_only(1)
+    data["2"]["_meta"] = {"title": "Make"}
+    workflow = write(tmp_path, data)
+    assert batch(workflow, "--table", write_csv(tmp_path, "Make.prompt\na\n"), "--output-dir", out) == 0
+    first = (out / "flux2-unsaved" / "r1_node2_seed1.png").read_bytes()
+    assert batch(workflow, "--table", write_csv(tmp_path, "Make.prompt\na kettle\n"), "--output-dir", out) == 0
+    assert records(out)["r1"]["outputs"] == ["flux2-unsaved/r1_node2_seed1_2.png"]
+    assert (out / "flux2-unsaved" / "r1_node2_seed1.png").read_bytes() == first
+    assert (out / "flux2-unsaved" / "r1_node2_seed1_2.png").read_bytes() != first
+    assert len(runware.billed_tasks) == 2
+
+
 def test_a_later_run_does_not_overwrite_an_earlier_runs_kept_image(runware, tmp_path, capsys):
     """The same preview-only graph run twice with another prompt into one folder: before, the second run wrote
     flux2-unsaved/node2_seed1.png over the first run's paid image. Now both are kept; an identical image (the

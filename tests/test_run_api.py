@@ -43,6 +43,15 @@ def test_a_failed_run_hands_back_the_paid_image_and_the_error(runware, tmp_path)
     assert outcome.billed_usd == pytest.approx(0.075)
 
 
+def test_a_failed_run_names_what_the_graph_saved_before_it_failed(runware, tmp_path):
+    """Before: a failed run's outcome listed no saved file, though SaveImage had written the first image."""
+    path = chain(tmp_path, **{"5": {"prompt": "forbidden-content"}})
+    outcome = run_planned(plan_run(path, node_registry(), output_dir=tmp_path / "o"), output_dir=tmp_path / "o")
+    assert isinstance(outcome.error, ProviderError)
+    on_disk = sorted(p for p in (tmp_path / "o").rglob("*.png") if "flux2-unsaved" not in p.parts)
+    assert on_disk and sorted(outcome.saved) == on_disk
+
+
 def test_the_budget_is_checked_on_the_plan_before_anything_is_sent(runware, tmp_path):
     plan = plan_run(chain(tmp_path), node_registry(), output_dir=tmp_path / "o")
     with pytest.raises(BudgetError):

@@ -95,75 +95,102 @@ def run_jobs(jobs: list[Job], work: Callable[[Job, JobControl], None], *, ctx: R
     `unit_usd` (None: no published price); `cached(job)` serves a job for free (the result cache, or
     the task an earlier, killed run sent)."""
     control = JobControl(ctx)
+
+    def one(job: Job) -> None:
+        _run_job(job, work, ctx, control, unit_usd, cached, label)
+
+    all_done = _start_workers(jobs, one, concurrency, label)
+    try:
+        cancelled = _watch(jobs, all_done, ctx, control, node, label, cancel_grace_s)
+    except KeyboardInterrupt:
+        control.stop_new()
+        return "aborted"
+    if not all_done.is_set():
+        control.stop_new()
+    total = float(len(jobs))
+    ctx.report(node, total, total, f"{label}: {sum(1 for j in jobs if j.image is not None)}/{len(jobs)} ready")
+    return "cancelled" if cancelled else "done"
+
+
+def _start_workers(jobs: list[Job], one: Callable[[Job], None], concurrency: int, label: str) -> threading.Event:
+    """`concurrency` daemon threads taking the jobs in order; the event is set when the last one ends.
+
+    Not concurrent.futures.ThreadPoolExecutor: its workers are not daemon threads and the interpreter joins
+    them at exit (concurrent/futures/thread.py registers `_python_exit` with threading._register_atexit), so
+    after a cancel a worker stuck in a network call holds the process's exit until that call's deadline
+    (BFL poll read deadline: 180 s). Measured with `comfyui-flux2 run` on the loopback BFL server holding a
+    poll for 20 s, first Ctrl-C to process exit: 1.2-1.9 s with these threads, 20.6-20.9 s with a
+    ThreadPoolExecutor (tests/test_jobs_cancel.py). Daemon threads are dropped at exit, and `run_jobs`
+    itself never waits on one longer than its cancel grace."""
     pending = list(reversed(jobs))
     lock = threading.Lock()
     all_done = threading.Event()
-    running = [0]
-
-    def next_job() -> Job | None:
-        with lock:
-            return pending.pop() if pending else None
+    n = max(1, min(concurrency, len(jobs)))
+    running = [n]
 
     def worker() -> None:
         try:
             while True:
-                job = next_job()
+                with lock:
+                    job = pending.pop() if pending else None
                 if job is None:
                     return
-                if control.stopping:
-                    job.error = Cancelled("cancelled by the user") if control.cancelled() else None
-                    job.settled = True
-                    continue
-                if cached is not None and cached(job):
-                    job.progress = 1.0
-                    continue
-                task = _admitted(job, ctx, unit_usd, control, label)
-                if task is False:
-                    continue
-                try:
-                    work(job, control)
-                except Flux2Error as exc:
-                    job.error = exc
-                except Exception as exc:   # noqa: BLE001 - a bug must not lose the batch's paid images
-                    log_unexpected(log, "%s: job %d failed unexpectedly", label, job.index)
-                    job.error = ProviderError(f"{label}: unexpected {type(exc).__name__} handling image "
-                                              f"{job.index + 1}")
-                finally:
-                    job.progress = 1.0 if job.image is not None or job.error is not None else job.progress
-                    if task is not None:   # a task sent and not answered may be billed: counted as such
-                        task.ended(job.cost_usd, job.charged or (job.sent and not job.settled),
-                                   describe_billable(job, label))
+                one(job)
         finally:
             with lock:
                 running[0] -= 1
                 if running[0] == 0:
                     all_done.set()
 
-    n = max(1, min(concurrency, len(jobs)))
-    running[0] = n
     for i in range(n):
         threading.Thread(target=worker, name=f"flux2-{label}-{i}", daemon=True).start()
+    return all_done
+
+
+def _watch(jobs: list[Job], all_done: threading.Event, ctx: RunContext, control: JobControl, node: str,
+           label: str, cancel_grace_s: float | None) -> bool:
+    """Report progress from the caller's thread (ComfyUI's progress bar wants that) until every job ended,
+    or a cancel's grace ran out; returns whether a cancel was seen."""
     total, last, cancelled_at = float(len(jobs)), -1.0, None
+    while not all_done.wait(0.05):
+        done = round(sum(j.progress for j in jobs), 3)
+        if done != last:
+            ready = sum(1 for j in jobs if j.image is not None)
+            ctx.report(node, min(done, total), total, f"{label}: {ready}/{len(jobs)} ready")
+            last = done
+        if cancelled_at is None and control.cancelled():
+            cancelled_at = time.monotonic()
+        if cancelled_at is not None and cancel_grace_s is not None \
+                and time.monotonic() - cancelled_at > cancel_grace_s:
+            break          # a worker stuck in a network call must not hold the cancel back
+    return cancelled_at is not None
+
+
+def _run_job(job: Job, work: Callable[[Job, JobControl], None], ctx: RunContext, control: JobControl,
+             unit_usd: float | None, cached: Callable[[Job], bool] | None, label: str) -> None:
+    """One job on a worker: not started once the run stops; served free when it can be; else admitted by
+    the budget gate, worked, and its task's charge (or that it may be billed) handed back to the gate."""
+    if control.stopping:
+        job.error = Cancelled("cancelled by the user") if control.cancelled() else None
+        job.settled = True
+        return
+    if cached is not None and cached(job):
+        job.progress = 1.0
+        return
+    task = _admitted(job, ctx, unit_usd, control, label)
+    if task is False:
+        return
     try:
-        # Progress is reported from the caller's thread only (ComfyUI's progress bar wants that).
-        while not all_done.wait(0.05):
-            done = round(sum(j.progress for j in jobs), 3)
-            if done != last:
-                ready = sum(1 for j in jobs if j.image is not None)
-                ctx.report(node, min(done, total), total, f"{label}: {ready}/{len(jobs)} ready")
-                last = done
-            if cancelled_at is None and control.cancelled():
-                cancelled_at = time.monotonic()
-            if cancelled_at is not None and cancel_grace_s is not None \
-                    and time.monotonic() - cancelled_at > cancel_grace_s:
-                break          # a worker stuck in a network call must not hold the cancel back
-    except KeyboardInterrupt:
-        control.stop_new()
-        return "aborted"
-    if not all_done.is_set():
-        control.stop_new()
-    ctx.report(node, total, total, f"{label}: {sum(1 for j in jobs if j.image is not None)}/{len(jobs)} ready")
-    return "done" if cancelled_at is None else "cancelled"
+        work(job, control)
+    except Flux2Error as exc:
+        job.error = exc
+    except Exception as exc:   # noqa: BLE001 - a bug must not lose the batch's paid images
+        log_unexpected(log, "%s: job %d failed unexpectedly", label, job.index)
+        job.error = ProviderError(f"{label}: unexpected {type(exc).__name__} handling image {job.index + 1}")
+    finally:
+        job.progress = 1.0 if job.image is not None or job.error is not None else job.progress
+        if task is not None:   # a task sent and not answered may be billed: counted as such
+            task.ended(job.cost_usd, job.charged or (job.sent and not job.settled), describe_billable(job, label))
 
 
 def _admitted(job: Job, ctx: RunContext, unit_usd: float | None, control: JobControl, label: str):

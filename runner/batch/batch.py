@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 from ...flux2.budget import BudgetGate, Cap, check as check_cap
 from ...flux2.errors import InputError
 from ..graph import load_workflow
-from .executors import UNSAVED, ItemEnv, ItemOutcome, ItemRun
+from ..executor import UNSAVED
+from .executors import ItemEnv, ItemOutcome, ItemRun
 from .items import BatchItem, Template, plan_items, shared_backends
 from .lock import FolderLock
 from .manifest import Manifest, decide, record

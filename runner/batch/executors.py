@@ -1,4 +1,4 @@
-"""Running one batch item: its graph on the runner's Executor, with its own run context, and what it left.
+"""Running one batch item: its graph on runner/run.py's `GraphRun` (the run path `run` takes), and what it left.
 
 `ItemRun` is the in-process executor (threads of this process; remote providers and, one at a time,
 local weights). Ray actors (ray_executor.py) run the very same `ItemRun` in their own process. Whatever
@@ -11,16 +11,13 @@ import contextlib
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...flux2.errors import Cancelled, Flux2Error
-from ...flux2.images import encode
 from ...flux2.redaction import log_unexpected, scrub
-from ...flux2.run_context import RunContext
-from ..executor import UNSAVED, Executor, file_token
-from ..run import may_be_billed
+from ..executor import Executor, file_token
+from ..run import GraphRun, RunOutcome
 from .manifest import CANCELLED, FAILED, INTERRUPTED, OK
 
 log = logging.getLogger("comfyui_flux2.batch")
@@ -87,108 +84,73 @@ class _TrackingCache:
 
 
 class ItemRun:
-    """One item on its way: its own RunContext (ledger, cancel hook, result sink), the paid results that
-    reached it, the thread running it (a second Ctrl-C interrupts that thread)."""
+    """One item on its way: a `GraphRun` (runner/run.py, the run path `run` takes too: its RunContext, the
+    paid results, what is kept when it ends) drawing on the item's budget ticket, plus what a batch adds: the
+    cache hits and stopped requests the manifest names, the thread running it (a second Ctrl-C interrupts
+    that thread), the item's status."""
 
     def __init__(self, item, env: ItemEnv, is_cancelled=None, worker: str = "in-process", on_calls_done=None,
                  gate=None):
         """`on_calls_done()`: called once the item's last provider call has answered (it may still be saving),
-        so the scheduler can give its provider slot to the next item."""
+        so the scheduler can give its provider slot to the next item. `gate`: the item's budget Ticket."""
         self.item, self.env, self.worker = item, env, worker
         self.on_calls_done = on_calls_done
-        self.paid: list = []                       # (request, result) as each provider call returns
         self.stopped_keys: list[str] = []
         self.cache_hits: list[list[int]] = []      # seeds of each result served from the result cache
         self.aborted = False                       # set by the scheduler on a second Ctrl-C
         self.thread: threading.Thread | None = None
-        self.executor: Executor | None = None
         cache = _TrackingCache(env.cache, self) if env.cache is not None else None
-        self.ctx = RunContext(cache=cache, is_cancelled=is_cancelled, uploads=env.uploads,
-                              result_sink=self._paid, gate=gate)
-        self.started = time.monotonic()
-
-    @property
-    def billed_so_far(self) -> float:
-        return self.ctx.ledger.billed_total
+        # Kept images are named after the item too: items share one flux2-unsaved/ folder.
+        self.graph = GraphRun(output_dir=env.output_dir, gate=gate, cache=cache, is_cancelled=is_cancelled,
+                              uploads=env.uploads, on_paid=self._paid, unsaved_prefix=f"{file_token(item.id)}_")
 
     def _paid(self, request, result) -> None:
-        self.paid.append((request, result))
-        remote = [r for _, r in self.paid if r.info.get("provider")]
+        remote = [r for _, r in list(self.graph.paid) if r.info.get("provider")]
         if self.on_calls_done is not None and len(remote) == getattr(self.item, "provider_calls", -1):
             self.on_calls_done()
 
     def run(self) -> ItemOutcome:
         self.thread = threading.current_thread()
-        self.started = time.monotonic()
         env = self.env
         try:
-            self.executor = Executor(self.item.prompt, registry=env.registry, input_dir=env.input_dir,
-                                     output_dir=env.output_dir, more_input_dirs=env.more_input_dirs)
-            report = self.executor.run(self.ctx)
-        except Cancelled as exc:
-            return self.ended(INTERRUPTED if self.aborted else CANCELLED, exc)
-        except Flux2Error as exc:
-            return self.ended(FAILED, exc)
-        except KeyboardInterrupt as exc:           # a second Ctrl-C reached this thread outside provider code
-            return self.ended(INTERRUPTED, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug in one item must not stop the batch or lose its images
+            executor = Executor(self.item.prompt, registry=env.registry, input_dir=env.input_dir,
+                                output_dir=env.output_dir, more_input_dirs=env.more_input_dirs)
+        except BaseException as exc:  # noqa: BLE001 - ends as the item's outcome; nothing ran, nothing paid
+            self._log_bug(exc)
+            return self._ended(self.graph.stopped(exc))
+        return self._ended(self.graph.run(executor, self._execute))
+
+    def _execute(self, executor: Executor, ctx) -> object:
+        try:
+            return executor.run(ctx)
+        except BaseException as exc:
+            self._log_bug(exc)
+            raise
+
+    def _log_bug(self, exc: BaseException) -> None:
+        """A bug in one item must not stop the batch or lose its images: logged (scrubbed) and the item fails."""
+        if isinstance(exc, Exception) and not isinstance(exc, Flux2Error):
             log_unexpected(log, "batch item %s failed unexpectedly", self.item.id)
-            return self.ended(FAILED, exc)
-        return self.ended(OK, None, report.saved)
 
-    def ended(self, status: str, error: BaseException | None, saved=None) -> ItemOutcome:
-        """The outcome; paid images the graph did not get to save are kept under flux2-unsaved/."""
-        root = self.env.output_dir
-        if saved is None:               # it failed: what SaveImage wrote before that still counts
-            folders = getattr(self.executor, "folders", None)
-            saved = list(folders.saved) if folders is not None else []
-        files = [Path(p) for p in saved] + self.keep_unsaved(ended_ok=status == OK)
-        results = [r for _, r in list(self.paid)]
+    def ended(self, status: str, error: BaseException | None) -> ItemOutcome:
+        """The outcome now, from another thread too (the scheduler ends items left in flight by a second
+        Ctrl-C): paid images the graph did not get to save are kept under flux2-unsaved/."""
+        return self._ended(self.graph.stopped(error), status)
+
+    def _ended(self, run: RunOutcome, status: str | None = None) -> ItemOutcome:
+        status = status or _status(run.error, self.aborted)
+        results = [r for _, r in list(self.graph.paid)]
         seeds = [int(s) for r in results for s in r.seeds] + [int(s) for hit in self.cache_hits for s in hit]
-        maybe = may_be_billed(error)
-        if status == INTERRUPTED and not maybe and self.executor is not None and self.executor.running:
-            maybe = [f"node {self.executor.running} was waiting for the provider; what it sent may be billed"]
-        if error is None:
-            message = None
-        elif isinstance(error, Flux2Error):
-            message = str(error)
-        elif isinstance(error, KeyboardInterrupt):
-            message = "aborted by the user"
-        else:
-            message = f"unexpected {type(error).__name__}: {scrub(str(error), 200)}"   # a bug may quote a key
+        maybe = list(run.maybe_billed)
+        if status == INTERRUPTED and not maybe and run.running:
+            maybe = [f"node {run.running} was waiting for the provider; what it sent may be billed"]
+        root = self.env.output_dir
         return ItemOutcome(
-            self.item.id, status, outputs=[_relative(p, root) for p in files],
-            seeds=seeds,
+            self.item.id, status, outputs=[_relative(p, root) for p in [*run.saved, *run.kept]], seeds=seeds,
             tasks=[t for r in results for t in r.info.get("tasks") or () if t],
-            billed_usd=self.ctx.ledger.billed_total, billed_earlier_usd=self.ctx.ledger.billed_earlier_total,
-            images=len(seeds),
-            cached=bool(self.cache_hits), error=message,
-            maybe_billed=maybe, recover=self._recoverable(maybe), worker=self.worker,
-            seconds=time.monotonic() - self.started)
-
-    def keep_unsaved(self, ended_ok: bool = False) -> list[Path]:
-        """Paid images no SaveImage of the item has written: OUTPUT/flux2-unsaved/<item>_node<id>_seed<n>.png.
-        `ended_ok`: the graph ran through, so only images that reach no SaveImage (a PreviewImage only)."""
-        executor = self.executor
-        if ended_ok:
-            keep = [(q, r) for q, r in list(self.paid) if executor is not None and not executor.reaches_save(q.node_id)]
-        else:
-            keep = [(q, r) for q, r in list(self.paid) if executor is None or not executor.saved_by_graph(q.node_id)]
-        folder = self.env.output_dir / UNSAVED
-        paths = []
-        for request, result in keep:
-            for i, image in enumerate(result.images):
-                seed = result.seeds[i] if i < len(result.seeds) else f"x{i}"
-                name = f"{file_token(self.item.id)}_node{file_token(str(request.node_id or 'x'))}_seed{seed}.png"
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    (folder / name).write_bytes(encode(image, "PNG"))
-                except (OSError, Flux2Error) as exc:
-                    log.error("item %s: could not keep a paid image: %s", self.item.id,
-                              getattr(exc, "strerror", None) or exc)
-                    continue
-                paths.append(folder / name)
-        return paths
+            billed_usd=run.billed_usd, billed_earlier_usd=run.billed_earlier_usd, images=len(seeds),
+            cached=bool(self.cache_hits), error=_message(run.error), maybe_billed=maybe,
+            recover=self._recoverable(maybe), worker=self.worker, seconds=run.seconds)
 
     def _recoverable(self, maybe: list[str]) -> list[dict]:
         """A one-image Runware request stopped in flight: its task id and its result-cache key. The next
@@ -198,6 +160,26 @@ class ItemRun:
         if len(tasks) == 1 and len(self.stopped_keys) == 1:
             return [{"provider": "runware", "task": tasks[0], "key": self.stopped_keys[0]}]
         return []
+
+
+def _status(error: BaseException | None, aborted: bool) -> str:
+    if error is None:
+        return OK
+    if isinstance(error, Cancelled):          # the first Ctrl-C between nodes; after a second one, interrupted
+        return INTERRUPTED if aborted else CANCELLED
+    if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C reached the item's thread outside provider code
+        return INTERRUPTED
+    return FAILED
+
+
+def _message(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, Flux2Error):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "aborted by the user"
+    return f"unexpected {type(error).__name__}: {scrub(str(error), 200)}"   # a bug may quote a key
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -99,5 +99,7 @@ def test_second_ctrl_c_aborts_and_the_task_left_in_flight_is_recovered_not_paid_
     assert [t["taskUUID"] for t in runware.tasks("getResponse")] == [task["taskUUID"]]
     (rec,) = records(out).values()
     assert rec["status"] == "ok" and rec["billed_usd"] == 0.0 and rec["cached"] is True
+    # what the recovered task was billed shows in the manifest, not only in the log
+    assert rec["billed_earlier_usd"] == pytest.approx(0.03)
     assert (out / rec["outputs"][0]).is_file()
     assert runware.billed == pytest.approx(0.03)

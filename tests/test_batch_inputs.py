@@ -33,8 +33,8 @@ def test_a_recover_entry_whose_cache_key_is_not_a_key_writes_nothing_outside_the
     task = "0f8e2a3c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"
     bad = [{"provider": "runware", "task": task, "key": key}
            for key in ("../../escaped", "/tmp/abs", "a" * 63 + "/", "A" * 64, "ab" * 32 + "\n")]
-    assert recover_tasks(bad, cache) == 0
+    assert recover_tasks(bad, cache) == {}
     assert fetched == [] and not (tmp_path / "escaped.result").exists() and not (tmp_path / "cache").exists()
     good = "ab" * 32
-    assert recover_tasks([{"provider": "runware", "task": task, "key": good}], cache) == 1
+    assert recover_tasks([{"provider": "runware", "task": task, "key": good}], cache) == {good: 0.01}
     assert cache.get(good) is not None and fetched == [task]

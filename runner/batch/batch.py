@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -148,6 +148,8 @@ class Batch:
         self.totals = BatchTotals()
         self._ray = None
         self._sheet_written = time.monotonic()
+        # item id -> what an earlier, aborted run was billed for the tasks of it recovered before this run
+        self._recovered_usd: dict[str, float] = {}
 
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, on_item: Callable | None = None) -> BatchPlan:
@@ -235,6 +237,10 @@ class Batch:
                        gate=ticket)
 
     def _ended(self, item: BatchItem, outcome: ItemOutcome) -> BatchResult:
+        if outcome.status == "ok" and item.id in self._recovered_usd:
+            # served from what _recover fetched: the cache hit cost $0 now, the task was billed to the earlier run
+            earlier = round(outcome.billed_earlier_usd + self._recovered_usd.pop(item.id), 6)
+            outcome = replace(outcome, billed_earlier_usd=earlier)
         line = record(item, outcome)
         self.manifest.append(line)
         self.records[item.id] = line
@@ -278,6 +284,11 @@ class Batch:
         """Tasks an interrupted earlier run left in flight: fetched from the provider into the result cache,
         so their items are served from it instead of paid again."""
         from .recover import recover_tasks
-        wanted = [entry for item in items for entry in (self.records.get(item.id) or {}).get("recover") or ()]
-        if wanted and self.env.cache is not None:
-            recover_tasks(wanted, self.env.cache, self.is_cancelled)
+        wanted = {item.id: (self.records.get(item.id) or {}).get("recover") or () for item in items}
+        if not any(wanted.values()) or self.env.cache is None:
+            return
+        billed = recover_tasks([e for entries in wanted.values() for e in entries], self.env.cache, self.is_cancelled)
+        for item_id, entries in wanted.items():
+            keys = [e.get("key") for e in entries if isinstance(e, dict) and e.get("key") in billed]
+            if keys:
+                self._recovered_usd[item_id] = round(sum(billed[k] or 0.0 for k in keys), 6)

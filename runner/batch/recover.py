@@ -19,13 +19,14 @@ log = logging.getLogger("comfyui_flux2.batch")
 _CACHE_KEY = re.compile(r"[0-9a-f]{64}")
 
 
-def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> int:
-    """Fetch each entry's task ({provider, task, key}) into the cache; returns how many came back."""
+def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> dict[str, float | None]:
+    """Fetch each entry's task ({provider, task, key}) into the cache; returns the keys that came back, each
+    with what its task was billed to the earlier run (None: the provider did not say), for the manifest."""
     from ...flux2.remote.runware import RunwareBackend
 
     backend = RunwareBackend("FLUX.2 [pro]")      # getResponse names no model; only the host and key matter
     ctx = RunContext(is_cancelled=is_cancelled)
-    recovered = 0
+    recovered: dict[str, float | None] = {}
     for entry in entries:
         task, key = entry.get("task"), entry.get("key")
         if entry.get("provider") != "runware" or not isinstance(task, str) or not isinstance(key, str) \
@@ -46,5 +47,5 @@ def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> int:
         cache.put(key, result.images, result.seeds, result.cost_usd, f"Runware task {task}, recovered")
         log.warning("recovered Runware task %s from an earlier, aborted run (billed then: %s)", task,
                     "unknown" if result.cost_usd is None else f"${result.cost_usd:g}")
-        recovered += 1
+        recovered[key] = result.cost_usd
     return recovered

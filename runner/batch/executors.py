@@ -96,6 +96,9 @@ class ItemRun:
         so the scheduler can give its provider slot to the next item."""
         self.item, self.env, self.worker = item, env, worker
         self.on_calls_done = on_calls_done
+        self._answers = 0                          # provider tasks answered so far
+        self._calls_done_said = False
+        self._answers_lock = threading.Lock()
         self.paid: list = []                       # (request, result) as each provider call returns
         self.stopped_keys: list[str] = []
         self.cache_hits: list[list[int]] = []      # seeds of each result served from the result cache
@@ -104,7 +107,7 @@ class ItemRun:
         self.executor: Executor | None = None
         cache = _TrackingCache(env.cache, self) if env.cache is not None else None
         self.ctx = RunContext(cache=cache, is_cancelled=is_cancelled, uploads=env.uploads,
-                              result_sink=self._paid, gate=gate)
+                              result_sink=self._paid, answer_sink=self._answered, gate=gate)
         self.started = time.monotonic()
 
     @property
@@ -114,7 +117,22 @@ class ItemRun:
     def _paid(self, request, result) -> None:
         self.paid.append((request, result))
         remote = [r for _, r in self.paid if r.info.get("provider")]
-        if self.on_calls_done is not None and len(remote) == getattr(self.item, "provider_calls", -1):
+        if len(remote) == getattr(self.item, "provider_calls", -1):
+            self._calls_done()
+
+    def _answered(self) -> None:
+        """A provider answered one of the item's tasks: once all have (one per entry of item.units), its slot
+        is free, before the images are downloaded, decoded and saved."""
+        with self._answers_lock:
+            self._answers += 1
+            last = self._answers == len(getattr(self.item, "units", None) or ())
+        if last:
+            self._calls_done()
+
+    def _calls_done(self) -> None:
+        with self._answers_lock:
+            said, self._calls_done_said = self._calls_done_said, True
+        if self.on_calls_done is not None and not said:
             self.on_calls_done()
 
     def run(self) -> ItemOutcome:

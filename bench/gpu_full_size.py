@@ -95,15 +95,12 @@ def _to_fp8(module, compute_dtype) -> int:
 def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     import torch
 
-    from ..flux2.local.model.sampling import euler_step, image_ids, text_ids
-    from .gpu_random import built_random
+    from ..flux2.local.model.sampling import image_ids, text_ids
 
     p = params_for(model, tiny)
     size = size_for(tiny)
     dtype = torch.float32 if tiny and device == "cpu" else torch.bfloat16
     cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    offload = impl.endswith("offload")
     Li, Lt = (size // 16) ** 2, 512
     g = torch.Generator().manual_seed(1)
     img = torch.randn(1, Li, 128, generator=g).to(device, dtype)
@@ -111,6 +108,24 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     iid, tid = image_ids(size // 16, size // 16).to(device), text_ids(Lt).to(device)
     guidance = torch.tensor([4.0], device=device) if p.guidance_embed else None
     t0 = time.perf_counter()
+    forward = _forward(impl, p, device, dtype, (txt, iid, tid, guidance))
+    build_s = time.perf_counter() - t0
+    step_s, loop_s = _timed(forward, img, device)
+    flops = forward_flops(p, Li, Lt)
+    return {"model": model, "impl": impl, "build_s": build_s, "step_s": step_s, "loop4_s": loop_s,
+            "tflops": flops / step_s / 1e12, "flop_per_step": flops,
+            "vram_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "ram_peak_gib": _peak_ram_gib()}
+
+
+def _forward(impl: str, p, device: str, dtype, inputs: tuple):
+    """The row's transformer with random weights -> forward(x [1, Li, 128], t [1]) -> velocity [1, Li, 128].
+    inputs: (text [1, Lt, C], image ids, text ids, guidance [1] or None)."""
+    import torch
+
+    from .gpu_random import built_random
+
+    txt, iid, tid, guidance = inputs
     if impl.startswith("diffusers"):
         from diffusers import Flux2Transformer2DModel
 
@@ -123,22 +138,34 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
         def forward(x, t):
             return model_(hidden_states=x, encoder_hidden_states=txt, timestep=t, img_ids=iid, txt_ids=tid,
                           guidance=guidance, return_dict=False)[0]
-    else:
-        from ..flux2.local.offload import offload_transformer
-        from ..flux2.local.model.transformer import Flux2Transformer
+        return forward
+    from ..flux2.local.model.transformer import Flux2Transformer
+    from ..flux2.local.offload import offload_transformer
 
-        model_ = built_random(lambda: Flux2Transformer(p), device, dtype)
-        if impl.endswith("fp8"):
-            _to_fp8(model_, dtype)
-        if offload:    # made on the device (fast), then held in host RAM; on the CPU (--tiny) the same code runs
-            model_.to("cpu")
-            if cuda:
-                torch.cuda.empty_cache()
-            offload_transformer(model_, torch.device(device))
+    model_ = built_random(lambda: Flux2Transformer(p), device, dtype)
+    if impl.endswith("fp8"):
+        _to_fp8(model_, dtype)
+    # offload: made on the device (fast), then held in host RAM; on the CPU (--tiny) the same code runs
+    if impl.endswith("offload"):
+        model_.to("cpu")
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        offload_transformer(model_, torch.device(device))
 
-        def forward(x, t):
-            return model_(x, iid, txt, tid, t, guidance)
-    build_s = time.perf_counter() - t0
+    def forward(x, t):
+        return model_(x, iid, txt, tid, t, guidance)
+    return forward
+
+
+def _timed(forward, img, device: str) -> tuple[float, float]:
+    """-> (one step: median of 3 forwards after a warm-up, a STEPS-step Euler loop), seconds; CUDA peak memory
+    statistics restarted after the warm-up."""
+    import torch
+
+    from ..flux2.local.model.sampling import euler_step
+
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.no_grad():
         forward(img, torch.tensor([1.0], device=device))                # warm-up
         sync()
@@ -159,11 +186,7 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
         sync()
         loop_s = time.perf_counter() - t0
     times.sort()
-    flops = forward_flops(p, Li, Lt)
-    return {"model": model, "impl": impl, "build_s": build_s, "step_s": times[1], "loop4_s": loop_s,
-            "tflops": flops / times[1] / 1e12, "flop_per_step": flops,
-            "vram_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "ram_peak_gib": _peak_ram_gib()}
+    return times[1], loop_s
 
 
 def _peak(device: str) -> tuple[str, float | None]:

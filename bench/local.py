@@ -126,103 +126,6 @@ def _worker(impl: str, cfg: str, dtype_name: str, device: str, reps: int, comfyu
                           else "peak RSS above the RSS before the model is built (weights + activations)")}
 
 
-def _lora_worker(cfg: str, dtype_name: str, device: str, reps: int, rank: int) -> dict:
-    """One process: step time with no LoRA, with a LoRA of `rank` on every Linear applied on the fly (lora.attach),
-    and with the same LoRA merged once into a copy of the weights (lora.merge_patches). The three run interleaved,
-    rep by rep, so a busy machine slows them alike; plus what building, attaching and merging cost, and what the
-    engine's switch between LoRA sets costs (_switch_times)."""
-    import copy
-
-    import torch
-
-    from ..flux2.local.weights.lora_deltas import Delta
-    from ..flux2.local.weights.lora_keys import Target, linear_shapes
-    from ..flux2.local.weights.lora_patches import attach, build_patches, detach, merge_patches
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    # On a CPU: one thread and the process's CPU seconds, so other jobs on a shared machine do not decide the
-    # comparison (wall time there measured the machine's load, not the LoRA). On CUDA: wall time after a sync.
-    clock = time.perf_counter if cuda else time.process_time
-    if not cuda:
-        torch.set_num_threads(1)
-    model, step = _build("ours", cfg, dtype, device)
-    shapes = linear_shapes(model.params)
-    rank = rank or max(8, model.params.hidden // 24)   # fal's Turbo LoRA: rank ~256 on [dev]'s 6144 (docs/loras.md)
-    g = torch.Generator().manual_seed(0)
-    deltas = [Delta(Target(m, 0, o), down=torch.randn(rank, i, generator=g) / i ** 0.5,
-                    up=torch.randn(o, rank, generator=g) * 1e-3) for m, (o, i) in shapes.items()]
-
-    def timed(fn) -> float:
-        sync()
-        t0 = clock()
-        fn()
-        sync()
-        return clock() - t0
-
-    out = {"config": cfg, "rank": rank, "clock": "wall s" if cuda else "CPU s, 1 thread"}
-    patches = {}
-    out["build_s"] = timed(lambda: patches.update(build_patches([(deltas, 1.0)], shapes, dtype, device)))
-    merged = copy.deepcopy(model)
-    out["merge_s"] = timed(lambda: merge_patches(merged, patches))
-    params = dict(model.named_parameters())
-    swap = [(p, dict(merged.named_parameters())[n].data) for n, p in params.items()]
-    base = [(p, p.data) for p in params.values()]
-    del merged
-    handles: list = []
-    times = {"none": [], "fly": [], "merged": []}
-    with torch.no_grad():
-        for rep in range(reps + 1):                      # rep 0 warms each variant up and is not counted
-            t = timed(step)
-            out["attach_s"] = timed(lambda: handles.extend(attach(model, patches)))
-            t_fly = timed(step)
-            if rep == reps:
-                fly = step().float()
-            detach(handles)
-            for p, w in swap:
-                p.data = w
-            t_merged = timed(step)
-            if rep == reps:
-                out["max_diff"] = float((step().float() - fly).abs().max())     # the two applications agree
-            for p, w in base:
-                p.data = w
-            if rep:
-                times["none"].append(t)
-                times["fly"].append(t_fly)
-                times["merged"].append(t_merged)
-    for k, v in times.items():
-        out[f"{k}_s"] = sorted(v)[len(v) // 2]
-    out.update(_switch_times(model, shapes, deltas, dtype, device, timed))
-    out["lora_mb"] = sum(t.numel() * t.element_size() for p in patches.values() for t in (p.down, p.up)) / 2**20
-    return out
-
-
-def _switch_times(model, shapes, deltas, dtype, device, timed) -> dict:
-    """What the engine does when a request brings another LoRA set (lora.AppliedLoRAs): merge set A, switch to set B
-    (A's merged weights restored from the model file, B merged), back to no LoRA. The weights are written to a
-    safetensors file first, so the restore reads a file as the engine reads its model's."""
-    import tempfile
-    from functools import partial
-
-    from safetensors.torch import save_file
-
-    from ..flux2.local.weights.reread import reread_linear_weights
-    from ..flux2.local.weights.lora import AppliedLoRAs
-    from ..flux2.local.weights.lora_patches import build_patches
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-        applied = AppliedLoRAs(model, restore=partial(reread_linear_weights, path, dtype))
-        out = {"merge_in_s": timed(lambda: applied.use(("a",), lambda: build_patches([(deltas, 1.0)], shapes, dtype,
-                                                                                         device))),
-               "switch_s": timed(lambda: applied.use(("b",), lambda: build_patches([(deltas, 0.5)], shapes, dtype,
-                                                                                      device))),
-               "unmerge_s": timed(lambda: applied.use((), dict))}
-    return out
-
-
 def _lora_rows(args, python: str) -> int:
     rows = []
     for cfg in args.configs.split(","):
@@ -231,22 +134,12 @@ def _lora_rows(args, python: str) -> int:
         if r is None:
             return 1
         rows.append(r)
-    print(f"\nLoRA rows: device {args.device}, dtype {args.dtype}, median of {args.reps} steps ({rows[0]['clock']}), "
-          f"one process per config, the three interleaved; a LoRA on every Linear; +% = vs no LoRA")
-    print(f"{'config':<14}{'rank':>5}{'LoRA MB':>9}{'none s':>10}{'on the fly s':>18}{'merged s':>18}"
-          f"{'merge once s':>14}{'attach s':>10}{'switch s':>10}{'off s':>8}{'max |fly - merged|':>20}")
-    for r in rows:
-        fly, merged = r["fly_s"] / r["none_s"] - 1, r["merged_s"] / r["none_s"] - 1
-        print(f"{r['config']:<14}{r['rank']:>5}{r['lora_mb']:>9.1f}{r['none_s']:>10.4f}"
-              f"{r['fly_s']:>11.4f} ({fly:+4.0%}){r['merged_s']:>11.4f} ({merged:+4.0%})"
-              f"{r['merge_s'] + r['build_s']:>14.3f}{r['attach_s'] + r['build_s']:>10.3f}{r['switch_s']:>10.3f}"
-              f"{r['unmerge_s']:>8.3f}{r['max_diff']:>20.2e}")
-    print("switch s: the engine going from one LoRA set to another (the first set's merged weights read again from "
-          "the model file, the second merged in); off s: back to no LoRA")
+    from .local_lora import print_rows
+    print_rows(rows, args)
     return 0
 
 
-def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="comfyui-flux2 benchmark local", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="tiny,mid", help=f"comma list of {', '.join(CONFIGS)}")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
@@ -274,7 +167,11 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
                     help="interpreter with ComfyUI's requirements (and diffusers); every row then runs in it "
                          "(default: this one)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
+    args = _parser().parse_args(argv)
     if args.worker and args.worker[0] == "comfyui" and comfyui_builder is None:
         print("the comfyui row runs through bench/comfyui_peer.py", file=sys.stderr)
         return 2
@@ -283,39 +180,49 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-    if args.worker and args.worker[0] == "quant":
+    if args.worker:
+        print(json.dumps(_run_worker(args, comfyui_builder)))
+        return 0
+    problem = _refusal(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    return _rows(args, args.comfyui_python or sys.executable)    # one interpreter for every row: like with like
+
+
+def _run_worker(args, comfyui_builder) -> dict:
+    """--worker IMPL CONFIG: one row's numbers, in this process."""
+    impl, cfg = args.worker
+    if impl == "quant":
         import torch
 
         from .local_quant import step_worker
-        model, _ = _build("ours", args.worker[1], torch.float32, "cpu")
-        print(json.dumps(step_worker(model, CONFIGS[args.worker[1]], args.worker[1], args.reps)))
-        return 0
-    if args.worker and args.worker[0] == "lora":
-        print(json.dumps(_lora_worker(args.worker[1], args.dtype, args.device, args.reps, args.lora_rank)))
-        return 0
-    if args.worker:
-        print(json.dumps(_worker(args.worker[0], args.worker[1], args.dtype, args.device, args.reps,
-                                 comfyui_builder)))
-        return 0
+        model, _ = _build("ours", cfg, torch.float32, "cpu")
+        return step_worker(model, CONFIGS[cfg], cfg, args.reps)
+    if impl == "lora":
+        from .local_lora import lora_worker
+        return lora_worker(cfg, args.dtype, args.device, args.reps, args.lora_rank, _build)
+    return _worker(impl, cfg, args.dtype, args.device, args.reps, comfyui_builder)
+
+
+def _refusal(args) -> str | None:
+    """Why these arguments cannot run (one line), or None."""
     if args.comfyui and not (Path(args.comfyui) / "comfy").is_dir():
-        print(f"--comfyui {args.comfyui}: no ComfyUI there (expected a folder holding comfy/ and main.py)",
-              file=sys.stderr)
-        return 2
+        return f"--comfyui {args.comfyui}: no ComfyUI there (expected a folder holding comfy/ and main.py)"
     try:
         import diffusers  # noqa: F401
     except ImportError:
-        print("benchmark needs diffusers (pip install 'comfyui-flux2[test]')", file=sys.stderr)
-        return 2
-    rows = []
-    python = args.comfyui_python or sys.executable    # one interpreter for every row: like compares with like
-    kinds = args.rows.split(",")
+        return "benchmark needs diffusers (pip install 'comfyui-flux2[test]')"
     for cfg in args.configs.split(","):
         if cfg not in CONFIGS:
-            print(f"unknown config {cfg!r}; known: {', '.join(CONFIGS)}", file=sys.stderr)
-            return 2
-    if any(k not in ROWS for k in kinds):
-        print(f"unknown rows {args.rows!r}; known: {', '.join(ROWS)}", file=sys.stderr)
-        return 2
+            return f"unknown config {cfg!r}; known: {', '.join(CONFIGS)}"
+    if any(k not in ROWS for k in args.rows.split(",")):
+        return f"unknown rows {args.rows!r}; known: {', '.join(ROWS)}"
+    return None
+
+
+def _rows(args, python: str) -> int:
+    kinds = args.rows.split(",")
     if "step" in kinds and _step_rows(args, python) != 0:
         return 1
     if "lora" in kinds and _lora_rows(args, python) != 0:
@@ -337,15 +244,20 @@ def main(argv: list[str] | None = None, comfyui_builder=None) -> int:
     if "pipeline" in kinds and _pipeline_rows(args, python) != 0:
         return 1
     if "comfyui-sweep" in kinds:
-        for cfg in (c for c in args.configs.split(",") if c in PIPELINE_CONFIGS):
-            out = subprocess.run([python, "-m", COMFY_SWEEP_MODULE, "--config", cfg, "--sweep", str(args.sweep),
-                                  "--threads", str(threads)],
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            if out.returncode != 0:
-                last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
-                print(f"comfyui-sweep {cfg} failed: {last}", file=sys.stderr)
-                return 1
-            print("\n".join(out.stdout.strip().splitlines()[:-1]))     # the table; the last line is its JSON
+        return _comfyui_sweep_rows(args, python, threads)
+    return 0
+
+
+def _comfyui_sweep_rows(args, python: str, threads: int) -> int:
+    for cfg in (c for c in args.configs.split(",") if c in PIPELINE_CONFIGS):
+        out = subprocess.run([python, "-m", COMFY_SWEEP_MODULE, "--config", cfg, "--sweep", str(args.sweep),
+                              "--threads", str(threads)],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if out.returncode != 0:
+            last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+            print(f"comfyui-sweep {cfg} failed: {last}", file=sys.stderr)
+            return 1
+        print("\n".join(out.stdout.strip().splitlines()[:-1]))     # the table; the last line is its JSON
     return 0
 
 

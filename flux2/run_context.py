@@ -96,6 +96,9 @@ class RunContext:
     progress: Callable[[str, float, float, str], None] | None = None   # (node, done, total, message)
     is_cancelled: Callable[[], bool] | None = None
     result_sink: Callable[[object, object], None] | None = None        # saves paid results at once
+    # A provider answered one task (its image may still be on the way): a batch gives that provider slot to
+    # its next item now, not after the download, decoding and the item's saving.
+    answer_sink: Callable[[], None] | None = None
     cache: object | None = None          # a ResultCache, or None for no result cache
     ledger: Ledger = field(default_factory=Ledger)
     planned: list = field(default_factory=list)
@@ -140,6 +143,10 @@ class RunContext:
     def on_result(self, request, result) -> None:
         if self.result_sink is not None:
             self.result_sink(request, result)
+
+    def on_answer(self) -> None:
+        if self.answer_sink is not None:
+            self.answer_sink()
 
     def cached_upload(self, provider: str, sha256: str) -> str | None:
         with self._lock:

@@ -20,7 +20,6 @@ import base64
 import binascii
 import io
 import json
-import math
 import re
 import time
 import uuid
@@ -30,40 +29,10 @@ from PIL import Image
 
 from . import flux3
 from .base import JsonHandler, LoopbackServer, encode, render, url_stand_in
+from .runware_checks import MODELS, UUID4, TaskError, _err, _mp, check_inference
 
-# AIR -> (min side, max side, max refs, (first MP, extra MP, reference MP) or None)
-MODELS = {
-    "bfl:5@1": (256, 2048, 8, (0.03, 0.015, 0.015)),
-    "bfl:6@1": (256, 2048, 8, (0.06, 0.06, 0.06)),
-    "bfl:7@1": (256, 2048, 8, (0.07, 0.03, 0.03)),
-    "runware:400@1": (512, 2048, 4, None),
-    "runware:400@2": (128, 2048, 4, None),
-    "runware:400@3": (128, 2048, 4, None),
-    "runware:400@4": (128, 2048, 4, None),
-    "runware:400@5": (128, 2048, 4, None),
-}
-# Models whose parameters list `lora` (Runware/runware-python runware/types/task_map.py: the runware:400@* FLUX.2
-# models; bfl:5/6/7@1 have none). Items as documented at runware.ai/docs/learn/loras: {"model": AIR, "weight": n}.
-LORA_MODELS = {"runware:400@1", "runware:400@2", "runware:400@3", "runware:400@4", "runware:400@5"}
-AIR = re.compile(r"^[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$")
 UNPRICED_COST = 0.0038
-UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
 NSFW_WORD = "forbidden-content"       # a prompt containing this is refused, like a real safety filter
-
-
-def _err(code: str, message: str, task: dict | None = None, parameter: str | None = None, **extra) -> dict:
-    e = {"code": code, "message": message}
-    if parameter:
-        e["parameter"] = parameter
-    if task:
-        e["taskType"] = task.get("taskType")
-        e["taskUUID"] = task.get("taskUUID")
-    e.update(extra)
-    return e
-
-
-def _mp(w: int, h: int) -> int:
-    return max(1, math.ceil(w * h / (1024 * 1024) - 1e-9))
 
 
 class RunwareHandler(JsonHandler):
@@ -252,73 +221,43 @@ class RunwareHandler(JsonHandler):
             raise TaskError(_err("invalidImageURL", f"Could not fetch an image from {url}", task,
                                  "inputs.referenceImages")) from None
 
-    def check_loras(self, task, model: str) -> list[tuple[str, float]]:
-        """The documented `lora` list: only on models that take LoRAs; each item an AIR id and a numeric weight.
-        The error codes are this server's (Runware's own for these cases are not documented)."""
-        loras = task.get("lora")
-        if loras is None:
-            return []
-        if model not in LORA_MODELS:
-            raise TaskError(_err("unsupportedParameter", f"Model {model} does not support the lora parameter", task,
-                                 "lora"))
-        if not isinstance(loras, list) or not loras:
-            raise TaskError(_err("invalidLora", "lora must be a non-empty array of {model, weight} objects", task,
-                                 "lora"))
-        out = []
-        for i, item in enumerate(loras):
-            if not isinstance(item, dict) or set(item) - {"model", "weight"}:
-                raise TaskError(_err("invalidLora", "each lora item is an object with model and weight", task,
-                                     f"lora[{i}]"))
-            air, weight = item.get("model"), item.get("weight", 1)
-            if not isinstance(air, str) or not AIR.match(air):
-                raise TaskError(_err("invalidLoraModel", "lora model must be an AIR identifier", task,
-                                     f"lora[{i}].model"))
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise TaskError(_err("invalidLoraWeight", "lora weight must be a number", task, f"lora[{i}].weight"))
-            out.append((air, float(weight)))
-        return out
-
     def image_inference(self, task, fault) -> list[dict]:
+        started = time.monotonic()
         model = task.get("model")
         if model == flux3.RUNWARE_AIR:
             return self.flux3_inference(task)
         if model not in MODELS or model in self.app.retired:
             raise TaskError(_err("invalidModel", f"Model {model!r} does not exist", task, "model"))
-        lo, hi, max_refs, price = MODELS[model]
-        prompt = task.get("positivePrompt")
-        if not isinstance(prompt, str) or not 1 <= len(prompt) <= 32000:
-            raise TaskError(_err("invalidPositivePrompt", "positivePrompt must be 1-32000 characters", task, "positivePrompt"))
-        for side in ("width", "height"):
-            v = task.get(side)
-            if not isinstance(v, int) or v % 16 or not lo <= v <= hi:
-                raise TaskError(_err(f"invalid{side.capitalize()}", f"{side} must be a multiple of 16 in {lo}-{hi}",
-                                     task, side))
-        w, h = task["width"], task["height"]
-        if w * h > 2048 * 2048:
-            raise TaskError(_err("invalidDimensions", "width x height must be at most 4194304 pixels", task, "width"))
-        seed = task.get("seed", 42)
-        if not isinstance(seed, int) or not 0 <= seed <= 4294967295:
-            raise TaskError(_err("invalidSeed", "seed must be an integer in 0-4294967295", task, "seed"))
-        n = task.get("numberResults", 1)
-        if not isinstance(n, int) or not 1 <= n <= 20:
-            raise TaskError(_err("invalidNumberResults", "numberResults must be 1-20", task, "numberResults"))
-        fmt = task.get("outputFormat", "JPG")
-        if fmt not in ("JPG", "JPEG", "PNG", "WEBP"):
-            raise TaskError(_err("invalidOutputFormat", "outputFormat must be JPG, PNG or WEBP", task, "outputFormat"))
-        out_type = task.get("outputType", "URL")
-        if out_type not in ("URL", "base64Data", "dataURI"):
-            raise TaskError(_err("invalidOutputType", "outputType must be URL, base64Data or dataURI", task, "outputType"))
-        settings = task.get("providerSettings")
-        if settings is not None:
-            bfl = settings.get("bfl") if isinstance(settings, dict) else None
-            if not model.startswith("bfl:") or not isinstance(bfl, dict):
-                raise TaskError(_err("invalidProviderSettings", "providerSettings.bfl is only for bfl: models", task,
-                                     "providerSettings"))
-            tol = bfl.get("safetyTolerance", 2)
-            if not isinstance(tol, int) or not 0 <= tol <= 5:
-                raise TaskError(_err("invalidSafetyTolerance", "safetyTolerance must be 0-5", task,
-                                     "providerSettings.bfl.safetyTolerance"))
-        loras = self.check_loras(task, model)
+        w, h, seed, n, fmt, out_type, loras = check_inference(task, model)
+        refs, ref_mp = self.references(task, model)
+        prompt = task["positivePrompt"]
+        if NSFW_WORD in prompt:
+            raise TaskError(_err("contentPolicyViolation", "The prompt was flagged by the content policy", task,
+                                 "positivePrompt", _status=400))
+        # A LoRA changes the picture (rendered from the prompt and the LoRAs), so a test sees it was applied.
+        drawn = prompt + "".join(f" <lora:{m}:{wt:g}>" for m, wt in loras)
+        pictures = [render(drawn, seed + i, w, h, refs) for i in range(n)]          # each [H, W, 3]
+        encoded = [encode(arr, fmt) for arr in pictures]
+        if self.app.task_s:
+            # A provider's generation time, drawing included: a task takes task_s in all, so a benchmark's
+            # ideal (concurrency / task_s) is what a client losing no time between tasks reaches.
+            time.sleep(max(0.0, self.app.task_s - (time.monotonic() - started)))
+        cost = UNPRICED_COST
+        price = MODELS[model][3]
+        if price:
+            first, extra, ref = price
+            cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(ref_mp), 6)
+        if self.app.charge_usd is not None:
+            cost = self.app.charge_usd              # a provider whose price is not the published one
+        results = [self.deliver(task, arr, data, seed + i, fmt, out_type, cost)
+                   for i, (arr, data) in enumerate(zip(pictures, encoded))]
+        with self.app.lock:
+            self.app.task_log[task["taskUUID"]] = (task, {"data": results})
+        return results
+
+    def references(self, task, model: str) -> tuple[list[np.ndarray], list[int]]:
+        """The task's reference images -> (pictures, each one's billed MP)."""
+        max_refs = MODELS[model][2]
         refs_in = (task.get("inputs") or {}).get("referenceImages", [])
         if not isinstance(refs_in, list) or len(refs_in) > max_refs:
             raise TaskError(_err("invalidReferenceImages", f"At most {max_refs} reference images for {model}", task,
@@ -338,48 +277,34 @@ class RunwareHandler(JsonHandler):
                 arr = self.decode_image(r, task, "inputs.referenceImages")
                 refs.append(arr)
                 ref_mp.append(_mp(arr.shape[1], arr.shape[0]))
-        if NSFW_WORD in prompt:
-            raise TaskError(_err("contentPolicyViolation", "The prompt was flagged by the content policy", task,
-                                 "positivePrompt", _status=400))
-        if self.app.task_s:
-            time.sleep(self.app.task_s)             # a provider's generation time (benchmarks, concurrency tests)
-        cost = UNPRICED_COST
-        if price:
-            first, extra, ref = price
-            cost = round(first + extra * (_mp(w, h) - 1) + ref * sum(ref_mp), 6)
-        if self.app.charge_usd is not None:
-            cost = self.app.charge_usd              # a provider whose price is not the published one
-        results = []
-        for i in range(n):
-            image_seed = seed + i
-            # A LoRA changes the picture (rendered from the prompt and the LoRAs), so a test sees it was applied.
-            arr = render(prompt + "".join(f" <lora:{m}:{wt:g}>" for m, wt in loras), image_seed, w, h, refs)
-            data, mime = encode(arr, fmt)
-            image_uuid = str(uuid.uuid4())
-            item = {"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,
-                    "seed": image_seed, "NSFWContent": False}
-            if out_type == "URL":
-                self.app.store_image(image_uuid, data, mime)
-                with self.app.lock:
-                    self.app.image_born[image_uuid] = time.time()
-                item["imageURL"] = f"{self.app.origin}/image/{image_uuid}.{fmt.lower()}"
-            elif out_type == "base64Data":
-                item["imageBase64Data"] = base64.b64encode(data).decode()
-            else:
-                item["imageDataURI"] = f"data:{mime};base64," + base64.b64encode(data).decode()
-            if task.get("includeCost"):
-                item["cost"] = cost
-            with self.app.lock:
-                self.app.uploads[image_uuid] = arr      # a generated image's imageUUID works as a reference too
-                self.app.billed += cost
-                self.app.billed_tasks.append(task["taskUUID"])
-                self.app.results[task["taskUUID"]] = item
-                self.app.processing.discard(task["taskUUID"])
-            results.append(item)
-        with self.app.lock:
-            self.app.task_log[task["taskUUID"]] = (task, {"data": results})
-        return results
+        return refs, ref_mp
 
+    def deliver(self, task, arr: np.ndarray, encoded: tuple[bytes, str], image_seed: int, fmt: str, out_type: str,
+                cost: float) -> dict:
+        """One result picture [H, W, 3] and its (bytes, mime) as the answer's item (URL, base64 or data URI),
+        billed."""
+        data, mime = encoded
+        image_uuid = str(uuid.uuid4())
+        item = {"taskType": "imageInference", "taskUUID": task["taskUUID"], "imageUUID": image_uuid,
+                "seed": image_seed, "NSFWContent": False}
+        if out_type == "URL":
+            self.app.store_image(image_uuid, data, mime)
+            with self.app.lock:
+                self.app.image_born[image_uuid] = time.time()
+            item["imageURL"] = f"{self.app.origin}/image/{image_uuid}.{fmt.lower()}"
+        elif out_type == "base64Data":
+            item["imageBase64Data"] = base64.b64encode(data).decode()
+        else:
+            item["imageDataURI"] = f"data:{mime};base64," + base64.b64encode(data).decode()
+        if task.get("includeCost"):
+            item["cost"] = cost
+        with self.app.lock:
+            self.app.uploads[image_uuid] = arr      # a generated image's imageUUID works as a reference too
+            self.app.billed += cost
+            self.app.billed_tasks.append(task["taskUUID"])
+            self.app.results[task["taskUUID"]] = item
+            self.app.processing.discard(task["taskUUID"])
+        return item
 
     def flux3_inference(self, task) -> list[dict]:
         """FLUX 3 Image: a size from its table, no seed; the result reports the provider's seed."""
@@ -413,12 +338,6 @@ class RunwareHandler(JsonHandler):
             self.app.processing.discard(task["taskUUID"])
             self.app.task_log[task["taskUUID"]] = (task, {"data": [item]})     # getTaskDetails finds it too
         return [item]
-
-
-class TaskError(Exception):
-    def __init__(self, error: dict):
-        super().__init__(error.get("message"))
-        self.error = error
 
 
 def _limit_long_side(arr: np.ndarray, limit: int) -> np.ndarray:

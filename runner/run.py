@@ -92,14 +92,17 @@ class GraphRun:
 
     def __init__(self, *, output_dir: Path, gate=None, cache=None, progress=None,
                  is_cancelled: Callable[[], bool] | None = None, uploads: dict | None = None,
-                 on_paid: Callable[[object, object], None] | None = None, unsaved_prefix: str = ""):
+                 on_paid: Callable[[object, object], None] | None = None,
+                 on_answer: Callable[[], None] | None = None, unsaved_prefix: str = ""):
         """`uploads`: reference uploads shared with other runs (a batch's items); `on_paid(request, result)`:
-        after each paid result is in hand; `unsaved_prefix`: starts the names of kept images (a batch item's id)."""
+        after each paid result is in hand; `on_answer()`: as a provider answers a task, before its image is
+        fetched (a batch frees the item's provider slot); `unsaved_prefix`: starts the names of kept images."""
         self.output_dir, self.unsaved_prefix, self.on_paid = Path(output_dir), unsaved_prefix, on_paid
         self.paid: list = []                    # (request, result) as each provider call returns
         self.executor: Executor | None = None
         self.ctx = RunContext(gate=gate, cache=cache, progress=progress, is_cancelled=is_cancelled,
-                              result_sink=self._sink, **({"uploads": uploads} if uploads is not None else {}))
+                              result_sink=self._sink, answer_sink=on_answer,
+                              **({"uploads": uploads} if uploads is not None else {}))
         self.started = time.monotonic()
 
     def _sink(self, request, result) -> None:

@@ -1,6 +1,7 @@
 """API keys and provider hosts, from the environment only (never from workflow content)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,7 +34,13 @@ def read_key(env_name: str) -> str:
 def base_url(env_name: str, default: str) -> str:
     """The provider URL from `env_name` (else `default`), checked; errors are one line that never
     repeats credentials the URL may carry."""
-    url = os.environ.get(env_name, "").strip() or default
+    return _checked_url(env_name, os.environ.get(env_name, "").strip() or default)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_url(env_name: str, url: str) -> str:
+    """base_url's checks, kept per (variable, value): a batch asks for the URL a few times per task, and parsing
+    it twice each time cost as much CPU as the request itself (a failing URL is not kept: it raises each time)."""
     key_env = env_name[: -len("_URL")] + "_KEY" if env_name.endswith("_URL") else "the key variable"
     if "@" in url.split("?")[0].split("#")[0]:
         # user:password@host: httpx would send it as Basic auth, the provider answers a misleading 401.

@@ -212,7 +212,9 @@ class RunwareBackend(RemoteBackend):
         def work(job: Job, control: JobControl) -> None:
             note_sent(job, ctx, cache_key, {"provider": RUNWARE, "host": self.host(), "task": job.task_id})
             try:
-                self._take_item(job, self._run_task(job, ctx), ctx, estimate_one)
+                answer = self._run_task(job, ctx)
+                ctx.on_answer()               # the task is done at Runware; its image is fetched from its URL
+                self._take_item(job, answer, ctx, estimate_one)
             except (AuthError, BudgetError) as exc:
                 control.stop_new(exc)         # every other task would be refused the same way
                 raise

@@ -95,6 +95,9 @@ class ItemRun:
         so the scheduler can give its provider slot to the next item. `gate`: the item's budget Ticket."""
         self.item, self.env, self.worker = item, env, worker
         self.on_calls_done = on_calls_done
+        self._answers = 0                          # provider tasks answered so far
+        self._calls_done_said = False
+        self._answers_lock = threading.Lock()
         self.stopped_keys: list[str] = []
         self.cache_hits: list[list[int]] = []      # seeds of each result served from the result cache
         self.aborted = False                       # set by the scheduler on a second Ctrl-C
@@ -102,11 +105,27 @@ class ItemRun:
         cache = _TrackingCache(env.cache, self) if env.cache is not None else None
         # Kept images are named after the item too: items share one flux2-unsaved/ folder.
         self.graph = GraphRun(output_dir=env.output_dir, gate=gate, cache=cache, is_cancelled=is_cancelled,
-                              uploads=env.uploads, on_paid=self._paid, unsaved_prefix=f"{file_token(item.id)}_")
+                              uploads=env.uploads, on_paid=self._paid, on_answer=self._answered,
+                              unsaved_prefix=f"{file_token(item.id)}_")
 
     def _paid(self, request, result) -> None:
         remote = [r for _, r in list(self.graph.paid) if r.info.get("provider")]
-        if self.on_calls_done is not None and len(remote) == getattr(self.item, "provider_calls", -1):
+        if len(remote) == getattr(self.item, "provider_calls", -1):
+            self._calls_done()
+
+    def _answered(self) -> None:
+        """A provider answered one of the item's tasks: once all have (one per entry of item.units), its slot
+        is free, before the images are downloaded, decoded and saved."""
+        with self._answers_lock:
+            self._answers += 1
+            last = self._answers == len(getattr(self.item, "units", None) or ())
+        if last:
+            self._calls_done()
+
+    def _calls_done(self) -> None:
+        with self._answers_lock:
+            said, self._calls_done_said = self._calls_done_said, True
+        if self.on_calls_done is not None and not said:
             self.on_calls_done()
 
     def run(self) -> ItemOutcome:

@@ -29,7 +29,7 @@ from comfyui_flux2.loopback import bfl_server
 
 RUNWARE_TEST_KEY = "rw-test-key-5f2c9a"
 BFL_TEST_KEY = "bfl-test-key-8d41e7c2"
-FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=5)
+FAST = Deadlines(retries=3, backoff_s=0.01, backoff_cap_s=0.05, total_s=5, lookup_s=1)   # a task no lookup finds: named after 1 s
 PRO_USD = 0.03                         # one 256x256 [pro] image, both providers
 
 

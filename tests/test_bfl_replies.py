@@ -172,3 +172,22 @@ def test_moderation_reasons_under_a_key_of_their_own_are_shown():
                          "details": {"Moderation Reasons": ["Derivative Works", "Public Figure"]}})
     assert answer.details == "Moderation Reasons: Derivative Works, Public Figure"
     assert detail_text({}) == ""
+
+
+@pytest.mark.parametrize("details", [[{"loc": 5, "msg": "x"}], [{"loc": True}]])
+def test_a_ready_task_with_details_of_an_odd_shape_keeps_its_paid_image(serve_bfl, details):
+    """`details` is only read for a moderated or failed task: a Ready (billed) answer whose details this client
+    cannot read still gives its image (parsing them on every poll raised TypeError and lost it)."""
+    from comfyui_flux2.flux2.backend import GenerationRequest, run
+    from comfyui_flux2.flux2.remote.bfl import BflBackend
+    from comfyui_flux2.flux2.run_context import RunContext
+    server = serve_bfl(polls_until_ready=1)
+    server.faults.push(route="poll", patch_answer={"details": details})
+    result = run(BflBackend("FLUX.2 [pro]"), GenerationRequest("x", 256, 256, 1), RunContext())
+    assert len(result.images) == 1 and result.cost_usd == pytest.approx(server.billed_usd)
+    assert parse_poll({"status": "Pending", "details": details}) == PollAnswer("Pending")
+
+
+def test_a_moderated_task_with_an_odd_loc_is_still_one_line():
+    answer = parse_poll({"status": "Content Moderated", "details": [{"loc": 5, "msg": "nsfw"}]})
+    assert answer == PollAnswer("Content Moderated", details="body: nsfw")

@@ -85,7 +85,7 @@ def detail_text(body) -> str:
         parts = []
         for item in detail[:8]:
             if isinstance(item, dict):
-                loc = [str(x) for x in (item.get("loc") or []) if x != "body"]
+                loc = [str(x) for x in item.get("loc") if x != "body"] if isinstance(item.get("loc"), list) else []
                 parts.append(f"{'.'.join(loc) or 'body'}: {item.get('msg') or item.get('type') or 'invalid'}")
             else:
                 parts.append(str(item))
@@ -149,7 +149,9 @@ def parse_poll(body) -> PollAnswer | None:
         return None
     status = body.get("status") if isinstance(body.get("status"), str) else None
     result = body.get("result") if isinstance(body.get("result"), dict) else {}
-    reasons = body.get("details")
+    # Reasons are read only where a task ended without an image: odd `details` beside a Ready (billed) or
+    # pending answer must not cost the image.
+    reasons = body.get("details") if status in ("Error", "Request Moderated", "Content Moderated") else None
     if status == "Error":
         reasons = reasons or body.get("error") or body.get("result")
     cost = result.get("cost") if result.get("cost") is not None else body.get("cost")

@@ -219,3 +219,16 @@ def png_b64() -> str:
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("item_cost", [None, "absent"])
+def test_a_failed_task_whose_item_cost_is_null_keeps_the_charge_its_error_reports(item_cost):
+    """A stored (getTaskDetails) or direct error item `{"cost": null, "error": {..., "cost": 0.02}}`: the charge
+    the error object reports is booked (before the typed replies the stored form booked it; a null must not hide
+    it)."""
+    item = {"taskUUID": UUID_A, "status": "error", "error": {"code": "c", "message": "m", "cost": 0.02}}
+    if item_cost != "absent":
+        item["cost"] = item_cost
+    assert stored_outcome({"taskUUID": UUID_A, "response": {"data": [item]}}, UUID_A).cost == 0.02
+    reply = parse_reply(answer(200, {"data": [item]}), [GetResponse(taskUUID=UUID_A)], None)
+    assert reply.errors[UUID_A].cost == 0.02

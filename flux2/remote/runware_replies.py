@@ -102,12 +102,13 @@ def error_entry(obj: dict) -> ErrorEntry:
 
 def _data_error(item: dict) -> ErrorEntry | None:
     """A data item that reports a failure (`status: "error"` or an `error` object), else None. The item's
-    own `cost`, where it has one, says whether the failed task was billed (else the error object's)."""
+    own `cost`, where it has one, says whether the failed task was billed (else the error object's: a null
+    beside it says nothing)."""
     if item.get("status") != "error" and not isinstance(item.get("error"), dict):
         return None
     inner = item["error"] if isinstance(item.get("error"), dict) else item
     return replace(error_entry(inner), taskUUID=item["taskUUID"],
-                   cost=item["cost"] if "cost" in item else inner.get("cost"))
+                   cost=item["cost"] if item.get("cost") is not None else inner.get("cost"))
 
 
 def image_result(item: dict) -> ImageResult:

@@ -257,6 +257,13 @@ class Ticket:
         kind = unit is not None
         return any((u is not None) == kind for u in self.running) or self.gate._unseen_in_flight(unit, besides=self)
 
+    def book_outside(self, billed_usd: float) -> None:
+        """What the item's tasks were billed where this ticket saw none of them start (a Ray actor runs the
+        item in another process): booked before `close`, so the gate counts it toward the cap. The cap was held
+        on the item's estimates while it ran; a charge over them is not learnt from here."""
+        with self.gate._cond:
+            self.charged = round(max(self.charged, float(billed_usd or 0.0)), 6)
+
     def close(self) -> None:
         self.pending.clear()
         self.gate._close(self)

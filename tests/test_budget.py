@@ -269,3 +269,32 @@ def test_a_task_whose_answer_was_lost_counts_at_the_worst_ratio_seen_later():
     task.ended(None, True)
     ticket.close()
     assert gate.committed_usd == pytest.approx(0.21)
+
+
+def test_an_item_run_on_a_ray_actor_books_its_bill_on_the_batch_gate(tmp_path):
+    """A Ray actor runs the item in another process, where the batch's gate sees none of its tasks. Before, its
+    ticket closed with $0 charged: the gate forgot what the item's Runware/BFL tasks cost, and later items
+    started as if that money were still there."""
+    import queue
+    import types
+
+    from comfyui_flux2.flux2.budget import BudgetGate, Cap
+    from comfyui_flux2.runner.batch.executors import ItemOutcome
+    from comfyui_flux2.runner.batch.ray_executor import RayItemRun
+
+    class Errors:
+        RayActorError = type("RayActorError", (Exception,), {})
+        RayError = Exception
+
+    outcome = ItemOutcome("r1", "ok", billed_usd=0.09)
+    actor = types.SimpleNamespace(run=types.SimpleNamespace(remote=lambda item: "ref"))
+    ray = types.SimpleNamespace(wait=lambda refs, timeout: (refs, []), get=lambda ref: (outcome, {}),
+                                exceptions=Errors)
+    pool = types.SimpleNamespace(ray=ray, actors=[actor], busy={}, idle=queue.Queue(), take=lambda: actor,
+                                 env=types.SimpleNamespace(output_dir=tmp_path))
+    gate = BudgetGate(Cap(0.10, "the budget cap"))
+    ticket = gate.try_admit([0.03])
+    assert RayItemRun(pool, types.SimpleNamespace(id="r1"), ticket).run().billed_usd == 0.09
+    ticket.close()
+    assert gate.billed == pytest.approx(0.09)
+    assert isinstance(gate.try_admit([0.03]), str)          # $0.09 billed + $0.03 would pass $0.10

@@ -231,7 +231,7 @@ class Batch:
     def _start(self, item: BatchItem, ticket=None):
         """`ticket`: what the budget gate admitted for the item; its provider tasks draw on it."""
         if self._ray is not None and "local" in item.needs:
-            return self._ray.item_run(item, self.is_cancelled)
+            return self._ray.item_run(item, self.is_cancelled, ticket)
         scheduler = self.scheduler
         return ItemRun(item, self.env, self.is_cancelled, on_calls_done=lambda: scheduler.calls_done(item.id),
                        gate=ticket)

@@ -114,8 +114,8 @@ class RayPool:
             self.alive -= 1
         log.warning("a Ray actor died; %d left; its item runs again on another", self.alive)
 
-    def item_run(self, item, is_cancelled=None) -> "RayItemRun":
-        return RayItemRun(self, item)
+    def item_run(self, item, is_cancelled=None, ticket=None) -> "RayItemRun":
+        return RayItemRun(self, item, ticket)
 
     def close(self) -> None:
         for actor in self.actors:
@@ -130,8 +130,10 @@ class RayPool:
 class RayItemRun:
     """One local item on the pool: the same interface as ItemRun for the scheduler."""
 
-    def __init__(self, pool: RayPool, item):
-        self.pool, self.item = pool, item
+    def __init__(self, pool: RayPool, item, ticket=None):
+        """`ticket`: the item's budget Ticket; the actor's tasks run where it cannot see them, so what they
+        were billed is booked on it when the item comes back."""
+        self.pool, self.item, self.ticket = pool, item, ticket
         self.aborted = False
         self.thread: threading.Thread | None = None
         self._ref = None
@@ -163,6 +165,8 @@ class RayItemRun:
                 return self.ended(FAILED, exc)
             self.pool.busy.pop(index, None)
             self.pool.idle.put(actor)
+            if self.ticket is not None:
+                self.ticket.book_outside(outcome.billed_usd)
             outcome.outputs = self._write(files)
             return outcome
 

@@ -422,3 +422,23 @@ def test_runware_charge_that_differs_from_the_estimate_is_reported(runware, capl
     assert "charged $0.0500, the estimate was $0.0300" in result.info["price_notes"][0]
     assert "price table may be out of date" in caplog.text
     assert not math.isnan(result.cost_usd)
+
+
+def test_runware_answer_with_an_inline_copy_keeps_the_image_when_its_url_fails(runware):
+    """An answer carrying imageBase64Data beside imageURL: the inline copy is the image, so a download that
+    fails (here every attempt answers 500) cannot lose the paid picture. Before, only the URL was tried."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    picture = np.full((256, 256, 3), (12, 200, 90), np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(picture).save(png, format="PNG")
+    runware.faults.push(route="submit", patch={"imageBase64Data": base64.b64encode(png.getvalue()).decode()})
+    for _ in range(8):
+        runware.faults.push(route="download", status=500, body={"errors": [{"code": "internalServerError"}]})
+    result = run(runware_pro(), GenerationRequest("x", 256, 256, 1), RunContext())
+    assert np.array_equal(np.asarray(result.images[0]), picture) and result.cost_usd == pytest.approx(PRO_USD)
+    assert runware.downloads == []

@@ -352,14 +352,15 @@ class RunwareBackend(RemoteBackend):
             if not isinstance(value, str):
                 raise ProviderError(f"runware: task {job.task_id} answered {name} as a "
                                     f"{type(value).__name__}, not a string; no image")
+        # An inline copy already in the answer is used first: no download that could fail and lose a paid image.
+        inline = [present[n] for n in ("imageBase64Data", "imageDataURI") if n in present]
+        if inline and len(inline[0]) <= MAX_INLINE_CHARS:
+            return decode_data_uri(inline[0], what)
         if "imageURL" in present:
             transport, _, _ = self._client()
             return decode_provider_image(transport.download(present["imageURL"], what), what)
-        for name in ("imageBase64Data", "imageDataURI"):
-            if name in present:
-                if len(present[name]) > MAX_INLINE_CHARS:
-                    raise ProviderError(f"runware: task {job.task_id} answered an inline image over the size limit")
-                return decode_data_uri(present[name], what)
+        if inline:
+            raise ProviderError(f"runware: task {job.task_id} answered an inline image over the size limit")
         if item.NSFWContent is True:
             raise ModerationError("runware: the result was withheld by the content filter (NSFWContent)")
         raise ProviderError(f"runware: task {job.task_id} answered without an image (refused or filtered)")

@@ -355,3 +355,37 @@ def test_a_provider_slot_is_free_once_the_items_calls_answered():
     scheduler = Scheduler(items, Run, limits=ProviderLimits({"runware": 1}))
     done = [item.id for item, _ in scheduler.run()]
     assert started == ["r1", "r2"] and sorted(done) == ["r1", "r2"]
+
+
+def test_a_local_weights_slot_stays_taken_after_the_items_provider_calls_answered():
+    """A Runware node feeding a local edit: once Runware answered, the next item may send its Runware task, but
+    its local node must not run beside the first one's on the one local slot. Before, the answer gave back every
+    slot of the item, local included, and the two local runs overlapped."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from comfyui_flux2.runner.batch.executors import ItemOutcome
+    from comfyui_flux2.runner.batch.scheduler import ProviderLimits, Scheduler
+
+    items = [SimpleNamespace(id=f"r{i}", needs={"runware", "local"}, providers={"runware": 1, "local": 1},
+                             estimate_usd=0.0) for i in (1, 2)]
+    local_running, overlaps, lock = [0], [], threading.Lock()
+
+    class Run:
+        def __init__(self, item):
+            self.item, self.aborted, self.thread = item, False, None
+
+        def run(self):
+            scheduler.calls_done(self.item.id)          # Runware answered; the local node runs now
+            with lock:
+                local_running[0] += 1
+                overlaps.append(local_running[0])
+            time.sleep(0.3)
+            with lock:
+                local_running[0] -= 1
+            return ItemOutcome(self.item.id, "ok")
+
+    scheduler = Scheduler(items, Run, limits=ProviderLimits({"runware": 4, "local": 1}))
+    assert sorted(item.id for item, _ in scheduler.run()) == ["r1", "r2"]
+    assert max(overlaps) == 1 and scheduler.limits.used == {"runware": 0, "local": 0}

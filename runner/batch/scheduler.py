@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from ...flux2.budget import WAIT
 from ...flux2.errors import Cancelled
 from ...flux2.redaction import log_unexpected
+from .items import REMOTE
 from .manifest import INTERRUPTED
 
 log = logging.getLogger("comfyui_flux2.batch")
@@ -42,8 +43,9 @@ class ProviderLimits:
         for p in item.needs:
             self.used[p] = self.used.get(p, 0) + self.weight(item, p)
 
-    def give_back(self, item) -> None:
-        for p in item.needs:
+    def give_back(self, item, providers=None) -> None:
+        """`providers`: only these of the item's (default: all)."""
+        for p in item.needs if providers is None else item.needs & set(providers):
             self.used[p] -= self.weight(item, p)
 
 
@@ -67,7 +69,7 @@ class Scheduler:
         self.interrupt = interrupt
         self.inflight: dict[str, tuple] = {}          # item id -> (item, run)
         self.tickets: dict = {}                        # item id -> its budget Ticket
-        self.released: set[str] = set()               # in flight, provider slot already given back
+        self.released: set[str] = set()               # in flight, remote providers' slots already given back
         self.done: queue.Queue = queue.Queue()
         self.billed_usd = 0.0
         self.stopped_by: str | None = None             # "budget" | "cancel" | "abort"
@@ -128,17 +130,20 @@ class Scheduler:
         self.done.put((item_id, outcome))
 
     def calls_done(self, item_id: str) -> None:
-        """From an item's thread: its last provider call answered; the rest (saving) needs no provider slot."""
+        """From an item's thread: its last remote provider call answered; the rest (saving, and any local
+        node after it) needs no remote slot."""
         self.done.put((item_id, None))
 
     def _release(self, item_id: str) -> None:
+        """The item's remote providers' slots, once: a local-weights slot stays taken until the item ends (a
+        local node may still run after the last provider answer, and two on one GPU would not fit)."""
         if item_id in self.inflight and item_id not in self.released:
             self.released.add(item_id)
-            self.limits.give_back(self.inflight[item_id][0])
+            self.limits.give_back(self.inflight[item_id][0], REMOTE)
 
     def _finish(self, item_id: str, outcome) -> tuple:
-        self._release(item_id)
         item, _ = self.inflight.pop(item_id)
+        self.limits.give_back(item, [p for p in item.needs if p not in REMOTE or item_id not in self.released])
         self.released.discard(item_id)
         ticket = self.tickets.pop(item_id, None)
         if ticket is not None:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_test_extra_carries_what_the_readme_fast_command_needs():
     test_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
     assert "pytest-xdist" in {Requirement(r).name for r in test_extra}
-    assert ".venv/bin/python -m pytest -n 2" in (REPO / "README.md").read_text()
+    assert ".venv/bin/python -m pytest -n 3" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.slow   # starts a pytest with two worker processes; CI runs it (--run-slow)

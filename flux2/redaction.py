@@ -73,7 +73,9 @@ def _pattern(secret: str) -> re.Pattern:
         # Windows of the key as written, and of the key without separators with any separator (or none)
         # between its characters: an echo that reformats a UUID-style key (BFL's) as 32 bare hex digits,
         # or with underscores, carries runs that straddle where the hyphens were.
-        literal = {secret[i:i + n].lower() for i in range(len(secret) - n + 1)}
+        # (A window without a separator is one of the loose ones too: kept once, in the loose form, which
+        # halves the alternatives for a key without separators such as Runware's.)
+        literal = {w for i in range(len(secret) - n + 1) if _SEPARATORS.search(w := secret[i:i + n].lower())}
         bare = _SEPARATORS.sub("", secret).lower()
         loose = {"[-_]?".join(map(re.escape, bare[i:i + n])) for i in range(len(bare) - n + 1)}
         windows = sorted(map(re.escape, literal)) + sorted(loose)

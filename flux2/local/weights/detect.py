@@ -21,7 +21,7 @@ from ..model.params import (DEV_T, KLEIN4B_T, KLEIN9B_T, MISTRAL_SMALL, PRESETS,
                      TextEncoderParams, TransformerParams, VAEParams)
 from .quant import in_features
 from .safetensors_header import Header, TensorInfo
-from .headers import read_any_headers as read_headers
+from .headers import read_any_headers as read_headers, read_json
 
 AUTO = "auto"
 _TR_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
@@ -142,20 +142,11 @@ def vae_params(t: dict, name: str, config: dict | None = None) -> tuple[dict, VA
 
 # ---------------------------------------------------------------------------------------------- files
 
-def _json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise ModelLoadError(f"{path} is not valid JSON") from None
-
-
 def _distilled(files, header: Header, family: str, notes: list[str]) -> bool:
     if family != "klein":
         return False
     if files.diffusers_dir is not None:
-        index = _json(Path(files.diffusers_dir) / "model_index.json")
+        index = read_json(Path(files.diffusers_dir) / "model_index.json")
         if isinstance(index.get("is_distilled"), bool):
             notes.append(f"{'distilled' if index['is_distilled'] else 'Base'} from model_index.json is_distilled")
             return index["is_distilled"]
@@ -191,7 +182,7 @@ def reference_kv(files, header: Header | None = None) -> str | None:
         name = Path(files.transformer).name
         return f"KV variant from the file name {name}" if kv_word.search(name.lower()) else None
     if files.diffusers_dir is not None:
-        cls = _json(Path(files.diffusers_dir) / "model_index.json").get("_class_name")
+        cls = read_json(Path(files.diffusers_dir) / "model_index.json").get("_class_name")
         if cls:
             return f"KV variant from model_index.json _class_name {KV_PIPELINE}" if cls == KV_PIPELINE else None
         name = Path(files.diffusers_dir).name
@@ -220,13 +211,13 @@ def _parts(files):
             if not (d / "transformer").is_dir():
                 raise ModelLoadError(f"{d} is not a diffusers FLUX.2 folder (no transformer/ subfolder)")
             tr = shard_files(d / "transformer", "diffusion_pytorch_model")
-            cfg["transformer"] = _json(d / "transformer" / "config.json")
+            cfg["transformer"] = read_json(d / "transformer" / "config.json")
         if te is None and (d / "text_encoder").is_dir():
             te = shard_files(d / "text_encoder", "model")
-            cfg["text_encoder"] = _json(d / "text_encoder" / "config.json")
+            cfg["text_encoder"] = read_json(d / "text_encoder" / "config.json")
         if vae is None and (d / "vae").is_dir():
             vae = shard_files(d / "vae", "diffusion_pytorch_model")
-            cfg["vae"] = _json(d / "vae" / "config.json")
+            cfg["vae"] = read_json(d / "vae" / "config.json")
     if tr is None:
         raise ModelLoadError("no diffusion model file given")
     if te is None:
@@ -268,7 +259,7 @@ def _detect(tr, te, vae, cfg_json, files, _stamp) -> Detection:
                              f"{tr_name} ({'[dev]' if family == 'dev' else '[klein]'}) needs {want}")
     te_cfg = cfg["text_encoder"]
     if not te_cfg and len(te) == 1:              # a single file may bring its config as <stem>.config.json
-        te_cfg = _json(te[0].with_name(te[0].stem + ".config.json"))
+        te_cfg = read_json(te[0].with_name(te[0].stem + ".config.json"))
     if not te_cfg and te[0].suffix.lower() == ".gguf":     # a llama.cpp file says its head counts and head size
         from .gguf import text_config
         te_cfg = text_config(te_header)

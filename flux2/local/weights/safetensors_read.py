@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelLoadError
+from .headers import read_json
 from .quant_read import dequantize
 from .safetensors_header import read_header
 
@@ -67,13 +68,7 @@ def shard_files(folder: Path, stem: str) -> list[Path]:
 
 
 def read_config(folder: Path) -> dict:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return {}
-    try:
-        return json.loads(cfg.read_text())
-    except ValueError:
-        raise ModelLoadError(f"{cfg} is not valid JSON") from None
+    return read_json(folder / "config.json")
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefixes) -> dict[str, torch.Tensor]:

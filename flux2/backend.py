@@ -96,6 +96,7 @@ class GenerationResult:
     seeds: list[int]
     cost_usd: float | None = None       # billed cost reported by the provider (None: not reported/local)
     info: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)   # images.ProviderFile of those that came as a provider's file
 
 
 @runtime_checkable
@@ -217,9 +218,9 @@ def _run(backend: Backend, request: GenerationRequest, ctx: RunContext, key: str
     if result.info.get("expanded_prompts"):
         ctx.expanded_prompts[request.node_id or "?"] = list(result.info["expanded_prompts"])
     # The run's sink first: it holds the paid images (an interrupt during the cache write loses none), and a
-    # batch gives the provider slot to its next item there, so the cache's PNG encoding (the largest CPU
-    # cost of an item after the answer) runs beside the next task instead of before it.
+    # batch gives the provider slot to its next item there, so the cache write runs beside the next task.
+    # A provider's file is stored as it came (result.files); only other images are encoded here.
     ctx.on_result(request, result)
     if key and len(result.images) == request.batch and not result.info.get("placeholders"):
-        ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe())
+        ctx.cache.put(key, result.images, result.seeds, result.cost_usd, backend.describe(), files=result.files)
     return result

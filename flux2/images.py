@@ -116,17 +116,28 @@ def decode(data: bytes, what: str = "image", error: type = InputError) -> np.nda
         raise error(f"{what} is not a readable PNG/JPEG/WebP image ({type(exc).__name__})") from None
 
 
-def decode_provider_image(data: bytes, what: str) -> np.ndarray:
-    return decode(data, what, error=ProviderError)
+@dataclass(frozen=True, eq=False)
+class ProviderFile:
+    """A picture as the provider sent it (PNG/JPEG/WebP bytes) and the pixels `decode` makes of it. The result
+    cache stores these bytes as they came instead of encoding the pixels again: a PNG encode per image saved
+    (about 8 ms of CPU at 256x256, tens of ms at 1 MP), and the cached pixels are the same by construction."""
+
+    data: bytes
+    image: np.ndarray                   # uint8 [H, W, 3]
 
 
-def decode_data_uri(uri: str, what: str = "image") -> np.ndarray:
+def provider_file(data: bytes, what: str) -> ProviderFile:
+    return ProviderFile(data, decode(data, what, error=ProviderError))
+
+
+def data_uri_file(uri: str, what: str = "image") -> ProviderFile:
+    """A data URI (or bare base64) from a provider's answer -> its file and pixels."""
     try:
         _, b64 = uri.split(",", 1) if uri.startswith("data:") else ("", uri)
         raw = base64.b64decode(b64, validate=True)
     except (ValueError, base64.binascii.Error):
         raise ProviderError(f"{what} is not valid base64") from None
-    return decode(raw, what, error=ProviderError)
+    return provider_file(raw, what)
 
 
 def load_image_file(path, what: str | None = None) -> np.ndarray:

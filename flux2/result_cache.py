@@ -52,7 +52,8 @@ def key_of(identity: dict) -> str:
 
 
 def pack_entry(pngs: list[bytes], seeds, billed_usd, describe: str) -> bytes:
-    """MAGIC, one JSON header line (seeds, cost, per-image length and sha256), then the PNGs back to back."""
+    """MAGIC, one JSON header line (seeds, cost, per-image length and sha256), then the image files back to back
+    (PNG, or the provider's own PNG/JPEG/WebP file)."""
     header = {"seeds": [int(s) for s in seeds], "billed_usd": billed_usd, "created": time.time(),
               "backend": describe,
               "images": [{"bytes": len(p), "sha256": hashlib.sha256(p).hexdigest()} for p in pngs]}
@@ -240,11 +241,15 @@ class ResultCache:
         with contextlib.suppress(OSError):
             self._entry(key).with_suffix(".sent").unlink()
 
-    def put(self, key: str, images, seeds, billed_usd, describe: str) -> None:
+    def put(self, key: str, images, seeds, billed_usd, describe: str, files=()) -> None:
+        """`files`: images.ProviderFile of images that came as a provider's file: those bytes are stored as they
+        came (they decode to that very array); any other image is encoded as PNG."""
         from .images import encode
         path = self._entry(key)
+        as_sent = {id(f.image): f.data for f in files}
         try:
-            blob = pack_entry([encode(image, "PNG") for image in images], seeds, billed_usd, describe)
+            blob = pack_entry([as_sent.get(id(image)) or encode(image, "PNG") for image in images], seeds,
+                              billed_usd, describe)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}-", suffix=".tmp")
             try:

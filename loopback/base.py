@@ -81,6 +81,13 @@ class Faults:
             self._queue.clear()
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a client opening more connections at once (a batch's
+    # first round) has the rest of its SYNs dropped and retried a second later (Linux), which no real
+    # provider's server does. 128 is Linux's usual somaxconn floor.
+    request_queue_size = 128
+
+
 class LoopbackServer:
     """Owns a ThreadingHTTPServer on 127.0.0.1 in a daemon thread. Subclasses set `handler_class`."""
 
@@ -94,7 +101,7 @@ class LoopbackServer:
         self.endless_bytes_sent = 0           # what `endless` download faults wrote before the client left
         self.lock = threading.Lock()
         handler = type("Handler", (self.handler_class,), {"app": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _Server(("127.0.0.1", port), handler)
         self.httpd.handle_error = self._handle_error
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None

@@ -389,3 +389,15 @@ def test_a_local_weights_slot_stays_taken_after_the_items_provider_calls_answere
     scheduler = Scheduler(items, Run, limits=ProviderLimits({"runware": 4, "local": 1}))
     assert sorted(item.id for item, _ in scheduler.run()) == ["r1", "r2"]
     assert max(overlaps) == 1 and scheduler.limits.used == {"runware": 0, "local": 0}
+
+
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
+def test_the_batch_benchmark_runs_ours_beside_the_raw_httpx_peer(capsys, monkeypatch):
+    """`comfyui-flux2 benchmark batch` end to end at tiny size (numbers reported, never asserted)."""
+    from comfyui_flux2.bench import batch as bench
+    for name in ("RUNWARE_API_URL", "RUNWARE_API_KEY", "FLUX2_CACHE_DIR"):     # the benchmark sets them
+        monkeypatch.setenv(name, "")
+    assert bench.main(["--items", "6", "--task-s", "0.05", "--concurrency", "3", "--repeat", "2",
+                       "--local-items", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ours (6/6 ok)" in out and "raw httpx peer (6/6 ok)" in out and "ours / peer throughput" in out

@@ -30,3 +30,25 @@ def test_a_fast_task_still_takes_task_s(runware, ctx):
     t0 = time.monotonic()
     run(RunwareBackend("FLUX.2 [pro]"), GenerationRequest("a hare", 256, 256, 1), ctx)
     assert time.monotonic() - t0 >= 0.3
+
+
+def test_many_connections_at_once_are_all_accepted():
+    """A batch's first round opens `concurrency` connections at once. socketserver's listen backlog of 5 let the
+    kernel drop the other SYNs, and those connections came a second later (Linux's SYN retry), which made one
+    task of the first round take 1.5 s in `benchmark batch`; no real provider's server does that. Here nothing
+    accepts yet (the server is not started): every connect must still complete, queued by the kernel."""
+    import socket
+
+    server = runware_server.RunwareLoopback()          # listening, not accepting
+    socks = []
+    try:
+        for _ in range(16):
+            s = socket.socket()
+            s.settimeout(0.5)                               # a dropped SYN is retried only after 1 s
+            s.connect(("127.0.0.1", server.port))
+            socks.append(s)
+        assert len(socks) == 16
+    finally:
+        for s in socks:
+            s.close()
+        server.httpd.server_close()

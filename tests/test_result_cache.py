@@ -146,3 +146,56 @@ def test_the_run_sink_has_the_result_before_the_cache_encodes_it(runware, tmp_pa
     run(pro(), request, ctx)
     assert order == ["sink", "cache"]
     assert run(pro(), request, RunContext(cache=cache)).info.get("cached")     # still stored
+
+
+def _stored_files(folder: Path) -> list[bytes]:
+    from comfyui_flux2.flux2.result_cache import unpack_entry
+    return [blob for entry in sorted(folder.rglob("*.result")) for blob in unpack_entry(entry.read_bytes())[0]]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_providers_file_is_cached_as_it_came(runware, tmp_path, fmt, batch):
+    """No second encode (issue 25, batch throughput): the cache keeps the very bytes the provider served - a JPEG
+    stays that JPEG - and serves the same pixels the first run had. Batch 1 is cached by backend.run, each image
+    of a larger batch the moment it arrives (jobs.store_arrived)."""
+    cache = ResultCache(tmp_path / "cache")
+    backend = RunwareBackend("FLUX.2 [pro]", RemoteOptions(output_format=fmt))
+    request = GenerationRequest("a lighthouse", 256, 256, 21, batch=batch)
+    first = run(backend, request, RunContext(cache=cache))
+    served = {data for data, _ in runware.images.values()}
+    stored = _stored_files(tmp_path / "cache")
+    # A batch of 2: each image under its own key, and the batch under the request's key.
+    assert len(stored) == (1 if batch == 1 else 4) and set(stored) <= served
+    assert all(blob.startswith(b"\xff\xd8" if fmt == "JPEG" else b"\x89PNG") for blob in stored)
+    again = run(backend, request, RunContext(cache=cache))
+    assert again.info.get("cached") or again.info.get("cached_images") == batch
+    assert len(runware.tasks("imageInference")) == batch                   # nothing sent the second time
+    assert all((a == b).all() for a, b in zip(first.images, again.images))
+
+
+def test_a_bfl_file_is_cached_as_it_came(bfl, tmp_path):
+    from comfyui_flux2.flux2.remote.bfl import BflBackend
+    cache = ResultCache(tmp_path / "cache")
+    request = GenerationRequest("a harbour", 256, 256, 8)
+    first = run(BflBackend("FLUX.2 [pro]", RemoteOptions()), request, RunContext(cache=cache))
+    (stored,) = _stored_files(tmp_path / "cache")
+    assert stored in {data for data, _ in bfl.images.values()}
+    again = run(BflBackend("FLUX.2 [pro]", RemoteOptions()), request, RunContext(cache=cache))
+    assert again.info.get("cached") and (again.images[0] == first.images[0]).all()
+
+
+def test_a_file_is_stored_only_for_the_very_image_it_decodes_to(tmp_path):
+    """The cache pairs a provider's file with its image by identity: an image that is not that array (changed
+    after decoding, or another one) is encoded from its own pixels, never stored as the file's bytes."""
+    from comfyui_flux2.flux2.images import ProviderFile, encode
+    cache = ResultCache(tmp_path)
+    image = np.full((16, 16, 3), 7, np.uint8)
+    other = np.full((16, 16, 3), 9, np.uint8)
+    jpeg = encode(image, "JPEG")
+    key = "ef" + "2" * 62
+    cache.put(key, [image, other], [1, 2], None, "x", files=[ProviderFile(jpeg, image), ProviderFile(jpeg, image.copy())])
+    first, second = _stored_files(tmp_path)
+    assert first == jpeg and second.startswith(b"\x89PNG")
+    images, seeds, _, _ = cache.get(key)
+    assert (images[1] == 9).all() and seeds == [1, 2]

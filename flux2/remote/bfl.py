@@ -27,7 +27,7 @@ import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import Cancelled, ConfigError, Flux2Error, InputError, ModerationError, ProviderError
-from ..images import decode_provider_image, placeholder
+from ..images import placeholder, provider_file
 from ..models import BFL
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
@@ -382,6 +382,7 @@ class BflBackend(RemoteBackend):
             data = transport.download(answer.sample, what)
         except ProviderError as exc:
             raise _reworded(exc, f"{exc} (downloading the {what}, which was billed)") from None
-        job.image = decode_provider_image(data, f"BFL {what}")
+        job.file = provider_file(data, f"BFL {what}")
+        job.image = job.file.image
         checked_seed(job, answer.seed, "bfl")       # after the image is kept: a bad seed loses nothing
 

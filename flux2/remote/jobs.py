@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..backend import GenerationRequest, GenerationResult
+from ..images import ProviderFile
 from ..errors import BudgetError, Cancelled, Flux2Error, ProviderError, ProviderTimeout
 from ..redaction import log_unexpected, scrub
 from ..net.transport import Deadlines, sleep_with_cancel
@@ -47,6 +48,7 @@ class Job:
     sent: bool = False              # the billable request may have reached the provider
     settled: bool = False           # the provider's final word on the task is known (billed or not)
     image: np.ndarray | None = None
+    file: ProviderFile | None = None  # the provider's file `image` was decoded from (the cache keeps it as is)
     result_seed: int | None = None  # the seed the provider reports, when it is a valid one
     cost_usd: float | None = None   # what the provider says it charged (None: not said or not credible)
     charged: bool = False           # the provider billed the task (its image may still be lost)
@@ -295,6 +297,7 @@ def settle(jobs: list[Job], request: GenerationRequest, ctx: RunContext, *, prov
         images=[j.image for j in done],
         seeds=[j.result_seed if j.result_seed is not None else j.seed for j in done],
         cost_usd=cost,
+        files=[j.file for j in done if j.file is not None],
         info={"provider": provider, "tasks": [j.task_id for j in jobs], "placeholders": placeholders,
               **({"cost_unknown_tasks": len(charged) - len(known)} if len(known) < len(charged) else {}),
               **({"cached_images": sum(j.cached for j in jobs)} if any(j.cached for j in jobs) else {}),
@@ -387,7 +390,7 @@ def _cache_images(jobs, request, ctx, describe, cache_key, failed: bool) -> None
         key = cache_key(job.index)
         if key:
             seed = job.result_seed if job.result_seed is not None else job.seed
-            ctx.cache.put(key, [job.image], [seed], job.cost_usd, describe)
+            ctx.cache.put(key, [job.image], [seed], job.cost_usd, describe, files=_file_of(job))
 
 
 def store_arrived(job: Job, ctx: RunContext, cache_key: Callable[[int], str | None] | None, describe: str,
@@ -401,9 +404,13 @@ def store_arrived(job: Job, ctx: RunContext, cache_key: Callable[[int], str | No
     key = cache_key(job.index)
     if key:
         seed = job.result_seed if job.result_seed is not None else job.seed
-        ctx.cache.put(key, [job.image], [seed], job.cost_usd, describe)
+        ctx.cache.put(key, [job.image], [seed], job.cost_usd, describe, files=_file_of(job))
         ctx.cache.forget_sent(key)
         job.stored = True
+
+
+def _file_of(job: Job) -> list[ProviderFile]:
+    return [job.file] if job.file is not None else []
 
 
 def note_sent(job: Job, ctx: RunContext, cache_key: Callable[[int], str | None] | None, task: dict) -> None:

@@ -11,7 +11,7 @@ import httpx
 
 from ..backend import GenerationRequest, GenerationResult, PlannedCall, validated
 from ..errors import AuthError, BudgetError, Cancelled, Flux2Error, InputError, ModerationError, ProviderError
-from ..images import decode_data_uri, decode_provider_image, pixel_digest, placeholder
+from ..images import ProviderFile, data_uri_file, pixel_digest, placeholder, provider_file
 from ..models import RUNWARE
 from ..pricing import Estimate, estimate, reference_sizes
 from ..reference_urls import as_sent
@@ -303,7 +303,8 @@ class RunwareBackend(RemoteBackend):
                              patience_s=min(self.deadlines.lookup_s, EARLIER_TASK_PATIENCE_S))
         self._take_item(job, item, ctx, None)
         seeds = [job.result_seed] if job.result_seed is not None else []
-        return GenerationResult(images=[job.image], seeds=seeds, cost_usd=job.cost_usd, info={"tasks": [task_uuid]})
+        return GenerationResult(images=[job.image], seeds=seeds, cost_usd=job.cost_usd, info={"tasks": [task_uuid]},
+                                files=[job.file] if job.file is not None else [])
 
     def _recover(self, job: Job, ctx: RunContext, started: float, cause: str,
                  patience_s: float | None = None) -> ImageResult | ErrorEntry:
@@ -332,7 +333,8 @@ class RunwareBackend(RemoteBackend):
             checked_seed(job, item.seed, "runware")
         except ProviderError as exc:
             problems.append(exc)
-        job.image = self._image_of(item, job)
+        job.file = self._image_of(item, job)
+        job.image = job.file.image
         job.charged = True
         self._remember_generated(item, job.image, ctx)
         if problems:
@@ -345,7 +347,7 @@ class RunwareBackend(RemoteBackend):
             ctx.remember_upload(f"runware generated {base_url(URL_ENV, DEFAULT_URL)}", pixel_digest(image),
                                 item.imageUUID, UPLOAD_TTL_S)
 
-    def _image_of(self, item: ImageResult, job: Job):
+    def _image_of(self, item: ImageResult, job: Job) -> ProviderFile:
         what = f"Runware result of task {job.task_id}"
         present = dict(item.images())
         for name, value in present.items():
@@ -355,10 +357,10 @@ class RunwareBackend(RemoteBackend):
         # An inline copy already in the answer is used first: no download that could fail and lose a paid image.
         inline = [present[n] for n in ("imageBase64Data", "imageDataURI") if n in present]
         if inline and len(inline[0]) <= MAX_INLINE_CHARS:
-            return decode_data_uri(inline[0], what)
+            return data_uri_file(inline[0], what)
         if "imageURL" in present:
             transport, _, _ = self._client()
-            return decode_provider_image(transport.download(present["imageURL"], what), what)
+            return provider_file(transport.download(present["imageURL"], what), what)
         if inline:
             raise ProviderError(f"runware: task {job.task_id} answered an inline image over the size limit")
         if item.NSFWContent is True:

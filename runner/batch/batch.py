@@ -197,10 +197,9 @@ class Batch:
 
     # -- running ----------------------------------------------------------------------------------
     def limits(self) -> dict[str, int]:
-        from ...flux2.remote.bfl import BflBackend
         from ...flux2.remote.runware import concurrency as runware_default
         runware = self.concurrency or runware_default()
-        bfl = min(self.concurrency, BFL_MAX_ACTIVE) if self.concurrency else BflBackend("FLUX.2 [pro]").concurrency()
+        bfl = min(self.concurrency, BFL_MAX_ACTIVE) if self.concurrency else self._bfl_default()
         local = self._ray.size if self._ray is not None else 1     # one item per loaded model
         return {"runware": runware, "bfl": bfl, "local": local}
 
@@ -227,6 +226,14 @@ class Batch:
             for item, outcome in self.scheduler.abort():
                 yield self._ended(item, outcome)
         self.close()
+
+    def _bfl_default(self) -> int:
+        """BFL's own limit (FLUX2_CONCURRENCY or its active-task cap); the BFL client is imported only when an
+        item uses BFL (its modules cost a Runware-only batch 15 ms at start)."""
+        if self.plan is not None and not any("bfl" in item.needs for item in self.plan.items):
+            return 1
+        from ...flux2.remote.bfl import BflBackend
+        return BflBackend("FLUX.2 [pro]").concurrency()
 
     def _start(self, item: BatchItem, ticket=None):
         """`ticket`: what the budget gate admitted for the item; its provider tasks draw on it."""
@@ -283,10 +290,10 @@ class Batch:
     def _recover(self, items: list[BatchItem]) -> None:
         """Tasks an interrupted earlier run left in flight: fetched from the provider into the result cache,
         so their items are served from it instead of paid again."""
-        from .recover import recover_tasks
         wanted = {item.id: (self.records.get(item.id) or {}).get("recover") or () for item in items}
         if not any(wanted.values()) or self.env.cache is None:
             return
+        from .recover import recover_tasks
         billed = recover_tasks([e for entries in wanted.values() for e in entries], self.env.cache, self.is_cancelled)
         for item_id, entries in wanted.items():
             keys = [e.get("key") for e in entries if isinstance(e, dict) and e.get("key") in billed]

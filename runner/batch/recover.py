@@ -44,7 +44,8 @@ def recover_tasks(entries: list[dict], cache, is_cancelled=None) -> dict[str, fl
         if not result.seeds:
             log.warning("Runware task %s came back without its seed; its item runs again", task)
             continue
-        cache.put(key, result.images, result.seeds, result.cost_usd, f"Runware task {task}, recovered")
+        cache.put(key, result.images, result.seeds, result.cost_usd, f"Runware task {task}, recovered",
+                  files=result.files)
         log.warning("recovered Runware task %s from an earlier, aborted run (billed then: %s)", task,
                     "unknown" if result.cost_usd is None else f"${result.cost_usd:g}")
         recovered[key] = result.cost_usd

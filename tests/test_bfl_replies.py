@@ -133,6 +133,11 @@ def test_a_garbled_submit_answer_is_polled_by_the_id_it_names():
     ({"status": "Ready", "cost": 4.8, "result": {"sample": "u", "cost": 5}}, PollAnswer("Ready", "u", cost=5)),
     ({"status": "Error", "error": "out of memory"}, PollAnswer("Error", details="out of memory")),
     ({"status": "Error", "result": {"message": "worker lost"}}, PollAnswer("Error", details="worker lost")),
+    # A `result` taken for its reasons leaves its signed sample URL out of the error text.
+    ({"status": "Error", "result": {"sample": "https://delivery.bfl.ai/r/x.jpeg?sig=abc", "stage": "upscale"}},
+     PollAnswer("Error", "https://delivery.bfl.ai/r/x.jpeg?sig=abc", details="stage: upscale")),
+    ({"status": "Error", "result": {"sample": "https://delivery.bfl.ai/r/x.jpeg?sig=abc"}},
+     PollAnswer("Error", "https://delivery.bfl.ai/r/x.jpeg?sig=abc")),
     ({"status": "Content Moderated", "error": "not a reason here"}, PollAnswer("Content Moderated")),
     ({"status": "Content Moderated", "details": [{"loc": ["body", "image"], "msg": "nsfw"}]},
      PollAnswer("Content Moderated", details="image: nsfw")),

@@ -153,7 +153,8 @@ def parse_poll(body) -> PollAnswer | None:
     # pending answer must not cost the image.
     reasons = body.get("details") if status in ("Error", "Request Moderated", "Content Moderated") else None
     if status == "Error":
-        reasons = reasons or body.get("error") or body.get("result")
+        # A `result` read for its reasons leaves out `sample`: a signed URL to a picture has no place in an error.
+        reasons = reasons or body.get("error") or ({k: v for k, v in result.items() if k != "sample"} or None)
     cost = result.get("cost") if result.get("cost") is not None else body.get("cost")
     return PollAnswer(status=status, sample=result.get("sample") if isinstance(result.get("sample"), str) else None,
                       prompt=result.get("prompt") if isinstance(result.get("prompt"), str) else None,

@@ -4,7 +4,7 @@
 
 For [klein] 4B and [dev] transformers with random weights at 1024² (4096 image + 512 text tokens), each row in its
 own process: diffusers' Flux2Transformer2DModel in bf16; ours in bf16, with every block Linear kept in fp8
-(ScaledFP8Linear, what an fp8 file gives), and in bf16 under block offload (offload.py: blocks stream from host
+(ScaledFP8Linear, what an fp8 file gives) or GGUF Q8_0 / Q4_K or NVFP4 (bench/gpu_quant.py), and in bf16 under block offload (offload.py: blocks stream from host
 RAM through pinned staging buffers on a copy stream, the next block copied while the current one computes; two
 blocks on the GPU at most). The random weights of the offload row are held in RAM (a real run maps them from the
 files instead: its RAM peak is the staging buffers, not the weights). Per row: one step (median of 3 forwards), a 4-step Euler loop (one image's denoising at klein's
@@ -29,6 +29,8 @@ MODELS = ("klein4b", "dev")
 # block-streaming run fit a GPU window; per-block numbers are what the full depth repeats.
 CUTS = {"dev-1blk": (1, 1), "dev-6blk": (2, 4)}
 IMPLS = ("diffusers-bf16", "ours-bf16", "ours-fp8", "ours-bf16-offload")
+# Block weights kept in a stored format and de-quantised per layer as it runs (bench/gpu_quant.py).
+QUANT_IMPLS = ("ours-fp8", "ours-gguf-q8_0", "ours-gguf-q4_k", "ours-nvfp4")
 # Dense bf16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets (SXM parts; without sparsity).
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.05}
 STEPS = 4
@@ -69,29 +71,6 @@ def _peak_ram_gib() -> float:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 2**20
 
 
-def _to_fp8(module, compute_dtype) -> int:
-    """Every Linear inside the blocks -> ScaledFP8Linear (float8_e4m3fn weight, scalar scale)."""
-    import torch
-    from torch import nn
-
-    from ..flux2.local.weights.quant import ScaledFP8Linear
-
-    n = 0
-    for blocks in (module.double_blocks, module.single_blocks):
-        for name, child in list(blocks.named_modules()):
-            if type(child) is not nn.Linear:
-                continue
-            w = child.weight.detach()
-            scale = w.abs().amax().float() / 448.0
-            new = ScaledFP8Linear(child.in_features, child.out_features, False, compute_dtype).to(w.device)
-            new.weight.data = (w.float() / scale).to(torch.float8_e4m3fn)
-            new.weight_scale.data = scale.reshape(())
-            parent, _, attr = name.rpartition(".")
-            setattr(blocks.get_submodule(parent) if parent else blocks, attr, new)
-            n += 1
-    return n
-
-
 def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     import torch
 
@@ -110,9 +89,9 @@ def worker(model: str, impl: str, device: str, tiny: bool) -> dict:
     t0 = time.perf_counter()
     forward = _forward(impl, p, device, dtype, (txt, iid, tid, guidance))
     build_s = time.perf_counter() - t0
-    step_s, loop_s = _timed(forward, img, device)
+    step_s, loop_s, finite = _timed(forward, img, device)
     flops = forward_flops(p, Li, Lt)
-    return {"model": model, "impl": impl, "build_s": build_s, "step_s": step_s, "loop4_s": loop_s,
+    return {"model": model, "impl": impl, "build_s": build_s, "step_s": step_s, "loop4_s": loop_s, "finite": finite,
             "tflops": flops / step_s / 1e12, "flop_per_step": flops,
             "vram_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "ram_peak_gib": _peak_ram_gib()}
@@ -143,8 +122,12 @@ def _forward(impl: str, p, device: str, dtype, inputs: tuple):
     from ..flux2.local.offload import offload_transformer
 
     model_ = built_random(lambda: Flux2Transformer(p), device, dtype)
-    if impl.endswith("fp8"):
-        _to_fp8(model_, dtype)
+    if impl in QUANT_IMPLS:
+        from .gpu_quant import quantize_blocks
+
+        quantize_blocks(model_, impl.removeprefix("ours-"), dtype)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()                  # the bf16 weights it replaced
     # offload: made on the device (fast), then held in host RAM; on the CPU (--tiny) the same code runs
     if impl.endswith("offload"):
         model_.to("cpu")
@@ -157,9 +140,9 @@ def _forward(impl: str, p, device: str, dtype, inputs: tuple):
     return forward
 
 
-def _timed(forward, img, device: str) -> tuple[float, float]:
-    """-> (one step: median of 3 forwards after a warm-up, a STEPS-step Euler loop), seconds; CUDA peak memory
-    statistics restarted after the warm-up."""
+def _timed(forward, img, device: str) -> tuple[float, float, bool]:
+    """-> (one step: median of 3 forwards after a warm-up, a STEPS-step Euler loop, seconds; whether the loop's
+    latent is finite: a row timing NaNs says so); CUDA peak memory statistics restarted after the warm-up."""
     import torch
 
     from ..flux2.local.model.sampling import euler_step
@@ -186,7 +169,7 @@ def _timed(forward, img, device: str) -> tuple[float, float]:
         sync()
         loop_s = time.perf_counter() - t0
     times.sort()
-    return times[1], loop_s
+    return times[1], loop_s, bool(torch.isfinite(x).all())
 
 
 def _peak(device: str) -> tuple[str, float | None]:

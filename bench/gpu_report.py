@@ -26,7 +26,8 @@ def _step_table(rows: list[dict], base_impl: str, base_name: str) -> list[str]:
         base = next((x for x in rows if x.get("model") == r["model"] and x.get("impl") == base_impl
                      and "step_s" in x), None)
         ratio = f"{r['step_s'] / base['step_s']:.2f}×" if base else "—"
-        out.append(f"| {r['label']} | {_s(r['step_s'])} | {ratio} | {_s(r['loop4_s'])} | {r['tflops']:.1f} | "
+        label = r["label"] + ("" if r.get("finite", True) else " (output not finite)")
+        out.append(f"| {label} | {_s(r['step_s'])} | {ratio} | {_s(r['loop4_s'])} | {r['tflops']:.1f} | "
                    f"{_gib(r['vram_peak_gib'])} | {_gib(r['ram_peak_gib'])} | {r['build_s']:.1f} s |")
     return out
 
@@ -66,6 +67,9 @@ NOTES = {
                "one computes (two on the GPU at most). Step time close to the resident row = the copies overlap.",
     "t2i": "Text encoder (Qwen3 4B), transformer and VAE at full size, random weights, bundled Qwen3 tokenizer; no "
            "cache between runs, so every image encodes its prompt.",
+    "quant": "Every block Linear holds random bytes in the format's real layout and is de-quantised to bf16 each time "
+             "it runs (GGUFLinear, NVFP4Linear: what a .gguf or an NVFP4 file gives); the VRAM peak shows what the "
+             "format saves, the step time what de-quantising costs.",
     "parity": "diffusers' pipeline and this engine on the very same tensors (transformer converted to our layout as "
               "the loader converts a diffusers folder), the same prompt embedding, seed and schedule; 8-bit pixels.",
 }
@@ -85,7 +89,8 @@ def render(meta: dict, sections) -> str:
     tables = {"klein": lambda r: _step_table(r, "diffusers-bf16", "diffusers"),
               "dev-block": lambda r: _step_table(r, "diffusers-bf16", "diffusers"),
               "offload": lambda r: _step_table(r, "ours-bf16", "resident"),
-              "t2i": _t2i_table, "parity": _parity_table}
+              "t2i": _t2i_table, "parity": _parity_table,
+              "quant": lambda r: _step_table(r, "ours-bf16", "bf16")}
     for s in sections:
         lines += ["", f"## {s.title}", "", NOTES.get(s.key, ""), ""]
         lines += tables[s.key](s.rows) if s.rows else [f"Not run: {s.status}."]

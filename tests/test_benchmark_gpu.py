@@ -68,3 +68,35 @@ def test_the_whole_command_runs_at_tiny_size_on_the_cpu(tmp_path, capsys):
             assert f"| {label}" in text
     # the same random weights through diffusers' pipeline and this engine: the same picture (float32 here)
     assert "| klein4b parity (64², 4 steps) | float32 | 0 levels | 0.000 levels | 0.00 % |" in text
+
+
+@pytest.mark.parametrize("kind", ["fp8", "gguf-q8_0", "gguf-q4_k", "nvfp4"])
+def test_random_quantised_blocks_decode_like_the_bf16_rows_weights(kind):
+    """bench/gpu_quant.py fills GGUF / NVFP4 layers with random bytes: they must de-quantise to weights shaped like
+    the bf16 rows' (zero mean, std 1/sqrt(fan_in)), or the quant rows would time a model whose activations blow up
+    (or vanish) instead of the real one; and the transformer must still give a finite step."""
+    import torch
+    from torch import nn
+
+    from comfyui_flux2.bench.gpu_full_size import params_for
+    from comfyui_flux2.bench.gpu_quant import quantize_blocks
+    from comfyui_flux2.bench.gpu_random import built_random
+    from comfyui_flux2.flux2.local.model.sampling import image_ids, text_ids
+    from comfyui_flux2.flux2.local.model.transformer import Flux2Transformer
+
+    p = params_for("klein4b", tiny=True)
+    model = built_random(lambda: Flux2Transformer(p), "cpu", torch.float32)
+    linears = sum(type(m) is nn.Linear for b in (model.double_blocks, model.single_blocks) for m in b.modules())
+    assert quantize_blocks(model, kind, torch.float32) == linears > 0
+    layers = [m for b in (model.double_blocks, model.single_blocks) for m in b.modules() if hasattr(m, "dequantized")]
+    assert len(layers) == linears
+    for layer in layers:
+        w = layer.dequantized(torch.float32)
+        assert w.shape == (layer.out_features, layer.in_features) and torch.isfinite(w).all()
+        target = layer.in_features ** -0.5
+        assert 0.75 * target < w.std().item() < 1.33 * target, (layer, w.std().item(), target)
+        assert abs(w.mean().item()) < 0.15 * target
+    x = torch.randn(1, 16, 128)
+    out = model(x, image_ids(4, 4), torch.randn(1, 8, p.context_dim), text_ids(8), torch.tensor([0.5]),
+                torch.tensor([4.0]) if p.guidance_embed else None)
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -123,6 +123,10 @@ class ItemRun:
             self._calls_done()
 
     def _calls_done(self) -> None:
+        if getattr(self.item, "planned_hits", 0):
+            # A call planned as a cache hit sends a task of its own if the entry is gone by then (deleted, damaged),
+            # maybe after every planned task answered: such an item keeps its slot until it ends.
+            return
         with self._answers_lock:
             said, self._calls_done_said = self._calls_done_said, True
         if self.on_calls_done is not None and not said:

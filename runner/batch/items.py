@@ -35,6 +35,7 @@ class BatchItem:
     approximate_reasons: list = field(default_factory=list)   # why (pricing.approximate_note prints them)
     providers: dict = field(default_factory=dict)   # provider -> tasks it can have in flight at once
     provider_calls: int = 0                          # calls that go to a provider (not served by the cache)
+    planned_hits: int = 0                            # provider calls the dry run found in the result cache
     units: list = field(default_factory=list)       # USD of each paid provider task (None: no published price)
     prompts: list = field(default_factory=list)     # the text prompts of its generation nodes (contact sheet)
 
@@ -146,6 +147,7 @@ def plan_item(item: BatchItem, registry: dict, *, input_dir: Path, more_input_di
         free = call.backend in REMOTE and est.usd == 0.0      # served from the result cache
         providers[call.backend] = max(providers.get(call.backend, 0), 0 if free else _tasks(call))
         item.provider_calls += call.backend in REMOTE and not free
+        item.planned_hits += call.backend in REMOTE and free
         if call.backend in REMOTE and not free:   # what the budget gate admits for the item, task by task
             n = _tasks(call)
             item.units += [None if est.usd is None else round(est.usd / n, 6)] * n

@@ -103,3 +103,41 @@ def test_second_ctrl_c_aborts_and_the_task_left_in_flight_is_recovered_not_paid_
     assert rec["billed_earlier_usd"] == pytest.approx(0.03)
     assert (out / rec["outputs"][0]).is_file()
     assert runware.billed == pytest.approx(0.03)
+
+
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
+def test_a_recovered_tasks_charge_is_in_the_manifest_when_the_item_then_fails(runware, tmp_path):
+    """The re-run recovers the task an aborted run left in flight, then a later node of the item fails: the
+    earlier run's charge for that task is still written in the item's manifest line (it was only for items that
+    ended ok; the next run serves the image from the cache and would never show it)."""
+    wf = small_workflow(tmp_path)
+    prompt = json.loads(wf.read_text())
+    prompt["5"] = {"class_type": "Flux2TextToImage", "_meta": {"title": "Later"},
+                   "inputs": {"backend": ["1", 0], "prompt": "after the first", "width": 256, "height": 256,
+                              "seed": 7, "batch_size": 1}}
+    prompt["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "later"}}
+    wf.write_text(json.dumps(prompt))
+    table = write_csv(tmp_path, "Make.prompt\nonly one\n")
+    out = tmp_path / "o"
+    runware.faults.push(route="submit", hold_s=4)     # node 3's task: done and billed at once, answered after 4 s
+    proc = start(wf, "--table", table, "--output-dir", out)
+    wait_for(lambda: len(runware.tasks("imageInference")) == 1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    (task,) = runware.tasks("imageInference")
+    assert task["positivePrompt"] == "only one"
+    wait_for(lambda: task["taskUUID"] in runware.billed_tasks)
+
+    # The re-run: node 3 comes back by getResponse, node 5's prompt is refused by the provider's content filter.
+    prompt["5"]["inputs"]["prompt"] = "forbidden-content after the first"
+    wf.write_text(json.dumps(prompt))
+    proc = start(wf, "--table", table, "--output-dir", out)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
+    assert [t["taskUUID"] for t in runware.tasks("getResponse")] == [task["taskUUID"]]
+    (rec,) = records(out).values()
+    assert rec["status"] == "failed" and "content" in rec["error"].lower()
+    assert rec["billed_earlier_usd"] == pytest.approx(0.03)

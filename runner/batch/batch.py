@@ -244,8 +244,9 @@ class Batch:
                        gate=ticket)
 
     def _ended(self, item: BatchItem, outcome: ItemOutcome) -> BatchResult:
-        if outcome.status == "ok" and item.id in self._recovered_usd:
-            # served from what _recover fetched: the cache hit cost $0 now, the task was billed to the earlier run
+        if item.id in self._recovered_usd:
+            # Its tasks that _recover fetched were billed to the earlier run, which wrote no line for them: said on
+            # this line whatever the item did next (a later run serves them from the cache and would never say it).
             earlier = round(outcome.billed_earlier_usd + self._recovered_usd.pop(item.id), 6)
             outcome = replace(outcome, billed_earlier_usd=earlier)
         line = record(item, outcome)

@@ -68,14 +68,10 @@ def test_ctrl_c_starts_no_new_item_keeps_paid_images_and_resumes(slow_runware, t
     assert sum(r["billed_usd"] for r in recs.values()) == pytest.approx(4 * 0.03)
 
 
-@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
-def test_second_ctrl_c_aborts_and_the_task_left_in_flight_is_recovered_not_paid_again(runware, tmp_path):
-    """The provider finishes (and bills) the task after the batch stopped waiting for it: the re-run asks for
-    it with getResponse on its taskUUID and uses that image; no second imageInference is sent."""
-    wf = small_workflow(tmp_path)
-    table = write_csv(tmp_path, "Make.prompt\nonly one\n")
-    out = tmp_path / "o"
-    runware.faults.push(route="submit", hold_s=4)     # done and billed at once, answered only after 4 s
+def _abort_with_a_task_in_flight(runware, wf, table, out) -> str:
+    """A batch whose first task is done and billed at once but answered only after 4 s, stopped by two Ctrl-C
+    while it waits: returns its stderr."""
+    runware.faults.push(route="submit", hold_s=4)
     proc = start(wf, "--table", table, "--output-dir", out)
     wait_for(lambda: len(runware.tasks("imageInference")) == 1)
     proc.send_signal(signal.SIGINT)
@@ -83,6 +79,17 @@ def test_second_ctrl_c_aborts_and_the_task_left_in_flight_is_recovered_not_paid_
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
+    return err
+
+
+@pytest.mark.slow   # subprocesses / whole benchmark runs: over 4 s; CI runs it (--run-slow)
+def test_second_ctrl_c_aborts_and_the_task_left_in_flight_is_recovered_not_paid_again(runware, tmp_path):
+    """The provider finishes (and bills) the task after the batch stopped waiting for it: the re-run asks for
+    it with getResponse on its taskUUID and uses that image; no second imageInference is sent."""
+    wf = small_workflow(tmp_path)
+    table = write_csv(tmp_path, "Make.prompt\nonly one\n")
+    out = tmp_path / "o"
+    err = _abort_with_a_task_in_flight(runware, wf, table, out)
     assert "aborted at once" in err and "Traceback" not in err
     (task,) = runware.tasks("imageInference")
     (rec,) = records(out).values()
@@ -119,14 +126,7 @@ def test_a_recovered_tasks_charge_is_in_the_manifest_when_the_item_then_fails(ru
     wf.write_text(json.dumps(prompt))
     table = write_csv(tmp_path, "Make.prompt\nonly one\n")
     out = tmp_path / "o"
-    runware.faults.push(route="submit", hold_s=4)     # node 3's task: done and billed at once, answered after 4 s
-    proc = start(wf, "--table", table, "--output-dir", out)
-    wait_for(lambda: len(runware.tasks("imageInference")) == 1)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    _abort_with_a_task_in_flight(runware, wf, table, out)         # node 3's task
     (task,) = runware.tasks("imageInference")
     assert task["positivePrompt"] == "only one"
     wait_for(lambda: task["taskUUID"] in runware.billed_tasks)

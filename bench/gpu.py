@@ -45,22 +45,21 @@ class Section:
 
 
 def plan() -> list[Section]:
-    """The sections in the order they run; limits in seconds on one H100 (sum 520 s, over the 450 s budget: the
-    last one runs in what the others leave)."""
+    """The sections in the order they run; limits in seconds on one H100 (sum 450 s, the budget). A row is a process
+    start, a random model built on the device and a few forwards: about 10-15 s at [klein] sizes (not yet measured)."""
     def steps(models, impls):
         return [(f"{m} {i}", ["step", m, i]) for m in models for i in impls]
     return [
-        Section("klein", "[klein] 4B and 9B: one transformer step at 1024² vs diffusers, bf16 and fp8", 180,
+        Section("klein", "[klein] 4B and 9B: one transformer step at 1024² vs diffusers, bf16 and fp8", 140,
                 steps(("klein4b", "klein9b"), STEP_IMPLS)),
         Section("dev-block", "[dev] at full width (6144): one double + one single block at 1024²", 60,
                 steps(("dev-1blk",), STEP_IMPLS)),
         Section("offload", "[dev] width, 2 double + 4 single blocks: resident vs `offload=blocks` streaming", 60,
                 steps(("dev-6blk",), ("ours-bf16", "ours-bf16-offload"))),
         Section("t2i", "[klein] 4B text-to-image end to end at 1024², 4 steps", 60, [("klein4b t2i", ["t2i"])]),
-        Section("parity", "Picture equality with diffusers' Flux2KleinPipeline, same random weights", 70,
+        Section("parity", "Picture equality with diffusers' Flux2KleinPipeline, same random weights", 60,
                 [("klein4b parity", ["parity"])]),
-        # Last: it gets what the budget has left (the sections above seldom use their whole limits).
-        Section("quant", "[klein] 4B: one step with the block weights kept GGUF Q8_0 / Q4_K or NVFP4 vs bf16", 90,
+        Section("quant", "[klein] 4B: one step with the block weights kept GGUF Q8_0 / Q4_K or NVFP4 vs bf16", 70,
                 steps(("klein4b",), QUANT)),
     ]
 

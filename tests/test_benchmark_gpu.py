@@ -66,8 +66,12 @@ def test_the_whole_command_runs_at_tiny_size_on_the_cpu(tmp_path, capsys):
         assert f"| {s.key} | {s.limit_s * gpu.TINY_SCALE:.0f} s | {len(s.jobs)} of {len(s.jobs)} rows |" in text
         for label, _ in s.jobs:
             assert f"| {label}" in text
-    # the same random weights through diffusers' pipeline and this engine: the same picture (float32 here)
-    assert "| klein4b parity (64², 4 steps) | float32 | 0 levels | 0.000 levels | 0.00 % |" in text
+    # The same random weights through diffusers' pipeline and this engine: the same picture in float32, up to the
+    # last rounding to 8 bits. One value a float32 ulp apart can round to the next level (seen on one machine: one
+    # pixel of 12 288 at 101.499985 vs 101.5; another machine's CPU gave 0 levels), so: at most 1 level, almost nowhere.
+    row = next(line for line in text.splitlines() if line.startswith("| klein4b parity (64², 4 steps) | float32 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] in ("0 levels", "1 levels") and float(cells[3].split()[0]) < 0.001 and cells[4] == "0.00 %", row
 
 
 @pytest.mark.parametrize("kind", ["fp8", "gguf-q8_0", "gguf-q4_k", "nvfp4"])

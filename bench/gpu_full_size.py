@@ -2,15 +2,16 @@
 
     python -m comfyui_flux2.bench.gpu_full_size [--models klein4b,dev] [--json OUT.json]
 
-For [klein] 4B and [dev] transformers with random weights at 1024² (4096 image + 512 text tokens), each row in its
-own process: diffusers' Flux2Transformer2DModel in bf16; ours in bf16, with every block Linear kept in fp8
-(ScaledFP8Linear, what an fp8 file gives) or GGUF Q8_0 / Q4_K or NVFP4 (bench/gpu_quant.py), and in bf16 under block offload (offload.py: blocks stream from host
-RAM through pinned staging buffers on a copy stream, the next block copied while the current one computes; two
-blocks on the GPU at most). The random weights of the offload row are held in RAM (a real run maps them from the
-files instead: its RAM peak is the staging buffers, not the weights). Per row: one step (median of 3 forwards), a 4-step Euler loop (one image's denoising at klein's
-4 steps), achieved TFLOP/s against the card's dense bf16 peak (FLOPs counted from the shapes: 2 per
-multiply-add of every Linear, 4·L²·D per attention), peak VRAM (allocated) and peak RAM (VmHWM of the process).
-The text encoder and the VAE are left out: their full-size random copies alone would not fit the time box.
+For [klein] 4B and [dev] transformers with random weights at 1024² (4096 image + 512 text tokens), each row in its own
+process: diffusers' Flux2Transformer2DModel in bf16; ours in bf16, with every block Linear kept in fp8
+(ScaledFP8Linear, what an fp8 file gives) or GGUF Q8_0 / Q4_K or NVFP4 (bench/gpu_quant.py), and in bf16 under block
+offload (offload.py: blocks stream from host RAM through pinned staging buffers on a copy stream, the next block
+copied while the current one computes; two blocks on the GPU at most). The random weights of the offload row are held
+in RAM (a real run maps them from the files instead: its RAM peak is the staging buffers, not the weights). Per row:
+one step (median of 3 forwards), a 4-step Euler loop (one image's denoising at klein's 4 steps), achieved TFLOP/s
+against the card's dense bf16 peak (FLOPs counted from the shapes: 2 per multiply-add of every Linear, 4·L²·D per
+attention), peak VRAM (allocated) and peak RAM (VmHWM of the process). The text encoder and the VAE are left out:
+their full-size random copies alone would not fit the time box.
 
 `--tiny` runs the same code on a few-MB model on the CPU (a test runs it so this script is not dead code).
 """

@@ -20,6 +20,7 @@ KINDS = ("fp8", "gguf-q8_0", "gguf-q4_k", "nvfp4")
 _GGUF_SCALES = {"Q8_0": ((0, 1 / 74),), "Q4_K": ((0, 1 / 258), (2, 7.5 / 258))}
 _NVFP4_STD = 2.2          # std of an E2M1 code value (2.93) times a block scale uniform in [0.5, 1] (0.76)
 
+
 def quantize_blocks(model: nn.Module, kind: str, compute_dtype: torch.dtype) -> int:
     """Swap the Linears of `model.double_blocks` and `model.single_blocks` for `kind`'s layer; returns how many."""
     if kind not in KINDS:
@@ -29,20 +30,20 @@ def quantize_blocks(model: nn.Module, kind: str, compute_dtype: torch.dtype) -> 
         for name, child in list(blocks.named_modules()):
             if type(child) is not nn.Linear:
                 continue
-            new = _layer(child, kind, compute_dtype)
-            parent, _, attr = name.rpartition(".")
-            setattr(blocks.get_submodule(parent) if parent else blocks, attr, new)
+            blocks.set_submodule(name, _layer(child, kind, compute_dtype))
             n += 1
     return n
 
 
 def _layer(linear: nn.Linear, kind: str, dtype: torch.dtype) -> nn.Module:
-    if kind == "fp8":
-        layer = _fp8(linear, dtype)
-    elif kind == "nvfp4":
-        layer = _nvfp4(linear, dtype)
-    else:
-        layer = _gguf(linear, kind.split("-")[1].upper(), dtype)
+    # Built where the weights are: the layers' empty tensors are not made in host RAM and copied over.
+    with torch.device(linear.weight.device):
+        if kind == "fp8":
+            layer = _fp8(linear, dtype)
+        elif kind == "nvfp4":
+            layer = _nvfp4(linear, dtype)
+        else:
+            layer = _gguf(linear, kind.split("-")[1].upper(), dtype)
     if linear.bias is not None:
         layer.bias.data = linear.bias.detach().to(dtype)
     return layer
@@ -54,7 +55,7 @@ def _fp8(linear: nn.Linear, dtype: torch.dtype) -> nn.Module:
 
     w = linear.weight.detach()
     scale = w.abs().amax().float().clamp_min(1e-12) / 448.0
-    layer = ScaledFP8Linear(linear.in_features, linear.out_features, linear.bias is not None, dtype).to(w.device)
+    layer = ScaledFP8Linear(linear.in_features, linear.out_features, linear.bias is not None, dtype)
     layer.weight.data = (w.float() / scale).to(torch.float8_e4m3fn)
     layer.weight_scale.data = scale.reshape(())
     return layer
@@ -74,7 +75,6 @@ def _gguf(linear: nn.Linear, type_name: str, dtype: torch.dtype) -> nn.Module:
         raw[:, offset:offset + 2] = torch.full((blocks,), std * per_std, dtype=torch.float16, device=device) \
             .view(torch.uint8).reshape(blocks, 2)
     layer = GGUFLinear(linear.in_features, linear.out_features, linear.bias is not None, dtype, tid, raw.numel())
-    layer = layer.to(device)
     layer.weight.data = raw.reshape(-1)
     return layer
 
@@ -86,7 +86,7 @@ def _nvfp4(linear: nn.Linear, dtype: torch.dtype) -> nn.Module:
 
     device, rows, cols = linear.weight.device, linear.out_features, linear.in_features
     scale_shape = (-(-rows // 128) * 128, -(-(cols // NVFP4_BLOCK) // 4) * 4)
-    layer = NVFP4Linear(cols, rows, linear.bias is not None, dtype, scale_shape).to(device)
+    layer = NVFP4Linear(cols, rows, linear.bias is not None, dtype, scale_shape)
     layer.weight.data = torch.randint(0, 256, (rows, cols // 2), dtype=torch.uint8, device=device)
     layer.weight_scale.data = (0.5 + 0.5 * torch.rand(scale_shape, device=device)).to(torch.float8_e4m3fn)
     layer.weight_scale_2.data = torch.tensor(cols ** -0.5 / _NVFP4_STD, dtype=torch.float32, device=device)
